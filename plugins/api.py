@@ -1,0 +1,188 @@
+"""The types a plugin author sees: frozen views of the search space and objective,
+the protocols searchers and early stoppers implement, and what a dataset returns.
+
+Plugins receive plain values and these frozen views, and return decisions; they never
+reach into the study runner. The sequence for one trial is:
+
+    searcher.suggest(trial_id) -> config          (None: the space is exhausted)
+    run: the trainer reports metrics once per epoch
+    early_stopper.report(trial_id, epoch, value) -> Decision.CONTINUE | Decision.STOP
+    early_stopper.complete(trial_id, value)        (when the trial ends)
+    searcher.observe(trial_id, state, value)       (state: "COMPLETED", "FAILED", "PRUNED", ...)
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+KINDS: tuple[str, ...] = (
+    "optimizer",
+    "lr_scheduler",
+    "augmentation",
+    "model",
+    "dataset",
+    "searcher",
+    "early_stopper",
+)
+
+# Keyword arguments the framework supplies to a factory of each kind; they are not
+# user options and do not appear in the plugin's parameter schema.
+INJECTED: dict[str, frozenset[str]] = {
+    "optimizer": frozenset(),
+    "lr_scheduler": frozenset({"epochs", "steps_per_epoch"}),
+    "augmentation": frozenset({"input_shape"}),
+    "model": frozenset({"input_shape", "num_classes"}),
+    "dataset": frozenset({"root"}),
+    "searcher": frozenset({"space", "objective", "seed"}),
+    "early_stopper": frozenset({"objective"}),
+}
+
+
+class _Required:
+    """Marks a parameter without a default."""
+
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Required()
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One user-settable option of a plugin, derived from a keyword-only parameter.
+
+    `type` is one of "int", "float", "bool", "str", "list", "dict", "any".
+    """
+
+    name: str
+    type: str
+    default: Any = REQUIRED
+    doc: str = ""
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+
+@dataclass(frozen=True)
+class PluginEntry:
+    """A registered plugin: what `ListPlugins` shows and what the trainer calls."""
+
+    kind: str
+    name: str
+    factory: Any
+    description: str
+    parameters: tuple[ParamSpec, ...]
+    distribution: str
+    version: str
+    # Augmentations only: True for batch-level transforms (MixUp, CutMix).
+    batch_level: bool = False
+
+    def param(self, name: str) -> ParamSpec | None:
+        return next((p for p in self.parameters if p.name == name), None)
+
+
+@dataclass(frozen=True)
+class LoadError:
+    """A plugin that failed to import, raised while registering, or reused a name."""
+
+    source: str
+    message: str
+
+
+# ---- search space (frozen views handed to searchers) ----
+
+
+@dataclass(frozen=True)
+class IntRange:
+    low: int
+    high: int
+    log: bool = False
+    step: int = 1
+
+
+@dataclass(frozen=True)
+class FloatRange:
+    low: float
+    high: float
+    log: bool = False
+
+
+@dataclass(frozen=True)
+class Choice:
+    values: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Condition:
+    """The parameter is active only while `parent`'s value is one of `values`."""
+
+    parent: str
+    values: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Parameter:
+    name: str
+    domain: IntRange | FloatRange | Choice
+    condition: Condition | None = None
+
+    def is_active(self, config: dict[str, Any]) -> bool:
+        """Active when unconditional, or when the parent is set to one of the values."""
+        if self.condition is None:
+            return True
+        return self.condition.parent in config and config[self.condition.parent] in self.condition.values
+
+
+@dataclass(frozen=True)
+class Objective:
+    metric: str
+    mode: str = "max"  # "max" or "min"
+
+    def better(self, a: float, b: float) -> bool:
+        """True when value `a` is strictly better than `b`."""
+        return a > b if self.mode == "max" else a < b
+
+
+class Decision(enum.Enum):
+    CONTINUE = "CONTINUE"
+    STOP = "STOP"
+
+
+@runtime_checkable
+class Searcher(Protocol):
+    def suggest(self, trial_id: int) -> dict[str, Any] | None: ...
+
+    def observe(self, trial_id: int, state: str, value: float | None) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@runtime_checkable
+class EarlyStopper(Protocol):
+    def report(self, trial_id: int, step: int, value: float) -> Decision: ...
+
+    def complete(self, trial_id: int, value: float | None) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class DatasetSplits:
+    """What a dataset factory returns: map-style datasets of (tensor, label) pairs."""
+
+    train: Any
+    val: Any
+    test: Any
+    num_classes: int
+    input_shape: tuple[int, ...]
+    # Per-channel statistics of the training split, for normalisation after augmentation.
+    mean: tuple[float, ...] = field(default_factory=tuple)
+    std: tuple[float, ...] = field(default_factory=tuple)
