@@ -1,0 +1,133 @@
+"""Assembles the server: storage, plugins, workers, runners, servicer, health and reflection."""
+
+from __future__ import annotations
+
+import logging
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+from tuneyard.plugins.manager import PluginRegistry
+from tuneyard.server.events import EventHub
+from tuneyard.server.scheduler import SlotScheduler, plan_slots
+from tuneyard.server.servicer import TrainingServicer
+from tuneyard.server.storage import Storage
+from tuneyard.server.studies import StudyManager
+from tuneyard.server.workers import WorkerPool
+from tuneyard.v1 import service_pb2, service_pb2_grpc
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["TrainingService"].full_name
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+RPC_THREADS = 128
+
+
+def add_maintenance_services(server: grpc.Server, service_names: list[str]) -> health.HealthServicer:
+    """Health (NOT_SERVING until `set_serving`) and reflection v1alpha and v1 for every service."""
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ["", *service_names]:
+        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    names = [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME, REFLECTION_V1]
+    reflection_servicer = reflection.ReflectionServicer(names)
+    reflection.enable_server_reflection(names, server)
+    # v1 has the same messages as v1alpha on the wire; serve it from the same servicer.
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                REFLECTION_V1,
+                {
+                    "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+                        reflection_servicer.ServerReflectionInfo,
+                        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+                        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+                    )
+                },
+            ),
+        )
+    )
+    return health_servicer
+
+
+def set_serving(health_servicer: health.HealthServicer, service_names: list[str]) -> None:
+    for name in ["", *service_names]:
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+
+@dataclass
+class ServerHandle:
+    """A running server; `stop()` ends streams, runners, workers and the store, in that order."""
+
+    address: str
+    port: int
+    grpc_server: grpc.Server
+    storage: Storage
+    hub: EventHub
+    studies: StudyManager
+    pool: WorkerPool
+    health: health.HealthServicer
+
+    def stop(self, grace: float = 2.0) -> None:
+        self.health.enter_graceful_shutdown()
+        self.hub.close()
+        self.grpc_server.stop(grace).wait()
+        self.studies.shutdown()
+        self.pool.close()
+        self.storage.close()
+
+    def wait(self) -> None:
+        self.grpc_server.wait_for_termination()
+
+
+def start_server(
+    *,
+    data_dir: Path,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    devices: str | None = None,
+    cpu_slots: int | None = None,
+    data_root: str = "",
+) -> ServerHandle:
+    """Starts a server on host:port (0 picks a free port) and returns once it is SERVING."""
+    data_dir = Path(data_dir)
+    slots = plan_slots(devices, cpu_slots)
+    storage = Storage(data_dir)
+    registry = PluginRegistry.load()
+    for error in registry.errors:
+        log.warning("plugin not loaded: %s: %s", error.source, error.message)
+    hub = EventHub(storage)
+    scheduler = SlotScheduler(slots)
+    pool = WorkerPool(slots, data_root=data_root or str(data_dir / "datasets"))
+    studies = StudyManager(
+        storage=storage, hub=hub, scheduler=scheduler, pool=pool, registry=registry,
+        has_cuda=any(s.device.startswith("cuda") for s in slots),
+    )  # fmt: skip
+    studies.settle_interrupted()
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=RPC_THREADS, thread_name_prefix="rpc"),
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES * 4),
+        ],
+    )
+    servicer = TrainingServicer(
+        storage=storage, studies=studies, hub=hub, registry=registry, scheduler=scheduler, executor=pool.name
+    )
+    service_pb2_grpc.add_TrainingServiceServicer_to_server(servicer, server)
+    health_servicer = add_maintenance_services(server, [SERVICE_NAME])
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        pool.close()
+        storage.close()
+        raise OSError(f"cannot listen on {host}:{port}")
+    server.start()
+    set_serving(health_servicer, [SERVICE_NAME])
+    display_host = f"[{host}]" if ":" in host else host
+    return ServerHandle(
+        address=f"{display_host}:{bound}", port=bound, grpc_server=server, storage=storage, hub=hub,
+        studies=studies, pool=pool, health=health_servicer,
+    )  # fmt: skip

@@ -1,0 +1,139 @@
+"""Domain records and errors of the server. Knows nothing of grpc or protobuf."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+class StudyState(str, enum.Enum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (StudyState.COMPLETED, StudyState.FAILED, StudyState.CANCELLED)
+
+
+class TrialState(str, enum.Enum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    PRUNED = "PRUNED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self not in (TrialState.PENDING, TrialState.RUNNING)
+
+
+class DomainError(Exception):
+    """Base of the errors that map onto a status code (see `errors.STATUS_OF`)."""
+
+
+class InvalidArgument(DomainError):
+    """Bad input: `field` is the path of the offending field, `reason` says what is wrong."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class NotFound(DomainError):
+    pass
+
+
+class WrongState(DomainError):
+    pass
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    values: dict[str, float]
+    time: float
+
+
+@dataclass
+class TrialRecord:
+    study_id: str
+    trial_id: int
+    state: TrialState
+    config: dict[str, Any]
+    device: str = ""
+    metrics: list[EpochRecord] = field(default_factory=list)
+    final_metrics: dict[str, float] = field(default_factory=dict)
+    objective_value: float | None = None
+    error: str = ""
+    checkpoint: str = ""
+    epochs_completed: int = 0
+    start_time: float | None = None
+    end_time: float | None = None
+
+
+@dataclass
+class TrialCounts:
+    pending: int = 0
+    running: int = 0
+    completed: int = 0
+    failed: int = 0
+    pruned: int = 0
+    cancelled: int = 0
+
+    @property
+    def finished(self) -> int:
+        return self.completed + self.failed + self.pruned + self.cancelled
+
+
+@dataclass
+class StudyRecord:
+    study_id: str
+    spec: dict[str, Any]
+    state: StudyState
+    request_id: str = ""
+    error: str = ""
+    test_metrics: dict[str, float] = field(default_factory=dict)
+    best_trial_id: int | None = None
+    create_time: float = 0.0
+    start_time: float | None = None
+    end_time: float | None = None
+    # Filled on read, not stored in the studies row.
+    counts: TrialCounts = field(default_factory=TrialCounts)
+    best_trial: TrialRecord | None = None
+
+
+@dataclass
+class EventRecord:
+    """A stored study event. `kind` names the oneof field; `payload` is plain data."""
+
+    study_id: str
+    sequence: int
+    time: float
+    kind: str
+    payload: dict[str, Any]
+
+    TERMINAL_KIND = "study_state"
+
+    @property
+    def terminal(self) -> bool:
+        return self.kind == self.TERMINAL_KIND and StudyState(self.payload["state"]).terminal
+
+
+def trial_to_dict(trial: TrialRecord) -> dict[str, Any]:
+    """Plain-data snapshot of a trial, as stored inside events."""
+    data = asdict(trial)
+    data["state"] = trial.state.value
+    return data
+
+
+def trial_from_dict(data: dict[str, Any]) -> TrialRecord:
+    fields = dict(data)
+    fields["state"] = TrialState(fields["state"])
+    fields["metrics"] = [EpochRecord(**m) for m in fields.get("metrics", [])]
+    return TrialRecord(**fields)

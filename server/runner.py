@@ -1,0 +1,265 @@
+"""The study runner: per study, one thread that drives searcher → slot → trial → reports → searcher.
+
+It asks the searcher for configurations while budget remains, starts each on a free slot,
+feeds per-epoch reports to the early stopper, tells the searcher results, tracks the best
+trial, and at the end evaluates the best checkpoint on the test split. Every state change is
+stored, and published as an event, before anything else happens.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import Any
+
+from tuneyard.plugins.api import Decision
+from tuneyard.plugins.manager import PluginRegistry
+from tuneyard.server.domain import StudyState, TrialRecord, TrialState, trial_to_dict
+from tuneyard.server.events import EventHub
+from tuneyard.server.scheduler import SlotScheduler
+from tuneyard.server.spec import StudyPlan
+from tuneyard.server.storage import Storage
+from tuneyard.server.trial_settings import resolve
+from tuneyard.server.workers import Slot, WorkerPool
+
+log = logging.getLogger(__name__)
+POLL_S = 0.5
+
+
+class StudyRunner(threading.Thread):
+    """Runs one study to its end; `cancel()` stops its running trials promptly."""
+
+    def __init__(
+        self,
+        study_id: str,
+        plan: StudyPlan,
+        *,
+        storage: Storage,
+        hub: EventHub,
+        scheduler: SlotScheduler,
+        pool: WorkerPool,
+        registry: PluginRegistry,
+    ) -> None:
+        super().__init__(name=f"study-{study_id}", daemon=True)
+        self.study_id, self.plan = study_id, plan
+        self.storage, self.hub, self.scheduler, self.pool, self.registry = storage, hub, scheduler, pool, registry
+        self._inbox: queue.Queue[tuple[Any, ...]] = queue.Queue()
+        self._cancelled = threading.Event()
+        self._running: dict[int, Slot] = {}
+        self._stop_reason: dict[int, str] = {}
+        self._failures = 0
+        self._best: TrialRecord | None = None
+
+    # ---- control ----
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        self._inbox.put(("wake",))
+
+    def _wake(self) -> None:
+        self._inbox.put(("wake",))
+
+    def _publish(self, kind: str, payload: dict[str, Any]) -> None:
+        self.hub.publish(self.study_id, kind, payload)
+
+    def _set_state(self, state: StudyState, **fields: Any) -> None:
+        self.storage.update_study(self.study_id, state=state, **fields)
+        payload: dict[str, Any] = {"state": state.value, "error": fields.get("error", "")}
+        if "test_metrics" in fields:
+            payload["test_metrics"] = fields["test_metrics"]
+        self._publish("study_state", payload)
+
+    # ---- main loop ----
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except Exception as exc:  # noqa: BLE001 - a runner bug fails its study, not the server
+            log.exception("study %s failed", self.study_id)
+            for trial_id, slot in list(self._running.items()):
+                self.pool.worker(slot.index).stop(trial_id)
+                self.scheduler.release(slot)
+            self._set_state(StudyState.FAILED, error=f"internal error: {exc}", end_time=time.time())
+
+    def _run(self) -> None:
+        plan = self.plan
+        started_at = time.time()
+        self._set_state(StudyState.RUNNING, start_time=started_at)
+        searcher_spec = plan.spec["searcher"]
+        searcher = self.registry.create(
+            "searcher", searcher_spec["name"], searcher_spec["options"],
+            space=plan.space, objective=plan.objective, seed=plan.seed,
+        )  # fmt: skip
+        stopper = None
+        if plan.spec.get("early_stopping"):
+            es = plan.spec["early_stopping"]
+            stopper = self.registry.create("early_stopper", es["name"], es["options"], objective=plan.objective)
+        deadline = started_at + plan.max_duration_s if plan.max_duration_s else None
+        next_id, exhausted = 1, False
+        while True:
+            while self._may_start(next_id, exhausted, deadline):
+                slot = self.scheduler.try_acquire(self.study_id, self._wake)
+                if slot is None:
+                    break
+                config = searcher.suggest(next_id)
+                if config is None:
+                    exhausted = True
+                    self.scheduler.release(slot)
+                    break
+                self._start_trial(next_id, config, slot)
+                next_id += 1
+            if not self._running:
+                break
+            if deadline and time.time() >= deadline:
+                self._stop_all("deadline")
+            if self._cancelled.is_set():
+                self._stop_all("cancelled")
+            try:
+                msg = self._inbox.get(timeout=POLL_S)
+            except queue.Empty:
+                continue
+            self._handle(msg, searcher, stopper)
+        self._finish()
+
+    def _may_start(self, next_id: int, exhausted: bool, deadline: float | None) -> bool:
+        plan = self.plan
+        return (
+            not self._cancelled.is_set()
+            and not exhausted
+            and next_id <= plan.max_trials
+            and len(self._running) < plan.max_concurrent_trials
+            and (deadline is None or time.time() < deadline)
+            and not self._failures_exceeded()
+        )
+
+    def _failures_exceeded(self) -> bool:
+        return bool(self.plan.max_failures) and self._failures > self.plan.max_failures
+
+    def _stop_all(self, reason: str) -> None:
+        for trial_id, slot in self._running.items():
+            if trial_id not in self._stop_reason:
+                self._stop_reason[trial_id] = reason
+                self.pool.worker(slot.index).stop(trial_id)
+
+    def _start_trial(self, trial_id: int, config: dict[str, Any], slot: Slot) -> None:
+        settings = resolve(self.plan.spec, config, self.registry)
+        trial = self.storage.create_trial(self.study_id, trial_id, config, slot.name)
+        self.scheduler.label(slot, f"{self.study_id}/{trial_id}")
+        checkpoint = self.storage.study_dir(self.study_id) / f"trial-{trial_id}" / "checkpoint.pt"
+        self.storage.update_trial(self.study_id, trial_id, checkpoint=str(checkpoint))
+        self._running[trial_id] = slot
+        self._publish("trial_started", {"trial": trial_to_dict(trial)})
+        self.registry.on_trial_start(self.study_id, trial_id, dict(config))
+        task = {"trial_id": trial_id, "settings": settings, "checkpoint": str(checkpoint)}
+        self.pool.worker(slot.index).submit("train", trial_id, task, self._inbox.put)
+
+    def _handle(self, msg: tuple[Any, ...], searcher: Any, stopper: Any) -> None:
+        kind = msg[0]
+        if kind == "wake":
+            return
+        trial_id = msg[1]
+        if kind == "epoch":
+            _, _, epoch, metrics = msg
+            self.storage.add_epoch(self.study_id, trial_id, epoch, metrics)
+            self._publish("trial_progress", {"trial_id": trial_id, "epoch": epoch, "metrics": metrics})
+            self.registry.on_trial_report(self.study_id, trial_id, epoch, dict(metrics))
+            value = metrics.get(self.plan.objective.metric)
+            if stopper is not None and value is not None and trial_id not in self._stop_reason:
+                if stopper.report(trial_id, epoch, value) == Decision.STOP:
+                    self._stop_reason[trial_id] = "pruned"
+                    self.pool.worker(self._running[trial_id].index).stop(trial_id)
+            return
+        slot = self._running.pop(trial_id)
+        if kind == "done":
+            trial = self._trial_done(trial_id, msg[2])
+        else:
+            self._failures += 1
+            trial = self.storage.update_trial(
+                self.study_id, trial_id, state=TrialState.FAILED, error=msg[2], end_time=time.time()
+            )
+        self.scheduler.label(slot, self.study_id)
+        self.scheduler.release(slot)
+        value = trial.objective_value if trial.state in (TrialState.COMPLETED, TrialState.PRUNED) else None
+        searcher.observe(trial_id, trial.state.value, value)
+        if stopper is not None:
+            stopper.complete(trial_id, value)
+        self._publish("trial_finished", {"trial": trial_to_dict(trial)})
+        self.registry.on_trial_end(self.study_id, trial_id, trial.state.value, dict(trial.final_metrics))
+        if trial.state == TrialState.COMPLETED and trial.objective_value is not None:
+            if self._best is None or self.plan.objective.better(trial.objective_value, self._best.objective_value):
+                self._best = trial
+                self.storage.update_study(self.study_id, best_trial_id=trial_id)
+                self._publish("best_trial_changed", {"trial": trial_to_dict(trial)})
+
+    def _trial_done(self, trial_id: int, result: dict[str, Any]) -> TrialRecord:
+        metrics = result["final_metrics"]
+        reason = self._stop_reason.get(trial_id) if result.get("stopped") else None
+        if reason == "pruned":
+            state = TrialState.PRUNED
+        elif reason in ("cancelled", "deadline") and not metrics:
+            state = TrialState.CANCELLED
+        elif reason == "cancelled":
+            state = TrialState.CANCELLED
+        else:
+            state = TrialState.COMPLETED
+        return self.storage.update_trial(
+            self.study_id,
+            trial_id,
+            state=state,
+            objective_value=metrics.get(self.plan.objective.metric),
+            end_time=time.time(),
+        )
+
+    # ---- the end ----
+
+    def _finish(self) -> None:
+        now = time.time()
+        if self._cancelled.is_set():
+            self._set_state(StudyState.CANCELLED, end_time=now)
+        elif self._failures_exceeded():
+            self._set_state(
+                StudyState.FAILED,
+                error=f"{self._failures} trials failed (budget.max_failures is {self.plan.max_failures})",
+                end_time=now,
+            )
+        elif self._best is None:
+            self._set_state(StudyState.FAILED, error=f"no trial completed ({self._failures} failed)", end_time=now)
+        else:
+            test_metrics = self._evaluate_best()
+            if test_metrics is None:
+                return
+            self._set_state(StudyState.COMPLETED, test_metrics=test_metrics, end_time=time.time())
+
+    def _evaluate_best(self) -> dict[str, float] | None:
+        """Runs the best trial's checkpoint on the test split in a worker; None when cancelled meanwhile."""
+        best = self._best
+        assert best is not None
+        while True:
+            slot = self.scheduler.try_acquire(self.study_id, self._wake)
+            if slot is not None:
+                break
+            if self._cancelled.is_set():
+                self._set_state(StudyState.CANCELLED, end_time=time.time())
+                return None
+            self._inbox.get()
+        try:
+            self.scheduler.label(slot, f"{self.study_id}/test")
+            task = {
+                "settings": resolve(self.plan.spec, best.config, self.registry),
+                "checkpoint": best.checkpoint,
+            }
+            self.pool.worker(slot.index).submit("evaluate", "test", task, self._inbox.put)
+            while True:
+                msg = self._inbox.get()
+                if msg[0] == "done" and msg[1] == "test":
+                    return dict(msg[2])
+                if msg[0] in ("error", "crashed") and msg[1] == "test":
+                    self._set_state(
+                        StudyState.FAILED, error=f"test evaluation of trial {best.trial_id} failed: {msg[2]}",
+                        end_time=time.time(),
+                    )  # fmt: skip
+                    return None
+        finally:
+            self.scheduler.release(slot)

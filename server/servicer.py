@@ -1,0 +1,139 @@
+"""The gRPC servicer: each handler validates, converts, delegates. Collaborators are injected."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+from tuneyard import __version__
+from tuneyard.plugins.api import KINDS
+from tuneyard.plugins.manager import PluginRegistry
+from tuneyard.server import convert
+from tuneyard.server.domain import InvalidArgument
+from tuneyard.server.errors import streaming, unary
+from tuneyard.server.events import EventHub
+from tuneyard.server.scheduler import SlotScheduler
+from tuneyard.server.storage import Storage
+from tuneyard.server.studies import StudyManager
+from tuneyard.v1 import service_pb2 as pb
+from tuneyard.v1 import service_pb2_grpc
+
+MAX_PAGE_SIZE = 1000
+DEFAULT_PAGE_SIZE = 50
+MAX_ID_LENGTH = 64
+WATCH_POLL_S = 1.0
+
+
+def _page_size(value: int) -> int:
+    if value < 0:
+        raise InvalidArgument("page_size", f"must not be negative, got {value}")
+    return min(value or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def _study_id(value: str) -> str:
+    if not value:
+        raise InvalidArgument("study_id", "required")
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidArgument("study_id", f"longer than {MAX_ID_LENGTH} characters")
+    return value
+
+
+def _trial_id(value: int) -> int:
+    if value <= 0:
+        raise InvalidArgument("trial_id", f"must be positive, got {value}")
+    return value
+
+
+class TrainingServicer(service_pb2_grpc.TrainingServiceServicer):
+    def __init__(
+        self,
+        *,
+        storage: Storage,
+        studies: StudyManager,
+        hub: EventHub,
+        registry: PluginRegistry,
+        scheduler: SlotScheduler,
+        executor: str,
+    ) -> None:
+        self.storage, self.studies, self.hub = storage, studies, hub
+        self.registry, self.scheduler, self.executor = registry, scheduler, executor
+
+    @unary
+    def CreateStudy(self, request: pb.CreateStudyRequest, context: grpc.ServicerContext) -> pb.Study:
+        if not request.HasField("spec"):
+            raise InvalidArgument("spec", "required")
+        if len(request.request_id) > MAX_ID_LENGTH:
+            raise InvalidArgument("request_id", f"longer than {MAX_ID_LENGTH} characters")
+        study = self.studies.create(convert.spec_to_dict(request.spec), request.request_id)
+        return convert.study_to_proto(self.storage.get_study(study.study_id))
+
+    @unary
+    def GetStudy(self, request: pb.GetStudyRequest, context: grpc.ServicerContext) -> pb.Study:
+        return convert.study_to_proto(self.storage.get_study(_study_id(request.study_id)))
+
+    @unary
+    def ListStudies(self, request: pb.ListStudiesRequest, context: grpc.ServicerContext) -> pb.ListStudiesResponse:
+        if request.state not in pb.StudyState.values():
+            raise InvalidArgument("state", f"unknown state {request.state}")
+        state = convert.study_state_from_proto(request.state)
+        studies, token = self.storage.list_studies(_page_size(request.page_size), request.page_token, state)
+        return pb.ListStudiesResponse(
+            studies=[convert.study_to_proto(s) for s in studies], next_page_token=token
+        )
+
+    @unary
+    def CancelStudy(self, request: pb.CancelStudyRequest, context: grpc.ServicerContext) -> pb.Study:
+        return convert.study_to_proto(self.studies.cancel(_study_id(request.study_id)))
+
+    @streaming
+    def WatchStudy(self, request: pb.WatchStudyRequest, context: grpc.ServicerContext) -> Iterator[pb.StudyEvent]:
+        study_id = _study_id(request.study_id)
+        if request.after_sequence < 0:
+            raise InvalidArgument("after_sequence", f"must not be negative, got {request.after_sequence}")
+        after = request.after_sequence
+        while context.is_active():
+            events = self.storage.events_after(study_id, after)
+            for event in events:
+                yield convert.event_to_proto(event)
+                after = event.sequence
+                if event.terminal:
+                    return
+            if not events:
+                if self.hub.closed:
+                    context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down; reconnect")
+                self.hub.wait_for(study_id, after, WATCH_POLL_S)
+
+    @unary
+    def ListTrials(self, request: pb.ListTrialsRequest, context: grpc.ServicerContext) -> pb.ListTrialsResponse:
+        trials, token = self.storage.list_trials(
+            _study_id(request.study_id), _page_size(request.page_size), request.page_token
+        )
+        return pb.ListTrialsResponse(trials=[convert.trial_to_proto(t) for t in trials], next_page_token=token)
+
+    @unary
+    def GetTrial(self, request: pb.GetTrialRequest, context: grpc.ServicerContext) -> pb.Trial:
+        trial = self.storage.get_trial(_study_id(request.study_id), _trial_id(request.trial_id))
+        return convert.trial_to_proto(trial)
+
+    @unary
+    def ListPlugins(self, request: pb.ListPluginsRequest, context: grpc.ServicerContext) -> pb.ListPluginsResponse:
+        if request.kind and request.kind not in KINDS:
+            raise InvalidArgument("kind", f"unknown plugin kind {request.kind!r} (known: {', '.join(KINDS)})")
+        return pb.ListPluginsResponse(
+            plugins=[convert.plugin_to_proto(e) for e in self.registry.entries(request.kind or None)],
+            load_errors=[convert.load_error_to_proto(e) for e in self.registry.errors],
+        )
+
+    @unary
+    def GetServerInfo(self, request: pb.GetServerInfoRequest, context: grpc.ServicerContext) -> pb.ServerInfo:
+        devices: dict[str, pb.Device] = {}
+        for slot, holder in self.scheduler.occupancy():
+            device = devices.setdefault(
+                slot.name.rsplit(":", 1)[0] if slot.device == "cpu" else slot.name,
+                pb.Device(name="cpu" if slot.device == "cpu" else slot.name, kind=slot.device.split(":")[0]),
+            )
+            device.slots_total += 1
+            if holder:
+                device.slots_busy += 1
+                device.trials.append(holder)
+        return pb.ServerInfo(version=__version__, executor=self.executor, devices=list(devices.values()))

@@ -1,0 +1,393 @@
+"""Validation of a study spec (its proto3-JSON dict form) into a `StudyPlan`.
+
+Every problem raises `InvalidArgument` with the path of the field, e.g.
+`spec.search_space[2].int_range: low (5) > high (1)`. The spec dict is produced by the
+conversion layer with proto field names; int64 fields may arrive as strings.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from tuneyard.plugins.api import (
+    Choice,
+    Condition,
+    FloatRange,
+    IntRange,
+    Objective,
+    Parameter,
+    PluginEntry,
+)
+from tuneyard.plugins.manager import PluginRegistry
+from tuneyard.plugins.schema import coerce_option
+from tuneyard.server.domain import InvalidArgument
+
+METRICS = ("val_accuracy", "val_loss", "train_accuracy", "train_loss")
+COMPONENTS = {"dataset": "dataset", "model": "model", "optimizer": "optimizer", "lr_scheduler": "lr_scheduler"}
+SEARCHABLE_TRAINING_FIELDS = {"epochs": "int", "batch_size": "int", "label_smoothing": "float", "seed": "int"}
+PRECISIONS = ("", "auto", "fp32", "bf16")
+MAX_TRIALS = 100_000
+MAX_EPOCHS = 100_000
+DEFAULT_BATCH_SIZE = 64
+DEFAULT_OPTIMIZER = "adam"
+DEFAULT_SEARCHER = "random"
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    """A validated spec: the normalised dict plus the typed views the runner needs."""
+
+    spec: dict[str, Any]
+    space: tuple[Parameter, ...]
+    objective: Objective
+    max_trials: int
+    max_concurrent_trials: int
+    max_failures: int
+    max_duration_s: float | None
+    seed: int
+
+
+def _int(value: Any, path: str) -> int:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InvalidArgument(path, f"expected an integer, got {value!r}") from None
+    if not number.is_integer():
+        raise InvalidArgument(path, f"expected an integer, got {value!r}")
+    return int(number)
+
+
+def _duration_s(value: Any, path: str) -> float | None:
+    if value in (None, "", "0s"):
+        return None
+    if not isinstance(value, str) or not value.endswith("s"):
+        raise InvalidArgument(path, f"expected a duration like '7200s', got {value!r}")
+    try:
+        seconds = float(value[:-1])
+    except ValueError:
+        raise InvalidArgument(path, f"expected a duration like '7200s', got {value!r}") from None
+    if seconds < 0:
+        raise InvalidArgument(path, "must not be negative")
+    return seconds or None
+
+
+class SpecValidator:
+    """Checks a spec against the plugin registry; one instance serves every request."""
+
+    def __init__(self, registry: PluginRegistry) -> None:
+        self.registry = registry
+
+    # ---- components and options ----
+
+    def _plugin(self, kind: str, name: Any, path: str) -> PluginEntry:
+        if not isinstance(name, str) or not name:
+            raise InvalidArgument(path, f"a {kind} name is required")
+        try:
+            return self.registry.get(kind, name)
+        except KeyError:
+            known = ", ".join(self.registry.names(kind)) or "none installed"
+            raise InvalidArgument(path, f"unknown {kind} {name!r} (known: {known})") from None
+
+    def _options(self, entry: PluginEntry, options: Any, path: str) -> dict[str, Any]:
+        if options is None:
+            options = {}
+        if not isinstance(options, dict):
+            raise InvalidArgument(path, "must be an object")
+        checked: dict[str, Any] = {}
+        for key, value in options.items():
+            param = entry.param(key)
+            if param is None:
+                known = ", ".join(p.name for p in entry.parameters) or "none"
+                raise InvalidArgument(
+                    f"{path}.{key}", f"unknown option of {entry.kind} {entry.name!r} (known: {known})"
+                )
+            try:
+                checked[key] = coerce_option(param, value)
+            except ValueError as exc:
+                raise InvalidArgument(f"{path}.{key}", str(exc)) from None
+        return checked
+
+    def _component(
+        self, kind: str, value: Any, path: str, *, default: str | None = None, optional: bool = False
+    ) -> dict[str, Any] | None:
+        value = value or {}
+        if not isinstance(value, dict):
+            raise InvalidArgument(path, "must be an object")
+        name = value.get("name") or default
+        if not name:
+            if optional and not value.get("options"):
+                return None
+            raise InvalidArgument(f"{path}.name", f"a {kind} name is required")
+        entry = self._plugin(kind, name, f"{path}.name")
+        return {"name": entry.name, "options": self._options(entry, value.get("options"), f"{path}.options")}
+
+    # ---- the spec ----
+
+    def validate(self, spec: dict[str, Any]) -> StudyPlan:
+        if not isinstance(spec, dict):
+            raise InvalidArgument("spec", "must be an object")
+        out: dict[str, Any] = {"name": str(spec.get("name", ""))}
+        if len(out["name"]) > 200:
+            raise InvalidArgument("spec.name", "longer than 200 characters")
+        out["dataset"] = self._component("dataset", spec.get("dataset"), "spec.dataset")
+        out["model"] = self._component("model", spec.get("model"), "spec.model")
+        out["training"] = self._training(spec.get("training") or {})
+        searcher = self._component("searcher", spec.get("searcher"), "spec.searcher", default=DEFAULT_SEARCHER)
+        out["searcher"] = searcher
+        stopper = self._component(
+            "early_stopper", spec.get("early_stopping"), "spec.early_stopping", optional=True
+        )
+        if stopper:
+            out["early_stopping"] = stopper
+        objective = self._objective(spec.get("objective") or {})
+        out["objective"] = {"metric": objective.metric, "mode": "MAXIMIZE" if objective.mode == "max" else "MINIMIZE"}
+        space = self._space(spec.get("search_space") or [], out)
+        out["search_space"] = spec.get("search_space") or []
+        budget = spec.get("budget") or {}
+        max_trials, concurrent, failures, duration = self._budget(budget)
+        out["budget"] = budget
+        out["resources"] = self._resources(spec.get("resources") or {})
+        return StudyPlan(
+            spec=out,
+            space=space,
+            objective=objective,
+            max_trials=max_trials,
+            max_concurrent_trials=concurrent,
+            max_failures=failures,
+            max_duration_s=duration,
+            seed=out["training"]["seed"],
+        )
+
+    def _training(self, training: Any) -> dict[str, Any]:
+        path = "spec.training"
+        if not isinstance(training, dict):
+            raise InvalidArgument(path, "must be an object")
+        epochs = _int(training.get("epochs", 0), f"{path}.epochs")
+        if not 0 < epochs <= MAX_EPOCHS:
+            raise InvalidArgument(f"{path}.epochs", f"must be between 1 and {MAX_EPOCHS}, got {epochs}")
+        batch_size = _int(training.get("batch_size", 0), f"{path}.batch_size") or DEFAULT_BATCH_SIZE
+        if batch_size < 0:
+            raise InvalidArgument(f"{path}.batch_size", f"must be positive, got {batch_size}")
+        smoothing = float(training.get("label_smoothing", 0.0))
+        if not 0.0 <= smoothing < 1.0:
+            raise InvalidArgument(f"{path}.label_smoothing", f"must be in [0, 1), got {smoothing}")
+        precision = training.get("precision", "")
+        if precision not in PRECISIONS:
+            raise InvalidArgument(f"{path}.precision", f"must be one of auto, fp32, bf16, got {precision!r}")
+        augmentations = []
+        seen: set[str] = set()
+        for i, aug in enumerate(training.get("augmentations") or []):
+            checked = self._component("augmentation", aug, f"{path}.augmentations[{i}]")
+            assert checked is not None
+            if checked["name"] in seen:
+                raise InvalidArgument(f"{path}.augmentations[{i}].name", f"{checked['name']!r} listed twice")
+            seen.add(checked["name"])
+            augmentations.append(checked)
+        return {
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "optimizer": self._component(
+                "optimizer", training.get("optimizer"), f"{path}.optimizer", default=DEFAULT_OPTIMIZER
+            ),
+            "lr_scheduler": self._component(
+                "lr_scheduler", training.get("lr_scheduler"), f"{path}.lr_scheduler", optional=True
+            ),
+            "augmentations": augmentations,
+            "label_smoothing": smoothing,
+            "precision": precision or "auto",
+            "seed": _int(training.get("seed", 0), f"{path}.seed"),
+        }
+
+    def _objective(self, objective: Any) -> Objective:
+        path = "spec.objective"
+        if not isinstance(objective, dict):
+            raise InvalidArgument(path, "must be an object")
+        metric = objective.get("metric") or "val_accuracy"
+        if metric not in METRICS:
+            raise InvalidArgument(f"{path}.metric", f"unknown metric {metric!r} (known: {', '.join(METRICS)})")
+        mode = objective.get("mode") or ("MINIMIZE" if metric.endswith("loss") else "MAXIMIZE")
+        if mode not in ("MAXIMIZE", "MINIMIZE"):
+            raise InvalidArgument(f"{path}.mode", f"must be MAXIMIZE or MINIMIZE, got {mode!r}")
+        return Objective(metric=metric, mode="max" if mode == "MAXIMIZE" else "min")
+
+    def _budget(self, budget: Any) -> tuple[int, int, int, float | None]:
+        path = "spec.budget"
+        if not isinstance(budget, dict):
+            raise InvalidArgument(path, "must be an object")
+        max_trials = _int(budget.get("max_trials", 0), f"{path}.max_trials")
+        if not 0 < max_trials <= MAX_TRIALS:
+            raise InvalidArgument(f"{path}.max_trials", f"must be between 1 and {MAX_TRIALS}, got {max_trials}")
+        concurrent = _int(budget.get("max_concurrent_trials", 0), f"{path}.max_concurrent_trials")
+        if concurrent < 0:
+            raise InvalidArgument(f"{path}.max_concurrent_trials", f"must not be negative, got {concurrent}")
+        failures = _int(budget.get("max_failures", 0), f"{path}.max_failures")
+        if failures < 0:
+            raise InvalidArgument(f"{path}.max_failures", f"must not be negative, got {failures}")
+        duration = _duration_s(budget.get("max_duration"), f"{path}.max_duration")
+        return max_trials, concurrent or max_trials, failures, duration
+
+    def _resources(self, resources: Any) -> dict[str, Any]:
+        path = "spec.resources.gpus_per_trial"
+        gpus = float((resources or {}).get("gpus_per_trial", 0.0))
+        if gpus < 0 or math.isnan(gpus):
+            raise InvalidArgument(path, f"must not be negative, got {gpus}")
+        if 0 < gpus < 1 and not (1 / gpus).is_integer():
+            raise InvalidArgument(path, f"a fraction must divide one GPU evenly (0.5, 0.25, ...), got {gpus}")
+        if gpus > 1 and not gpus.is_integer():
+            raise InvalidArgument(path, f"more than one GPU must be a whole number, got {gpus}")
+        return {"gpus_per_trial": gpus}
+
+    # ---- search space ----
+
+    def _space(self, params: Any, spec: dict[str, Any]) -> tuple[Parameter, ...]:
+        if not isinstance(params, list):
+            raise InvalidArgument("spec.search_space", "must be a list")
+        out: list[Parameter] = []
+        names: dict[str, Parameter] = {}
+        for i, raw in enumerate(params):
+            path = f"spec.search_space[{i}]"
+            if not isinstance(raw, dict):
+                raise InvalidArgument(path, "must be an object")
+            name = raw.get("name")
+            if not isinstance(name, str) or not name:
+                raise InvalidArgument(f"{path}.name", "required")
+            if name in names:
+                raise InvalidArgument(f"{path}.name", f"{name!r} appears twice")
+            domain = self._domain(raw, path)
+            condition = self._condition(raw.get("condition"), names, f"{path}.condition")
+            param = Parameter(name=name, domain=domain, condition=condition)
+            self._check_target(param, spec, names, path)
+            names[name] = param
+            out.append(param)
+        return tuple(out)
+
+    def _domain(self, raw: dict[str, Any], path: str) -> IntRange | FloatRange | Choice:
+        present = [k for k in ("int_range", "float_range", "choice") if k in raw]
+        if len(present) != 1:
+            raise InvalidArgument(path, "exactly one of int_range, float_range, choice is required")
+        kind = present[0]
+        body = raw[kind] or {}
+        p = f"{path}.{kind}"
+        if kind == "choice":
+            values = body.get("values") or []
+            if not values:
+                raise InvalidArgument(f"{p}.values", "must not be empty")
+            if len({repr(v) for v in values}) != len(values):
+                raise InvalidArgument(f"{p}.values", "values must be distinct")
+            return Choice(values=tuple(int(v) if isinstance(v, float) and v.is_integer() else v for v in values))
+        if kind == "int_range":
+            low = _int(body.get("low", 0), f"{p}.low")
+            high = _int(body.get("high", 0), f"{p}.high")
+            step = _int(body.get("step", 0), f"{p}.step") or 1
+            log = bool(body.get("log", False))
+            if step < 0:
+                raise InvalidArgument(f"{p}.step", f"must be positive, got {step}")
+            if log and step != 1:
+                raise InvalidArgument(f"{p}.step", "log ranges take no step")
+            result: IntRange | FloatRange = IntRange(low=low, high=high, log=log, step=step)
+        else:
+            low, high = float(body.get("low", 0.0)), float(body.get("high", 0.0))
+            log = bool(body.get("log", False))
+            if not (math.isfinite(low) and math.isfinite(high)):
+                raise InvalidArgument(p, "bounds must be finite")
+            result = FloatRange(low=low, high=high, log=log)
+        if low > high:
+            raise InvalidArgument(p, f"low ({low}) > high ({high})")
+        if log and low <= 0:
+            raise InvalidArgument(f"{p}.low", f"a log range needs low > 0, got {low}")
+        return result
+
+    def _condition(self, raw: Any, names: dict[str, Parameter], path: str) -> Condition | None:
+        if not raw:
+            return None
+        parent = raw.get("parent")
+        if parent not in names:
+            raise InvalidArgument(f"{path}.parent", f"{parent!r} is not a parameter listed before this one")
+        values = raw.get("values") or []
+        if not values:
+            raise InvalidArgument(f"{path}.values", "must not be empty")
+        values = tuple(int(v) if isinstance(v, float) and v.is_integer() else v for v in values)
+        return Condition(parent=parent, values=values)
+
+    def _check_target(
+        self, param: Parameter, spec: dict[str, Any], names: dict[str, Parameter], path: str
+    ) -> None:
+        """Resolves the parameter's address and checks its domain against the setting's type."""
+        parts = param.name.split(".")
+        head = parts[0]
+        where = f"{path}.name"
+        if head == "training" and len(parts) == 2:
+            kind = SEARCHABLE_TRAINING_FIELDS.get(parts[1])
+            if kind is None:
+                known = ", ".join(SEARCHABLE_TRAINING_FIELDS)
+                raise InvalidArgument(where, f"unknown training field {parts[1]!r} (searchable: {known})")
+            self._check_values(param, [(None, kind)], path)
+            return
+        if head == "augmentations" and len(parts) == 3:
+            listed = {a["name"]: a for a in spec["training"]["augmentations"]}
+            if parts[1] not in listed:
+                raise InvalidArgument(where, f"augmentation {parts[1]!r} is not in spec.training.augmentations")
+            entry = self.registry.get("augmentation", parts[1])
+            self._check_option(param, [entry], parts[2], path)
+            return
+        if head in COMPONENTS and len(parts) == 2:
+            kind = COMPONENTS[head]
+            if parts[1] == "name":
+                self._check_names(param, kind, path)
+                return
+            self._check_option(param, self._candidates(head, kind, spec, names, param), parts[1], path)
+            return
+        raise InvalidArgument(
+            where,
+            f"unknown parameter path {param.name!r} (use <component>.name, <component>.<option>, "
+            "augmentations.<name>.<option> or training.<field>)",
+        )
+
+    def _check_names(self, param: Parameter, kind: str, path: str) -> None:
+        if not isinstance(param.domain, Choice):
+            raise InvalidArgument(path, f"{param.name} needs a choice of {kind} names")
+        for j, name in enumerate(param.domain.values):
+            self._plugin(kind, name, f"{path}.choice.values[{j}]")
+
+    def _candidates(
+        self, head: str, kind: str, spec: dict[str, Any], names: dict[str, Parameter], param: Parameter
+    ) -> list[PluginEntry]:
+        """The plugins an option parameter may apply to: the searched names, narrowed by its condition."""
+        chooser = names.get(f"{head}.name")
+        if chooser is not None and isinstance(chooser.domain, Choice):
+            picked = list(chooser.domain.values)
+            if param.condition and param.condition.parent == chooser.name:
+                picked = [v for v in picked if v in param.condition.values]
+            return [self.registry.get(kind, n) for n in picked]
+        base = spec["training"][head] if head in ("optimizer", "lr_scheduler") else spec[head]
+        if base is None:
+            raise InvalidArgument(f"{param.name}", f"spec has no {head} to set an option of")
+        return [self.registry.get(kind, base["name"])]
+
+    def _check_option(self, param: Parameter, entries: list[PluginEntry], option: str, path: str) -> None:
+        targets = []
+        for entry in entries:
+            spec_param = entry.param(option)
+            if spec_param is None:
+                raise InvalidArgument(
+                    f"{path}.name", f"{entry.kind} {entry.name!r} has no option {option!r}"
+                    + (" (add a condition on the name parameter)" if len(entries) > 1 else "")
+                )
+            targets.append((spec_param, spec_param.type))
+        self._check_values(param, targets, path)
+
+    def _check_values(self, param: Parameter, targets: list[tuple[Any, str]], path: str) -> None:
+        domain = param.domain
+        for spec_param, kind in targets:
+            if isinstance(domain, FloatRange) and kind not in ("float", "any"):
+                raise InvalidArgument(path, f"float_range cannot set {param.name}, which takes {kind}")
+            if isinstance(domain, IntRange) and kind not in ("int", "float", "any"):
+                raise InvalidArgument(path, f"int_range cannot set {param.name}, which takes {kind}")
+            if isinstance(domain, Choice) and spec_param is not None:
+                for j, value in enumerate(domain.values):
+                    try:
+                        coerce_option(spec_param, value)
+                    except ValueError as exc:
+                        raise InvalidArgument(f"{path}.choice.values[{j}]", str(exc)) from None
