@@ -1,0 +1,109 @@
+"""Helpers shared by the tests: tiny real specs and `tuneyard serve` subprocesses."""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from tuneyard.v1 import service_pb2 as pb
+from tuneyard.v1 import service_pb2_grpc, spec_pb2
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_SPEC: dict[str, Any] = {
+    "name": "tiny",
+    "dataset": {"name": "digits"},
+    "model": {"name": "simple_cnn", "options": {"num_filters": 8}},
+    "training": {"epochs": 2, "batch_size": 128, "optimizer": {"name": "adam", "options": {"lr": 0.01}}, "seed": 0},
+    "search_space": [
+        {"name": "model.num_conv_layers", "int_range": {"low": 1, "high": 2}},
+        {"name": "optimizer.name", "choice": {"values": ["sgd", "adam"]}},
+    ],
+    "searcher": {"name": "random"},
+    "objective": {"metric": "val_accuracy", "mode": "MAXIMIZE"},
+    "budget": {"max_trials": 2, "max_concurrent_trials": 2},
+}
+
+
+def tiny_spec(**overrides: Any) -> dict[str, Any]:
+    """A spec that trains for real but finishes in seconds; top-level keys can be replaced."""
+    spec = copy.deepcopy(TINY_SPEC)
+    spec.update(copy.deepcopy(overrides))
+    return spec
+
+
+def to_proto(spec: dict[str, Any]) -> spec_pb2.StudySpec:
+    return json_format.ParseDict(spec, spec_pb2.StudySpec())
+
+
+def watch_all(stub: service_pb2_grpc.TrainingServiceStub, study_id: str, after: int = 0) -> list[pb.StudyEvent]:
+    return list(stub.WatchStudy(pb.WatchStudyRequest(study_id=study_id, after_sequence=after), timeout=300))
+
+
+class ServerProcess:
+    """`tuneyard serve` in a real subprocess, on a port the OS picks; address read from its banner."""
+
+    def __init__(self, data_dir: Path, *extra: str) -> None:
+        self.data_dir = data_dir
+        cmd = [sys.executable, "-m", "tuneyard.client.cli", "serve", "--port", "0", "--data-dir", str(data_dir),
+               "--cpu-slots", "1", *extra]  # fmt: skip
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        self.output: list[str] = []
+        deadline = time.monotonic() + 120
+        self.address = ""
+        assert self.proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError("server exited early:\n" + "".join(self.output))
+            self.output.append(line)
+            match = re.search(r"serving on (\S+)", line)
+            if match:
+                self.address = match.group(1)
+                break
+        if not self.address:
+            self.kill()
+            raise RuntimeError("server did not start:\n" + "".join(self.output))
+
+    def stub(self) -> service_pb2_grpc.TrainingServiceStub:
+        self._channel = grpc.insecure_channel(self.address)
+        return service_pb2_grpc.TrainingServiceStub(self._channel)
+
+    def worker_pids(self) -> list[int]:
+        """PIDs of the spawned worker processes (not multiprocessing's resource tracker)."""
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
+        pids = []
+        for pid in map(int, out.split()):
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"spawn_main" in cmdline:
+                pids.append(pid)
+        return pids
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+
+
