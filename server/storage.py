@@ -334,7 +334,11 @@ class Storage:
             ).fetchall()
         return [
             EventRecord(
-                study_id=study_id, sequence=r["sequence"], time=r["time"], kind=r["kind"], payload=json.loads(r["payload"])
+                study_id=study_id,
+                sequence=r["sequence"],
+                time=r["time"],
+                kind=r["kind"],
+                payload=json.loads(r["payload"]),
             )
             for r in rows
         ]

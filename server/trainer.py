@@ -22,6 +22,7 @@ from tuneyard.plugins.manager import PluginRegistry
 
 Report = Callable[[int, dict[str, float]], None]
 ShouldStop = Callable[[], bool]
+Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
 class _Batches:
@@ -81,7 +82,7 @@ class Trainer:
             model = model.to(memory_format=torch.channels_last)
         return model
 
-    def _normalise(self, splits: DatasetSplits) -> Callable[[torch.Tensor], torch.Tensor]:
+    def _normalise(self, splits: DatasetSplits) -> Transform:
         if not splits.mean:
             return lambda x: x
         shape = (1, -1) + (1,) * (len(splits.input_shape) - 1)
@@ -89,7 +90,7 @@ class Trainer:
         std = torch.tensor(splits.std).view(shape)
         return lambda x: (x - mean) / std
 
-    def _train_transform(self, settings: dict[str, Any], splits: DatasetSplits) -> Callable[[torch.Tensor], torch.Tensor]:
+    def _train_transform(self, settings: dict[str, Any], splits: DatasetSplits) -> Transform:
         normalise = self._normalise(splits)
         per_sample = [
             self.registry.create("augmentation", a["name"], a["options"], input_shape=tuple(splits.input_shape))
