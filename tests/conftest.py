@@ -17,7 +17,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """One in-process server for the session (2 CPU slots, warm workers)."""
     from tuneyard.server.app import start_server
 
-    handle = start_server(data_dir=tmp_path_factory.mktemp("server-data"), cpu_slots=2)
+    handle = start_server(data_dir=tmp_path_factory.mktemp("server-data"), devices="cpu", cpu_slots=2)
     yield handle
     handle.stop()
 

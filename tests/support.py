@@ -55,7 +55,7 @@ class ServerProcess:
     def __init__(self, data_dir: Path, *extra: str) -> None:
         self.data_dir = data_dir
         cmd = [sys.executable, "-m", "tuneyard.client.cli", "serve", "--port", "0", "--data-dir", str(data_dir),
-               "--cpu-slots", "1", *extra]  # fmt: skip
+               "--devices", "cpu", "--cpu-slots", "1", *extra]  # fmt: skip
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         self.output: list[str] = []
