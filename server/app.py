@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
+
 from tuneyard.plugins.manager import PluginRegistry
 from tuneyard.server.events import EventHub
 from tuneyard.server.scheduler import SlotScheduler, plan_slots

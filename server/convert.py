@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
+
 from tuneyard.plugins.api import LoadError, PluginEntry
 from tuneyard.server.domain import (
     EventRecord,

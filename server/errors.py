@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
+
 from tuneyard.server.domain import DomainError, InvalidArgument, NotFound, WrongState
 
 log = logging.getLogger(__name__)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import grpc
+
 from tuneyard import __version__
 from tuneyard.plugins.api import KINDS
 from tuneyard.plugins.manager import PluginRegistry

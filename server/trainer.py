@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
+
 from tuneyard.plugins.api import DatasetSplits
 from tuneyard.plugins.manager import PluginRegistry
 

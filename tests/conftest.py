@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 import pytest
 from support import ServerProcess
+
 from tuneyard.v1 import service_pb2_grpc
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format
+
 from tuneyard.v1 import service_pb2 as pb
 from tuneyard.v1 import service_pb2_grpc, spec_pb2
 

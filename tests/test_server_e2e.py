@@ -8,8 +8,8 @@ import time
 
 import grpc
 import pytest
-from support import tiny_spec, to_proto, watch_all
 from google.protobuf import json_format
+from support import tiny_spec, to_proto, watch_all
 
 from tuneyard.v1 import service_pb2 as pb
 

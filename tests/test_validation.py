@@ -8,6 +8,7 @@ import grpc
 import pytest
 from google.protobuf import json_format
 from support import TINY_SPEC, to_proto
+
 from tuneyard.v1 import service_pb2 as pb
 from tuneyard.v1 import spec_pb2
 

@@ -1,0 +1,247 @@
+"""The ``tuneyard`` command: a thin shell over the SDK, plus ``serve`` and ``demo``.
+
+Server-side code is imported lazily (only by ``serve`` and ``demo``) so that
+the base install -- grpcio, protobuf, pyyaml, rich -- runs every other command.
+Exit codes: 0 success, 1 the study failed or was cancelled, 2 usage, server or
+connection errors, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from importlib.resources import as_file, files
+from pathlib import Path
+
+import grpc
+from rich.console import Console
+
+from tuneyard.client import render
+from tuneyard.client.errors import TuneyardError
+from tuneyard.client.progress import PlainProgress, make_display
+from tuneyard.client.sdk import Client, RunResult, default_address
+from tuneyard.client.specfile import load_spec
+from tuneyard.v1 import service_pb2, spec_pb2
+
+SERVER_EXTRA = "the server needs the [server] extra: pip install 'tuneyard[server]'"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (without ``serve``'s own options: those belong to the server)."""
+    server = argparse.ArgumentParser(add_help=False)
+    server.add_argument(
+        "--server", metavar="HOST:PORT", default=argparse.SUPPRESS,
+        help="server address (default: $TUNEYARD_SERVER, else 127.0.0.1:50051)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="tuneyard", description="Submit and follow training searches on a tuneyard server.",
+    )
+    parser.add_argument(
+        "--server", metavar="HOST:PORT", default=None,
+        help="server address (default: $TUNEYARD_SERVER, else 127.0.0.1:50051)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, description=help_text, parents=[server])
+
+    sub.add_parser("serve", help="run the training server (see `tuneyard serve --help`)", add_help=False)
+    p = add("run", "submit a study spec (YAML/JSON), follow it live, print the best configuration")
+    p.add_argument("spec", metavar="SPEC", help="study spec file, .yaml or .json")
+    p.add_argument("--request-id", metavar="ID", help="idempotency key: resubmitting returns the same study")
+    p.add_argument("--no-progress", action="store_true", help="one plain line per finished trial")
+    p = add("watch", "stream a study's events, then print its result")
+    p.add_argument("study_id", metavar="ID")
+    p.add_argument("--after", metavar="N", type=int, default=0, help="only events after sequence N")
+    p = add("studies", "list studies")
+    p.add_argument(
+        "--state", metavar="STATE",
+        help="only studies in this state: pending, running, completed, failed, cancelled",
+    )
+    add("trials", "list a study's trials").add_argument("study_id", metavar="ID")
+    add("best", "print a study's best configuration and metrics").add_argument("study_id", metavar="ID")
+    add("cancel", "cancel a study (finished trials are kept)").add_argument("study_id", metavar="ID")
+    add("plugins", "list the server's plugins").add_argument(
+        "kind", nargs="?", default="", help="optimizer, lr_scheduler, augmentation, model, dataset, ..."
+    )
+    add("info", "server version, executor and devices")
+    p = sub.add_parser("demo", help="run the digits example on an in-process server (needs [server])")
+    p.add_argument("--data-dir", type=Path, help="where the demo server stores data (default: a temp dir)")
+    p.add_argument("--cpu-slots", type=int, metavar="N", help="trials run at once on CPU (server default)")
+    return parser
+
+
+def _serve_args(argv: Sequence[str]) -> list[str] | None:
+    """Arguments after ``serve`` when it is the command, else None: all of them are the server's."""
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--server":
+            i += 2
+        elif arg.startswith("--server="):
+            i += 1
+        else:
+            return list(argv[i + 1 :]) if arg == "serve" else None
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tuneyard`` console script; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    serve_argv = _serve_args(argv)
+    if serve_argv is not None:
+        return _serve(serve_argv)
+    args = build_parser().parse_args(argv)
+    address = args.server or default_address()
+    out = Console(highlight=False)
+    if not out.is_terminal and "COLUMNS" not in os.environ:
+        out = Console(highlight=False, width=200)  # piped: don't squeeze tables into 80 columns
+    try:
+        if args.command == "demo":
+            return _demo(args, out)
+        with Client(address) as client:
+            return COMMANDS[args.command](client, args, out)
+    except KeyboardInterrupt:
+        return 130
+    except TuneyardError as exc:
+        if exc.code == grpc.StatusCode.UNAVAILABLE and args.command != "demo":
+            print(
+                f"error: cannot reach a tuneyard server at {address} ({exc.details}); "
+                "is `tuneyard serve` running there? (set --server or TUNEYARD_SERVER)",
+                file=sys.stderr,
+            )
+        else:
+            print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _serve(argv: list[str]) -> int:
+    try:
+        from tuneyard.server.cli import serve_main
+    except ImportError as exc:
+        print(f"{SERVER_EXTRA}\n({exc})", file=sys.stderr)
+        return 2
+    return int(serve_main(argv) or 0)
+
+
+def _follow(
+    client: Client, study: service_pb2.Study, spec: spec_pb2.StudySpec, out: Console, *, live: bool
+) -> tuple[int, RunResult | None]:
+    """Follow a created study to its end with progress, print its result; (exit code, result)."""
+    name = spec.name or "unnamed"
+    out.print(f"study {study.study_id} ({name}) submitted to {client.address}", markup=False)
+    try:
+        with make_display(spec, out, live=live) as display:
+            result = client.wait(study.study_id, on_event=display)
+    except KeyboardInterrupt:
+        print(
+            f"interrupted: study {study.study_id} keeps running on the server; "
+            f"`tuneyard watch {study.study_id}` follows it, `tuneyard cancel {study.study_id}` stops it",
+            file=sys.stderr,
+        )
+        return 130, None
+    result = RunResult.from_study(result.study, spec)
+    return _report(result), result
+
+
+def _report(result: RunResult) -> int:
+    print(render.result_yaml(result), end="", flush=True)
+    study = result.study
+    if study.state == service_pb2.STUDY_COMPLETED:
+        return 0
+    reason = f": {study.error}" if study.error else ""
+    print(f"error: study {study.study_id} {render.study_state(study.state)}{reason}", file=sys.stderr)
+    return 1
+
+
+def _run(client: Client, args: argparse.Namespace, out: Console) -> int:
+    spec = load_spec(args.spec)
+    study = client.create_study(spec, request_id=args.request_id)
+    return _follow(client, study, spec, out, live=not args.no_progress)[0]
+
+
+def _watch(client: Client, args: argparse.Namespace, out: Console) -> int:
+    study = client.get_study(args.study_id)
+    display = PlainProgress(study.spec, out, every_event=True)
+    try:
+        result = client.wait(args.study_id, after_sequence=args.after, on_event=display)
+    except KeyboardInterrupt:
+        return 130
+    return _report(result)
+
+
+def _studies(client: Client, args: argparse.Namespace, out: Console) -> int:
+    out.print(render.studies_table(client.list_studies(state=args.state)))
+    return 0
+
+
+def _trials(client: Client, args: argparse.Namespace, out: Console) -> int:
+    spec = client.get_study(args.study_id).spec
+    out.print(render.trials_table(client.list_trials(args.study_id), spec))
+    return 0
+
+
+def _best(client: Client, args: argparse.Namespace, out: Console) -> int:
+    result = RunResult.from_study(client.get_study(args.study_id))
+    print(render.result_yaml(result), end="")
+    return 0 if result.study.HasField("best_trial") else 1
+
+
+def _cancel(client: Client, args: argparse.Namespace, out: Console) -> int:
+    study = client.cancel_study(args.study_id)
+    out.print(f"study {study.study_id}: {render.study_state(study.state)}", markup=False)
+    return 0
+
+
+def _plugins(client: Client, args: argparse.Namespace, out: Console) -> int:
+    response = client.plugins(args.kind)
+    out.print(render.plugins_table(response))
+    if response.load_errors:
+        out.print("\nload errors:", style="bold red")
+        for error in response.load_errors:
+            out.print(f"  {error.source}: {error.message}", markup=False)
+    return 0
+
+
+def _info(client: Client, args: argparse.Namespace, out: Console) -> int:
+    info = client.info()
+    out.print(f"server:   {client.address}", markup=False)
+    out.print(f"version:  {info.version}\nexecutor: {info.executor}", markup=False)
+    out.print(render.devices_table(info))
+    return 0
+
+
+def _demo(args: argparse.Namespace, out: Console) -> int:
+    try:
+        from tuneyard.server.app import start_server
+    except ImportError as exc:
+        print(f"{SERVER_EXTRA}\n({exc})", file=sys.stderr)
+        return 2
+    with as_file(files("tuneyard.examples") / "digits.yaml") as path:
+        spec = load_spec(path)
+    with tempfile.TemporaryDirectory(prefix="tuneyard-demo-", ignore_cleanup_errors=True) as tmp:
+        data_dir = args.data_dir or Path(tmp)
+        handle = start_server(data_dir=data_dir, host="127.0.0.1", port=0, cpu_slots=args.cpu_slots)
+        try:
+            out.print(f"tuneyard demo: server at {handle.address}, data in {data_dir}", markup=False)
+            with Client(handle.address) as client:
+                study = client.create_study(spec)
+                code, result = _follow(client, study, spec, out, live=True)
+        finally:
+            handle.stop()
+    if result is not None and "test_accuracy" in result.test_metrics:
+        out.print(f"test accuracy of the best configuration: {result.test_metrics['test_accuracy']:.4f}")
+    return code
+
+
+COMMANDS: dict[str, Callable[[Client, argparse.Namespace, Console], int]] = {
+    "run": _run, "watch": _watch, "studies": _studies, "trials": _trials, "best": _best,
+    "cancel": _cancel, "plugins": _plugins, "info": _info,
+}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

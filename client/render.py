@@ -1,0 +1,200 @@
+"""Plain-text and rich-table renderings shared by the CLI commands and progress displays.
+
+Kept apart from the CLI so every command formats a trial, a config or a
+result the same way, and so the formatting is testable without a terminal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import yaml
+from google.protobuf import json_format
+from rich.table import Table
+from rich.text import Text
+
+from tuneyard.client.sdk import RunResult
+from tuneyard.client.specfile import config_to_dict
+from tuneyard.v1 import service_pb2, spec_pb2
+
+_FINISHED = ("completed", "failed", "pruned", "cancelled")
+
+
+def study_state(state: int) -> str:
+    """``STUDY_COMPLETED`` -> ``COMPLETED``."""
+    return service_pb2.StudyState.Name(state).removeprefix("STUDY_")
+
+
+def trial_state(state: int) -> str:
+    """``TRIAL_PRUNED`` -> ``PRUNED``."""
+    return service_pb2.TrialState.Name(state).removeprefix("TRIAL_")
+
+
+def number(value: Any) -> str:
+    """Short form of a metric or parameter value: 4 significant digits for floats."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def metrics_text(metrics: Mapping[str, float], first: str = "") -> str:
+    """``val_accuracy=0.9611 train_loss=0.1234``, the objective metric ``first``."""
+    keys = sorted(metrics, key=lambda k: (k != first, k))
+    return " ".join(f"{k}={number(metrics[k])}" for k in keys)
+
+
+def compact_config(config: Mapping[str, Any]) -> str:
+    return " ".join(f"{k}={number(v)}" for k, v in config.items())
+
+
+def _seconds(trial: service_pb2.Trial) -> float | None:
+    if not (trial.HasField("start_time") and trial.HasField("end_time")):
+        return None
+    start, end = trial.start_time, trial.end_time
+    return (end.seconds - start.seconds) + (end.nanos - start.nanos) / 1e9
+
+
+def trial_line(trial: service_pb2.Trial, spec: spec_pb2.StudySpec) -> str:
+    """One line for a finished trial: state, objective, time, device, config (or error)."""
+    parts = [f"trial {trial.trial_id} {trial_state(trial.state)}"]
+    metric = spec.objective.metric
+    if trial.HasField("objective_value"):
+        parts.append(f"{metric}={trial.objective_value:.4f}")
+    seconds = _seconds(trial)
+    if seconds is not None:
+        parts.append(f"{seconds:.1f}s")
+    if trial.device:
+        parts.append(f"[{trial.device}]")
+    parts.append(compact_config(config_to_dict(trial.config, spec)))
+    if trial.error:
+        parts.append(f"error: {trial.error.strip().splitlines()[-1]}")
+    return "  ".join(p for p in parts if p)
+
+
+def event_line(event: service_pb2.StudyEvent, spec: spec_pb2.StudySpec) -> str:
+    """One line per study event, for ``tuneyard watch`` and plain (non-TTY) progress."""
+    kind = event.WhichOneof("event")
+    head = f"#{event.sequence}"
+    if kind == "study_state":
+        change = event.study_state
+        text = f"{head} study {study_state(change.state)}"
+        if change.error:
+            text += f": {change.error}"
+        if change.test_metrics:
+            text += f"  {metrics_text(change.test_metrics)}"
+        return text
+    if kind == "trial_started":
+        trial = event.trial_started.trial
+        where = f" on {trial.device}" if trial.device else ""
+        config = compact_config(config_to_dict(trial.config, spec))
+        return f"{head} trial {trial.trial_id} started{where}  {config}".rstrip()
+    if kind == "trial_progress":
+        progress = event.trial_progress
+        metrics = metrics_text(progress.metrics, spec.objective.metric)
+        return f"{head} trial {progress.trial_id} epoch {progress.epoch}  {metrics}"
+    if kind == "trial_finished":
+        return f"{head} {trial_line(event.trial_finished.trial, spec)}"
+    if kind == "best_trial_changed":
+        trial = event.best_trial_changed.trial
+        return f"{head} best so far: {best_text(trial, spec)}"
+    return f"{head} (unknown event)"
+
+
+def best_text(trial: service_pb2.Trial, spec: spec_pb2.StudySpec) -> str:
+    value = f"{trial.objective_value:.4f}" if trial.HasField("objective_value") else "?"
+    return f"{spec.objective.metric}={value} (trial {trial.trial_id})"
+
+
+def finished_count(study: service_pb2.Study) -> int:
+    return sum(getattr(study.trial_counts, name) for name in _FINISHED)
+
+
+def result_yaml(result: RunResult) -> str:
+    """The outcome of a study as a YAML document whose comments are the headings."""
+    study = result.study
+    counts = ", ".join(
+        f"{getattr(study.trial_counts, n)} {n}" for n in _FINISHED if getattr(study.trial_counts, n)
+    )
+    out = [f"# study {study.study_id} ({study.spec.name or 'unnamed'}): {study_state(study.state)}"]
+    if counts:
+        out[0] += f"; trials: {counts}"
+    if study.error:
+        out.append(f"# error: {study.error}")
+    if study.HasField("best_trial"):
+        out.append(f"# best configuration (trial {study.best_trial.trial_id})")
+        out.append(_dump({"best_config": result.best_config}))
+        out.append("# metrics of the best trial (last epoch)")
+        out.append(_dump({"best_metrics": _rounded(result.best_metrics)}))
+    else:
+        out.append("# no trial has finished with a result yet")
+    if result.test_metrics:
+        out.append("# the best trial's checkpoint evaluated on the test split")
+        out.append(_dump({"test_metrics": _rounded(result.test_metrics)}))
+    return "\n".join(line.rstrip("\n") for line in out) + "\n"
+
+
+def _dump(data: Mapping[str, Any]) -> str:
+    return yaml.safe_dump(dict(data), sort_keys=False, default_flow_style=False)
+
+
+def _rounded(metrics: Mapping[str, float]) -> dict[str, float]:
+    return {k: round(float(v), 6) for k, v in sorted(metrics.items())}
+
+
+def studies_table(studies: Iterable[service_pb2.Study]) -> Table:
+    table = Table("id", "name", "state", "trials done", "best value", title="studies")
+    for study in studies:
+        budget = study.spec.budget.max_trials
+        done = f"{finished_count(study)}/{budget}" if budget else str(finished_count(study))
+        best = ""
+        if study.HasField("best_trial") and study.best_trial.HasField("objective_value"):
+            best = f"{study.spec.objective.metric}={study.best_trial.objective_value:.4f}"
+        _row(table, study.study_id, study.spec.name, study_state(study.state), done, best)
+    return table
+
+
+def trials_table(trials: Iterable[service_pb2.Trial], spec: spec_pb2.StudySpec) -> Table:
+    table = Table("trial", "state", "device", "epochs", spec.objective.metric or "objective")
+    table.add_column("config", overflow="fold")
+    for trial in trials:
+        objective = f"{trial.objective_value:.4f}" if trial.HasField("objective_value") else ""
+        config = Text(compact_config(config_to_dict(trial.config, spec)))
+        if trial.error:
+            config.append(f"\nerror: {trial.error.strip().splitlines()[-1]}", style="red")
+        state = trial_state(trial.state)
+        _row(table, trial.trial_id, state, trial.device, trial.epochs_completed, objective, config)
+    return table
+
+
+def plugins_table(response: service_pb2.ListPluginsResponse) -> Table:
+    table = Table("kind", "name", "from", "description", title="plugins")
+    table.add_column("parameters", overflow="fold")
+    for plugin in response.plugins:
+        source = " ".join(p for p in (plugin.distribution, plugin.version) if p) or "built-in"
+        params = "\n".join(_parameter(p) for p in plugin.parameters)
+        _row(table, plugin.kind, plugin.name, source, plugin.description, params)
+    return table
+
+
+def _parameter(param: service_pb2.PluginParameter) -> str:
+    text = f"{param.name}:{param.type}" if param.type else param.name
+    if param.HasField("default"):
+        text += "=" + number(json_format.MessageToDict(param.default))
+    elif param.required:
+        text += " (required)"
+    return text
+
+
+def devices_table(info: service_pb2.ServerInfo) -> Table:
+    table = Table("device", "kind", "slots busy", "slots free", "memory", "trials", title="devices")
+    for device in info.devices:
+        memory = f"{device.memory_bytes / 2**30:.1f} GiB" if device.memory_bytes else ""
+        free = max(device.slots_total - device.slots_busy, 0)
+        _row(table, device.name, device.kind, device.slots_busy, free, memory, ", ".join(device.trials))
+    return table
+
+
+def _row(table: Table, *cells: object) -> None:
+    """Add a row of literal text: server strings may contain ``[...]``, which rich would read as markup."""
+    table.add_row(*(c if isinstance(c, Text) else Text(str(c)) for c in cells))

@@ -1,0 +1,264 @@
+"""The Python SDK: a thin, typed wrapper over the ``TrainingService`` stubs.
+
+Thin on purpose: it imports no torch and no server code, so a laptop with only
+the base install can drive a GPU box. It adds what raw stubs lack: errors as
+:class:`TuneyardError`, safe retries of ``CreateStudy`` (one request id per
+call), pagination hidden behind iterators, and a ``watch`` that survives a
+broken stream without losing or repeating an event.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from tuneyard.client.errors import TuneyardError, from_rpc_error
+from tuneyard.client.specfile import SpecSource, config_to_dict, load_spec
+from tuneyard.v1 import service_pb2, service_pb2_grpc, spec_pb2
+
+__all__ = ["Client", "RunResult", "DEFAULT_ADDRESS", "TERMINAL_STATES", "is_terminal", "parse_state"]
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+TERMINAL_STATES = frozenset(
+    {service_pb2.STUDY_COMPLETED, service_pb2.STUDY_FAILED, service_pb2.STUDY_CANCELLED}
+)
+# Codes after which a watch stream is re-opened from the last seen sequence.
+_RETRYABLE_WATCH = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL}
+)
+
+
+def default_address() -> str:
+    """``$TUNEYARD_SERVER`` if set, else the loopback default the server binds."""
+    return os.environ.get("TUNEYARD_SERVER") or DEFAULT_ADDRESS
+
+
+def is_terminal(event: service_pb2.StudyEvent) -> bool:
+    """True for the event that ends a study's stream (a terminal ``study_state``)."""
+    return event.WhichOneof("event") == "study_state" and event.study_state.state in TERMINAL_STATES
+
+
+def parse_state(state: str | int | None) -> int:
+    """A ``StudyState`` from ``None``, an enum number, or a name (``completed``, ``STUDY_COMPLETED``)."""
+    if state is None or state == "":
+        return service_pb2.STUDY_STATE_UNSPECIFIED
+    if isinstance(state, int):
+        return state
+    name = state.strip().upper()
+    for candidate in (name, f"STUDY_{name}"):
+        if candidate in service_pb2.StudyState.keys():
+            return service_pb2.StudyState.Value(candidate)
+    choices = ", ".join(k.removeprefix("STUDY_").lower() for k in service_pb2.StudyState.keys()[1:])
+    raise TuneyardError(
+        grpc.StatusCode.INVALID_ARGUMENT, f"unknown study state {state!r} (one of: {choices})"
+    )
+
+
+@dataclass
+class RunResult:
+    """What a finished study produced, as plain Python values."""
+
+    study: service_pb2.Study
+    best_config: dict[str, Any] = field(default_factory=dict)
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    test_metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.study.state == service_pb2.STUDY_COMPLETED
+
+    @classmethod
+    def from_study(cls, study: service_pb2.Study, spec: spec_pb2.StudySpec | None = None) -> RunResult:
+        """Build from a ``Study``; ``spec`` (default: the study's own) says which parameters are ints."""
+        if not study.HasField("best_trial"):
+            return cls(study=study, test_metrics=dict(study.test_metrics))
+        best = study.best_trial
+        return cls(
+            study=study,
+            best_config=config_to_dict(best.config, spec if spec is not None else study.spec),
+            best_metrics=dict(best.final_metrics),
+            test_metrics=dict(study.test_metrics),
+        )
+
+
+class Client:
+    """A connection to one tuneyard server.
+
+    ``timeout`` bounds each unary call (``None``: no deadline); streams have none.
+    Use as a context manager, or call :meth:`close`.
+    """
+
+    watch_retries = 10  # reconnect attempts per outage before watch() gives up
+    watch_backoff = 0.2  # first reconnect delay in seconds, doubled up to watch_backoff_max
+    watch_backoff_max = 5.0
+
+    def __init__(self, address: str | None = None, *, timeout: float | None = 30.0) -> None:
+        self.address = address or default_address()
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(self.address)
+        self._stub = service_pb2_grpc.TrainingServiceStub(self._channel)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the channel; the client is unusable afterwards."""
+        self._channel.close()
+
+    def __repr__(self) -> str:
+        return f"Client({self.address!r})"
+
+    def _call(self, method: str, request: Any) -> Any:
+        try:
+            return getattr(self._stub, method)(request, timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+
+    # -- studies -------------------------------------------------------------------------------
+
+    def create_study(self, spec: SpecSource, request_id: str | None = None) -> service_pb2.Study:
+        """Validate, persist and schedule a study.
+
+        The request id makes retries safe (the server returns the first study
+        for a repeated id), so one UNAVAILABLE is retried with the same id.
+        """
+        request = service_pb2.CreateStudyRequest(
+            spec=load_spec(spec), request_id=request_id or str(uuid.uuid4())
+        )
+        try:
+            return self._call("CreateStudy", request)
+        except TuneyardError as err:
+            if err.code != grpc.StatusCode.UNAVAILABLE:
+                raise
+            time.sleep(self.watch_backoff)
+            return self._call("CreateStudy", request)
+
+    def get_study(self, study_id: str) -> service_pb2.Study:
+        return self._call("GetStudy", service_pb2.GetStudyRequest(study_id=study_id))
+
+    def list_studies(
+        self, state: str | int | None = None, page_size: int = 50
+    ) -> Iterator[service_pb2.Study]:
+        """All studies (optionally only those in ``state``), fetched page by page."""
+        request = service_pb2.ListStudiesRequest(page_size=page_size, state=parse_state(state))
+        while True:
+            response = self._call("ListStudies", request)
+            yield from response.studies
+            if not response.next_page_token:
+                return
+            request.page_token = response.next_page_token
+
+    def cancel_study(self, study_id: str) -> service_pb2.Study:
+        return self._call("CancelStudy", service_pb2.CancelStudyRequest(study_id=study_id))
+
+    # -- trials, plugins, server ---------------------------------------------------------------
+
+    def list_trials(self, study_id: str, page_size: int = 100) -> Iterator[service_pb2.Trial]:
+        request = service_pb2.ListTrialsRequest(study_id=study_id, page_size=page_size)
+        while True:
+            response = self._call("ListTrials", request)
+            yield from response.trials
+            if not response.next_page_token:
+                return
+            request.page_token = response.next_page_token
+
+    def get_trial(self, study_id: str, trial_id: int) -> service_pb2.Trial:
+        return self._call("GetTrial", service_pb2.GetTrialRequest(study_id=study_id, trial_id=trial_id))
+
+    def plugins(self, kind: str = "") -> service_pb2.ListPluginsResponse:
+        return self._call("ListPlugins", service_pb2.ListPluginsRequest(kind=kind))
+
+    def info(self) -> service_pb2.ServerInfo:
+        return self._call("GetServerInfo", service_pb2.GetServerInfoRequest())
+
+    # -- streaming -----------------------------------------------------------------------------
+
+    def watch(self, study_id: str, after_sequence: int = 0) -> Iterator[service_pb2.StudyEvent]:
+        """Yield the study's events after ``after_sequence``, ending after the terminal one.
+
+        A broken stream is re-opened from the last sequence seen, with
+        exponential backoff, at most ``watch_retries`` times in a row; events
+        at or below that sequence are dropped, so none is lost or repeated.
+        """
+        last = after_sequence
+        failures = 0
+        while True:
+            call = self._stub.WatchStudy(
+                service_pb2.WatchStudyRequest(study_id=study_id, after_sequence=last)
+            )
+            cause: TuneyardError | None = None
+            received = 0
+            try:
+                for event in call:
+                    if event.sequence <= last:
+                        continue
+                    last = event.sequence
+                    failures = 0
+                    received += 1
+                    yield event
+                    if is_terminal(event):
+                        return
+            except grpc.RpcError as err:
+                cause = from_rpc_error(err)
+                if cause.code not in _RETRYABLE_WATCH:
+                    raise cause from err
+            finally:
+                call.cancel()
+            if cause is None and received == 0 and self._finished(study_id):
+                # A clean, empty stream of a finished study: we were already past its terminal event.
+                return
+            failures += 1
+            if failures > self.watch_retries:
+                reason = str(cause) if cause else "stream ended before the study finished"
+                raise TuneyardError(
+                    cause.code if cause else grpc.StatusCode.UNAVAILABLE,
+                    f"watching study {study_id} failed after {self.watch_retries} reconnects: {reason}",
+                )
+            time.sleep(min(self.watch_backoff * 2 ** (failures - 1), self.watch_backoff_max))
+
+    def _finished(self, study_id: str) -> bool:
+        try:
+            return self.get_study(study_id).state in TERMINAL_STATES
+        except TuneyardError as err:
+            if err.code == grpc.StatusCode.UNAVAILABLE:
+                return False
+            raise
+
+    def wait(
+        self,
+        study_id: str,
+        *,
+        after_sequence: int = 0,
+        on_event: Callable[[service_pb2.StudyEvent], None] | None = None,
+    ) -> RunResult:
+        """Watch a study to its end (calling ``on_event`` per event), then fetch its result."""
+        for event in self.watch(study_id, after_sequence=after_sequence):
+            if on_event is not None:
+                on_event(event)
+        return RunResult.from_study(self.get_study(study_id))
+
+    def run(
+        self,
+        spec: SpecSource,
+        *,
+        on_event: Callable[[service_pb2.StudyEvent], None] | None = None,
+        request_id: str | None = None,
+    ) -> RunResult:
+        """Create a study, follow it to the end and return the best configuration.
+
+        Does not raise when the study fails or is cancelled: check
+        ``result.succeeded`` / ``result.study.state`` and ``result.study.error``.
+        """
+        spec = load_spec(spec)
+        study = self.create_study(spec, request_id=request_id)
+        result = self.wait(study.study_id, on_event=on_event)
+        return RunResult.from_study(result.study, spec)
