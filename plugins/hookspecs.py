@@ -1,0 +1,181 @@
+"""The hooks a tuneyard plugin implements (pluggy project ``tuneyard``).
+
+A plugin is a module (or any object) with functions decorated by ``@hookimpl``, exposed
+through the ``tuneyard`` entry-point group::
+
+    # pyproject.toml of your package
+    [project.entry-points.tuneyard]
+    my_plugin = "my_package.tuneyard_plugin"
+
+    # my_package/tuneyard_plugin.py
+    from tuneyard.plugins import hookimpl
+
+    def lion(params, *, lr: float = 1e-4, weight_decay: float = 0.0):
+        '''Lion optimizer.
+
+        Args:
+            lr: learning rate.
+            weight_decay: decoupled weight decay.
+        '''
+        return Lion(params, lr=lr, weight_decay=weight_decay)
+
+    @hookimpl
+    def tuneyard_register_optimizers(register):
+        register("lion", lion)
+
+Registration hooks are called once, when the server starts (built-ins first, then entry
+points). Each receives a ``register`` callback and returns nothing; the core can add keyword
+arguments to ``register`` later without breaking plugins.
+
+A factory's keyword-only parameters are its user-settable options: their annotations
+(``int``, ``float``, ``bool``, ``str``, ``list``, ``dict``; ``X | None`` counts as ``X``) and
+defaults become the parameter schema that ``ListPlugins`` shows and that study specs are
+validated against, and an ``Args:`` section of the docstring (Google style, ``name: text``)
+documents them. The docstring's first line is the default description. Names in
+``tuneyard.plugins.api.INJECTED[kind]`` are supplied by the framework, not by users.
+
+The sequence for one trial (all plugin objects see plain values and frozen views)::
+
+    searcher.suggest(trial_id) -> config          suggest  (None: the space is exhausted)
+    tuneyard_on_trial_start(...)                   observers
+    trainer: dataset, augmentations, model, optimizer, lr scheduler built from the registry
+    per epoch: tuneyard_on_trial_report(...)       run + report
+               early_stopper.report(...) -> Decision.CONTINUE | Decision.STOP   decide
+    early_stopper.complete(trial_id, value)
+    searcher.observe(trial_id, state, value)       observe
+    tuneyard_on_trial_end(...)                     observers
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import pluggy
+
+PROJECT = "tuneyard"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+class Register(Protocol):
+    """The callback every ``tuneyard_register_*`` hook receives."""
+
+    def __call__(self, name: str, factory: Callable[..., Any], description: str = "", **extra: Any) -> None:
+        """Register ``factory`` under ``name`` for this hook's kind.
+
+        ``name`` must be unique within its kind and contain no dots or whitespace (it appears in
+        search-space paths such as ``augmentations.<name>.<option>``). ``description`` defaults
+        to the first line of the factory's docstring. ``extra`` holds kind-specific flags, e.g.
+        ``batch_level=True`` for an augmentation that transforms whole batches (MixUp).
+        A duplicate or invalid registration is reported as a load error; the first one wins.
+        """
+
+
+# --------------------------------------------------------------------------------------------
+# Registration hooks: called once per plugin at server start-up, in the server process.
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def tuneyard_register_optimizers(register: Register) -> None:
+    """Register optimizer factories.
+
+    Factory: ``(params, *, lr: float = ..., **options) -> torch.optim.Optimizer``.
+    ``params`` is the model's parameter iterable (positional); every keyword-only parameter
+    is a user option.
+    """
+
+
+@hookspec
+def tuneyard_register_lr_schedulers(register: Register) -> None:
+    """Register learning-rate scheduler factories.
+
+    Factory: ``(optimizer, *, epochs: int, steps_per_epoch: int, **options)
+    -> torch.optim.lr_scheduler.LRScheduler``. ``epochs`` and ``steps_per_epoch`` are
+    injected. The trainer calls ``scheduler.step()`` once per epoch.
+    """
+
+
+@hookspec
+def tuneyard_register_augmentations(register: Register) -> None:
+    """Register data augmentation factories.
+
+    Factory: ``(*, **options) -> Callable[[Tensor], Tensor]``: a per-sample transform of a
+    float CHW tensor, applied to the training split only, before normalisation. It may
+    accept the injected ``input_shape: tuple[int, ...]`` (C, H, W). Register with
+    ``batch_level=True`` for a transform of ``(images, labels)`` batches instead.
+    The returned object must be picklable (data loader workers).
+    """
+
+
+@hookspec
+def tuneyard_register_models(register: Register) -> None:
+    """Register model factories.
+
+    Factory: ``(*, input_shape: tuple[int, ...], num_classes: int, **options)
+    -> torch.nn.Module``, mapping a batch ``(N, *input_shape)`` to logits ``(N, num_classes)``.
+    ``input_shape`` and ``num_classes`` are injected from the dataset.
+    """
+
+
+@hookspec
+def tuneyard_register_datasets(register: Register) -> None:
+    """Register dataset factories.
+
+    Factory: ``(*, root: str, **options) -> tuneyard.plugins.api.DatasetSplits``.
+    ``root`` is the server's ``--data-root`` folder; a dataset reads and writes only there.
+    """
+
+
+@hookspec
+def tuneyard_register_searchers(register: Register) -> None:
+    """Register searcher factories.
+
+    Factory: ``(*, space: tuple[Parameter, ...], objective: Objective, seed: int, **options)
+    -> tuneyard.plugins.api.Searcher``. All three arguments are injected. The searcher must
+    be deterministic given ``seed`` and resumable through ``state_dict``/``load_state_dict``.
+    """
+
+
+@hookspec
+def tuneyard_register_early_stoppers(register: Register) -> None:
+    """Register early-stopping factories.
+
+    Factory: ``(*, objective: Objective, **options) -> tuneyard.plugins.api.EarlyStopper``.
+    ``objective`` is injected.
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# Trial observers: called in the server process by the study runner. They only observe:
+# their return values are ignored and an exception is logged, never raised.
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def tuneyard_on_trial_start(study_id: str, trial_id: int, config: dict[str, Any]) -> None:
+    """Called when a trial is about to run.
+
+    ``study_id``: the study's id. ``trial_id``: the trial's number within the study.
+    ``config``: the searcher's suggestion (parameter name -> plain value); a copy.
+    """
+
+
+@hookspec
+def tuneyard_on_trial_report(study_id: str, trial_id: int, epoch: int, metrics: dict[str, float]) -> None:
+    """Called after each epoch of a trial, once its metrics are stored.
+
+    ``epoch``: 1-based epoch number. ``metrics``: e.g. ``{"val_accuracy": 0.97, "val_loss": 0.1,
+    "train_accuracy": ..., "train_loss": ...}``.
+    """
+
+
+@hookspec
+def tuneyard_on_trial_end(study_id: str, trial_id: int, state: str, metrics: dict[str, float]) -> None:
+    """Called once when a trial ends, after the searcher has observed it.
+
+    ``state``: "COMPLETED", "PRUNED" (stopped early), "FAILED" or "CANCELLED".
+    ``metrics``: the trial's final metrics (empty when it failed before any epoch).
+    """
