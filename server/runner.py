@@ -47,6 +47,7 @@ class StudyRunner(threading.Thread):
         self.storage, self.hub, self.scheduler, self.pool, self.registry = storage, hub, scheduler, pool, registry
         self._inbox: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self._cancelled = threading.Event()
+        self._halted = threading.Event()
         self._running: dict[int, Slot] = {}
         self._stop_reason: dict[int, str] = {}
         self._failures = 0
@@ -56,6 +57,14 @@ class StudyRunner(threading.Thread):
 
     def cancel(self) -> None:
         self._cancelled.set()
+        self._inbox.put(("wake",))
+
+    def halt(self) -> None:
+        """Server shutdown: stop trials and return, leaving the study unfinished in storage.
+
+        The study keeps its RUNNING state so that a restarted server sees it was interrupted.
+        """
+        self._halted.set()
         self._inbox.put(("wake",))
 
     def _wake(self) -> None:
@@ -99,6 +108,9 @@ class StudyRunner(threading.Thread):
         deadline = started_at + plan.max_duration_s if plan.max_duration_s else None
         next_id, exhausted = 1, False
         while True:
+            if self._halted.is_set():
+                self._stop_all("halted")
+                return
             while self._may_start(next_id, exhausted, deadline):
                 slot = self.scheduler.try_acquire(self.study_id, self._wake)
                 if slot is None:
@@ -127,6 +139,7 @@ class StudyRunner(threading.Thread):
         plan = self.plan
         return (
             not self._cancelled.is_set()
+            and not self._halted.is_set()
             and not exhausted
             and next_id <= plan.max_trials
             and len(self._running) < plan.max_concurrent_trials
@@ -216,6 +229,8 @@ class StudyRunner(threading.Thread):
 
     def _finish(self) -> None:
         now = time.time()
+        if self._halted.is_set():
+            return
         if self._cancelled.is_set():
             self._set_state(StudyState.CANCELLED, end_time=now)
         elif self._failures_exceeded():
@@ -243,7 +258,9 @@ class StudyRunner(threading.Thread):
             if self._cancelled.is_set():
                 self._set_state(StudyState.CANCELLED, end_time=time.time())
                 return None
-            self._inbox.get()
+            if self._halted.is_set():
+                return None
+            self._next_message()
         try:
             self.scheduler.label(slot, f"{self.study_id}/test")
             task = {
@@ -251,8 +268,10 @@ class StudyRunner(threading.Thread):
                 "checkpoint": best.checkpoint,
             }
             self.pool.worker(slot.index).submit("evaluate", "test", task, self._inbox.put)
-            while True:
-                msg = self._inbox.get()
+            while not self._halted.is_set():
+                msg = self._next_message()
+                if msg is None:
+                    continue
                 if msg[0] == "done" and msg[1] == "test":
                     return dict(msg[2])
                 if msg[0] in ("error", "crashed") and msg[1] == "test":
@@ -261,5 +280,12 @@ class StudyRunner(threading.Thread):
                         end_time=time.time(),
                     )  # fmt: skip
                     return None
+            return None
         finally:
             self.scheduler.release(slot)
+
+    def _next_message(self) -> tuple[Any, ...] | None:
+        try:
+            return self._inbox.get(timeout=POLL_S)
+        except queue.Empty:
+            return None

@@ -81,8 +81,9 @@ class StudyManager:
             self.hub.publish(study_id, "study_state", {"state": StudyState.FAILED.value, "error": why})
 
     def shutdown(self) -> None:
+        """Halts every runner; unfinished studies stay unfinished for the next start to settle."""
         for runner in list(self._runners.values()):
             if runner.is_alive():
-                runner.cancel()
+                runner.halt()
         for runner in list(self._runners.values()):
             runner.join(CANCEL_WAIT_S)
