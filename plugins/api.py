@@ -32,7 +32,7 @@ KINDS: tuple[str, ...] = (
 INJECTED: dict[str, frozenset[str]] = {
     "optimizer": frozenset(),
     "lr_scheduler": frozenset({"epochs", "steps_per_epoch"}),
-    "augmentation": frozenset({"input_shape"}),
+    "augmentation": frozenset({"input_shape", "num_classes"}),
     "model": frozenset({"input_shape", "num_classes"}),
     "dataset": frozenset({"root"}),
     "searcher": frozenset({"space", "objective", "seed"}),
@@ -78,8 +78,13 @@ class PluginEntry:
     parameters: tuple[ParamSpec, ...]
     distribution: str
     version: str
-    # Augmentations only: True for batch-level transforms (MixUp, CutMix).
+    # Augmentations only: True for batch-level transforms (MixUp, CutMix), whose object is
+    # called as `transform(inputs, labels) -> (inputs, soft_labels)` on a whole batch.
     batch_level: bool = False
+    # LR schedulers only: "batch" steps after every optimizer step, "epoch" after every epoch.
+    interval: str = "epoch"
+    # LR schedulers only: a metric name passed to `step(value)` (ReduceLROnPlateau), or "".
+    monitor: str = ""
 
     def param(self, name: str) -> ParamSpec | None:
         return next((p for p in self.parameters if p.name == name), None)

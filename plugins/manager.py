@@ -48,7 +48,12 @@ REGISTER_HOOKS: dict[str, str] = {
     "searcher": "tuneyard_register_searchers",
     "early_stopper": "tuneyard_register_early_stoppers",
 }
-_EXTRAS: dict[str, frozenset[str]] = {"augmentation": frozenset({"batch_level"})}
+_EXTRAS: dict[str, frozenset[str]] = {
+    "augmentation": frozenset({"batch_level"}),
+    "lr_scheduler": frozenset({"interval", "monitor"}),
+}
+# LR schedulers' register(interval=...): when the trainer calls scheduler.step().
+_INTERVALS: tuple[str, ...] = ("batch", "epoch")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]*$")
 
 
@@ -186,6 +191,8 @@ class PluginRegistry:
                     distribution=distribution,
                     version=version,
                     batch_level=bool(extra.get("batch_level", False)),
+                    interval=str(extra.get("interval", "epoch")),
+                    monitor=str(extra.get("monitor", "")),
                 )
             )
 
@@ -272,6 +279,13 @@ def _check_registration(kind: str, name: Any, factory: Any, description: Any, ex
     unknown = sorted(set(extra) - _EXTRAS.get(kind, frozenset()))
     if unknown:
         return f"unknown register() argument {unknown[0]!r} for kind {kind}"
+    if kind == "lr_scheduler":
+        interval = extra.get("interval", "epoch")
+        if not isinstance(interval, str) or interval not in _INTERVALS:
+            return f"interval must be one of {', '.join(map(repr, _INTERVALS))}, got {interval!r}"
+        monitor = extra.get("monitor", "")
+        if not isinstance(monitor, str):
+            return f"monitor must be a metric name (a string, or '' for none), got {monitor!r}"
     return None
 
 

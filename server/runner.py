@@ -165,7 +165,8 @@ class StudyRunner(threading.Thread):
         self._running[trial_id] = slot
         self._publish("trial_started", {"trial": trial_to_dict(trial)})
         self.registry.on_trial_start(self.study_id, trial_id, dict(config))
-        task = {"trial_id": trial_id, "settings": settings, "checkpoint": str(checkpoint)}
+        objective = {"metric": self.plan.objective.metric, "mode": self.plan.objective.mode}
+        task = {"trial_id": trial_id, "settings": settings, "checkpoint": str(checkpoint), "objective": objective}
         self.pool.worker(slot.index).submit("train", trial_id, task, self._inbox.put)
 
     def _handle(self, msg: tuple[Any, ...], searcher: Any, stopper: Any) -> None:

@@ -26,8 +26,19 @@ from tuneyard.server.domain import InvalidArgument
 
 METRICS = ("val_accuracy", "val_loss", "train_accuracy", "train_loss")
 COMPONENTS = {"dataset": "dataset", "model": "model", "optimizer": "optimizer", "lr_scheduler": "lr_scheduler"}
-SEARCHABLE_TRAINING_FIELDS = {"epochs": "int", "batch_size": "int", "label_smoothing": "float", "seed": "int"}
-PRECISIONS = ("", "auto", "fp32", "bf16")
+SEARCHABLE_TRAINING_FIELDS = {
+    "epochs": "int",
+    "batch_size": "int",
+    "label_smoothing": "float",
+    "seed": "int",
+    "precision": "str",
+    "grad_clip_norm": "float",
+    "grad_accumulation_steps": "int",
+    "ema_decay": "float",
+    "early_stop_patience": "int",
+    "deterministic": "bool",
+}
+PRECISIONS = ("", "auto", "fp32", "bf16", "fp16")
 MAX_TRIALS = 100_000
 MAX_EPOCHS = 100_000
 DEFAULT_BATCH_SIZE = 64
@@ -71,6 +82,17 @@ def _duration_s(value: Any, path: str) -> float | None:
     if seconds < 0:
         raise InvalidArgument(path, "must not be negative")
     return seconds or None
+
+
+def _plain_type_ok(kind: str, value: Any) -> bool:
+    """Type check for searched training fields, which have no plugin schema."""
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "str":
+        return isinstance(value, str)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return kind == "float" or float(value).is_integer()
 
 
 class SpecValidator:
@@ -175,7 +197,19 @@ class SpecValidator:
             raise InvalidArgument(f"{path}.label_smoothing", f"must be in [0, 1), got {smoothing}")
         precision = training.get("precision", "")
         if precision not in PRECISIONS:
-            raise InvalidArgument(f"{path}.precision", f"must be one of auto, fp32, bf16, got {precision!r}")
+            raise InvalidArgument(f"{path}.precision", f"must be one of auto, fp32, bf16, fp16, got {precision!r}")
+        clip = float(training.get("grad_clip_norm", 0.0))
+        if clip < 0 or not math.isfinite(clip):
+            raise InvalidArgument(f"{path}.grad_clip_norm", f"must be 0 (off) or positive, got {clip}")
+        accumulation = _int(training.get("grad_accumulation_steps", 0), f"{path}.grad_accumulation_steps")
+        if not 0 <= accumulation <= 1024:
+            raise InvalidArgument(f"{path}.grad_accumulation_steps", f"must be between 0 and 1024, got {accumulation}")
+        ema = float(training.get("ema_decay", 0.0))
+        if not 0.0 <= ema < 1.0:
+            raise InvalidArgument(f"{path}.ema_decay", f"must be in [0, 1), got {ema}")
+        patience = _int(training.get("early_stop_patience", 0), f"{path}.early_stop_patience")
+        if patience < 0:
+            raise InvalidArgument(f"{path}.early_stop_patience", f"must not be negative, got {patience}")
         augmentations = []
         seen: set[str] = set()
         for i, aug in enumerate(training.get("augmentations") or []):
@@ -198,6 +232,11 @@ class SpecValidator:
             "label_smoothing": smoothing,
             "precision": precision or "auto",
             "seed": _int(training.get("seed", 0), f"{path}.seed"),
+            "grad_clip_norm": clip,
+            "grad_accumulation_steps": max(accumulation, 1),
+            "ema_decay": ema,
+            "early_stop_patience": patience,
+            "deterministic": bool(training.get("deterministic", False)),
         }
 
     def _objective(self, objective: Any) -> Objective:
@@ -385,6 +424,10 @@ class SpecValidator:
                 raise InvalidArgument(path, f"float_range cannot set {param.name}, which takes {kind}")
             if isinstance(domain, IntRange) and kind not in ("int", "float", "any"):
                 raise InvalidArgument(path, f"int_range cannot set {param.name}, which takes {kind}")
+            if isinstance(domain, Choice) and spec_param is None:
+                for j, value in enumerate(domain.values):
+                    if not _plain_type_ok(kind, value):
+                        raise InvalidArgument(f"{path}.choice.values[{j}]", f"expected {kind}, got {value!r}")
             if isinstance(domain, Choice) and spec_param is not None:
                 for j, value in enumerate(domain.values):
                     try:

@@ -1,7 +1,9 @@
 """Trains and evaluates one trial inside a worker process, building every part from the registry.
 
 Imported only in worker processes (it imports torch). Datasets are cached per worker, so
-consecutive trials on the same data skip loading it again.
+consecutive trials on the same data skip loading it again. Training techniques (gradient
+clipping and accumulation, mixed precision, EMA of weights, early stop on plateau,
+deterministic seeding, channels_last on CUDA) are plain `training` settings.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,42 +19,16 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from tuneyard.plugins.api import DatasetSplits
 from tuneyard.plugins.manager import PluginRegistry
+from tuneyard.server.batches import Batches, Transform
 
 Report = Callable[[int, dict[str, float]], None]
 ShouldStop = Callable[[], bool]
-Transform = Callable[[torch.Tensor], torch.Tensor]
-
-
-class _Batches:
-    """Yields (inputs, labels) batches, slicing tensors directly when the split is a TensorDataset."""
-
-    def __init__(self, data: Dataset, batch_size: int, *, shuffle: bool, seed: int, transform: Any) -> None:
-        self.data, self.batch_size, self.shuffle, self.transform = data, batch_size, shuffle, transform
-        self.generator = torch.Generator().manual_seed(seed)
-        self.tensors = data.tensors if isinstance(data, TensorDataset) else None
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.data) / self.batch_size)
-
-    def __iter__(self):
-        if self.tensors is None:
-            loader = DataLoader(self.data, batch_size=self.batch_size, shuffle=self.shuffle, generator=self.generator)
-            for x, y in loader:
-                yield self._apply(x), y
-            return
-        x_all, y_all = self.tensors
-        n = len(x_all)
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        for start in range(0, n, self.batch_size):
-            idx = order[start : start + self.batch_size]
-            yield self._apply(x_all[idx]), y_all[idx]
-
-    def _apply(self, x: torch.Tensor) -> torch.Tensor:
-        return self.transform(x) if self.transform is not None else x
+BatchTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+EVAL_BATCH = 512
 
 
 class Trainer:
@@ -62,6 +39,8 @@ class Trainer:
         self.device = torch.device(device)
         self.data_root = data_root
         self._datasets: dict[str, DatasetSplits] = {}
+
+    # ---- building blocks ----
 
     def _dataset(self, component: dict[str, Any]) -> DatasetSplits:
         key = json.dumps(component, sort_keys=True)
@@ -91,14 +70,18 @@ class Trainer:
         std = torch.tensor(splits.std).view(shape)
         return lambda x: (x - mean) / std
 
-    def _train_transform(self, settings: dict[str, Any], splits: DatasetSplits) -> Transform:
+    def _augmentations(self, training: dict[str, Any], splits: DatasetSplits) -> tuple[Transform, list[BatchTransform]]:
+        """Per-sample augmentations then normalisation (on the CPU), and batch-level ones (on the device)."""
         normalise = self._normalise(splits)
-        per_sample = [
-            self.registry.create("augmentation", a["name"], a["options"], input_shape=tuple(splits.input_shape))
-            for a in settings["training"]["augmentations"]
-        ]
+        per_sample, per_batch = [], []
+        for aug in training["augmentations"]:
+            made = self.registry.create(
+                "augmentation", aug["name"], aug["options"],
+                input_shape=tuple(splits.input_shape), num_classes=splits.num_classes,
+            )  # fmt: skip
+            (per_batch if self.registry.get("augmentation", aug["name"]).batch_level else per_sample).append(made)
         if not per_sample:
-            return normalise
+            return normalise, per_batch
 
         def transform(x: torch.Tensor) -> torch.Tensor:
             out = x.clone()
@@ -109,11 +92,13 @@ class Trainer:
                 out[i] = sample
             return normalise(out)
 
-        return transform
+        return transform, per_batch
 
-    def _autocast(self, precision: str):
-        use_bf16 = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16)
+    def _autocast(self, precision: str) -> torch.autocast:
+        """Mixed precision on CUDA only; CPU trials train in fp32."""
+        dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+        enabled = self.device.type == "cuda" and precision in ("auto", "bf16", "fp16")
+        return torch.autocast(self.device.type, dtype=dtype, enabled=enabled)
 
     def _to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         non_blocking = self.device.type == "cuda"
@@ -122,8 +107,15 @@ class Trainer:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y.to(self.device, non_blocking=non_blocking)
 
+    @staticmethod
+    def _seed(seed: int, deterministic: bool) -> None:
+        random.seed(seed)
+        torch.manual_seed(seed)
+        torch.use_deterministic_algorithms(deterministic, warn_only=True)
+        torch.backends.cudnn.benchmark = not deterministic
+
     @torch.no_grad()
-    def _evaluate(self, model: nn.Module, batches: _Batches, precision: str) -> dict[str, float]:
+    def _evaluate(self, model: nn.Module, batches: Batches, precision: str) -> dict[str, float]:
         model.eval()
         loss_fn = nn.CrossEntropyLoss(reduction="sum")
         total, correct, loss = 0, 0, 0.0
@@ -136,56 +128,72 @@ class Trainer:
             total += len(y)
         return {"loss": loss / max(total, 1), "accuracy": correct / max(total, 1)}
 
+    # ---- training ----
+
     def train(self, task: dict[str, Any], report: Report, should_stop: ShouldStop) -> dict[str, Any]:
         """Runs the trial's epochs; reports after each; stops early when `should_stop()` says so."""
         settings, training = task["settings"], task["settings"]["training"]
         seed = int(training["seed"])
-        torch.manual_seed(seed)
+        self._seed(seed, bool(training.get("deterministic", False)))
         splits = self._dataset(settings["dataset"])
         model = self._model(settings, splits)
         optimizer = self.registry.create(
             "optimizer", training["optimizer"]["name"], training["optimizer"]["options"], args=(model.parameters(),)
         )
-        batch_size = int(training["batch_size"])
-        train_batches = _Batches(
-            splits.train, batch_size, shuffle=True, seed=seed, transform=self._train_transform(settings, splits)
-        )
-        val_batches = _Batches(splits.val, 512, shuffle=False, seed=seed, transform=self._normalise(splits))
+        transform, batch_augs = self._augmentations(training, splits)
+        train_batches = Batches(splits.train, int(training["batch_size"]), shuffle=True, seed=seed, transform=transform)
+        val_batches = Batches(splits.val, EVAL_BATCH, shuffle=False, seed=seed, transform=self._normalise(splits))
         epochs = int(training["epochs"])
-        scheduler = None
-        if training.get("lr_scheduler"):
-            sched = training["lr_scheduler"]
-            scheduler = self.registry.create(
-                "lr_scheduler", sched["name"], sched["options"], args=(optimizer,),
-                epochs=epochs, steps_per_epoch=len(train_batches),
-            )  # fmt: skip
+        accumulation = max(1, int(training.get("grad_accumulation_steps", 1)))
+        steps_per_epoch = math.ceil(len(train_batches) / accumulation)
+        scheduler, interval, monitor = self._scheduler(training, optimizer, epochs, steps_per_epoch)
+        decay = float(training.get("ema_decay", 0.0))
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True) if decay else None
+        precision = training["precision"]
+        scaler = torch.amp.GradScaler("cuda") if precision == "fp16" and self.device.type == "cuda" else None
+        clip = float(training.get("grad_clip_norm", 0.0))
         loss_fn = nn.CrossEntropyLoss(label_smoothing=float(training["label_smoothing"]))
+        counts = {
+            "params": float(sum(p.numel() for p in model.parameters())),
+            "trainable_params": float(sum(p.numel() for p in model.parameters() if p.requires_grad)),
+        }
+        objective = task.get("objective") or {"metric": "val_accuracy", "mode": "max"}
+        patience = int(training.get("early_stop_patience", 0))
         checkpoint = Path(task["checkpoint"])
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
         metrics: dict[str, float] = {}
-        epoch = 0
+        best, since_best, epoch = None, 0, 0
         for epoch in range(1, epochs + 1):
             started = time.perf_counter()
+            if hasattr(model, "on_epoch_start"):
+                model.on_epoch_start(epoch)
             model.train()
             seen, correct, total_loss = 0, 0, 0.0
-            for x, y in train_batches:
+            n_batches = len(train_batches)
+            for i, (x, y) in enumerate(train_batches):
                 if should_stop():
                     return {"final_metrics": metrics, "epochs": epoch - 1, "stopped": True}
                 x, y = self._to_device(x, y)
-                with self._autocast(training["precision"]):
+                targets = y
+                for aug in batch_augs:
+                    x, targets = aug(x, targets)
+                with self._autocast(precision):
                     logits = model(x)
-                    loss = loss_fn(logits.float(), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                    loss = loss_fn(logits.float(), targets)
+                (scaler.scale(loss / accumulation) if scaler else loss / accumulation).backward()
+                if (i + 1) % accumulation == 0 or i + 1 == n_batches:
+                    self._step(model, optimizer, scaler, clip)
+                    if ema is not None:
+                        ema.update_parameters(model)
+                    if scheduler is not None and interval == "batch":
+                        scheduler.step()
                 total_loss += loss.item() * len(y)
                 correct += (logits.argmax(1) == y).sum().item()
                 seen += len(y)
-            if scheduler is not None:
-                scheduler.step()
             if not math.isfinite(total_loss):
                 raise FloatingPointError(f"training loss diverged at epoch {epoch}")
-            val = self._evaluate(model, val_batches, training["precision"])
+            evaluated = ema.module if ema is not None else model
+            val = self._evaluate(evaluated, val_batches, precision)
             metrics = {
                 "train_loss": total_loss / max(seen, 1),
                 "train_accuracy": correct / max(seen, 1),
@@ -193,12 +201,49 @@ class Trainer:
                 "val_accuracy": val["accuracy"],
                 "lr": float(optimizer.param_groups[0]["lr"]),
                 "epoch_seconds": time.perf_counter() - started,
+                **counts,
             }
-            self._save(checkpoint, model, optimizer, epoch)
+            if scheduler is not None and interval == "epoch":
+                scheduler.step(metrics[monitor]) if monitor else scheduler.step()
+            self._save(checkpoint, evaluated, optimizer, epoch)
             report(epoch, metrics)
             if should_stop():
                 return {"final_metrics": metrics, "epochs": epoch, "stopped": True}
+            value = metrics.get(objective["metric"])
+            if value is not None and (best is None or (value > best if objective["mode"] == "max" else value < best)):
+                best, since_best = value, 0
+            else:
+                since_best += 1
+            if patience and since_best >= patience:
+                break
         return {"final_metrics": metrics, "epochs": epoch, "stopped": False}
+
+    def _scheduler(
+        self, training: dict[str, Any], optimizer: Any, epochs: int, steps_per_epoch: int
+    ) -> tuple[Any, str, str]:
+        """The schedule and how to step it, as its plugin registered (never by name)."""
+        spec = training.get("lr_scheduler")
+        if not spec or not spec.get("name"):
+            return None, "epoch", ""
+        entry = self.registry.get("lr_scheduler", spec["name"])
+        scheduler = self.registry.create(
+            "lr_scheduler", spec["name"], spec["options"], args=(optimizer,),
+            epochs=epochs, steps_per_epoch=steps_per_epoch,
+        )  # fmt: skip
+        return scheduler, entry.interval, entry.monitor
+
+    @staticmethod
+    def _step(model: nn.Module, optimizer: Any, scaler: Any, clip: float) -> None:
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        if clip:
+            nn.utils.clip_grad_norm_(model.parameters(), clip)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
 
     def _save(self, path: Path, model: nn.Module, optimizer: Any, epoch: int) -> None:
         tmp = path.with_suffix(".tmp")
@@ -212,6 +257,6 @@ class Trainer:
         model = self._model(settings, splits)
         state = torch.load(task["checkpoint"], map_location=self.device, weights_only=True)
         model.load_state_dict(state["model"])
-        batches = _Batches(splits.test, 512, shuffle=False, seed=0, transform=self._normalise(splits))
+        batches = Batches(splits.test, EVAL_BATCH, shuffle=False, seed=0, transform=self._normalise(splits))
         result = self._evaluate(model, batches, settings["training"]["precision"])
         return {"test_loss": result["loss"], "test_accuracy": result["accuracy"]}

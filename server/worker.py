@@ -16,6 +16,9 @@ from typing import Any
 def worker_main(conn: Connection, slot: dict[str, Any]) -> None:
     """Entry point of a spawned worker; `slot` holds device, CUDA_VISIBLE_DEVICES and thread count."""
     os.environ["CUDA_VISIBLE_DEVICES"] = slot["cuda_visible"]
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # lets deterministic trials run on CUDA
+    if slot.get("data_root"):
+        os.environ["TUNEYARD_DATA_ROOT"] = slot["data_root"]  # where model plugins may read weight files
     import torch
 
     torch.set_num_threads(int(slot["threads"]))

@@ -20,7 +20,7 @@ class Component(_message.Message):
     def __init__(self, name: _Optional[str] = ..., options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class TrainingConfig(_message.Message):
-    __slots__ = ("epochs", "batch_size", "optimizer", "lr_scheduler", "augmentations", "label_smoothing", "precision", "seed")
+    __slots__ = ("epochs", "batch_size", "optimizer", "lr_scheduler", "augmentations", "label_smoothing", "precision", "seed", "grad_clip_norm", "grad_accumulation_steps", "ema_decay", "early_stop_patience", "deterministic")
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
@@ -29,6 +29,11 @@ class TrainingConfig(_message.Message):
     LABEL_SMOOTHING_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    GRAD_CLIP_NORM_FIELD_NUMBER: _ClassVar[int]
+    GRAD_ACCUMULATION_STEPS_FIELD_NUMBER: _ClassVar[int]
+    EMA_DECAY_FIELD_NUMBER: _ClassVar[int]
+    EARLY_STOP_PATIENCE_FIELD_NUMBER: _ClassVar[int]
+    DETERMINISTIC_FIELD_NUMBER: _ClassVar[int]
     epochs: int
     batch_size: int
     optimizer: Component
@@ -37,7 +42,12 @@ class TrainingConfig(_message.Message):
     label_smoothing: float
     precision: str
     seed: int
-    def __init__(self, epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., optimizer: _Optional[_Union[Component, _Mapping]] = ..., lr_scheduler: _Optional[_Union[Component, _Mapping]] = ..., augmentations: _Optional[_Iterable[_Union[Component, _Mapping]]] = ..., label_smoothing: _Optional[float] = ..., precision: _Optional[str] = ..., seed: _Optional[int] = ...) -> None: ...
+    grad_clip_norm: float
+    grad_accumulation_steps: int
+    ema_decay: float
+    early_stop_patience: int
+    deterministic: bool
+    def __init__(self, epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., optimizer: _Optional[_Union[Component, _Mapping]] = ..., lr_scheduler: _Optional[_Union[Component, _Mapping]] = ..., augmentations: _Optional[_Iterable[_Union[Component, _Mapping]]] = ..., label_smoothing: _Optional[float] = ..., precision: _Optional[str] = ..., seed: _Optional[int] = ..., grad_clip_norm: _Optional[float] = ..., grad_accumulation_steps: _Optional[int] = ..., ema_decay: _Optional[float] = ..., early_stop_patience: _Optional[int] = ..., deterministic: _Optional[bool] = ...) -> None: ...
 
 class IntRange(_message.Message):
     __slots__ = ("low", "high", "log", "step")
