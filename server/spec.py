@@ -292,15 +292,28 @@ class SpecValidator:
             name = raw.get("name")
             if not isinstance(name, str) or not name:
                 raise InvalidArgument(f"{path}.name", "required")
-            if name in names:
-                raise InvalidArgument(f"{path}.name", f"{name!r} appears twice")
             domain = self._domain(raw, path)
             condition = self._condition(raw.get("condition"), names, f"{path}.condition")
             param = Parameter(name=name, domain=domain, condition=condition)
+            self._check_alternatives(param, [p for p in out if p.name == name], f"{path}.name")
             self._check_target(param, spec, names, path)
-            names[name] = param
+            names.setdefault(name, param)
             out.append(param)
         return tuple(out)
+
+    @staticmethod
+    def _check_alternatives(param: Parameter, earlier: list[Parameter], path: str) -> None:
+        """A name may repeat only as alternatives: conditions on one parent with disjoint values.
+
+        That is how each optimizer gets its own `optimizer.lr` range.
+        """
+        for other in earlier:
+            a, b = param.condition, other.condition
+            if a is None or b is None or a.parent != b.parent or set(a.values) & set(b.values):
+                raise InvalidArgument(
+                    path, f"{param.name!r} appears twice; repeat a name only under conditions on one parent "
+                    "with disjoint values"
+                )
 
     def _domain(self, raw: dict[str, Any], path: str) -> IntRange | FloatRange | Choice:
         present = [k for k in ("int_range", "float_range", "choice") if k in raw]

@@ -162,3 +162,32 @@ def test_valid_spec_round_trips_with_defaults_filled(stub):
     assert stored["training"]["precision"] == "auto"
     stub.CancelStudy(pb.CancelStudyRequest(study_id=study.study_id))
     assert isinstance(study.spec, spec_pb2.StudySpec)
+
+
+def test_a_name_may_repeat_as_alternatives_under_disjoint_conditions(stub):
+    spec = copy.deepcopy(TINY_SPEC)
+    spec["search_space"] = [
+        {"name": "optimizer.name", "choice": {"values": ["sgd", "adam"]}},
+        {"name": "optimizer.lr", "float_range": {"low": 0.01, "high": 0.5, "log": True},
+         "condition": {"parent": "optimizer.name", "values": ["sgd"]}},
+        {"name": "optimizer.lr", "float_range": {"low": 0.0001, "high": 0.01, "log": True},
+         "condition": {"parent": "optimizer.name", "values": ["adam"]}},
+    ]  # fmt: skip
+    study = stub.CreateStudy(pb.CreateStudyRequest(spec=to_proto(spec)))
+    stub.CancelStudy(pb.CancelStudyRequest(study_id=study.study_id))
+
+    spec["search_space"][2]["condition"]["values"] = ["adam", "sgd"]
+    assert_invalid(
+        lambda: stub.CreateStudy(pb.CreateStudyRequest(spec=to_proto(spec))), "spec.search_space[2].name", "disjoint"
+    )
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [("grad_clip_norm", -1.0, "positive"), ("grad_accumulation_steps", 5000, "between 0 and 1024"),
+     ("ema_decay", 1.0, "[0, 1)"), ("early_stop_patience", -3, "negative")],
+)  # fmt: skip
+def test_bad_training_technique_settings_are_invalid(stub, field, value, reason):
+    spec = with_change(f"training.{field}", value)
+    create = lambda: stub.CreateStudy(pb.CreateStudyRequest(spec=to_proto(spec)))  # noqa: E731
+    assert_invalid(create, f"spec.training.{field}", reason)
