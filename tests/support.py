@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,13 @@ class ServerProcess:
         if not self.address:
             self.kill()
             raise RuntimeError("server did not start:\n" + "".join(self.output))
+        # Keep draining the pipe so a chatty server never blocks on a full buffer.
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.output.append(line)
 
     def stub(self) -> service_pb2_grpc.TrainingServiceStub:
         self._channel = grpc.insecure_channel(self.address)

@@ -58,7 +58,7 @@ def test_watch_after_sequence_replays_only_later_events(stub):
     study = create(stub, tiny_spec(budget={"max_trials": 1}))
     everything = watch_all(stub, study.study_id)
     tail = watch_all(stub, study.study_id, after=3)
-    assert [e.SerializeToString() for e in tail] == [e.SerializeToString() for e in everything[3:]]
+    assert tail == everything[3:]
 
 
 def test_killed_worker_fails_its_trial_and_the_study_goes_on(server, stub):
@@ -144,11 +144,11 @@ def test_finished_study_is_fully_readable_after_restart(server_process, tmp_path
     second = server_process(data)
     stub = second.stub()
     after_study = stub.GetStudy(pb.GetStudyRequest(study_id=study.study_id))
-    assert after_study.SerializeToString() == before_study.SerializeToString()
+    assert after_study == before_study
     after_trials = stub.ListTrials(pb.ListTrialsRequest(study_id=study.study_id)).trials
-    assert [t.SerializeToString() for t in after_trials] == [t.SerializeToString() for t in before_trials]
+    assert list(after_trials) == list(before_trials)
     after_events = watch_all(stub, study.study_id)
-    assert [e.SerializeToString() for e in after_events] == [e.SerializeToString() for e in before_events]
+    assert after_events == before_events
 
 
 def test_study_interrupted_by_a_stop_is_settled_on_restart(server_process, tmp_path):
