@@ -94,7 +94,10 @@ def tuneyard_register_lr_schedulers(register: Register) -> None:
 
     Factory: ``(optimizer, *, epochs: int, steps_per_epoch: int, **options)
     -> torch.optim.lr_scheduler.LRScheduler``. ``epochs`` and ``steps_per_epoch`` are
-    injected. The trainer calls ``scheduler.step()`` once per epoch.
+    injected. Register with ``interval="batch"`` to be stepped after every optimizer step,
+    or ``interval="epoch"`` (the default) after every epoch; ``monitor="val_loss"`` makes the
+    trainer call ``scheduler.step(metrics["val_loss"])`` (ReduceLROnPlateau). The trainer
+    never looks at a schedule's name.
     """
 
 
