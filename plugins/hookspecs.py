@@ -107,9 +107,10 @@ def tuneyard_register_augmentations(register: Register) -> None:
 
     Factory: ``(*, **options) -> Callable[[Tensor], Tensor]``: a per-sample transform of a
     float CHW tensor, applied to the training split only, before normalisation. It may
-    accept the injected ``input_shape: tuple[int, ...]`` (C, H, W). Register with
-    ``batch_level=True`` for a transform of ``(images, labels)`` batches instead.
-    The returned object must be picklable (data loader workers).
+    accept the injected ``input_shape: tuple[int, ...]`` (C, H, W) and ``num_classes``.
+    Register with ``batch_level=True`` for a transform of whole batches instead (MixUp,
+    CutMix): ``(images, labels) -> (images, soft_labels)`` with soft labels of shape
+    ``(N, num_classes)``, applied on the trial's device after normalisation.
     """
 
 
@@ -119,7 +120,9 @@ def tuneyard_register_models(register: Register) -> None:
 
     Factory: ``(*, input_shape: tuple[int, ...], num_classes: int, **options)
     -> torch.nn.Module``, mapping a batch ``(N, *input_shape)`` to logits ``(N, num_classes)``.
-    ``input_shape`` and ``num_classes`` are injected from the dataset.
+    ``input_shape`` and ``num_classes`` are injected from the dataset. If the module has
+    an ``on_epoch_start(epoch)`` method the trainer calls it before every epoch (from 1),
+    e.g. to unfreeze a fine-tuned backbone.
     """
 
 
