@@ -25,17 +25,16 @@ def reg(monkeypatch: pytest.MonkeyPatch) -> PluginRegistry:
 
 def test_builtins_load_without_errors(reg: PluginRegistry) -> None:
     assert reg.errors == []
-    assert reg.names("optimizer") == ["adagrad", "adam", "rmsprop", "sgd"]
-    assert reg.names("lr_scheduler") == ["constant", "cosine"]
-    assert reg.names("augmentation") == ["horizontal_flip", "random_crop"]
-    assert reg.names("model") == ["simple_cnn"]
-    assert reg.names("dataset") == ["digits"]
+    # optimizer / lr_scheduler names: tests/test_optimizers.py, tests/test_lr_schedulers.py
+    assert {"horizontal_flip", "random_crop", "mixup"} <= set(reg.names("augmentation"))
+    assert "simple_cnn" in reg.names("model")  # the full list: tests/test_models.py
+    assert {"digits", "synthetic"} <= set(reg.names("dataset"))
     assert reg.names("searcher") == ["grid", "random"]
     entries = reg.entries()
     assert [(e.kind, e.name) for e in entries] == sorted((e.kind, e.name) for e in entries)
     assert {(e.distribution, e.version) for e in entries} == {("tuneyard", tuneyard.__version__)}
     assert all(e.description for e in entries)
-    assert [e.name for e in reg.entries("model")] == ["simple_cnn"]
+    assert "simple_cnn" in [e.name for e in reg.entries("model")]
 
 
 def test_unknown_kind_or_name_is_a_key_error(reg: PluginRegistry) -> None:
@@ -67,7 +66,7 @@ class ThrowawayPlugin:
         def mixup(*, alpha: float = 0.2) -> str:
             return f"mixup {alpha}"
 
-        register("mixup", mixup, description="MixUp on batches", batch_level=True)
+        register("tp_mixup", mixup, description="MixUp on batches", batch_level=True)
 
     @hookimpl
     def tuneyard_on_trial_start(self, study_id: str, trial_id: int, config: dict) -> None:
@@ -89,7 +88,7 @@ def test_throwaway_plugin_registers_and_unregisters(reg: PluginRegistry) -> None
         lion = reg.get("optimizer", "lion")
         assert (lion.distribution, lion.version, lion.description) == ("tp", "9.9", "Lion, for tests.")
         assert [p.name for p in lion.parameters] == ["lr", "decay"]
-        mixup = reg.get("augmentation", "mixup")
+        mixup = reg.get("augmentation", "tp_mixup")
         assert mixup.batch_level and mixup.description == "MixUp on batches"
         assert not reg.get("augmentation", "random_crop").batch_level
         assert reg.errors == []
@@ -104,7 +103,7 @@ def test_create_coerces_fills_defaults_and_passes_only_accepted_injected(reg: Pl
     reg.add_plugin(ThrowawayPlugin(), name="throwaway")
     params, lr, decay = reg.create("optimizer", "lion", {"decay": 3.0}, args=(iter([1, 2]),), epochs=5)
     assert (params, lr, decay) == ([1, 2], 1e-4, 3) and type(decay) is int
-    assert reg.create("augmentation", "mixup", {"alpha": 1}, input_shape=(1, 8, 8)) == "mixup 1.0"
+    assert reg.create("augmentation", "tp_mixup", {"alpha": 1}, input_shape=(1, 8, 8)) == "mixup 1.0"
     with pytest.raises(ValueError, match="option 'decay' of optimizer 'lion': expected int, got 0.5"):
         reg.create("optimizer", "lion", {"decay": 0.5}, args=([],))
     with pytest.raises(ValueError, match="unknown option 'beta'"):
@@ -144,7 +143,7 @@ def test_plugin_raising_while_registering_is_a_load_error(reg: PluginRegistry) -
     [error] = reg.errors
     assert error.source == "broken"
     assert "tuneyard_register_models" in error.message and "RuntimeError: boom" in error.message
-    assert reg.names("model") == ["simple_cnn"]
+    assert "half" not in reg.names("model")
     reg.on_trial_start("s", 1, {})
 
 
@@ -177,7 +176,7 @@ def test_invalid_registrations_are_skipped_and_reported(reg: PluginRegistry) -> 
             register("fine", lambda *, input_shape, num_classes: None)
 
     assert reg.add_plugin(Sloppy(), name="sloppy")
-    assert reg.names("model") == ["fine", "simple_cnn"]
+    assert "fine" in reg.names("model") and not {"has.dot", "not_callable", "bad_extra"} & set(reg.names("model"))
     messages = "\n".join(e.message for e in reg.errors)
     assert len(reg.errors) == 4
     for fragment in ("'has.dot'", "not callable", "'batch_level'", "'fine' twice"):
