@@ -153,10 +153,6 @@ class Trainer:
         scaler = torch.amp.GradScaler("cuda") if precision == "fp16" and self.device.type == "cuda" else None
         clip = float(training.get("grad_clip_norm", 0.0))
         loss_fn = nn.CrossEntropyLoss(label_smoothing=float(training["label_smoothing"]))
-        counts = {
-            "params": float(sum(p.numel() for p in model.parameters())),
-            "trainable_params": float(sum(p.numel() for p in model.parameters() if p.requires_grad)),
-        }
         objective = task.get("objective") or {"metric": "val_accuracy", "mode": "max"}
         patience = int(training.get("early_stop_patience", 0))
         checkpoint = Path(task["checkpoint"])
@@ -167,6 +163,10 @@ class Trainer:
             started = time.perf_counter()
             if hasattr(model, "on_epoch_start"):
                 model.on_epoch_start(epoch)
+            counts = {  # after on_epoch_start, which may unfreeze layers
+                "params": float(sum(p.numel() for p in model.parameters())),
+                "trainable_params": float(sum(p.numel() for p in model.parameters() if p.requires_grad)),
+            }
             model.train()
             seen, correct, total_loss = 0, 0, 0.0
             n_batches = len(train_batches)
