@@ -36,7 +36,7 @@ INJECTED: dict[str, frozenset[str]] = {
     "model": frozenset({"input_shape", "num_classes"}),
     "dataset": frozenset({"root"}),
     "searcher": frozenset({"space", "objective", "seed"}),
-    "early_stopper": frozenset({"objective"}),
+    "early_stopper": frozenset({"objective", "max_epochs"}),
 }
 
 
