@@ -75,6 +75,7 @@ def trial_to_proto(trial: TrialRecord) -> pb.Trial:
     )
     if trial.objective_value is not None:
         msg.objective_value = trial.objective_value
+    msg.objective_values.extend(trial.objective_values)
     for epoch in trial.metrics:
         msg.metrics.add(epoch=epoch.epoch, values=epoch.values, time=_timestamp(epoch.time))
     return msg
@@ -96,9 +97,11 @@ def study_to_proto(study: StudyRecord) -> pb.Study:
         create_time=_timestamp(study.create_time),
         start_time=_timestamp(study.start_time),
         end_time=_timestamp(study.end_time),
+        epochs_spent=study.epochs_spent,
     )
     if study.best_trial is not None:
         msg.best_trial.CopyFrom(trial_to_proto(study.best_trial))
+    msg.pareto_front.extend(trial_to_proto(t) for t in study.pareto_front)
     return msg
 
 

@@ -75,6 +75,7 @@ class TrialRecord:
     epochs_completed: int = 0
     start_time: float | None = None
     end_time: float | None = None
+    objective_values: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -103,9 +104,12 @@ class StudyRecord:
     create_time: float = 0.0
     start_time: float | None = None
     end_time: float | None = None
+    pareto_ids: list[int] = field(default_factory=list)
     # Filled on read, not stored in the studies row.
     counts: TrialCounts = field(default_factory=TrialCounts)
     best_trial: TrialRecord | None = None
+    epochs_spent: int = 0
+    pareto_front: list[TrialRecord] = field(default_factory=list)
 
 
 @dataclass

@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Any
 
-from tuneyard.plugins.api import Decision
+from tuneyard.plugins.api import Choice, Decision
 from tuneyard.plugins.manager import PluginRegistry
 from tuneyard.server.domain import StudyState, TrialRecord, TrialState, trial_to_dict
 from tuneyard.server.events import EventHub
@@ -26,6 +26,18 @@ from tuneyard.server.workers import Slot, WorkerPool
 
 log = logging.getLogger(__name__)
 POLL_S = 0.5
+
+
+def dominates(a: list[float], b: list[float], modes: list[str]) -> bool:
+    """True when `a` is at least as good as `b` in every objective and better in one."""
+    at_least = all((x >= y) if m == "max" else (x <= y) for x, y, m in zip(a, b, modes, strict=True))
+    better = any((x > y) if m == "max" else (x < y) for x, y, m in zip(a, b, modes, strict=True))
+    return at_least and better
+
+
+def pareto_front(points: list[tuple[int, list[float]]], modes: list[str]) -> list[tuple[int, list[float]]]:
+    """The non-dominated points, in their original order."""
+    return [p for p in points if not any(dominates(q[1], p[1], modes) for q in points if q is not p)]
 
 
 class StudyRunner(threading.Thread):
@@ -52,6 +64,7 @@ class StudyRunner(threading.Thread):
         self._stop_reason: dict[int, str] = {}
         self._failures = 0
         self._best: TrialRecord | None = None
+        self._front: list[tuple[int, list[float]]] = []
 
     # ---- control ----
 
@@ -104,7 +117,9 @@ class StudyRunner(threading.Thread):
         stopper = None
         if plan.spec.get("early_stopping"):
             es = plan.spec["early_stopping"]
-            stopper = self.registry.create("early_stopper", es["name"], es["options"], objective=plan.objective)
+            stopper = self.registry.create(
+                "early_stopper", es["name"], es["options"], objective=plan.objective, max_epochs=self._max_epochs()
+            )
         deadline = started_at + plan.max_duration_s if plan.max_duration_s else None
         next_id, exhausted = 1, False
         while True:
@@ -134,6 +149,15 @@ class StudyRunner(threading.Thread):
                 continue
             self._handle(msg, searcher, stopper)
         self._finish()
+
+    def _max_epochs(self) -> int:
+        """The most epochs any trial may train: training.epochs, or the top of its searched range."""
+        most = int(self.plan.spec["training"]["epochs"])
+        for param in self.plan.space:
+            if param.name == "training.epochs":
+                domain = param.domain
+                most = max(int(v) for v in domain.values) if isinstance(domain, Choice) else int(domain.high)
+        return most
 
     def _may_start(self, next_id: int, exhausted: bool, deadline: float | None) -> bool:
         plan = self.plan
@@ -201,6 +225,8 @@ class StudyRunner(threading.Thread):
             stopper.complete(trial_id, value)
         self._publish("trial_finished", {"trial": trial_to_dict(trial)})
         self.registry.on_trial_end(self.study_id, trial_id, trial.state.value, dict(trial.final_metrics))
+        if trial.state == TrialState.COMPLETED and len(self.plan.objectives) > 1:
+            self._update_pareto(trial)
         if trial.state == TrialState.COMPLETED and trial.objective_value is not None:
             if self._best is None or self.plan.objective.better(trial.objective_value, self._best.objective_value):
                 self._best = trial
@@ -218,13 +244,23 @@ class StudyRunner(threading.Thread):
             state = TrialState.CANCELLED
         else:
             state = TrialState.COMPLETED
+        values = [metrics[o.metric] for o in self.plan.objectives if o.metric in metrics]
         return self.storage.update_trial(
             self.study_id,
             trial_id,
             state=state,
             objective_value=metrics.get(self.plan.objective.metric),
+            objective_values=values if len(self.plan.objectives) > 1 else [],
             end_time=time.time(),
         )
+
+    def _update_pareto(self, trial: TrialRecord) -> None:
+        """Keeps the completed trials that no other completed trial dominates."""
+        if len(trial.objective_values) != len(self.plan.objectives):
+            return
+        self._front.append((trial.trial_id, trial.objective_values))
+        self._front = pareto_front(self._front, [o.mode for o in self.plan.objectives])
+        self.storage.update_study(self.study_id, pareto=[trial_id for trial_id, _ in self._front])
 
     # ---- the end ----
 

@@ -24,7 +24,11 @@ from tuneyard.plugins.manager import PluginRegistry
 from tuneyard.plugins.schema import coerce_option
 from tuneyard.server.domain import InvalidArgument
 
-METRICS = ("val_accuracy", "val_loss", "train_accuracy", "train_loss")
+METRICS = (
+    "val_accuracy", "val_loss", "train_accuracy", "train_loss",
+    "params", "trainable_params", "inference_latency_ms", "epoch_seconds",
+)  # fmt: skip
+LOWER_IS_BETTER = ("val_loss", "train_loss", "params", "trainable_params", "inference_latency_ms", "epoch_seconds")
 COMPONENTS = {"dataset": "dataset", "model": "model", "optimizer": "optimizer", "lr_scheduler": "lr_scheduler"}
 SEARCHABLE_TRAINING_FIELDS = {
     "epochs": "int",
@@ -53,6 +57,7 @@ class StudyPlan:
     spec: dict[str, Any]
     space: tuple[Parameter, ...]
     objective: Objective
+    objectives: tuple[Objective, ...]
     max_trials: int
     max_concurrent_trials: int
     max_failures: int
@@ -163,8 +168,12 @@ class SpecValidator:
         )
         if stopper:
             out["early_stopping"] = stopper
-        objective = self._objective(spec.get("objective") or {})
-        out["objective"] = {"metric": objective.metric, "mode": "MAXIMIZE" if objective.mode == "max" else "MINIMIZE"}
+        objectives = self._objectives(spec)
+        objective = objectives[0]
+        as_dict = [{"metric": o.metric, "mode": "MAXIMIZE" if o.mode == "max" else "MINIMIZE"} for o in objectives]
+        out["objective"] = as_dict[0]
+        if len(objectives) > 1:
+            out["objectives"] = as_dict
         space = self._space(spec.get("search_space") or [], out)
         out["search_space"] = spec.get("search_space") or []
         budget = spec.get("budget") or {}
@@ -175,6 +184,7 @@ class SpecValidator:
             spec=out,
             space=space,
             objective=objective,
+            objectives=objectives,
             max_trials=max_trials,
             max_concurrent_trials=concurrent,
             max_failures=failures,
@@ -239,14 +249,28 @@ class SpecValidator:
             "deterministic": bool(training.get("deterministic", False)),
         }
 
-    def _objective(self, objective: Any) -> Objective:
-        path = "spec.objective"
+    def _objectives(self, spec: dict[str, Any]) -> tuple[Objective, ...]:
+        """`objective`, or several `objectives` (the first guides searchers and early stoppers)."""
+        many = spec.get("objectives") or []
+        if not isinstance(many, list):
+            raise InvalidArgument("spec.objectives", "must be a list")
+        if many and spec.get("objective"):
+            raise InvalidArgument("spec.objectives", "give either objective or objectives, not both")
+        if not many:
+            return (self._objective(spec.get("objective") or {}, "spec.objective"),)
+        objectives = tuple(self._objective(o, f"spec.objectives[{i}]") for i, o in enumerate(many))
+        metrics = [o.metric for o in objectives]
+        if len(set(metrics)) != len(metrics):
+            raise InvalidArgument("spec.objectives", "each metric may appear once")
+        return objectives
+
+    def _objective(self, objective: Any, path: str) -> Objective:
         if not isinstance(objective, dict):
             raise InvalidArgument(path, "must be an object")
         metric = objective.get("metric") or "val_accuracy"
         if metric not in METRICS:
             raise InvalidArgument(f"{path}.metric", f"unknown metric {metric!r} (known: {', '.join(METRICS)})")
-        mode = objective.get("mode") or ("MINIMIZE" if metric.endswith("loss") else "MAXIMIZE")
+        mode = objective.get("mode") or ("MINIMIZE" if metric in LOWER_IS_BETTER else "MAXIMIZE")
         if mode not in ("MAXIMIZE", "MINIMIZE"):
             raise InvalidArgument(f"{path}.mode", f"must be MAXIMIZE or MINIMIZE, got {mode!r}")
         return Objective(metric=metric, mode="max" if mode == "MAXIMIZE" else "min")

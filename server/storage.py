@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS studies (
     test_metrics TEXT NOT NULL DEFAULT '{}',
     best_trial_id INTEGER,
     searcher_state TEXT,
+    pareto TEXT NOT NULL DEFAULT '[]',
     create_time REAL NOT NULL,
     start_time REAL,
     end_time REAL,
@@ -65,6 +66,7 @@ CREATE TABLE IF NOT EXISTS trials (
     epochs_completed INTEGER NOT NULL DEFAULT 0,
     start_time REAL,
     end_time REAL,
+    objective_values TEXT NOT NULL DEFAULT '[]',
     PRIMARY KEY (study_id, trial_id)
 );
 CREATE TABLE IF NOT EXISTS metrics (
@@ -87,8 +89,9 @@ CREATE TABLE IF NOT EXISTS events (
 
 _TRIAL_FIELDS = {
     "state", "device", "final_metrics", "objective_value", "error", "checkpoint",
-    "epochs_completed", "start_time", "end_time",
+    "epochs_completed", "start_time", "end_time", "objective_values",
 }  # fmt: skip
+_JSON_TRIAL_FIELDS = {"final_metrics", "objective_values"}
 
 
 def encode_token(row: int) -> str:
@@ -171,6 +174,7 @@ class Storage:
             error=row["error"],
             test_metrics=json.loads(row["test_metrics"]),
             best_trial_id=row["best_trial_id"],
+            pareto_ids=json.loads(row["pareto"]),
             create_time=row["create_time"],
             start_time=row["start_time"],
             end_time=row["end_time"],
@@ -181,8 +185,13 @@ class Storage:
         ):
             setattr(counts, r["state"].lower(), r["n"])
         study.counts = counts
+        spent = self._db.execute(
+            "SELECT COALESCE(SUM(epochs_completed), 0) AS n FROM trials WHERE study_id = ?", (study_id,)
+        ).fetchone()
+        study.epochs_spent = spent["n"]
         if study.best_trial_id is not None:
             study.best_trial = self._trial(study_id, study.best_trial_id)
+        study.pareto_front = [self._trial(study_id, t) for t in study.pareto_ids]
         return study
 
     def list_studies(
@@ -200,11 +209,13 @@ class Storage:
         return studies, token
 
     def update_study(self, study_id: str, **fields: Any) -> None:
-        allowed = {"state", "error", "test_metrics", "best_trial_id", "searcher_state", "start_time", "end_time"}
+        allowed = {"state", "error", "test_metrics", "best_trial_id", "searcher_state", "start_time", "end_time",
+                   "pareto"}  # fmt: skip
         unknown = set(fields) - allowed
         if unknown:
             raise ValueError(f"cannot update {unknown}")
-        values = {k: (json.dumps(v) if k in ("test_metrics", "searcher_state") else v) for k, v in fields.items()}
+        as_json = ("test_metrics", "searcher_state", "pareto")
+        values = {k: (json.dumps(v) if k in as_json else v) for k, v in fields.items()}
         values = {k: (v.value if isinstance(v, StudyState) else v) for k, v in values.items()}
         with self._tx() as db:
             sets = ", ".join(f"{k} = ?" for k in values)
@@ -233,7 +244,7 @@ class Storage:
         if unknown:
             raise ValueError(f"cannot update {unknown}")
         values = {
-            k: (json.dumps(v) if k == "final_metrics" else v.value if isinstance(v, TrialState) else v)
+            k: (json.dumps(v) if k in _JSON_TRIAL_FIELDS else v.value if isinstance(v, TrialState) else v)
             for k, v in fields.items()
         }
         with self._tx() as db:
@@ -291,6 +302,7 @@ class Storage:
             epochs_completed=row["epochs_completed"],
             start_time=row["start_time"],
             end_time=row["end_time"],
+            objective_values=json.loads(row["objective_values"]),
         )
 
     def list_trials(self, study_id: str, page_size: int, page_token: str) -> tuple[list[TrialRecord], str]:

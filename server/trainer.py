@@ -195,6 +195,7 @@ class Trainer:
             evaluated = ema.module if ema is not None else model
             val = self._evaluate(evaluated, val_batches, precision)
             metrics = {
+                "inference_latency_ms": self._latency_ms(evaluated, x[:1]),
                 "train_loss": total_loss / max(seen, 1),
                 "train_accuracy": correct / max(seen, 1),
                 "val_loss": val["loss"],
@@ -231,6 +232,21 @@ class Trainer:
             epochs=epochs, steps_per_epoch=steps_per_epoch,
         )  # fmt: skip
         return scheduler, entry.interval, entry.monitor
+
+    @torch.no_grad()
+    def _latency_ms(self, model: nn.Module, sample: torch.Tensor, repeats: int = 5) -> float:
+        """Median time to classify one input on the trial's device, in milliseconds."""
+        model.eval()
+        times = []
+        for _ in range(repeats + 1):
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            started = time.perf_counter()
+            model(sample)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            times.append((time.perf_counter() - started) * 1000)
+        return sorted(times[1:])[repeats // 2]
 
     @staticmethod
     def _step(model: nn.Module, optimizer: Any, scaler: Any, clip: float) -> None:

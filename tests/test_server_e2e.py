@@ -92,7 +92,7 @@ def test_killed_worker_fails_its_trial_and_the_study_goes_on(server, stub):
 def test_cancel_stops_running_trials_and_keeps_results(stub):
     spec = tiny_spec(training={"epochs": 200, "optimizer": {"name": "sgd"}}, budget={"max_trials": 4})
     study = create(stub, spec)
-    for event in stub.WatchStudy(pb.WatchStudyRequest(study_id=study.study_id), timeout=120):
+    for event in stub.WatchStudy(pb.WatchStudyRequest(study_id=study.study_id), timeout=300):
         if event.WhichOneof("event") == "trial_progress":
             break
     started = time.monotonic()
@@ -157,7 +157,7 @@ def test_study_interrupted_by_a_stop_is_settled_on_restart(server_process, tmp_p
     stub = first.stub()
     spec = tiny_spec(training={"epochs": 500, "optimizer": {"name": "adam"}}, budget={"max_trials": 3})
     study = create(stub, spec)
-    for event in stub.WatchStudy(pb.WatchStudyRequest(study_id=study.study_id), timeout=120):
+    for event in stub.WatchStudy(pb.WatchStudyRequest(study_id=study.study_id), timeout=300):
         if event.WhichOneof("event") == "trial_progress":
             break
     assert first.stop() == 0  # SIGTERM: a clean exit, the study left unfinished

@@ -62,7 +62,7 @@ class EpochMetrics(_message.Message):
     def __init__(self, epoch: _Optional[int] = ..., values: _Optional[_Mapping[str, float]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Trial(_message.Message):
-    __slots__ = ("study_id", "trial_id", "state", "config", "device", "metrics", "final_metrics", "objective_value", "error", "checkpoint", "epochs_completed", "start_time", "end_time")
+    __slots__ = ("study_id", "trial_id", "state", "config", "device", "metrics", "final_metrics", "objective_value", "error", "checkpoint", "epochs_completed", "start_time", "end_time", "objective_values")
     class FinalMetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -83,6 +83,7 @@ class Trial(_message.Message):
     EPOCHS_COMPLETED_FIELD_NUMBER: _ClassVar[int]
     START_TIME_FIELD_NUMBER: _ClassVar[int]
     END_TIME_FIELD_NUMBER: _ClassVar[int]
+    OBJECTIVE_VALUES_FIELD_NUMBER: _ClassVar[int]
     study_id: str
     trial_id: int
     state: TrialState
@@ -96,7 +97,8 @@ class Trial(_message.Message):
     epochs_completed: int
     start_time: _timestamp_pb2.Timestamp
     end_time: _timestamp_pb2.Timestamp
-    def __init__(self, study_id: _Optional[str] = ..., trial_id: _Optional[int] = ..., state: _Optional[_Union[TrialState, str]] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., device: _Optional[str] = ..., metrics: _Optional[_Iterable[_Union[EpochMetrics, _Mapping]]] = ..., final_metrics: _Optional[_Mapping[str, float]] = ..., objective_value: _Optional[float] = ..., error: _Optional[str] = ..., checkpoint: _Optional[str] = ..., epochs_completed: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    objective_values: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, study_id: _Optional[str] = ..., trial_id: _Optional[int] = ..., state: _Optional[_Union[TrialState, str]] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., device: _Optional[str] = ..., metrics: _Optional[_Iterable[_Union[EpochMetrics, _Mapping]]] = ..., final_metrics: _Optional[_Mapping[str, float]] = ..., objective_value: _Optional[float] = ..., error: _Optional[str] = ..., checkpoint: _Optional[str] = ..., epochs_completed: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., objective_values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class TrialCounts(_message.Message):
     __slots__ = ("pending", "running", "completed", "failed", "pruned", "cancelled")
@@ -115,7 +117,7 @@ class TrialCounts(_message.Message):
     def __init__(self, pending: _Optional[int] = ..., running: _Optional[int] = ..., completed: _Optional[int] = ..., failed: _Optional[int] = ..., pruned: _Optional[int] = ..., cancelled: _Optional[int] = ...) -> None: ...
 
 class Study(_message.Message):
-    __slots__ = ("study_id", "spec", "state", "trial_counts", "best_trial", "test_metrics", "error", "request_id", "create_time", "start_time", "end_time")
+    __slots__ = ("study_id", "spec", "state", "trial_counts", "best_trial", "test_metrics", "error", "request_id", "create_time", "start_time", "end_time", "epochs_spent", "pareto_front")
     class TestMetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -134,6 +136,8 @@ class Study(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     START_TIME_FIELD_NUMBER: _ClassVar[int]
     END_TIME_FIELD_NUMBER: _ClassVar[int]
+    EPOCHS_SPENT_FIELD_NUMBER: _ClassVar[int]
+    PARETO_FRONT_FIELD_NUMBER: _ClassVar[int]
     study_id: str
     spec: _spec_pb2.StudySpec
     state: StudyState
@@ -145,7 +149,9 @@ class Study(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     start_time: _timestamp_pb2.Timestamp
     end_time: _timestamp_pb2.Timestamp
-    def __init__(self, study_id: _Optional[str] = ..., spec: _Optional[_Union[_spec_pb2.StudySpec, _Mapping]] = ..., state: _Optional[_Union[StudyState, str]] = ..., trial_counts: _Optional[_Union[TrialCounts, _Mapping]] = ..., best_trial: _Optional[_Union[Trial, _Mapping]] = ..., test_metrics: _Optional[_Mapping[str, float]] = ..., error: _Optional[str] = ..., request_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    epochs_spent: int
+    pareto_front: _containers.RepeatedCompositeFieldContainer[Trial]
+    def __init__(self, study_id: _Optional[str] = ..., spec: _Optional[_Union[_spec_pb2.StudySpec, _Mapping]] = ..., state: _Optional[_Union[StudyState, str]] = ..., trial_counts: _Optional[_Union[TrialCounts, _Mapping]] = ..., best_trial: _Optional[_Union[Trial, _Mapping]] = ..., test_metrics: _Optional[_Mapping[str, float]] = ..., error: _Optional[str] = ..., request_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., epochs_spent: _Optional[int] = ..., pareto_front: _Optional[_Iterable[_Union[Trial, _Mapping]]] = ...) -> None: ...
 
 class CreateStudyRequest(_message.Message):
     __slots__ = ("spec", "request_id")

@@ -1,0 +1,67 @@
+"""Multi-objective studies, compute accounting and the wall-clock budget, over a real server."""
+
+from __future__ import annotations
+
+import time
+
+from support import tiny_spec, to_proto, watch_all
+
+from tuneyard.server.runner import dominates, pareto_front
+from tuneyard.v1 import service_pb2 as pb
+
+
+def run(stub, spec) -> pb.Study:
+    study = stub.CreateStudy(pb.CreateStudyRequest(spec=to_proto(spec)))
+    watch_all(stub, study.study_id)
+    return stub.GetStudy(pb.GetStudyRequest(study_id=study.study_id))
+
+
+def test_pareto_front_keeps_only_non_dominated_points():
+    modes = ["max", "min"]
+    points = [(1, [0.9, 100.0]), (2, [0.8, 50.0]), (3, [0.7, 80.0]), (4, [0.9, 120.0]), (5, [0.95, 500.0])]
+    assert [p[0] for p in pareto_front(points, modes)] == [1, 2, 5]
+    assert dominates([0.9, 100.0], [0.7, 80.0 + 30], modes) and not dominates([0.9, 100.0], [0.9, 100.0], modes)
+
+
+def test_multi_objective_study_reports_its_pareto_front(stub):
+    spec = tiny_spec(
+        objective=None,
+        objectives=[{"metric": "val_accuracy", "mode": "MAXIMIZE"}, {"metric": "params", "mode": "MINIMIZE"}],
+        search_space=[{"name": "model.num_filters", "int_range": {"low": 2, "high": 32, "log": True}}],
+        budget={"max_trials": 4, "max_concurrent_trials": 2},
+    )
+    del spec["objective"]
+    study = run(stub, spec)
+    assert study.state == pb.STUDY_COMPLETED
+    trials = stub.ListTrials(pb.ListTrialsRequest(study_id=study.study_id)).trials
+    assert all(len(t.objective_values) == 2 for t in trials)
+    assert all(t.objective_values[1] == t.final_metrics["params"] for t in trials)
+    front = {t.trial_id for t in study.pareto_front}
+    assert front
+    modes = ["max", "min"]
+    for t in trials:  # a trial is on the front exactly when no other trial dominates it
+        dominated = any(dominates(list(o.objective_values), list(t.objective_values), modes) for o in trials)
+        assert (t.trial_id in front) == (not dominated)
+    assert trials[0].final_metrics["inference_latency_ms"] > 0
+
+
+def test_study_reports_the_epochs_it_spent(stub):
+    study = run(stub, tiny_spec(training={"epochs": 3, "optimizer": {"name": "adam"}}))
+    trials = stub.ListTrials(pb.ListTrialsRequest(study_id=study.study_id)).trials
+    assert study.epochs_spent == sum(t.epochs_completed for t in trials) == 6
+
+
+def test_max_duration_ends_a_long_search_on_time_with_a_best_trial(stub):
+    spec = tiny_spec(
+        training={"epochs": 1000, "batch_size": 32, "optimizer": {"name": "adam"}},
+        search_space=[{"name": "model.num_filters", "int_range": {"low": 4, "high": 16}}],
+        budget={"max_trials": 1000, "max_concurrent_trials": 2, "max_duration": "30s"},
+    )
+    started = time.monotonic()
+    study = run(stub, spec)
+    elapsed = time.monotonic() - started
+    assert study.state == pb.STUDY_COMPLETED
+    assert 30 <= elapsed < 40, elapsed
+    assert study.best_trial.trial_id and study.best_trial.epochs_completed >= 1
+    assert "test_accuracy" in study.test_metrics
+    assert study.trial_counts.running == 0
