@@ -131,6 +131,17 @@ def result_yaml(result: RunResult) -> str:
     if result.test_metrics:
         out.append("# the best trial's checkpoint evaluated on the test split")
         out.append(_dump({"test_metrics": _rounded(result.test_metrics)}))
+    if study.pareto_front:
+        metrics = [o.metric for o in study.spec.objectives]
+        out.append(f"# Pareto front over {', '.join(metrics)}: trials no other trial beats in every objective")
+        front = [
+            {"trial": t.trial_id, **{m: round(v, 6) for m, v in zip(metrics, t.objective_values, strict=False)},
+             "config": config_to_dict(t.config, study.spec)}
+            for t in study.pareto_front
+        ]  # fmt: skip
+        out.append(_dump({"pareto_front": front}))
+    if study.epochs_spent:
+        out.append(f"# compute spent: {study.epochs_spent} epochs over all trials")
     return "\n".join(line.rstrip("\n") for line in out) + "\n"
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 from support import tiny_spec, to_proto, watch_all
@@ -23,7 +25,7 @@ def test_pareto_front_keeps_only_non_dominated_points():
     assert dominates([0.9, 100.0], [0.7, 80.0 + 30], modes) and not dominates([0.9, 100.0], [0.9, 100.0], modes)
 
 
-def test_multi_objective_study_reports_its_pareto_front(stub):
+def test_multi_objective_study_reports_its_pareto_front(stub, server):
     spec = tiny_spec(
         objective=None,
         objectives=[{"metric": "val_accuracy", "mode": "MAXIMIZE"}, {"metric": "params", "mode": "MINIMIZE"}],
@@ -43,6 +45,12 @@ def test_multi_objective_study_reports_its_pareto_front(stub):
         dominated = any(dominates(list(o.objective_values), list(t.objective_values), modes) for o in trials)
         assert (t.trial_id in front) == (not dominated)
     assert trials[0].final_metrics["inference_latency_ms"] > 0
+    shown = subprocess.run(
+        [sys.executable, "-m", "tuneyard.client.cli", "--server", server.address, "best", study.study_id],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert "pareto_front:" in shown.stdout and "compute spent: 8 epochs" in shown.stdout
 
 
 def test_study_reports_the_epochs_it_spent(stub):
