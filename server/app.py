@@ -12,8 +12,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from tuneyard.plugins.manager import PluginRegistry
+from tuneyard.server.devices import plan_devices
 from tuneyard.server.events import EventHub
-from tuneyard.server.scheduler import SlotScheduler, plan_slots
+from tuneyard.server.scheduler import DeviceScheduler
 from tuneyard.server.servicer import TrainingServicer
 from tuneyard.server.storage import Storage
 from tuneyard.server.studies import StudyManager
@@ -92,21 +93,21 @@ def start_server(
     devices: str | None = None,
     cpu_slots: int | None = None,
     data_root: str = "",
+    max_trials_per_worker: int = 0,
 ) -> ServerHandle:
     """Starts a server on host:port (0 picks a free port) and returns once it is SERVING."""
     data_dir = Path(data_dir)
-    slots = plan_slots(devices, cpu_slots)
+    device_list = plan_devices(devices, cpu_slots)
     storage = Storage(data_dir)
     registry = PluginRegistry.load()
     for error in registry.errors:
         log.warning("plugin not loaded: %s: %s", error.source, error.message)
     hub = EventHub(storage)
-    scheduler = SlotScheduler(slots)
-    pool = WorkerPool(slots, data_root=data_root or str(data_dir / "datasets"))
-    studies = StudyManager(
-        storage=storage, hub=hub, scheduler=scheduler, pool=pool, registry=registry,
-        has_cuda=any(s.device.startswith("cuda") for s in slots),
-    )  # fmt: skip
+    pool = WorkerPool(
+        device_list, data_root=data_root or str(data_dir / "datasets"), max_trials_per_worker=max_trials_per_worker
+    )
+    scheduler = DeviceScheduler(device_list, pool)
+    studies = StudyManager(storage=storage, hub=hub, scheduler=scheduler, registry=registry)
     studies.settle_interrupted()
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=RPC_THREADS, thread_name_prefix="rpc"),

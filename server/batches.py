@@ -15,9 +15,18 @@ class Batches:
     """Yields (inputs, labels); `transform` runs on each batch of inputs (on the CPU)."""
 
     def __init__(
-        self, data: Dataset, batch_size: int, *, shuffle: bool, seed: int, transform: Transform | None
+        self,
+        data: Dataset,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int,
+        transform: Transform | None,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
+        """`shard=(rank, world_size)`: every rank walks the same batches and keeps its slice of each."""
         self.data, self.batch_size, self.shuffle, self.transform = data, batch_size, shuffle, transform
+        self.rank, self.world = shard
         self.generator = torch.Generator().manual_seed(seed)
         self.tensors = data.tensors if isinstance(data, TensorDataset) else None
 
@@ -30,13 +39,13 @@ class Batches:
                 self.data, batch_size=self.batch_size, shuffle=self.shuffle, generator=self.generator
             )
             for x, y in loader:
-                yield self._apply(x), y
+                yield self._apply(x[self.rank :: self.world]), y[self.rank :: self.world]
             return
         x_all, y_all = self.tensors
         n = len(x_all)
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
         for start in range(0, n, self.batch_size):
-            idx = order[start : start + self.batch_size]
+            idx = order[start : start + self.batch_size][self.rank :: self.world]
             yield self._apply(x_all[idx]), y_all[idx]
 
     def _apply(self, x: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default="", help="folder datasets are read from (default DATA_DIR/datasets)")
     p.add_argument("--devices", default=None, help="cpu, all, or cuda:0,cuda:2 (default: all GPUs, else CPU)")
     p.add_argument("--cpu-slots", type=int, default=None, help="trials at once without CUDA (default cores/2)")
+    p.add_argument("--max-trials-per-worker", type=int, default=0, help="recycle a worker after N trials (0: never)")
     p.add_argument("--insecure", action="store_true", help="allow plaintext on a non-loopback address")
     p.add_argument("--log-level", default="INFO")
     return p
@@ -50,12 +51,12 @@ def serve_main(argv: list[str]) -> int:
     try:
         handle = start_server(
             data_dir=args.data_dir, host=args.host, port=args.port, devices=args.devices,
-            cpu_slots=args.cpu_slots, data_root=args.data_root,
+            cpu_slots=args.cpu_slots, data_root=args.data_root, max_trials_per_worker=args.max_trials_per_worker,
         )  # fmt: skip
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    slots = ", ".join(s.name for s in handle.pool.slots)
+    slots = ", ".join(d.name for d in handle.pool.devices)
     print(f"tuneyard {__version__} serving on {handle.address} (slots: {slots}; data: {args.data_dir})", flush=True)
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

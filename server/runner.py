@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import socket
 import threading
 import time
 from typing import Any
@@ -18,14 +19,31 @@ from tuneyard.plugins.api import Choice, Decision
 from tuneyard.plugins.manager import PluginRegistry
 from tuneyard.server.domain import StudyState, TrialRecord, TrialState, trial_to_dict
 from tuneyard.server.events import EventHub
-from tuneyard.server.scheduler import SlotScheduler
+from tuneyard.server.scheduler import Allocation, DeviceScheduler
 from tuneyard.server.spec import StudyPlan
 from tuneyard.server.storage import Storage
 from tuneyard.server.trial_settings import resolve
-from tuneyard.server.workers import Slot, WorkerPool
 
 log = logging.getLogger(__name__)
 POLL_S = 0.5
+
+
+def free_port() -> int:
+    """A free loopback port for a distributed trial's rendezvous."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def placement(alloc: Allocation, memory_gb: float) -> dict[str, Any]:
+    """What a worker needs to know of its share: threads to use and a GPU memory cap."""
+    device = alloc.devices[0]
+    memory_fraction = 0.0
+    if device.kind == "cuda" and alloc.share < 1:
+        memory_fraction = alloc.share
+        if memory_gb and device.memory_bytes:
+            memory_fraction = min(1.0, memory_gb * 2**30 / device.memory_bytes)
+    return {"threads": max(1, int(device.threads * alloc.share)), "memory_fraction": memory_fraction}
 
 
 def dominates(a: list[float], b: list[float], modes: list[str]) -> bool:
@@ -50,17 +68,22 @@ class StudyRunner(threading.Thread):
         *,
         storage: Storage,
         hub: EventHub,
-        scheduler: SlotScheduler,
-        pool: WorkerPool,
+        scheduler: DeviceScheduler,
         registry: PluginRegistry,
     ) -> None:
         super().__init__(name=f"study-{study_id}", daemon=True)
         self.study_id, self.plan = study_id, plan
-        self.storage, self.hub, self.scheduler, self.pool, self.registry = storage, hub, scheduler, pool, registry
+        self.storage, self.hub, self.scheduler, self.registry = storage, hub, scheduler, registry
+        resources = plan.spec["resources"]
+        self._units = float(resources["gpus_per_trial"]) or 1.0
+        self._priority = float(resources.get("priority") or 1.0)
+        self._memory_gb = float(resources.get("gpu_memory_gb") or 0.0)
+        self._peers_pending: dict[int, int] = {}
+        self._rank0_result: dict[int, dict[str, Any]] = {}
         self._inbox: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self._cancelled = threading.Event()
         self._halted = threading.Event()
-        self._running: dict[int, Slot] = {}
+        self._running: dict[int, Allocation] = {}
         self._stop_reason: dict[int, str] = {}
         self._failures = 0
         self._best: TrialRecord | None = None
@@ -100,9 +123,11 @@ class StudyRunner(threading.Thread):
             self._run()
         except Exception as exc:  # noqa: BLE001 - a runner bug fails its study, not the server
             log.exception("study %s failed", self.study_id)
-            for trial_id, slot in list(self._running.items()):
-                self.pool.worker(slot.index).stop(trial_id)
-                self.scheduler.release(slot)
+            for trial_id, alloc in list(self._running.items()):
+                for worker in alloc.workers:
+                    worker.stop(trial_id)
+                self.scheduler.release(alloc)
+            self.scheduler.withdraw(self.study_id)
             self._set_state(StudyState.FAILED, error=f"internal error: {exc}", end_time=time.time())
 
     def _run(self) -> None:
@@ -127,18 +152,21 @@ class StudyRunner(threading.Thread):
                 self._stop_all("halted")
                 return
             while self._may_start(next_id, exhausted, deadline):
-                slot = self.scheduler.try_acquire(self.study_id, self._wake)
-                if slot is None:
+                alloc = self._acquire(self._units)
+                if alloc is None:
                     break
                 config = searcher.suggest(next_id)
                 if config is None:
                     exhausted = True
-                    self.scheduler.release(slot)
+                    self.scheduler.release(alloc)
                     break
-                self._start_trial(next_id, config, slot)
+                self._start_trial(next_id, config, alloc)
                 next_id += 1
-            if not self._running:
-                break
+            wants_more = self._may_start(next_id, exhausted, deadline)
+            if not wants_more:
+                self.scheduler.withdraw(self.study_id)
+                if not self._running:
+                    break
             if deadline and time.time() >= deadline:
                 self._stop_all("deadline")
             if self._cancelled.is_set():
@@ -149,6 +177,9 @@ class StudyRunner(threading.Thread):
                 continue
             self._handle(msg, searcher, stopper)
         self._finish()
+
+    def _acquire(self, units: float) -> Allocation | None:
+        return self.scheduler.try_acquire(self.study_id, units, self._wake, self._priority)
 
     def _max_epochs(self) -> int:
         """The most epochs any trial may train: training.epochs, or the top of its searched range."""
@@ -175,29 +206,52 @@ class StudyRunner(threading.Thread):
         return bool(self.plan.max_failures) and self._failures > self.plan.max_failures
 
     def _stop_all(self, reason: str) -> None:
-        for trial_id, slot in self._running.items():
+        for trial_id, alloc in self._running.items():
             if trial_id not in self._stop_reason:
                 self._stop_reason[trial_id] = reason
-                self.pool.worker(slot.index).stop(trial_id)
+                for worker in alloc.workers:
+                    worker.stop(trial_id)
 
-    def _start_trial(self, trial_id: int, config: dict[str, Any], slot: Slot) -> None:
+    def _start_trial(self, trial_id: int, config: dict[str, Any], alloc: Allocation) -> None:
         settings = resolve(self.plan.spec, config, self.registry)
-        trial = self.storage.create_trial(self.study_id, trial_id, config, slot.name)
-        self.scheduler.label(slot, f"{self.study_id}/{trial_id}")
+        trial = self.storage.create_trial(self.study_id, trial_id, config, alloc.name)
+        alloc.holder = f"{self.study_id}/{trial_id}"
         checkpoint = self.storage.study_dir(self.study_id) / f"trial-{trial_id}" / "checkpoint.pt"
         self.storage.update_trial(self.study_id, trial_id, checkpoint=str(checkpoint))
-        self._running[trial_id] = slot
+        self._running[trial_id] = alloc
         self._publish("trial_started", {"trial": trial_to_dict(trial)})
         self.registry.on_trial_start(self.study_id, trial_id, dict(config))
         objective = {"metric": self.plan.objective.metric, "mode": self.plan.objective.mode}
-        task = {"trial_id": trial_id, "settings": settings, "checkpoint": str(checkpoint), "objective": objective}
-        self.pool.worker(slot.index).submit("train", trial_id, task, self._inbox.put)
+        task = {
+            "trial_id": trial_id, "settings": settings, "checkpoint": str(checkpoint), "objective": objective,
+            **placement(alloc, self._memory_gb),
+        }  # fmt: skip
+        self._submit("train", trial_id, task, alloc)
+
+    def _submit(self, op: str, key: Any, task: dict[str, Any], alloc: Allocation) -> None:
+        """Sends the task to every rank; ranks after the first report only how they end."""
+        world = len(alloc.workers)
+        port = free_port() if world > 1 else 0
+        self._peers_pending[key] = world - 1
+        for rank, worker in enumerate(alloc.workers):
+            ranked = {**task, "rank": rank, "world_size": world, "dist_port": port}
+            sink = self._inbox.put if rank == 0 else (lambda msg, key=key: self._inbox.put(("peer", key, msg)))
+            worker.submit(op, key, ranked, sink)
 
     def _handle(self, msg: tuple[Any, ...], searcher: Any, stopper: Any) -> None:
         kind = msg[0]
         if kind == "wake":
             return
         trial_id = msg[1]
+        if trial_id not in self._running:
+            return  # a late message of a trial already ended (e.g. another rank of a failed one)
+        if kind == "peer":
+            kind, msg = self._peer_message(trial_id, msg[2])
+            if kind is None:
+                return
+        elif kind == "done" and self._peers_pending.get(trial_id):
+            self._rank0_result[trial_id] = msg[2]
+            return
         if kind == "epoch":
             _, _, epoch, metrics = msg
             self.storage.add_epoch(self.study_id, trial_id, epoch, metrics)
@@ -207,9 +261,15 @@ class StudyRunner(threading.Thread):
             if stopper is not None and value is not None and trial_id not in self._stop_reason:
                 if stopper.report(trial_id, epoch, value) == Decision.STOP:
                     self._stop_reason[trial_id] = "pruned"
-                    self.pool.worker(self._running[trial_id].index).stop(trial_id)
+                    for worker in self._running[trial_id].workers:
+                        worker.stop(trial_id)
             return
-        slot = self._running.pop(trial_id)
+        alloc = self._running.pop(trial_id)
+        self._peers_pending.pop(trial_id, None)
+        self._rank0_result.pop(trial_id, None)
+        if kind != "done" and len(alloc.workers) > 1:
+            for worker in alloc.workers:  # ranks still inside a collective would wait forever
+                worker.kill()
         if kind == "done":
             trial = self._trial_done(trial_id, msg[2])
         else:
@@ -217,8 +277,7 @@ class StudyRunner(threading.Thread):
             trial = self.storage.update_trial(
                 self.study_id, trial_id, state=TrialState.FAILED, error=msg[2], end_time=time.time()
             )
-        self.scheduler.label(slot, self.study_id)
-        self.scheduler.release(slot)
+        self.scheduler.release(alloc)
         value = trial.objective_value if trial.state in (TrialState.COMPLETED, TrialState.PRUNED) else None
         searcher.observe(trial_id, trial.state.value, value)
         if stopper is not None:
@@ -232,6 +291,17 @@ class StudyRunner(threading.Thread):
                 self._best = trial
                 self.storage.update_study(self.study_id, best_trial_id=trial_id)
                 self._publish("best_trial_changed", {"trial": trial_to_dict(trial)})
+
+    def _peer_message(self, trial_id: int, msg: tuple[Any, ...]) -> tuple[str | None, tuple[Any, ...]]:
+        """Folds another rank's message into the trial: its failure fails the trial; the last
+        rank to finish releases rank 0's result."""
+        if msg[0] in ("error", "crashed"):
+            return msg[0], (msg[0], trial_id, f"rank of a distributed trial failed: {msg[2]}")
+        if msg[0] == "done":
+            self._peers_pending[trial_id] -= 1
+            if self._peers_pending[trial_id] == 0 and trial_id in self._rank0_result:
+                return "done", ("done", trial_id, self._rank0_result[trial_id])
+        return None, msg
 
     def _trial_done(self, trial_id: int, result: dict[str, Any]) -> TrialRecord:
         metrics = result["final_metrics"]
@@ -266,6 +336,7 @@ class StudyRunner(threading.Thread):
 
     def _finish(self) -> None:
         now = time.time()
+        self.scheduler.withdraw(self.study_id)
         if self._halted.is_set():
             return
         if self._cancelled.is_set():
@@ -289,8 +360,8 @@ class StudyRunner(threading.Thread):
         best = self._best
         assert best is not None
         while True:
-            slot = self.scheduler.try_acquire(self.study_id, self._wake)
-            if slot is not None:
+            alloc = self._acquire(min(self._units, 1.0))
+            if alloc is not None:
                 break
             if self._cancelled.is_set():
                 self._set_state(StudyState.CANCELLED, end_time=time.time())
@@ -299,12 +370,13 @@ class StudyRunner(threading.Thread):
                 return None
             self._next_message()
         try:
-            self.scheduler.label(slot, f"{self.study_id}/test")
+            alloc.holder = f"{self.study_id}/test"
             task = {
                 "settings": resolve(self.plan.spec, best.config, self.registry),
                 "checkpoint": best.checkpoint,
+                **placement(alloc, self._memory_gb),
             }
-            self.pool.worker(slot.index).submit("evaluate", "test", task, self._inbox.put)
+            alloc.workers[0].submit("evaluate", "test", task, self._inbox.put)
             while not self._halted.is_set():
                 msg = self._next_message()
                 if msg is None:
@@ -319,7 +391,8 @@ class StudyRunner(threading.Thread):
                     return None
             return None
         finally:
-            self.scheduler.release(slot)
+            self.scheduler.withdraw(self.study_id)
+            self.scheduler.release(alloc)
 
     def _next_message(self) -> tuple[Any, ...] | None:
         try:

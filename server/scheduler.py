@@ -1,97 +1,160 @@
-"""Device slots: which are free, which trial holds each, and who to wake when one frees up.
+"""Device scheduling: which share of which device each trial holds, and whose turn it is.
 
-Slots come from CUDA devices (`--devices`) or, without CUDA, from `--cpu-slots`. Studies
-ask without blocking; a study that got none is woken when a slot is released. (Weighted fair
-share between studies is the device scheduler's next step.)
+A trial asks for `units` of device: a fraction (0.5, 0.25: trials packed onto one device, each
+with its own worker), one whole device, or several whole devices (a data-parallel trial, one
+rank per device). Studies ask without blocking; one that got nothing is woken when capacity is
+released. Between waiting studies the scheduler keeps a weighted fair share: capacity goes to the
+study holding the least per unit of `priority`, so no study starves.
 """
 
 from __future__ import annotations
 
-import os
 import threading
-from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from tuneyard.server.workers import Slot
+from tuneyard.server.devices import Device
+from tuneyard.server.workers import Worker, WorkerPool
 
-
-def default_cpu_slots() -> int:
-    """One slot per two cores, at least one."""
-    return max(1, (os.cpu_count() or 1) // 2)
-
-
-def cuda_device_count() -> int:
-    try:
-        import torch
-
-        return torch.cuda.device_count()
-    except Exception:  # noqa: BLE001 - no usable CUDA means CPU slots
-        return 0
+EPS = 1e-9
 
 
-def plan_slots(devices: str | None, cpu_slots: int | None) -> list[Slot]:
-    """Turns `--devices` (`cpu`, `all`, `cuda:0,cuda:2`; default: all GPUs, else CPU) into slots."""
-    spec = (devices or "").strip()
-    if spec in ("", "all"):
-        count = cuda_device_count()
-        indices = list(range(count))
-        if not indices and spec == "all":
-            raise ValueError("--devices all: no CUDA device is visible")
-    elif spec == "cpu":
-        indices = []
-    else:
-        indices = []
-        for part in spec.split(","):
-            part = part.strip()
-            if not part.startswith("cuda:") or not part[5:].isdigit():
-                raise ValueError(f"--devices: expected cpu, all or cuda:N[,cuda:M], got {part!r}")
-            indices.append(int(part[5:]))
-        available = cuda_device_count()
-        missing = [i for i in indices if i >= available]
-        if missing:
-            raise ValueError(f"--devices: cuda:{missing[0]} does not exist ({available} CUDA devices visible)")
-    cores = os.cpu_count() or 1
-    if indices:
-        return [Slot(i, f"cuda:{d}", "cuda:0", str(d), max(1, cores // len(indices))) for i, d in enumerate(indices)]
-    count = cpu_slots or default_cpu_slots()
-    if count < 1:
-        raise ValueError("--cpu-slots must be at least 1")
-    return [Slot(i, f"cpu:{i}", "cpu", "", max(1, cores // count)) for i in range(count)]
+@dataclass
+class Allocation:
+    """What one trial holds: devices (in rank order), its share of each, and a worker per device."""
+
+    study_id: str
+    devices: tuple[Device, ...]
+    share: float
+    workers: list[Worker]
+    holder: str = ""
+
+    @property
+    def units(self) -> float:
+        return self.share * len(self.devices)
+
+    @property
+    def name(self) -> str:
+        return "+".join(d.name for d in self.devices)
 
 
-class SlotScheduler:
-    """Hands out free slots; thread safe."""
+@dataclass
+class _Demand:
+    units: float
+    priority: float
+    wake: Callable[[], None]
+    since: int
 
-    def __init__(self, slots: list[Slot]) -> None:
-        self.slots = slots
+
+@dataclass
+class _Usage:
+    held: float = 0.0
+    allocations: list[Allocation] = field(default_factory=list)
+
+
+class DeviceScheduler:
+    """Hands out device shares with workers; thread safe."""
+
+    def __init__(self, devices: list[Device], pool: WorkerPool) -> None:
+        self.devices = devices
+        self.pool = pool
         self._lock = threading.Lock()
-        self._holders: dict[int, str] = {}  # slot index -> "study_id/trial"
-        self._waiting: deque[tuple[str, Callable[[], None]]] = deque()
+        self._used = {d.index: 0.0 for d in devices}
+        self._usage: dict[str, _Usage] = {}
+        self._waiting: dict[str, _Demand] = {}
+        self._ticket = 0
 
-    def try_acquire(self, study_id: str, wake: Callable[[], None]) -> Slot | None:
-        """A free slot, or None; then `wake` is called once when a slot frees up."""
-        with self._lock:
-            for slot in self.slots:
-                if slot.index not in self._holders:
-                    self._holders[slot.index] = study_id
-                    return slot
-            if all(s != study_id for s, _ in self._waiting):
-                self._waiting.append((study_id, wake))
-            return None
+    def check(self, units: float) -> str | None:
+        """Why a request for `units` can never be met on this server, or None."""
+        if units > 1 + EPS and units > len(self.devices):
+            return f"needs {units:g} devices; this server has {len(self.devices)}"
+        return None
 
-    def label(self, slot: Slot, holder: str) -> None:
-        """Records which trial holds the slot, for `GetServerInfo`."""
-        with self._lock:
-            self._holders[slot.index] = holder
+    def _placement(self, units: float) -> tuple[tuple[Device, ...], float] | None:
+        if units <= 1 + EPS:
+            fitting = [d for d in self.devices if self._used[d.index] + units <= 1 + EPS]
+            if not fitting:
+                return None
+            # Pack: the fullest device that still fits, so whole devices stay free for big trials.
+            best = max(fitting, key=lambda d: (self._used[d.index], -d.index))
+            return (best,), units
+        free = [d for d in self.devices if self._used[d.index] <= EPS]
+        count = int(round(units))
+        return (tuple(free[:count]), 1.0) if len(free) >= count else None
 
-    def release(self, slot: Slot) -> None:
-        """Frees the slot and wakes every waiting study in arrival order; each asks again."""
+    def _ratio(self, study_id: str, priority: float) -> float:
+        return self._usage.get(study_id, _Usage()).held / max(priority, EPS)
+
+    def try_acquire(
+        self, study_id: str, units: float, wake: Callable[[], None], priority: float = 1.0
+    ) -> Allocation | None:
+        """A share of the devices, or None; then `wake` is called when capacity is released."""
+        units = units if units > 0 else 1.0
         with self._lock:
-            self._holders.pop(slot.index, None)
-            waiting, self._waiting = list(self._waiting), deque()
-        for _, wake in waiting:
+            placement = self._placement(units)
+            mine = self._ratio(study_id, priority)
+            ahead = [
+                (s, d) for s, d in self._waiting.items()
+                if s != study_id and self._placement(d.units) is not None
+                and (self._ratio(s, d.priority), d.since) < (mine, self._waiting.get(study_id, d).since)
+            ]  # fmt: skip
+            if placement is None or ahead:
+                if study_id not in self._waiting:
+                    self._ticket += 1
+                    self._waiting[study_id] = _Demand(units, priority, wake, self._ticket)
+                return None
+            devices, share = placement
+            for device in devices:
+                self._used[device.index] += share
+            self._waiting.pop(study_id, None)
+            alloc = Allocation(study_id, devices, share, [self.pool.take(d) for d in devices])
+            usage = self._usage.setdefault(study_id, _Usage())
+            usage.held += alloc.units
+            usage.allocations.append(alloc)
+            others_waiting = bool(self._waiting)
+        if others_waiting:
+            self._wake_all()  # what is left may fit another study
+        return alloc
+
+    def withdraw(self, study_id: str) -> None:
+        """The study wants nothing more for now; others stop waiting for it."""
+        with self._lock:
+            demand = self._waiting.pop(study_id, None)
+        if demand is not None:
+            self._wake_all()
+
+    def release(self, alloc: Allocation) -> None:
+        """Returns the allocation's share and workers, and wakes the waiting studies."""
+        with self._lock:
+            for device in alloc.devices:
+                self._used[device.index] = max(0.0, self._used[device.index] - alloc.share)
+            usage = self._usage.get(alloc.study_id)
+            if usage is not None and alloc in usage.allocations:
+                usage.allocations.remove(alloc)
+                usage.held = max(0.0, usage.held - alloc.units)
+                if not usage.allocations:
+                    del self._usage[alloc.study_id]
+        for worker in alloc.workers:
+            self.pool.give_back(worker)
+        self._wake_all()
+
+    def _wake_all(self) -> None:
+        with self._lock:
+            wakes = [d.wake for d in sorted(self._waiting.values(), key=lambda d: d.since)]
+        for wake in wakes:
             wake()
 
-    def occupancy(self) -> list[tuple[Slot, str | None]]:
+    def occupancy(self) -> list[tuple[Device, float, int, int, list[str]]]:
+        """Per device: (device, share in use, workers, busy workers, holders)."""
         with self._lock:
-            return [(s, self._holders.get(s.index)) for s in self.slots]
+            holders: dict[int, list[str]] = {d.index: [] for d in self.devices}
+            for usage in self._usage.values():
+                for alloc in usage.allocations:
+                    for device in alloc.devices:
+                        holders[device.index].append(alloc.holder or alloc.study_id)
+            used = dict(self._used)
+        rows = []
+        for device in self.devices:
+            workers, taken = self.pool.counts(device)
+            rows.append((device, used[device.index], workers, taken, holders[device.index]))
+        return rows

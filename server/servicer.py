@@ -13,7 +13,7 @@ from tuneyard.server import convert
 from tuneyard.server.domain import InvalidArgument
 from tuneyard.server.errors import streaming, unary
 from tuneyard.server.events import EventHub
-from tuneyard.server.scheduler import SlotScheduler
+from tuneyard.server.scheduler import DeviceScheduler
 from tuneyard.server.storage import Storage
 from tuneyard.server.studies import StudyManager
 from tuneyard.v1 import service_pb2 as pb
@@ -53,7 +53,7 @@ class TrainingServicer(service_pb2_grpc.TrainingServiceServicer):
         studies: StudyManager,
         hub: EventHub,
         registry: PluginRegistry,
-        scheduler: SlotScheduler,
+        scheduler: DeviceScheduler,
         executor: str,
     ) -> None:
         self.storage, self.studies, self.hub = storage, studies, hub
@@ -127,14 +127,11 @@ class TrainingServicer(service_pb2_grpc.TrainingServiceServicer):
 
     @unary
     def GetServerInfo(self, request: pb.GetServerInfoRequest, context: grpc.ServicerContext) -> pb.ServerInfo:
-        devices: dict[str, pb.Device] = {}
-        for slot, holder in self.scheduler.occupancy():
-            device = devices.setdefault(
-                slot.name.rsplit(":", 1)[0] if slot.device == "cpu" else slot.name,
-                pb.Device(name="cpu" if slot.device == "cpu" else slot.name, kind=slot.device.split(":")[0]),
-            )
-            device.slots_total += 1
-            if holder:
-                device.slots_busy += 1
-                device.trials.append(holder)
-        return pb.ServerInfo(version=__version__, executor=self.executor, devices=list(devices.values()))
+        devices = [
+            pb.Device(
+                name=device.name, kind=device.kind, slots_total=workers, slots_busy=busy,
+                memory_bytes=device.memory_bytes, trials=holders,
+            )  # fmt: skip
+            for device, _used, workers, busy, holders in self.scheduler.occupancy()
+        ]
+        return pb.ServerInfo(version=__version__, executor=self.executor, devices=devices)

@@ -10,10 +10,9 @@ from tuneyard.plugins.manager import PluginRegistry
 from tuneyard.server.domain import InvalidArgument, StudyRecord, StudyState, TrialState, WrongState
 from tuneyard.server.events import EventHub
 from tuneyard.server.runner import StudyRunner
-from tuneyard.server.scheduler import SlotScheduler
+from tuneyard.server.scheduler import DeviceScheduler
 from tuneyard.server.spec import SpecValidator
 from tuneyard.server.storage import Storage
-from tuneyard.server.workers import WorkerPool
 
 CANCEL_WAIT_S = 10.0
 
@@ -26,28 +25,26 @@ class StudyManager:
         *,
         storage: Storage,
         hub: EventHub,
-        scheduler: SlotScheduler,
-        pool: WorkerPool,
+        scheduler: DeviceScheduler,
         registry: PluginRegistry,
-        has_cuda: bool,
     ) -> None:
-        self.storage, self.hub, self.scheduler, self.pool, self.registry = storage, hub, scheduler, pool, registry
+        self.storage, self.hub, self.scheduler, self.registry = storage, hub, scheduler, registry
         self.validator = SpecValidator(registry)
-        self.has_cuda = has_cuda
         self._runners: dict[str, StudyRunner] = {}
         self._lock = threading.Lock()
 
     def create(self, spec: dict[str, Any], request_id: str) -> StudyRecord:
         """Validates, stores and starts a study; a repeated request_id returns the first study."""
         plan = self.validator.validate(spec)
-        if plan.spec["resources"]["gpus_per_trial"] > 0 and not self.has_cuda:
-            raise InvalidArgument("spec.resources.gpus_per_trial", "this server has no CUDA devices; use 0")
+        why = self.scheduler.check(plan.spec["resources"]["gpus_per_trial"])
+        if why:
+            raise InvalidArgument("spec.resources.gpus_per_trial", why)
         with self._lock:
             study, created = self.storage.create_study(plan.spec, request_id)
             if created:
                 runner = StudyRunner(
                     study.study_id, plan, storage=self.storage, hub=self.hub, scheduler=self.scheduler,
-                    pool=self.pool, registry=self.registry,
+                    registry=self.registry,
                 )  # fmt: skip
                 self._runners[study.study_id] = runner
                 runner.start()

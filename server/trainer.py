@@ -14,11 +14,14 @@ import os
 import random
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from tuneyard.plugins.api import DatasetSplits
@@ -29,6 +32,45 @@ Report = Callable[[int, dict[str, float]], None]
 ShouldStop = Callable[[], bool]
 BatchTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 EVAL_BATCH = 512
+RENDEZVOUS_TIMEOUT = timedelta(seconds=60)
+
+
+class _Ranks:
+    """The trial's process group (one rank per device of a data-parallel trial), or a single rank."""
+
+    def __init__(self, task: dict[str, Any], device: torch.device) -> None:
+        self.rank, self.world = int(task.get("rank", 0)), int(task.get("world_size", 1))
+        if self.world > 1:
+            dist.init_process_group(
+                backend="nccl" if device.type == "cuda" else "gloo",
+                init_method=f"tcp://127.0.0.1:{task['dist_port']}",
+                rank=self.rank, world_size=self.world, timeout=RENDEZVOUS_TIMEOUT,
+            )  # fmt: skip
+        self.device = device
+
+    @property
+    def leader(self) -> bool:
+        return self.rank == 0
+
+    def agree(self, local: bool) -> bool:
+        """True on every rank when any rank says so, so all ranks stop at the same batch."""
+        if self.world == 1:
+            return local
+        flag = torch.tensor([1.0 if local else 0.0], device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def share(self, value: float) -> float:
+        """Rank 0's value on every rank (a monitored metric for the LR schedule)."""
+        if self.world == 1:
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64, device=self.device if self.device.type == "cuda" else "cpu")
+        dist.broadcast(tensor, src=0)
+        return float(tensor.item())
+
+    def close(self) -> None:
+        if self.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 class Trainer:
@@ -107,6 +149,14 @@ class Trainer:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y.to(self.device, non_blocking=non_blocking)
 
+    def _apply_placement(self, task: dict[str, Any]) -> None:
+        """Threads for this trial's share of the device, and a memory cap when packed on a GPU."""
+        if task.get("threads"):
+            torch.set_num_threads(int(task["threads"]))
+        if self.device.type == "cuda":
+            fraction = float(task.get("memory_fraction") or 0.0)
+            torch.cuda.set_per_process_memory_fraction(fraction or 1.0, self.device)
+
     @staticmethod
     def _seed(seed: int, deterministic: bool) -> None:
         random.seed(seed)
@@ -131,24 +181,41 @@ class Trainer:
     # ---- training ----
 
     def train(self, task: dict[str, Any], report: Report, should_stop: ShouldStop) -> dict[str, Any]:
-        """Runs the trial's epochs; reports after each; stops early when `should_stop()` says so."""
+        """Runs the trial's epochs; reports after each; stops early when `should_stop()` says so.
+
+        A data-parallel trial runs this on every rank; rank 0 evaluates, reports and checkpoints.
+        """
+        self._apply_placement(task)
+        ranks = _Ranks(task, self.device)
+        try:
+            return self._train(task, ranks, report if ranks.leader else (lambda epoch, metrics: None), should_stop)
+        finally:
+            ranks.close()
+
+    def _train(self, task: dict[str, Any], ranks: _Ranks, report: Report, should_stop: ShouldStop) -> dict[str, Any]:
         settings, training = task["settings"], task["settings"]["training"]
         seed = int(training["seed"])
         self._seed(seed, bool(training.get("deterministic", False)))
         splits = self._dataset(settings["dataset"])
-        model = self._model(settings, splits)
+        core = self._model(settings, splits)
+        model: nn.Module = core
+        if ranks.world > 1:
+            model = DistributedDataParallel(core, device_ids=[0] if self.device.type == "cuda" else None)
         optimizer = self.registry.create(
             "optimizer", training["optimizer"]["name"], training["optimizer"]["options"], args=(model.parameters(),)
         )
         transform, batch_augs = self._augmentations(training, splits)
-        train_batches = Batches(splits.train, int(training["batch_size"]), shuffle=True, seed=seed, transform=transform)
+        train_batches = Batches(
+            splits.train, int(training["batch_size"]), shuffle=True, seed=seed, transform=transform,
+            shard=(ranks.rank, ranks.world),
+        )  # fmt: skip
         val_batches = Batches(splits.val, EVAL_BATCH, shuffle=False, seed=seed, transform=self._normalise(splits))
         epochs = int(training["epochs"])
         accumulation = max(1, int(training.get("grad_accumulation_steps", 1)))
         steps_per_epoch = math.ceil(len(train_batches) / accumulation)
         scheduler, interval, monitor = self._scheduler(training, optimizer, epochs, steps_per_epoch)
         decay = float(training.get("ema_decay", 0.0))
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True) if decay else None
+        ema = AveragedModel(core, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True) if decay else None
         precision = training["precision"]
         scaler = torch.amp.GradScaler("cuda") if precision == "fp16" and self.device.type == "cuda" else None
         clip = float(training.get("grad_clip_norm", 0.0))
@@ -161,17 +228,17 @@ class Trainer:
         best, since_best, epoch = None, 0, 0
         for epoch in range(1, epochs + 1):
             started = time.perf_counter()
-            if hasattr(model, "on_epoch_start"):
-                model.on_epoch_start(epoch)
+            if hasattr(core, "on_epoch_start"):
+                core.on_epoch_start(epoch)
             counts = {  # after on_epoch_start, which may unfreeze layers
-                "params": float(sum(p.numel() for p in model.parameters())),
-                "trainable_params": float(sum(p.numel() for p in model.parameters() if p.requires_grad)),
+                "params": float(sum(p.numel() for p in core.parameters())),
+                "trainable_params": float(sum(p.numel() for p in core.parameters() if p.requires_grad)),
             }
             model.train()
             seen, correct, total_loss = 0, 0, 0.0
             n_batches = len(train_batches)
             for i, (x, y) in enumerate(train_batches):
-                if should_stop():
+                if ranks.agree(should_stop()):
                     return {"final_metrics": metrics, "epochs": epoch - 1, "stopped": True}
                 x, y = self._to_device(x, y)
                 targets = y
@@ -184,7 +251,7 @@ class Trainer:
                 if (i + 1) % accumulation == 0 or i + 1 == n_batches:
                     self._step(model, optimizer, scaler, clip)
                     if ema is not None:
-                        ema.update_parameters(model)
+                        ema.update_parameters(core)
                     if scheduler is not None and interval == "batch":
                         scheduler.step()
                 total_loss += loss.item() * len(y)
@@ -192,7 +259,13 @@ class Trainer:
                 seen += len(y)
             if not math.isfinite(total_loss):
                 raise FloatingPointError(f"training loss diverged at epoch {epoch}")
-            evaluated = ema.module if ema is not None else model
+            evaluated = ema.module if ema is not None else core
+            if not ranks.leader:  # rank 0 evaluates, reports and decides; the others follow
+                if scheduler is not None and interval == "epoch":
+                    scheduler.step(ranks.share(0.0)) if monitor else scheduler.step()
+                if ranks.agree(False):
+                    break
+                continue
             val = self._evaluate(evaluated, val_batches, precision)
             metrics = {
                 "inference_latency_ms": self._latency_ms(evaluated, x[:1]),
@@ -205,17 +278,18 @@ class Trainer:
                 **counts,
             }
             if scheduler is not None and interval == "epoch":
-                scheduler.step(metrics[monitor]) if monitor else scheduler.step()
+                scheduler.step(ranks.share(metrics[monitor])) if monitor else scheduler.step()
             self._save(checkpoint, evaluated, optimizer, epoch)
             report(epoch, metrics)
             if should_stop():
+                ranks.agree(True)
                 return {"final_metrics": metrics, "epochs": epoch, "stopped": True}
             value = metrics.get(objective["metric"])
             if value is not None and (best is None or (value > best if objective["mode"] == "max" else value < best)):
                 best, since_best = value, 0
             else:
                 since_best += 1
-            if patience and since_best >= patience:
+            if ranks.agree(bool(patience) and since_best >= patience):
                 break
         return {"final_metrics": metrics, "epochs": epoch, "stopped": False}
 
@@ -268,6 +342,7 @@ class Trainer:
 
     def evaluate(self, task: dict[str, Any]) -> dict[str, float]:
         """Evaluates a trial's checkpoint on the test split."""
+        self._apply_placement(task)
         settings = task["settings"]
         splits = self._dataset(settings["dataset"])
         model = self._model(settings, splits)

@@ -109,8 +109,9 @@ def test_early_stop_on_plateau_ends_the_trial(trainer, tmp_path):
 def test_same_seed_with_deterministic_algorithms_repeats_exactly(trainer, tmp_path):
     _, first = run(trainer, tmp_path, deterministic=True, seed=7)
     _, second = run(trainer, tmp_path, deterministic=True, seed=7)
-    strip = [{k: v for k, v in m.items() if k != "epoch_seconds"} for _, m in first]
-    assert strip == [{k: v for k, v in m.items() if k != "epoch_seconds"} for _, m in second]
+    timing = ("epoch_seconds", "inference_latency_ms")
+    strip = [{k: v for k, v in m.items() if k not in timing} for _, m in first]
+    assert strip == [{k: v for k, v in m.items() if k not in timing} for _, m in second]
 
 
 def test_ema_checkpoint_holds_the_averaged_weights(trainer, tmp_path):

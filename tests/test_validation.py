@@ -80,8 +80,8 @@ BAD_SPECS = [
     ("unknown early stopper", with_change("early_stopping", {"name": "crystal_ball"}), "spec.early_stopping.name",
      "unknown early_stopper"),
     ("unknown objective metric", with_change("objective.metric", "vibes"), "spec.objective.metric", "unknown metric"),
-    ("GPUs on a CPU server", with_change("resources", {"gpus_per_trial": 1}), "spec.resources.gpus_per_trial",
-     "no CUDA"),
+    ("more devices than the server has", with_change("resources", {"gpus_per_trial": 3}),
+     "spec.resources.gpus_per_trial", "needs 3 devices; this server has 2"),
     ("uneven GPU fraction", with_change("resources", {"gpus_per_trial": 0.3}), "spec.resources.gpus_per_trial",
      "divide"),
     ("augmentation option of an unlisted augmentation", with_change("search_space.0", {

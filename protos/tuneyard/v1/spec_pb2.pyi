@@ -128,10 +128,14 @@ class Budget(_message.Message):
     def __init__(self, max_trials: _Optional[int] = ..., max_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_concurrent_trials: _Optional[int] = ..., max_failures: _Optional[int] = ...) -> None: ...
 
 class Resources(_message.Message):
-    __slots__ = ("gpus_per_trial",)
+    __slots__ = ("gpus_per_trial", "priority", "gpu_memory_gb")
     GPUS_PER_TRIAL_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    GPU_MEMORY_GB_FIELD_NUMBER: _ClassVar[int]
     gpus_per_trial: float
-    def __init__(self, gpus_per_trial: _Optional[float] = ...) -> None: ...
+    priority: float
+    gpu_memory_gb: float
+    def __init__(self, gpus_per_trial: _Optional[float] = ..., priority: _Optional[float] = ..., gpu_memory_gb: _Optional[float] = ...) -> None: ...
 
 class StudySpec(_message.Message):
     __slots__ = ("name", "dataset", "model", "training", "search_space", "searcher", "early_stopping", "objective", "budget", "resources", "objectives")

@@ -1,0 +1,155 @@
+"""Device scheduling: packed trials, data-parallel trials, fair share, worker reuse and recycling."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+from support import tiny_spec, to_proto, watch_all
+
+from tuneyard.server.devices import Device
+from tuneyard.server.scheduler import DeviceScheduler
+from tuneyard.v1 import service_pb2 as pb
+from tuneyard.v1 import service_pb2_grpc
+
+
+class Dispenser:
+    """Stands in for the worker pool in scheduler-only tests: hands out placeholder workers."""
+
+    def take(self, device):
+        return object()
+
+    def give_back(self, worker):
+        pass
+
+    def counts(self, device):
+        return 1, 0
+
+
+def cpu_devices(n: int) -> list[Device]:
+    return [Device(i, f"cpu:{i}", "cpu", "cpu", "", 1) for i in range(n)]
+
+
+def test_fractional_requests_pack_devices_and_whole_ones_wait():
+    scheduler = DeviceScheduler(cpu_devices(2), Dispenser())
+    quarter = [scheduler.try_acquire("a", 0.25, lambda: None) for _ in range(4)]
+    assert [a.devices[0].name for a in quarter] == ["cpu:0"] * 4  # packed onto one device
+    whole = scheduler.try_acquire("b", 1.0, lambda: None)
+    assert whole.devices[0].name == "cpu:1"
+    assert scheduler.try_acquire("b", 1.0, lambda: None) is None
+    assert scheduler.try_acquire("c", 2, lambda: None) is None
+    for alloc in quarter:
+        scheduler.release(alloc)
+    scheduler.release(whole)
+    assert scheduler.try_acquire("c", 2, lambda: None) is None  # b waited first: its turn
+    scheduler.withdraw("b")
+    pair = scheduler.try_acquire("c", 2, lambda: None)
+    assert [d.name for d in pair.devices] == ["cpu:0", "cpu:1"] and pair.share == 1.0
+    assert scheduler.check(3) == "needs 3 devices; this server has 2"
+
+
+def test_fair_share_follows_priority_and_never_starves():
+    scheduler = DeviceScheduler(cpu_devices(3), Dispenser())
+    woken: list[str] = []
+    held = {"a": [], "b": []}
+    priority = {"a": 2.0, "b": 1.0}
+    # Both studies want as much as they can get; capacity frees up one device at a time.
+    for _ in range(30):
+        for study in ("a", "b"):
+            while (alloc := scheduler.try_acquire(study, 1.0, lambda s=study: woken.append(s), priority[study])):
+                held[study].append(alloc)
+        oldest = min((a for allocs in held.values() for a in allocs), key=id)
+        for allocs in held.values():
+            if oldest in allocs:
+                allocs.remove(oldest)
+        scheduler.release(oldest)
+    for study in ("a", "b"):
+        while (alloc := scheduler.try_acquire(study, 1.0, lambda: None, priority[study])):
+            held[study].append(alloc)
+    assert len(held["a"]) == 2 and len(held["b"]) == 1  # 2:1 by priority, b not starved
+    assert "b" in woken
+
+
+def trials_of(stub, study_id):
+    return stub.ListTrials(pb.ListTrialsRequest(study_id=study_id)).trials
+
+
+def test_four_packed_trials_share_two_cpu_devices(stub):
+    spec = tiny_spec(
+        training={"epochs": 3, "batch_size": 32, "optimizer": {"name": "adam"}},
+        budget={"max_trials": 4, "max_concurrent_trials": 4},
+        resources={"gpus_per_trial": 0.5},
+    )
+    study = stub.CreateStudy(pb.CreateStudyRequest(spec=to_proto(spec)))
+    busy = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and max(busy, default=0) < 4:
+        info = stub.GetServerInfo(pb.GetServerInfoRequest())
+        busy.append(sum(d.slots_busy for d in info.devices))
+        time.sleep(0.05)
+    watch_all(stub, study.study_id)
+    assert max(busy) == 4  # four trials held their share at once
+    trials = trials_of(stub, study.study_id)
+    assert sorted(t.device for t in trials) == ["cpu:0", "cpu:0", "cpu:1", "cpu:1"]
+    assert all(t.state == pb.TRIAL_COMPLETED for t in trials)
+
+
+def test_data_parallel_trial_matches_a_single_process_run(stub):
+    def run(gpus: float) -> pb.Trial:
+        spec = tiny_spec(
+            model={"name": "simple_cnn", "options": {"num_filters": 8, "batch_norm": False}},
+            training={"epochs": 2, "batch_size": 64, "seed": 3,
+                      "optimizer": {"name": "sgd", "options": {"lr": 0.05, "momentum": 0.9}}},
+            search_space=[], budget={"max_trials": 1}, resources={"gpus_per_trial": gpus},
+        )  # fmt: skip
+        study = stub.CreateStudy(pb.CreateStudyRequest(spec=to_proto(spec)))
+        events = watch_all(stub, study.study_id)
+        assert events[-1].study_state.state == pb.STUDY_COMPLETED, events[-1]
+        return trials_of(stub, study.study_id)[0]
+
+    two = run(2)
+    one = run(1)
+    assert two.device == "cpu:0+cpu:1" and one.device in ("cpu:0", "cpu:1")
+    assert two.epochs_completed == one.epochs_completed == 2
+    for metric in ("val_loss", "val_accuracy"):
+        assert two.final_metrics[metric] == pytest.approx(one.final_metrics[metric], rel=1e-3, abs=1e-3)
+
+
+def test_two_studies_share_the_devices(stub):
+    spec = tiny_spec(
+        training={"epochs": 2, "batch_size": 32, "optimizer": {"name": "adam"}},
+        budget={"max_trials": 4, "max_concurrent_trials": 2},
+    )
+    first = stub.CreateStudy(pb.CreateStudyRequest(spec=to_proto(spec)))
+    second = stub.CreateStudy(pb.CreateStudyRequest(spec=to_proto(spec)))
+    watch_all(stub, first.study_id)
+    watch_all(stub, second.study_id)
+    a, b = trials_of(stub, first.study_id), trials_of(stub, second.study_id)
+    assert all(t.state == pb.TRIAL_COMPLETED for t in [*a, *b])
+    # The second study did not wait for the first to finish: it started while the first ran.
+    first_end = max(t.end_time.ToNanoseconds() for t in a)
+    second_start = min(t.start_time.ToNanoseconds() for t in b)
+    assert second_start < first_end
+
+
+def test_workers_are_reused_across_trials(server):
+    reused = [w for w in server.pool.workers if w.tasks_done >= 2]
+    assert reused, [(w.device.name, w.tasks_done, w.processes_started) for w in server.pool.workers]
+    assert any(w.processes_started == 1 for w in reused)  # many trials, one process (torch imported once)
+
+
+def test_workers_are_recycled_after_max_trials(tmp_path):
+    from tuneyard.server.app import start_server
+
+    handle = start_server(data_dir=tmp_path, devices="cpu", cpu_slots=1, max_trials_per_worker=1)
+    try:
+        stub = service_pb2_grpc.TrainingServiceStub(grpc.insecure_channel(handle.address))
+        spec = tiny_spec(training={"epochs": 1, "optimizer": {"name": "adam"}}, budget={"max_trials": 2})
+        study = stub.CreateStudy(pb.CreateStudyRequest(spec=to_proto(spec)))
+        assert watch_all(stub, study.study_id)[-1].study_state.state == pb.STUDY_COMPLETED
+        worker = handle.pool.workers[0]
+        assert worker.tasks_done == 3  # two trials and the test evaluation
+        assert worker.processes_started == 4  # a fresh process after each task
+    finally:
+        handle.stop()
