@@ -41,6 +41,7 @@ SEARCHABLE_TRAINING_FIELDS = {
     "ema_decay": "float",
     "early_stop_patience": "int",
     "deterministic": "bool",
+    "data_pipeline": "str",
 }
 PRECISIONS = ("", "auto", "fp32", "bf16", "fp16")
 MAX_TRIALS = 100_000
@@ -217,6 +218,9 @@ class SpecValidator:
         ema = float(training.get("ema_decay", 0.0))
         if not 0.0 <= ema < 1.0:
             raise InvalidArgument(f"{path}.ema_decay", f"must be in [0, 1), got {ema}")
+        pipeline = training.get("data_pipeline") or "auto"
+        if pipeline not in ("auto", "device", "loader"):
+            raise InvalidArgument(f"{path}.data_pipeline", f"must be auto, device or loader, got {pipeline!r}")
         patience = _int(training.get("early_stop_patience", 0), f"{path}.early_stop_patience")
         if patience < 0:
             raise InvalidArgument(f"{path}.early_stop_patience", f"must not be negative, got {patience}")
@@ -247,6 +251,7 @@ class SpecValidator:
             "ema_decay": ema,
             "early_stop_patience": patience,
             "deterministic": bool(training.get("deterministic", False)),
+            "data_pipeline": pipeline,
         }
 
     def _objectives(self, spec: dict[str, Any]) -> tuple[Objective, ...]:

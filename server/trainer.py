@@ -32,6 +32,7 @@ Report = Callable[[int, dict[str, float]], None]
 ShouldStop = Callable[[], bool]
 BatchTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 EVAL_BATCH = 512
+LOADER_WORKERS = 2  # DataLoader worker processes on the loader path
 RENDEZVOUS_TIMEOUT = timedelta(seconds=60)
 
 
@@ -104,17 +105,26 @@ class Trainer:
             model = model.to(memory_format=torch.channels_last)
         return model
 
-    def _normalise(self, splits: DatasetSplits) -> Transform:
+    def _normalise(self, splits: DatasetSplits) -> Transform | None:
+        """Normalisation with the training split's statistics, on the trial's device."""
         if not splits.mean:
-            return lambda x: x
+            return None
         shape = (1, -1) + (1,) * (len(splits.input_shape) - 1)
-        mean = torch.tensor(splits.mean).view(shape)
-        std = torch.tensor(splits.std).view(shape)
+        mean = torch.tensor(splits.mean, device=self.device).view(shape)
+        std = torch.tensor(splits.std, device=self.device).view(shape)
         return lambda x: (x - mean) / std
 
-    def _augmentations(self, training: dict[str, Any], splits: DatasetSplits) -> tuple[Transform, list[BatchTransform]]:
-        """Per-sample augmentations then normalisation (on the CPU), and batch-level ones (on the device)."""
-        normalise = self._normalise(splits)
+    def _batches(self, data: Any, batch_size: int, training: dict[str, Any], splits: DatasetSplits,
+                 **kwargs: Any) -> Batches:  # fmt: skip
+        return Batches(
+            data, batch_size, device=self.device, normalise=self._normalise(splits),
+            pipeline=training.get("data_pipeline") or "auto", loader_workers=LOADER_WORKERS, **kwargs,
+        )  # fmt: skip
+
+    def _augmentations(
+        self, training: dict[str, Any], splits: DatasetSplits
+    ) -> tuple[list[Transform], list[BatchTransform]]:
+        """Per-sample augmentations (before normalisation) and batch-level ones (after it)."""
         per_sample, per_batch = [], []
         for aug in training["augmentations"]:
             made = self.registry.create(
@@ -122,32 +132,13 @@ class Trainer:
                 input_shape=tuple(splits.input_shape), num_classes=splits.num_classes,
             )  # fmt: skip
             (per_batch if self.registry.get("augmentation", aug["name"]).batch_level else per_sample).append(made)
-        if not per_sample:
-            return normalise, per_batch
-
-        def transform(x: torch.Tensor) -> torch.Tensor:
-            out = x.clone()
-            for i in range(len(out)):
-                sample = out[i]
-                for aug in per_sample:
-                    sample = aug(sample)
-                out[i] = sample
-            return normalise(out)
-
-        return transform, per_batch
+        return per_sample, per_batch
 
     def _autocast(self, precision: str) -> torch.autocast:
         """Mixed precision on CUDA only; CPU trials train in fp32."""
         dtype = torch.float16 if precision == "fp16" else torch.bfloat16
         enabled = self.device.type == "cuda" and precision in ("auto", "bf16", "fp16")
         return torch.autocast(self.device.type, dtype=dtype, enabled=enabled)
-
-    def _to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        non_blocking = self.device.type == "cuda"
-        x = x.to(self.device, non_blocking=non_blocking)
-        if self.device.type == "cuda" and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x, y.to(self.device, non_blocking=non_blocking)
 
     def _apply_placement(self, task: dict[str, Any]) -> None:
         """Threads for this trial's share of the device, and a memory cap when packed on a GPU."""
@@ -170,7 +161,6 @@ class Trainer:
         loss_fn = nn.CrossEntropyLoss(reduction="sum")
         total, correct, loss = 0, 0, 0.0
         for x, y in batches:
-            x, y = self._to_device(x, y)
             with self._autocast(precision):
                 logits = model(x)
             loss += loss_fn(logits.float(), y).item()
@@ -204,12 +194,12 @@ class Trainer:
         optimizer = self.registry.create(
             "optimizer", training["optimizer"]["name"], training["optimizer"]["options"], args=(model.parameters(),)
         )
-        transform, batch_augs = self._augmentations(training, splits)
-        train_batches = Batches(
-            splits.train, int(training["batch_size"]), shuffle=True, seed=seed, transform=transform,
-            shard=(ranks.rank, ranks.world),
+        per_sample, batch_augs = self._augmentations(training, splits)
+        train_batches = self._batches(
+            splits.train, int(training["batch_size"]), training, splits, shuffle=True, seed=seed,
+            augmentations=per_sample, shard=(ranks.rank, ranks.world),
         )  # fmt: skip
-        val_batches = Batches(splits.val, EVAL_BATCH, shuffle=False, seed=seed, transform=self._normalise(splits))
+        val_batches = self._batches(splits.val, EVAL_BATCH, training, splits, shuffle=False, seed=seed)
         epochs = int(training["epochs"])
         accumulation = max(1, int(training.get("grad_accumulation_steps", 1)))
         steps_per_epoch = math.ceil(len(train_batches) / accumulation)
@@ -240,7 +230,6 @@ class Trainer:
             for i, (x, y) in enumerate(train_batches):
                 if ranks.agree(should_stop()):
                     return {"final_metrics": metrics, "epochs": epoch - 1, "stopped": True}
-                x, y = self._to_device(x, y)
                 targets = y
                 for aug in batch_augs:
                     x, targets = aug(x, targets)
@@ -348,6 +337,6 @@ class Trainer:
         model = self._model(settings, splits)
         state = torch.load(task["checkpoint"], map_location=self.device, weights_only=True)
         model.load_state_dict(state["model"])
-        batches = Batches(splits.test, EVAL_BATCH, shuffle=False, seed=0, transform=self._normalise(splits))
+        batches = self._batches(splits.test, EVAL_BATCH, settings["training"], splits, shuffle=False, seed=0)
         result = self._evaluate(model, batches, settings["training"]["precision"])
         return {"test_loss": result["loss"], "test_accuracy": result["accuracy"]}

@@ -10,6 +10,7 @@ worker is recycled (a fresh process) after that many tasks.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import multiprocessing as mp
 import threading
@@ -50,7 +51,7 @@ class Worker:
             "data_root": self._data_root,
         }
         self.process = self._ctx.Process(
-            target=worker_main, args=(child, info), name=f"tuneyard-worker-{self.device.name}", daemon=True
+            target=worker_main, args=(child, info), name=f"tuneyard-worker-{self.device.name}", daemon=False
         )
         self.process.start()
         self.processes_started += 1
@@ -152,6 +153,10 @@ class Worker:
             key, sink = task
             sink(("crashed", key, why))
 
+    @property
+    def closed(self) -> bool:
+        return self._closing
+
     def close(self, timeout: float = 5.0) -> None:
         self._closing = True
         try:
@@ -177,6 +182,9 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._by_device: dict[int, list[Worker]] = {d.index: [self._new(d)] for d in devices}
         self._taken: set[int] = set()  # id() of workers handed out
+        # Workers are not daemonic (their DataLoaders start worker processes of their own), so
+        # close them before multiprocessing joins its children at exit.
+        atexit.register(self.close)
 
     def _new(self, device: Device) -> Worker:
         return Worker(device, self._data_root, self._max_tasks)
@@ -210,4 +218,5 @@ class WorkerPool:
 
     def close(self) -> None:
         for worker in self.workers:
-            worker.close()
+            if not worker.closed:
+                worker.close()

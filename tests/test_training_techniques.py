@@ -140,3 +140,32 @@ def test_parameter_counts_are_reported_and_epoch_hook_is_called(trainer, tmp_pat
                   lambda: False)  # fmt: skip
     assert EPOCHS_SEEN == [1, 2]
     assert reports[0]["params"] == 64 * 10 + 10 == reports[0]["trainable_params"]
+
+
+@pytest.mark.parametrize("pipeline", ["device", "loader"])
+def test_both_data_pipelines_train_with_augmentations(trainer, tmp_path, pipeline):
+    augmentations = [{"name": "random_crop", "options": {"padding": 1}}, {"name": "rotation", "options": {}}]
+    _, reports = run(trainer, tmp_path, data_pipeline=pipeline, augmentations=augmentations, epochs=2)
+    assert reports[-1][1]["val_accuracy"] > 0.5
+
+
+def test_auto_pipeline_keeps_tensor_splits_on_the_device():
+    from tuneyard.server.batches import Batches
+
+    data = torch.utils.data.TensorDataset(torch.rand(10, 1, 4, 4), torch.arange(10))
+    auto = Batches(data, 4, device=torch.device("cpu"), shuffle=True, seed=0)
+    assert auto.pipeline == "device" and [len(y) for _, y in auto] == [4, 4, 2]
+    halves = [Batches(data, 4, device=torch.device("cpu"), shuffle=True, seed=0, shard=(r, 2)) for r in (0, 1)]
+    seen = sorted(int(v) for b in halves for _, y in b for v in y)
+    assert seen == list(range(10))  # the two ranks' shards cover the data once
+
+    class NotTensors(torch.utils.data.Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return torch.zeros(1, 4, 4), i
+
+    assert Batches(NotTensors(), 2, device=torch.device("cpu"), shuffle=False, seed=0).pipeline == "loader"
+    with pytest.raises(ValueError, match="needs an in-memory"):
+        Batches(NotTensors(), 2, device=torch.device("cpu"), shuffle=False, seed=0, pipeline="device")

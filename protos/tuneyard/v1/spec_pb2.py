@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tuneyard/v1/spec.proto\x12\x0btuneyard.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\"C\n\tComponent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x07options\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xf6\x02\n\x0eTrainingConfig\x12\x0e\n\x06\x65pochs\x18\x01 \x01(\x05\x12\x12\n\nbatch_size\x18\x02 \x01(\x05\x12)\n\toptimizer\x18\x03 \x01(\x0b\x32\x16.tuneyard.v1.Component\x12,\n\x0clr_scheduler\x18\x04 \x01(\x0b\x32\x16.tuneyard.v1.Component\x12-\n\raugmentations\x18\x05 \x03(\x0b\x32\x16.tuneyard.v1.Component\x12\x17\n\x0flabel_smoothing\x18\x06 \x01(\x01\x12\x11\n\tprecision\x18\x07 \x01(\t\x12\x0c\n\x04seed\x18\x08 \x01(\x03\x12\x16\n\x0egrad_clip_norm\x18\t \x01(\x01\x12\x1f\n\x17grad_accumulation_steps\x18\n \x01(\x05\x12\x11\n\tema_decay\x18\x0b \x01(\x01\x12\x1b\n\x13\x65\x61rly_stop_patience\x18\x0c \x01(\x05\x12\x15\n\rdeterministic\x18\r \x01(\x08\"@\n\x08IntRange\x12\x0b\n\x03low\x18\x01 \x01(\x03\x12\x0c\n\x04high\x18\x02 \x01(\x03\x12\x0b\n\x03log\x18\x03 \x01(\x08\x12\x0c\n\x04step\x18\x04 \x01(\x03\"4\n\nFloatRange\x12\x0b\n\x03low\x18\x01 \x01(\x01\x12\x0c\n\x04high\x18\x02 \x01(\x01\x12\x0b\n\x03log\x18\x03 \x01(\x08\"0\n\x06\x43hoice\x12&\n\x06values\x18\x01 \x03(\x0b\x32\x16.google.protobuf.Value\"C\n\tCondition\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12&\n\x06values\x18\x02 \x03(\x0b\x32\x16.google.protobuf.Value\"\xd1\x01\n\tParameter\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\tint_range\x18\x02 \x01(\x0b\x32\x15.tuneyard.v1.IntRangeH\x00\x12.\n\x0b\x66loat_range\x18\x03 \x01(\x0b\x32\x17.tuneyard.v1.FloatRangeH\x00\x12%\n\x06\x63hoice\x18\x04 \x01(\x0b\x32\x13.tuneyard.v1.ChoiceH\x00\x12)\n\tcondition\x18\x05 \x01(\x0b\x32\x16.tuneyard.v1.ConditionB\x08\n\x06\x64omain\"\x80\x01\n\tObjective\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12)\n\x04mode\x18\x02 \x01(\x0e\x32\x1b.tuneyard.v1.Objective.Mode\"8\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\x0c\n\x08MAXIMIZE\x10\x01\x12\x0c\n\x08MINIMIZE\x10\x02\"\x82\x01\n\x06\x42udget\x12\x12\n\nmax_trials\x18\x01 \x01(\x05\x12/\n\x0cmax_duration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1d\n\x15max_concurrent_trials\x18\x03 \x01(\x05\x12\x14\n\x0cmax_failures\x18\x04 \x01(\x05\"L\n\tResources\x12\x16\n\x0egpus_per_trial\x18\x01 \x01(\x01\x12\x10\n\x08priority\x18\x02 \x01(\x01\x12\x15\n\rgpu_memory_gb\x18\x03 \x01(\x01\"\xc7\x03\n\tStudySpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x07\x64\x61taset\x18\x02 \x01(\x0b\x32\x16.tuneyard.v1.Component\x12%\n\x05model\x18\x03 \x01(\x0b\x32\x16.tuneyard.v1.Component\x12-\n\x08training\x18\x04 \x01(\x0b\x32\x1b.tuneyard.v1.TrainingConfig\x12,\n\x0csearch_space\x18\x05 \x03(\x0b\x32\x16.tuneyard.v1.Parameter\x12(\n\x08searcher\x18\x06 \x01(\x0b\x32\x16.tuneyard.v1.Component\x12.\n\x0e\x65\x61rly_stopping\x18\x07 \x01(\x0b\x32\x16.tuneyard.v1.Component\x12)\n\tobjective\x18\x08 \x01(\x0b\x32\x16.tuneyard.v1.Objective\x12#\n\x06\x62udget\x18\t \x01(\x0b\x32\x13.tuneyard.v1.Budget\x12)\n\tresources\x18\n \x01(\x0b\x32\x16.tuneyard.v1.Resources\x12*\n\nobjectives\x18\x0b \x03(\x0b\x32\x16.tuneyard.v1.Objectiveb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tuneyard/v1/spec.proto\x12\x0btuneyard.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\"C\n\tComponent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x07options\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x8d\x03\n\x0eTrainingConfig\x12\x0e\n\x06\x65pochs\x18\x01 \x01(\x05\x12\x12\n\nbatch_size\x18\x02 \x01(\x05\x12)\n\toptimizer\x18\x03 \x01(\x0b\x32\x16.tuneyard.v1.Component\x12,\n\x0clr_scheduler\x18\x04 \x01(\x0b\x32\x16.tuneyard.v1.Component\x12-\n\raugmentations\x18\x05 \x03(\x0b\x32\x16.tuneyard.v1.Component\x12\x17\n\x0flabel_smoothing\x18\x06 \x01(\x01\x12\x11\n\tprecision\x18\x07 \x01(\t\x12\x0c\n\x04seed\x18\x08 \x01(\x03\x12\x16\n\x0egrad_clip_norm\x18\t \x01(\x01\x12\x1f\n\x17grad_accumulation_steps\x18\n \x01(\x05\x12\x11\n\tema_decay\x18\x0b \x01(\x01\x12\x1b\n\x13\x65\x61rly_stop_patience\x18\x0c \x01(\x05\x12\x15\n\rdeterministic\x18\r \x01(\x08\x12\x15\n\rdata_pipeline\x18\x0e \x01(\t\"@\n\x08IntRange\x12\x0b\n\x03low\x18\x01 \x01(\x03\x12\x0c\n\x04high\x18\x02 \x01(\x03\x12\x0b\n\x03log\x18\x03 \x01(\x08\x12\x0c\n\x04step\x18\x04 \x01(\x03\"4\n\nFloatRange\x12\x0b\n\x03low\x18\x01 \x01(\x01\x12\x0c\n\x04high\x18\x02 \x01(\x01\x12\x0b\n\x03log\x18\x03 \x01(\x08\"0\n\x06\x43hoice\x12&\n\x06values\x18\x01 \x03(\x0b\x32\x16.google.protobuf.Value\"C\n\tCondition\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12&\n\x06values\x18\x02 \x03(\x0b\x32\x16.google.protobuf.Value\"\xd1\x01\n\tParameter\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\tint_range\x18\x02 \x01(\x0b\x32\x15.tuneyard.v1.IntRangeH\x00\x12.\n\x0b\x66loat_range\x18\x03 \x01(\x0b\x32\x17.tuneyard.v1.FloatRangeH\x00\x12%\n\x06\x63hoice\x18\x04 \x01(\x0b\x32\x13.tuneyard.v1.ChoiceH\x00\x12)\n\tcondition\x18\x05 \x01(\x0b\x32\x16.tuneyard.v1.ConditionB\x08\n\x06\x64omain\"\x80\x01\n\tObjective\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12)\n\x04mode\x18\x02 \x01(\x0e\x32\x1b.tuneyard.v1.Objective.Mode\"8\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\x0c\n\x08MAXIMIZE\x10\x01\x12\x0c\n\x08MINIMIZE\x10\x02\"\x82\x01\n\x06\x42udget\x12\x12\n\nmax_trials\x18\x01 \x01(\x05\x12/\n\x0cmax_duration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1d\n\x15max_concurrent_trials\x18\x03 \x01(\x05\x12\x14\n\x0cmax_failures\x18\x04 \x01(\x05\"L\n\tResources\x12\x16\n\x0egpus_per_trial\x18\x01 \x01(\x01\x12\x10\n\x08priority\x18\x02 \x01(\x01\x12\x15\n\rgpu_memory_gb\x18\x03 \x01(\x01\"\xc7\x03\n\tStudySpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x07\x64\x61taset\x18\x02 \x01(\x0b\x32\x16.tuneyard.v1.Component\x12%\n\x05model\x18\x03 \x01(\x0b\x32\x16.tuneyard.v1.Component\x12-\n\x08training\x18\x04 \x01(\x0b\x32\x1b.tuneyard.v1.TrainingConfig\x12,\n\x0csearch_space\x18\x05 \x03(\x0b\x32\x16.tuneyard.v1.Parameter\x12(\n\x08searcher\x18\x06 \x01(\x0b\x32\x16.tuneyard.v1.Component\x12.\n\x0e\x65\x61rly_stopping\x18\x07 \x01(\x0b\x32\x16.tuneyard.v1.Component\x12)\n\tobjective\x18\x08 \x01(\x0b\x32\x16.tuneyard.v1.Objective\x12#\n\x06\x62udget\x18\t \x01(\x0b\x32\x13.tuneyard.v1.Budget\x12)\n\tresources\x18\n \x01(\x0b\x32\x16.tuneyard.v1.Resources\x12*\n\nobjectives\x18\x0b \x03(\x0b\x32\x16.tuneyard.v1.Objectiveb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,25 +36,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COMPONENT']._serialized_start=101
   _globals['_COMPONENT']._serialized_end=168
   _globals['_TRAININGCONFIG']._serialized_start=171
-  _globals['_TRAININGCONFIG']._serialized_end=545
-  _globals['_INTRANGE']._serialized_start=547
-  _globals['_INTRANGE']._serialized_end=611
-  _globals['_FLOATRANGE']._serialized_start=613
-  _globals['_FLOATRANGE']._serialized_end=665
-  _globals['_CHOICE']._serialized_start=667
-  _globals['_CHOICE']._serialized_end=715
-  _globals['_CONDITION']._serialized_start=717
-  _globals['_CONDITION']._serialized_end=784
-  _globals['_PARAMETER']._serialized_start=787
-  _globals['_PARAMETER']._serialized_end=996
-  _globals['_OBJECTIVE']._serialized_start=999
-  _globals['_OBJECTIVE']._serialized_end=1127
-  _globals['_OBJECTIVE_MODE']._serialized_start=1071
-  _globals['_OBJECTIVE_MODE']._serialized_end=1127
-  _globals['_BUDGET']._serialized_start=1130
-  _globals['_BUDGET']._serialized_end=1260
-  _globals['_RESOURCES']._serialized_start=1262
-  _globals['_RESOURCES']._serialized_end=1338
-  _globals['_STUDYSPEC']._serialized_start=1341
-  _globals['_STUDYSPEC']._serialized_end=1796
+  _globals['_TRAININGCONFIG']._serialized_end=568
+  _globals['_INTRANGE']._serialized_start=570
+  _globals['_INTRANGE']._serialized_end=634
+  _globals['_FLOATRANGE']._serialized_start=636
+  _globals['_FLOATRANGE']._serialized_end=688
+  _globals['_CHOICE']._serialized_start=690
+  _globals['_CHOICE']._serialized_end=738
+  _globals['_CONDITION']._serialized_start=740
+  _globals['_CONDITION']._serialized_end=807
+  _globals['_PARAMETER']._serialized_start=810
+  _globals['_PARAMETER']._serialized_end=1019
+  _globals['_OBJECTIVE']._serialized_start=1022
+  _globals['_OBJECTIVE']._serialized_end=1150
+  _globals['_OBJECTIVE_MODE']._serialized_start=1094
+  _globals['_OBJECTIVE_MODE']._serialized_end=1150
+  _globals['_BUDGET']._serialized_start=1153
+  _globals['_BUDGET']._serialized_end=1283
+  _globals['_RESOURCES']._serialized_start=1285
+  _globals['_RESOURCES']._serialized_end=1361
+  _globals['_STUDYSPEC']._serialized_start=1364
+  _globals['_STUDYSPEC']._serialized_end=1819
 # @@protoc_insertion_point(module_scope)

@@ -20,7 +20,7 @@ class Component(_message.Message):
     def __init__(self, name: _Optional[str] = ..., options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class TrainingConfig(_message.Message):
-    __slots__ = ("epochs", "batch_size", "optimizer", "lr_scheduler", "augmentations", "label_smoothing", "precision", "seed", "grad_clip_norm", "grad_accumulation_steps", "ema_decay", "early_stop_patience", "deterministic")
+    __slots__ = ("epochs", "batch_size", "optimizer", "lr_scheduler", "augmentations", "label_smoothing", "precision", "seed", "grad_clip_norm", "grad_accumulation_steps", "ema_decay", "early_stop_patience", "deterministic", "data_pipeline")
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
@@ -34,6 +34,7 @@ class TrainingConfig(_message.Message):
     EMA_DECAY_FIELD_NUMBER: _ClassVar[int]
     EARLY_STOP_PATIENCE_FIELD_NUMBER: _ClassVar[int]
     DETERMINISTIC_FIELD_NUMBER: _ClassVar[int]
+    DATA_PIPELINE_FIELD_NUMBER: _ClassVar[int]
     epochs: int
     batch_size: int
     optimizer: Component
@@ -47,7 +48,8 @@ class TrainingConfig(_message.Message):
     ema_decay: float
     early_stop_patience: int
     deterministic: bool
-    def __init__(self, epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., optimizer: _Optional[_Union[Component, _Mapping]] = ..., lr_scheduler: _Optional[_Union[Component, _Mapping]] = ..., augmentations: _Optional[_Iterable[_Union[Component, _Mapping]]] = ..., label_smoothing: _Optional[float] = ..., precision: _Optional[str] = ..., seed: _Optional[int] = ..., grad_clip_norm: _Optional[float] = ..., grad_accumulation_steps: _Optional[int] = ..., ema_decay: _Optional[float] = ..., early_stop_patience: _Optional[int] = ..., deterministic: _Optional[bool] = ...) -> None: ...
+    data_pipeline: str
+    def __init__(self, epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., optimizer: _Optional[_Union[Component, _Mapping]] = ..., lr_scheduler: _Optional[_Union[Component, _Mapping]] = ..., augmentations: _Optional[_Iterable[_Union[Component, _Mapping]]] = ..., label_smoothing: _Optional[float] = ..., precision: _Optional[str] = ..., seed: _Optional[int] = ..., grad_clip_norm: _Optional[float] = ..., grad_accumulation_steps: _Optional[int] = ..., ema_decay: _Optional[float] = ..., early_stop_patience: _Optional[int] = ..., deterministic: _Optional[bool] = ..., data_pipeline: _Optional[str] = ...) -> None: ...
 
 class IntRange(_message.Message):
     __slots__ = ("low", "high", "log", "step")
