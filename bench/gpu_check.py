@@ -1,80 +1,151 @@
-"""GPU check: runs the digits search on CUDA slots and prints a table of what ran where.
+"""GPU check for a lent CUDA machine: (a) tuneyard's training throughput vs a plain PyTorch loop,
+(b) 8 small trials with gpus_per_trial 1 vs 0.25, (c) the device data pipeline vs a DataLoader.
 
-Usage: python bench/gpu_check.py [--trials 8] [--epochs 6]
+Usage: python bench/gpu_check.py [--quick]    (prints one table; the last line is JSON)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
-import yaml
+import torch
 from google.protobuf import json_format
+from torch import nn
 
+from tuneyard.plugins.manager import PluginRegistry
 from tuneyard.server.app import start_server
 from tuneyard.v1 import service_pb2 as pb
 from tuneyard.v1 import service_pb2_grpc, spec_pb2
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "digits.yaml"
+BIG = {"name": "synthetic", "options": {"num_samples": 24000, "num_classes": 10, "channels": 3, "size": 32,
+                                         "val_fraction": 0.1, "test_fraction": 0.1}}  # fmt: skip
+SMALL = {"name": "synthetic", "options": {"num_samples": 12000, "num_classes": 10, "channels": 1, "size": 16,
+                                           "val_fraction": 0.1, "test_fraction": 0.1}}  # fmt: skip
 
 
-def run(devices: str, trials: int, epochs: int) -> dict:
-    spec = yaml.safe_load(EXAMPLE.read_text())
-    spec["training"]["epochs"] = epochs
-    spec["budget"] = {"max_trials": trials, "max_concurrent_trials": 2}
+def spec(dataset: dict, model: dict, *, epochs: int, batch: int, trials: int = 1, gpus: float = 1.0,
+         pipeline: str = "auto", concurrent: int = 1) -> dict[str, Any]:  # fmt: skip
+    return {
+        "name": "gpu-check", "dataset": dataset, "model": model,
+        "training": {"epochs": epochs, "batch_size": batch, "seed": 0, "data_pipeline": pipeline,
+                     "optimizer": {"name": "sgd", "options": {"lr": 0.05, "momentum": 0.9}}},
+        "search_space": [{"name": "training.seed", "int_range": {"low": 0, "high": 100000}}] if trials > 1 else [],
+        "objective": {"metric": "val_accuracy", "mode": "MAXIMIZE"},
+        "budget": {"max_trials": trials, "max_concurrent_trials": concurrent},
+        "resources": {"gpus_per_trial": gpus},
+    }  # fmt: skip
+
+
+def run_study(stub, body: dict) -> tuple[float, list[pb.Trial]]:
     started = time.perf_counter()
-    handle = start_server(data_dir=Path(tempfile.mkdtemp()), devices=devices)
-    boot = time.perf_counter() - started
-    try:
-        stub = service_pb2_grpc.TrainingServiceStub(grpc.insecure_channel(handle.address))
-        t0 = time.perf_counter()
-        study = stub.CreateStudy(pb.CreateStudyRequest(spec=json_format.ParseDict(spec, spec_pb2.StudySpec())))
-        first_epoch = None
-        for event in stub.WatchStudy(pb.WatchStudyRequest(study_id=study.study_id)):
-            if event.WhichOneof("event") == "trial_progress" and first_epoch is None:
-                first_epoch = time.perf_counter() - t0
-        wall = time.perf_counter() - t0
-        done = stub.GetStudy(pb.GetStudyRequest(study_id=study.study_id))
-        trials_ = stub.ListTrials(pb.ListTrialsRequest(study_id=study.study_id)).trials
-        epoch_s = [m.values["epoch_seconds"] for t in trials_ for m in t.metrics]
-        return {
-            "devices": devices,
-            "state": pb.StudyState.Name(done.state),
-            "error": done.error,
-            "trial_devices": sorted({t.device for t in trials_}),
-            "failed": [t.error.splitlines()[-1] for t in trials_ if t.state == pb.TRIAL_FAILED],
-            "boot_s": boot,
-            "first_epoch_s": first_epoch,
-            "wall_s": wall,
-            "median_epoch_s": statistics.median(epoch_s) if epoch_s else float("nan"),
-            "best_val": done.best_trial.objective_value,
-            "test_accuracy": done.test_metrics.get("test_accuracy", float("nan")),
-        }
-    finally:
-        handle.stop()
+    study = stub.CreateStudy(pb.CreateStudyRequest(spec=json_format.ParseDict(body, spec_pb2.StudySpec())))
+    for _ in stub.WatchStudy(pb.WatchStudyRequest(study_id=study.study_id)):
+        pass
+    wall = time.perf_counter() - started
+    done = stub.GetStudy(pb.GetStudyRequest(study_id=study.study_id))
+    assert done.state == pb.STUDY_COMPLETED, done.error
+    return wall, list(stub.ListTrials(pb.ListTrialsRequest(study_id=study.study_id)).trials)
+
+
+def steady_epoch_s(trial: pb.Trial) -> float:
+    """Median training time of an epoch (without validation), leaving out the first (warm-up)."""
+    times = [m.values["train_seconds"] for m in trial.metrics]
+    return statistics.median(times[1:] if len(times) > 1 else times)
+
+
+def plain_loop(epochs: int, batch: int) -> float:
+    """The same model, data and optimizer in a hand-written loop; returns the median epoch time."""
+    registry = PluginRegistry.load()
+    splits = registry.create("dataset", BIG["name"], BIG["options"], root="")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    model = registry.create("model", "resnet18", {"small_input": True}, input_shape=tuple(splits.input_shape),
+                            num_classes=splits.num_classes).to(device, memory_format=torch.channels_last)  # fmt: skip
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    x, y = (t.to(device) for t in splits.train.tensors)
+    mean = torch.tensor(splits.mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(splits.std, device=device).view(1, -1, 1, 1)
+    loss_fn = nn.CrossEntropyLoss()
+    times = []
+    for _ in range(epochs):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        model.train()
+        order = torch.randperm(len(x), device=device)
+        for start in range(0, len(x), batch):
+            idx = order[start : start + batch]
+            inputs = ((x[idx] - mean) / std).contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                loss = loss_fn(model(inputs).float(), y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times[1:])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--trials", type=int, default=8)
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--devices", default="all,cpu")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes on CPU, to check the script itself")
     args = parser.parse_args()
-    rows = [run(d, args.trials, args.epochs) for d in args.devices.split(",")]
-    keys = ["devices", "state", "trial_devices", "boot_s", "first_epoch_s", "wall_s", "median_epoch_s", "best_val",
-            "test_accuracy"]  # fmt: skip
-    print("| " + " | ".join(keys) + " |")
-    print("|" + "---|" * len(keys))
-    for row in rows:
-        cells = [f"{row[k]:.3f}" if isinstance(row[k], float) else str(row[k]) for k in keys]
-        print("| " + " | ".join(cells) + " |")
-    for row in rows:
-        if row["error"] or row["failed"]:
-            print(f"{row['devices']}: error={row['error']!r} failed={row['failed']}")
+    epochs = 3 if args.quick else 5
+    if args.smoke:
+        BIG["options"]["num_samples"], SMALL["options"]["num_samples"], epochs = 600, 600, 2
+    train_big = int(BIG["options"]["num_samples"] * 0.8)
+    train_small = int(SMALL["options"]["num_samples"] * 0.8)
+    handle = start_server(data_dir=Path(tempfile.mkdtemp()), devices="cpu" if args.smoke else "all")
+    rows: list[tuple[str, str, float, str]] = []
+    result: dict[str, Any] = {}
+    try:
+        stub = service_pb2_grpc.TrainingServiceStub(grpc.insecure_channel(handle.address))
+        # (a) one trial vs the plain loop
+        _, (trial,) = run_study(stub, spec(BIG, {"name": "resnet18", "options": {"small_input": True}},
+                                           epochs=epochs, batch=256))  # fmt: skip
+        ours = train_big / steady_epoch_s(trial)
+        plain = train_big / plain_loop(epochs, 256)
+        result["throughput_ratio"] = ours / plain
+        verdict = "met" if ours / plain >= 0.95 else "missed"
+        rows += [("a", "tuneyard trial, resnet18 32px, samples/s", ours, ""),
+                 ("a", "plain PyTorch loop, samples/s", plain, ""),
+                 ("a", "ratio (target >= 0.95)", ours / plain, verdict)]  # fmt: skip
+        # (b) 8 small trials, whole GPU each vs four packed per GPU
+        small_model = {"name": "simple_cnn", "options": {"num_filters": 32, "num_conv_layers": 2}}
+        aggregate = {}
+        for gpus in (1.0, 0.25):
+            wall, trials = run_study(stub, spec(SMALL, small_model, epochs=epochs, batch=128, trials=8, gpus=gpus,
+                                                concurrent=8))  # fmt: skip
+            aggregate[gpus] = sum(train_small * t.epochs_completed for t in trials) / wall
+            label = f"8 trials, gpus_per_trial {gpus:g}: aggregate samples/s"
+            rows.append(("b", label, aggregate[gpus], f"{wall:.1f} s"))
+        result["packing_ratio"] = aggregate[0.25] / aggregate[1.0]
+        rows.append(("b", "ratio 0.25 / 1", result["packing_ratio"], ""))
+        # (c) device pipeline vs DataLoader, same trial
+        speed = {}
+        for pipeline in ("device", "loader"):
+            _, (trial,) = run_study(stub, spec(SMALL, small_model, epochs=epochs, batch=128, pipeline=pipeline))
+            speed[pipeline] = train_small / steady_epoch_s(trial)
+            rows.append(("c", f"data_pipeline {pipeline}: samples/s", speed[pipeline], ""))
+        result["fast_path_ratio"] = speed["device"] / speed["loader"]
+        rows.append(("c", "ratio device / loader", result["fast_path_ratio"], ""))
+    finally:
+        handle.stop()
+    name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    print(f"device: {name}, torch {torch.__version__}")
+    print("| part | measurement | value | note |\n|---|---|---|---|")
+    for part, label, value, note in rows:
+        print(f"| {part} | {label} | {value:,.2f} | {note} |")
+    print(json.dumps({k: round(v, 4) for k, v in result.items()} | {"throughput_target": 0.95}))
 
 
 if __name__ == "__main__":

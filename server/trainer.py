@@ -159,14 +159,16 @@ class Trainer:
     def _evaluate(self, model: nn.Module, batches: Batches, precision: str) -> dict[str, float]:
         model.eval()
         loss_fn = nn.CrossEntropyLoss(reduction="sum")
-        total, correct, loss = 0, 0, 0.0
+        total = 0
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        loss = torch.zeros((), device=self.device)
         for x, y in batches:
             with self._autocast(precision):
                 logits = model(x)
-            loss += loss_fn(logits.float(), y).item()
-            correct += (logits.argmax(1) == y).sum().item()
+            loss += loss_fn(logits.float(), y)
+            correct += (logits.argmax(1) == y).sum()
             total += len(y)
-        return {"loss": loss / max(total, 1), "accuracy": correct / max(total, 1)}
+        return {"loss": loss.item() / max(total, 1), "accuracy": correct.item() / max(total, 1)}
 
     # ---- training ----
 
@@ -225,7 +227,10 @@ class Trainer:
                 "trainable_params": float(sum(p.numel() for p in core.parameters() if p.requires_grad)),
             }
             model.train()
-            seen, correct, total_loss = 0, 0, 0.0
+            # Sums stay on the device: one synchronisation per epoch, not two per batch.
+            seen = 0
+            correct = torch.zeros((), device=self.device, dtype=torch.long)
+            summed_loss = torch.zeros((), device=self.device)
             n_batches = len(train_batches)
             for i, (x, y) in enumerate(train_batches):
                 if ranks.agree(should_stop()):
@@ -243,9 +248,11 @@ class Trainer:
                         ema.update_parameters(core)
                     if scheduler is not None and interval == "batch":
                         scheduler.step()
-                total_loss += loss.item() * len(y)
-                correct += (logits.argmax(1) == y).sum().item()
+                summed_loss += loss.detach() * len(y)
+                correct += (logits.argmax(1) == y).sum()
                 seen += len(y)
+            total_loss, correct = summed_loss.item(), int(correct.item())  # waits for the device
+            train_seconds = time.perf_counter() - started
             if not math.isfinite(total_loss):
                 raise FloatingPointError(f"training loss diverged at epoch {epoch}")
             evaluated = ema.module if ema is not None else core
@@ -264,6 +271,7 @@ class Trainer:
                 "val_accuracy": val["accuracy"],
                 "lr": float(optimizer.param_groups[0]["lr"]),
                 "epoch_seconds": time.perf_counter() - started,
+                "train_seconds": train_seconds,
                 **counts,
             }
             if scheduler is not None and interval == "epoch":

@@ -109,7 +109,7 @@ def test_early_stop_on_plateau_ends_the_trial(trainer, tmp_path):
 def test_same_seed_with_deterministic_algorithms_repeats_exactly(trainer, tmp_path):
     _, first = run(trainer, tmp_path, deterministic=True, seed=7)
     _, second = run(trainer, tmp_path, deterministic=True, seed=7)
-    timing = ("epoch_seconds", "inference_latency_ms")
+    timing = ("epoch_seconds", "train_seconds", "inference_latency_ms")
     strip = [{k: v for k, v in m.items() if k not in timing} for _, m in first]
     assert strip == [{k: v for k, v in m.items() if k not in timing} for _, m in second]
 
