@@ -153,7 +153,6 @@ class Trainer:
         random.seed(seed)
         torch.manual_seed(seed)
         torch.use_deterministic_algorithms(deterministic, warn_only=True)
-        torch.backends.cudnn.benchmark = not deterministic
 
     @torch.no_grad()
     def _evaluate(self, model: nn.Module, batches: Batches, precision: str) -> dict[str, float]:
