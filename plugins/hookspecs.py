@@ -149,8 +149,12 @@ def tuneyard_register_searchers(register: Register) -> None:
 def tuneyard_register_early_stoppers(register: Register) -> None:
     """Register early-stopping factories.
 
-    Factory: ``(*, objective: Objective, **options) -> tuneyard.plugins.api.EarlyStopper``.
-    ``objective`` is injected.
+    Factory: ``(*, objective: Objective, max_epochs: int, **options)
+    -> tuneyard.plugins.api.EarlyStopper``. ``objective`` and ``max_epochs`` (the most epochs a
+    trial of the study may train) are injected. ``report(trial_id, epoch, value)`` is called after
+    every epoch of every trial, interleaved across concurrent trials; on ``Decision.STOP`` the
+    trial ends PRUNED with its last metrics. ``complete(trial_id, value)`` follows when any trial
+    ends (value None when it failed).
     """
 
 

@@ -37,6 +37,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "tuneyard.plugins.builtin.models",
     "tuneyard.plugins.builtin.datasets",
     "tuneyard.plugins.builtin.searchers",
+    "tuneyard.plugins.builtin.early_stoppers",
 )
 
 REGISTER_HOOKS: dict[str, str] = {
