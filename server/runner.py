@@ -26,6 +26,8 @@ from tuneyard.server.trial_settings import resolve
 
 log = logging.getLogger(__name__)
 POLL_S = 0.5
+MEMORY_MARGIN = 1.2  # a measured peak is padded by this factor when packing later trials
+OOM_MARK = "OutOfMemoryError"
 
 
 def free_port() -> int:
@@ -78,6 +80,9 @@ class StudyRunner(threading.Thread):
         self._units = float(resources["gpus_per_trial"]) or 1.0
         self._priority = float(resources.get("priority") or 1.0)
         self._memory_gb = float(resources.get("gpu_memory_gb") or 0.0)
+        self._measured_gb = 0.0  # the largest peak GPU memory any trial of this study reported
+        self._requeued: list[tuple[int, float]] = []  # (trial, units): packed trials that ran out of memory
+        self._tasks: dict[int, dict[str, Any]] = {}
         self._peers_pending: dict[int, int] = {}
         self._rank0_result: dict[int, dict[str, Any]] = {}
         self._inbox: queue.Queue[tuple[Any, ...]] = queue.Queue()
@@ -151,7 +156,8 @@ class StudyRunner(threading.Thread):
             if self._halted.is_set():
                 self._stop_all("halted")
                 return
-            while self._may_start(next_id, exhausted, deadline):
+            self._restart_requeued()
+            while not self._requeued and self._may_start(next_id, exhausted, deadline):
                 alloc = self._acquire(self._units)
                 if alloc is None:
                     break
@@ -162,7 +168,7 @@ class StudyRunner(threading.Thread):
                     break
                 self._start_trial(next_id, config, alloc)
                 next_id += 1
-            wants_more = self._may_start(next_id, exhausted, deadline)
+            wants_more = bool(self._requeued) or self._may_start(next_id, exhausted, deadline)
             if not wants_more:
                 self.scheduler.withdraw(self.study_id)
                 if not self._running:
@@ -179,7 +185,22 @@ class StudyRunner(threading.Thread):
         self._finish()
 
     def _acquire(self, units: float) -> Allocation | None:
-        return self.scheduler.try_acquire(self.study_id, units, self._wake, self._priority)
+        need_gb = self._memory_gb or MEMORY_MARGIN * self._measured_gb
+        return self.scheduler.try_acquire(self.study_id, units, self._wake, self._priority, int(need_gb * 2**30))
+
+    def _restart_requeued(self) -> None:
+        """Packed trials that ran out of GPU memory start again with a larger share (fewer neighbours)."""
+        while self._requeued and not self._cancelled.is_set() and not self._halted.is_set():
+            trial_id, units = self._requeued[0]
+            alloc = self._acquire(units)
+            if alloc is None:
+                return
+            self._requeued.pop(0)
+            alloc.holder = f"{self.study_id}/{trial_id}"
+            self._running[trial_id] = alloc
+            self.storage.update_trial(self.study_id, trial_id, device=alloc.name)
+            task = {**self._tasks[trial_id], **placement(alloc, self._memory_gb)}
+            self._submit("train", trial_id, task, alloc)
 
     def _max_epochs(self) -> int:
         """The most epochs any trial may train: training.epochs, or the top of its searched range."""
@@ -226,6 +247,7 @@ class StudyRunner(threading.Thread):
             "trial_id": trial_id, "settings": settings, "checkpoint": str(checkpoint), "objective": objective,
             **placement(alloc, self._memory_gb),
         }  # fmt: skip
+        self._tasks[trial_id] = task
         self._submit("train", trial_id, task, alloc)
 
     def _submit(self, op: str, key: Any, task: dict[str, Any], alloc: Allocation) -> None:
@@ -257,6 +279,7 @@ class StudyRunner(threading.Thread):
             self.storage.add_epoch(self.study_id, trial_id, epoch, metrics)
             self._publish("trial_progress", {"trial_id": trial_id, "epoch": epoch, "metrics": metrics})
             self.registry.on_trial_report(self.study_id, trial_id, epoch, dict(metrics))
+            self._measured_gb = max(self._measured_gb, float(metrics.get("peak_memory_gb", 0.0)))
             value = metrics.get(self.plan.objective.metric)
             if stopper is not None and value is not None and trial_id not in self._stop_reason:
                 if stopper.report(trial_id, epoch, value) == Decision.STOP:
@@ -267,6 +290,11 @@ class StudyRunner(threading.Thread):
         alloc = self._running.pop(trial_id)
         self._peers_pending.pop(trial_id, None)
         self._rank0_result.pop(trial_id, None)
+        if kind == "error" and OOM_MARK in msg[2] and alloc.share < 1 and trial_id not in self._stop_reason:
+            log.warning("trial %s ran out of GPU memory beside others; re-queued with more room", trial_id)
+            self._requeued.append((trial_id, min(1.0, alloc.units * 2)))
+            self.scheduler.release(alloc)
+            return
         if kind != "done" and len(alloc.workers) > 1:
             for worker in alloc.workers:  # ranks still inside a collective would wait forever
                 worker.kill()

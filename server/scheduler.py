@@ -2,9 +2,11 @@
 
 A trial asks for `units` of device: a fraction (0.5, 0.25: trials packed onto one device, each
 with its own worker), one whole device, or several whole devices (a data-parallel trial, one
-rank per device). Studies ask without blocking; one that got nothing is woken when capacity is
-released. Between waiting studies the scheduler keeps a weighted fair share: capacity goes to the
-study holding the least per unit of `priority`, so no study starves.
+rank per device). A packed trial on a GPU is admitted only while the memory it needs (declared,
+or measured on earlier trials of its study) fits beside its neighbours. Studies ask without
+blocking; one that got nothing is woken when capacity is released. Between waiting studies the
+scheduler keeps a weighted fair share: capacity goes to the study holding the least per unit of
+`priority`, so no study starves.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class Allocation:
     share: float
     workers: list[Worker]
     holder: str = ""
+    memory_bytes: int = 0  # GPU memory reserved on each device (packed trials)
 
     @property
     def units(self) -> float:
@@ -41,6 +44,7 @@ class Allocation:
 @dataclass
 class _Demand:
     units: float
+    memory_bytes: int
     priority: float
     wake: Callable[[], None]
     since: int
@@ -60,6 +64,7 @@ class DeviceScheduler:
         self.pool = pool
         self._lock = threading.Lock()
         self._used = {d.index: 0.0 for d in devices}
+        self._memory = {d.index: 0 for d in devices}
         self._usage: dict[str, _Usage] = {}
         self._waiting: dict[str, _Demand] = {}
         self._ticket = 0
@@ -70,9 +75,17 @@ class DeviceScheduler:
             return f"needs {units:g} devices; this server has {len(self.devices)}"
         return None
 
-    def _placement(self, units: float) -> tuple[tuple[Device, ...], float] | None:
+    def _memory_fits(self, device: Device, memory_bytes: int) -> bool:
+        if not memory_bytes or not device.memory_bytes:
+            return True
+        return self._memory[device.index] + memory_bytes <= device.memory_bytes
+
+    def _placement(self, units: float, memory_bytes: int = 0) -> tuple[tuple[Device, ...], float] | None:
         if units <= 1 + EPS:
-            fitting = [d for d in self.devices if self._used[d.index] + units <= 1 + EPS]
+            fitting = [
+                d for d in self.devices
+                if self._used[d.index] + units <= 1 + EPS and self._memory_fits(d, memory_bytes)
+            ]  # fmt: skip
             if not fitting:
                 return None
             # Pack: the fullest device that still fits, so whole devices stay free for big trials.
@@ -86,28 +99,33 @@ class DeviceScheduler:
         return self._usage.get(study_id, _Usage()).held / max(priority, EPS)
 
     def try_acquire(
-        self, study_id: str, units: float, wake: Callable[[], None], priority: float = 1.0
+        self, study_id: str, units: float, wake: Callable[[], None], priority: float = 1.0, memory_bytes: int = 0
     ) -> Allocation | None:
-        """A share of the devices, or None; then `wake` is called when capacity is released."""
+        """A share of the devices, or None; then `wake` is called when capacity is released.
+
+        `memory_bytes` is what a packed trial needs on its GPU; whole devices ignore it.
+        """
         units = units if units > 0 else 1.0
+        memory_bytes = memory_bytes if units < 1 - EPS else 0
         with self._lock:
-            placement = self._placement(units)
+            placement = self._placement(units, memory_bytes)
             mine = self._ratio(study_id, priority)
             ahead = [
                 (s, d) for s, d in self._waiting.items()
-                if s != study_id and self._placement(d.units) is not None
+                if s != study_id and self._placement(d.units, d.memory_bytes) is not None
                 and (self._ratio(s, d.priority), d.since) < (mine, self._waiting.get(study_id, d).since)
             ]  # fmt: skip
             if placement is None or ahead:
                 if study_id not in self._waiting:
                     self._ticket += 1
-                    self._waiting[study_id] = _Demand(units, priority, wake, self._ticket)
+                    self._waiting[study_id] = _Demand(units, memory_bytes, priority, wake, self._ticket)
                 return None
             devices, share = placement
             for device in devices:
                 self._used[device.index] += share
+                self._memory[device.index] += memory_bytes
             self._waiting.pop(study_id, None)
-            alloc = Allocation(study_id, devices, share, [self.pool.take(d) for d in devices])
+            alloc = Allocation(study_id, devices, share, [self.pool.take(d) for d in devices], "", memory_bytes)
             usage = self._usage.setdefault(study_id, _Usage())
             usage.held += alloc.units
             usage.allocations.append(alloc)
@@ -128,6 +146,7 @@ class DeviceScheduler:
         with self._lock:
             for device in alloc.devices:
                 self._used[device.index] = max(0.0, self._used[device.index] - alloc.share)
+                self._memory[device.index] = max(0, self._memory[device.index] - alloc.memory_bytes)
             usage = self._usage.get(alloc.study_id)
             if usage is not None and alloc in usage.allocations:
                 usage.allocations.remove(alloc)

@@ -177,6 +177,8 @@ class Trainer:
         A data-parallel trial runs this on every rank; rank 0 evaluates, reports and checkpoints.
         """
         self._apply_placement(task)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
         ranks = _Ranks(task, self.device)
         try:
             return self._train(task, ranks, report if ranks.leader else (lambda epoch, metrics: None), should_stop)
@@ -271,6 +273,7 @@ class Trainer:
                 "lr": float(optimizer.param_groups[0]["lr"]),
                 "epoch_seconds": time.perf_counter() - started,
                 "train_seconds": train_seconds,
+                **self._peak_memory(),
                 **counts,
             }
             if scheduler is not None and interval == "epoch":
@@ -302,6 +305,12 @@ class Trainer:
             epochs=epochs, steps_per_epoch=steps_per_epoch,
         )  # fmt: skip
         return scheduler, entry.interval, entry.monitor
+
+    def _peak_memory(self) -> dict[str, float]:
+        """The trial's peak GPU memory so far; the scheduler packs later trials by it."""
+        if self.device.type != "cuda":
+            return {}
+        return {"peak_memory_gb": torch.cuda.max_memory_allocated(self.device) / 2**30}
 
     @torch.no_grad()
     def _latency_ms(self, model: nn.Module, sample: torch.Tensor, repeats: int = 5) -> float:

@@ -153,3 +153,16 @@ def test_workers_are_recycled_after_max_trials(tmp_path):
         assert worker.processes_started == 4  # a fresh process after each task
     finally:
         handle.stop()
+
+
+def test_packed_gpu_trials_are_admitted_only_while_their_memory_fits():
+    gpu = Device(0, "cuda:0", "cuda", "cuda:0", "0", 4, memory_bytes=10 * 2**30)
+    scheduler = DeviceScheduler([gpu], Dispenser())
+    four_gb = 4 * 2**30
+    first = scheduler.try_acquire("a", 0.25, lambda: None, memory_bytes=four_gb)
+    second = scheduler.try_acquire("a", 0.25, lambda: None, memory_bytes=four_gb)
+    assert first and second
+    assert scheduler.try_acquire("a", 0.25, lambda: None, memory_bytes=four_gb) is None  # 12 GB > 10 GB
+    assert scheduler.try_acquire("b", 0.25, lambda: None, memory_bytes=2**30) is not None  # a small one fits
+    scheduler.release(first)
+    assert scheduler.try_acquire("a", 0.25, lambda: None, memory_bytes=four_gb) is not None
