@@ -19,6 +19,7 @@ from tuneyard.plugins.api import Choice, Decision
 from tuneyard.plugins.manager import PluginRegistry
 from tuneyard.server.domain import StudyState, TrialRecord, TrialState, trial_to_dict
 from tuneyard.server.events import EventHub
+from tuneyard.server.pareto import pareto_front
 from tuneyard.server.scheduler import Allocation, DeviceScheduler
 from tuneyard.server.spec import StudyPlan
 from tuneyard.server.storage import Storage
@@ -46,18 +47,6 @@ def placement(alloc: Allocation, memory_gb: float) -> dict[str, Any]:
         if memory_gb and device.memory_bytes:
             memory_fraction = min(1.0, memory_gb * 2**30 / device.memory_bytes)
     return {"threads": max(1, int(device.threads * alloc.share)), "memory_fraction": memory_fraction}
-
-
-def dominates(a: list[float], b: list[float], modes: list[str]) -> bool:
-    """True when `a` is at least as good as `b` in every objective and better in one."""
-    at_least = all((x >= y) if m == "max" else (x <= y) for x, y, m in zip(a, b, modes, strict=True))
-    better = any((x > y) if m == "max" else (x < y) for x, y, m in zip(a, b, modes, strict=True))
-    return at_least and better
-
-
-def pareto_front(points: list[tuple[int, list[float]]], modes: list[str]) -> list[tuple[int, list[float]]]:
-    """The non-dominated points, in their original order."""
-    return [p for p in points if not any(dominates(q[1], p[1], modes) for q in points if q is not p)]
 
 
 class StudyRunner(threading.Thread):

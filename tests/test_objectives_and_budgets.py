@@ -8,7 +8,7 @@ import time
 
 from support import tiny_spec, to_proto, watch_all
 
-from tuneyard.server.runner import dominates, pareto_front
+from tuneyard.server.pareto import dominates, pareto_front
 from tuneyard.v1 import service_pb2 as pb
 
 
