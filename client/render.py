@@ -198,11 +198,12 @@ def _parameter(param: service_pb2.PluginParameter) -> str:
 
 
 def devices_table(info: service_pb2.ServerInfo) -> Table:
-    table = Table("device", "kind", "slots busy", "slots free", "memory", "trials", title="devices")
+    table = Table("device", "what", "in use", "workers busy/total", "memory", "trials", title="devices")
     for device in info.devices:
         memory = f"{device.memory_bytes / 2**30:.1f} GiB" if device.memory_bytes else ""
-        free = max(device.slots_total - device.slots_busy, 0)
-        _row(table, device.name, device.kind, device.slots_busy, free, memory, ", ".join(device.trials))
+        workers = f"{device.slots_busy}/{device.slots_total}"
+        _row(table, device.name, device.description or device.kind, f"{device.share_in_use:.0%}", workers, memory,
+             ", ".join(device.trials))  # fmt: skip
     return table
 
 

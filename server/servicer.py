@@ -130,8 +130,9 @@ class TrainingServicer(service_pb2_grpc.TrainingServiceServicer):
         devices = [
             pb.Device(
                 name=device.name, kind=device.kind, slots_total=workers, slots_busy=busy,
-                memory_bytes=device.memory_bytes, trials=holders,
+                memory_bytes=device.memory_bytes, trials=holders, description=device.description,
+                share_in_use=used,
             )  # fmt: skip
-            for device, _used, workers, busy, holders in self.scheduler.occupancy()
+            for device, used, workers, busy, holders in self.scheduler.occupancy()
         ]
         return pb.ServerInfo(version=__version__, executor=self.executor, devices=devices)

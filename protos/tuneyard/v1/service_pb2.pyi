@@ -354,20 +354,24 @@ class GetServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Device(_message.Message):
-    __slots__ = ("name", "kind", "slots_total", "slots_busy", "memory_bytes", "trials")
+    __slots__ = ("name", "kind", "slots_total", "slots_busy", "memory_bytes", "trials", "description", "share_in_use")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     SLOTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     SLOTS_BUSY_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     TRIALS_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    SHARE_IN_USE_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: str
     slots_total: int
     slots_busy: int
     memory_bytes: int
     trials: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., slots_total: _Optional[int] = ..., slots_busy: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., trials: _Optional[_Iterable[str]] = ...) -> None: ...
+    description: str
+    share_in_use: float
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., slots_total: _Optional[int] = ..., slots_busy: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., trials: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., share_in_use: _Optional[float] = ...) -> None: ...
 
 class ServerInfo(_message.Message):
     __slots__ = ("version", "executor", "devices")
