@@ -1,151 +1,62 @@
-"""Built-in searchers: seeded random search and grid search over a conditional space.
+"""Built-in searchers: random, grid, sobol, tpe, cmaes, gp and evolution over a conditional space.
 
-Parameters are visited in space order; a parameter whose condition is not met by the values
-chosen so far is left out of the config (not sampled, not enumerated). Both searchers keep
-their whole state in a JSON-friendly `state_dict`, so a restored study continues exactly.
+Every searcher visits parameters in space order and leaves out a parameter whose condition is
+not met by the values chosen so far. A name repeated as alternatives (disjoint conditions on one
+parent) takes the active alternative's domain. No searcher suggests a config twice, so trials
+pending at the same time never share one. Each keeps its state in a JSON-friendly `state_dict`,
+so a restored study continues exactly where it stopped.
+
+`tpe`, `cmaes` and `gp` adapt Optuna's samplers (the `[optuna]` extra); the others are native.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import random as _random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from tuneyard.plugins import hookimpl
-from tuneyard.plugins.api import Choice, FloatRange, IntRange, Objective, Parameter
-
-# Spaces with more discrete configs than this are not enumerated by the random searcher.
-_ENUMERATION_LIMIT = 100_000
-
-
-def _check_space(space: Sequence[Parameter]) -> tuple[Parameter, ...]:
-    for p in space:
-        d = p.domain
-        if isinstance(d, (IntRange, FloatRange)):
-            if d.low > d.high:
-                raise ValueError(f"{p.name}: low ({d.low}) > high ({d.high})")
-            if d.log and d.low <= 0:
-                raise ValueError(f"{p.name}: a log range needs low > 0")
-        if isinstance(d, IntRange) and d.step < 1:
-            raise ValueError(f"{p.name}: step must be >= 1")
-        if isinstance(d, Choice) and not d.values:
-            raise ValueError(f"{p.name}: a choice needs at least one value")
-    return tuple(space)
-
-
-def _int_grid(d: IntRange) -> list[int]:
-    return list(range(int(d.low), int(d.high) + 1, int(d.step)))
-
-
-def _enumerate(space: Sequence[Parameter], values: Callable[[Parameter], list[Any]]) -> Iterator[dict[str, Any]]:
-    """Every config of the space in a fixed order (first parameter slowest), conditions honoured."""
-    config: dict[str, Any] = {}
-
-    def walk(i: int) -> Iterator[dict[str, Any]]:
-        if i == len(space):
-            yield dict(config)
-            return
-        param = space[i]
-        if not param.is_active(config):
-            yield from walk(i + 1)
-            return
-        for value in values(param):
-            config[param.name] = value
-            yield from walk(i + 1)
-        del config[param.name]
-
-    return walk(0)
-
-
-def _key(config: dict[str, Any]) -> str:
-    return json.dumps(config, sort_keys=True, default=repr)
+from tuneyard.plugins.api import Choice, IntRange, Objective, Parameter
+from tuneyard.plugins.builtin import _space
+from tuneyard.plugins.builtin._evolution import EvolutionSearcher
+from tuneyard.plugins.builtin._space import Config
 
 
 class RandomSearcher:
     """Samples each active parameter independently; never repeats a config it has suggested."""
 
     def __init__(self, space: Sequence[Parameter], seed: int, max_retries: int = 100) -> None:
-        self.space = _check_space(space)
+        self.space = _space.check_space(space)
         self.max_retries = max(0, max_retries)
         self._rng = _random.Random(seed)
-        self._seen: list[str] = []
-        self._seen_set: set[str] = set()
-        self._all: dict[str, dict[str, Any]] | None = self._finite_configs()
+        self._seen = _space.Seen(self.space)
 
-    def _finite_configs(self) -> dict[str, dict[str, Any]] | None:
-        if not all(isinstance(p.domain, (IntRange, Choice)) for p in self.space):
-            return None
-        sizes = [len(_values_all(p)) for p in self.space]
-        if math.prod(sizes) > _ENUMERATION_LIMIT:
-            return None
-        return {_key(c): c for c in _enumerate(self.space, _values_all)}
+    def _draw(self) -> Config:
+        return _space.build(self.space, lambda i, p, c: _space.sample(p.domain, self._rng))
 
-    def _sample(self, param: Parameter) -> Any:
-        d, rng = param.domain, self._rng
-        if isinstance(d, Choice):
-            return d.values[rng.randrange(len(d.values))]
-        if isinstance(d, IntRange):
-            count = (d.high - d.low) // d.step + 1
-            if not d.log:
-                return int(d.low + d.step * rng.randrange(count))
-            value = math.exp(rng.uniform(math.log(d.low - 0.5), math.log(d.high + 0.5)))
-            index = min(count - 1, max(0, round((value - d.low) / d.step)))
-            return int(d.low + d.step * index)
-        if d.low == d.high:
-            return float(d.low)
-        if d.log:
-            return math.exp(rng.uniform(math.log(d.low), math.log(d.high)))
-        return rng.uniform(d.low, d.high)
-
-    def _draw(self) -> dict[str, Any]:
-        config: dict[str, Any] = {}
-        for param in self.space:
-            if param.is_active(config):
-                config[param.name] = self._sample(param)
-        return config
-
-    def suggest(self, trial_id: int) -> dict[str, Any] | None:
-        if self._all is not None and len(self._seen_set) >= len(self._all):
+    def suggest(self, trial_id: int) -> Config | None:
+        if self._seen.exhausted:
             return None
         for _ in range(self.max_retries + 1):
             config = self._draw()
-            if _key(config) not in self._seen_set:
-                return self._remember(config)
-        if self._all is not None:  # nearly exhausted: pick one of the configs left
-            left = [k for k in self._all if k not in self._seen_set]
-            return self._remember(dict(self._all[left[self._rng.randrange(len(left))]]))
-        return None
-
-    def _remember(self, config: dict[str, Any]) -> dict[str, Any]:
-        key = _key(config)
-        self._seen.append(key)
-        self._seen_set.add(key)
-        return config
+            if config not in self._seen:
+                return self._seen.add(config)
+        left = self._seen.left()  # nearly exhausted finite space: pick one of the configs left
+        return self._seen.add(left[self._rng.randrange(len(left))]) if left else None
 
     def observe(self, trial_id: int, state: str, value: float | None) -> None:
         """Random search ignores results."""
 
     def state_dict(self) -> dict[str, Any]:
         version, internal, gauss = self._rng.getstate()
-        return {"rng": [version, list(internal), gauss], "seen": list(self._seen)}
+        return {"rng": [version, list(internal), gauss], "seen": list(self._seen.keys)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         version, internal, gauss = state["rng"]
         self._rng.setstate((version, tuple(internal), gauss))
-        self._seen = list(state["seen"])
-        self._seen_set = set(self._seen)
-
-
-def _values_all(param: Parameter) -> list[Any]:
-    d = param.domain
-    if isinstance(d, Choice):
-        return list(d.values)
-    if isinstance(d, IntRange):
-        return _int_grid(d)
-    raise ValueError(f"{param.name}: a float range is not finite")
+        self._seen.load(state["seen"])
 
 
 def _grid_values(param: Parameter, num_points: int) -> list[Any]:
@@ -153,7 +64,7 @@ def _grid_values(param: Parameter, num_points: int) -> list[Any]:
     if isinstance(d, Choice):
         return list(dict.fromkeys(d.values))
     if isinstance(d, IntRange):
-        grid = _int_grid(d)
+        grid = _space.int_grid(d)
         if len(grid) <= num_points:
             return grid
         if d.log:
@@ -174,7 +85,7 @@ def _grid_values(param: Parameter, num_points: int) -> list[Any]:
     else:
         points = [low + (high - low) * i / (num_points - 1) for i in range(num_points)]
     points[0], points[-1] = low, high
-    return points
+    return list(dict.fromkeys(points))
 
 
 class GridSearcher:
@@ -183,20 +94,21 @@ class GridSearcher:
     Choices are enumerated as given. A float range becomes ``num_points`` evenly spaced values
     (geometrically spaced when log), both ends included. An int range gives every ``step``
     value, or, when that is more than ``num_points``, ``num_points`` of them evenly spaced
-    (geometrically when log) including both ends.
+    (geometrically when log) including both ends. Distinct paths through the conditions differ
+    in an active value, so no config repeats.
     """
 
     def __init__(self, space: Sequence[Parameter], num_points: int = 5) -> None:
         if num_points < 1:
             raise ValueError(f"num_points must be >= 1, got {num_points}")
-        self.space = _check_space(space)
+        self.space = _space.check_space(space)
         self.num_points = num_points
         self._position = 0
-        self._iter: Iterator[dict[str, Any]] | None = None
+        self._iter: Iterator[Config] | None = None
 
-    def suggest(self, trial_id: int) -> dict[str, Any] | None:
+    def suggest(self, trial_id: int) -> Config | None:
         if self._iter is None:
-            configs = _enumerate(self.space, lambda p: _grid_values(p, self.num_points))
+            configs = _space.enumerate_configs(self.space, lambda p: _grid_values(p, self.num_points))
             self._iter = itertools.islice(configs, self._position, None)
         config = next(self._iter, None)
         if config is not None:
@@ -212,6 +124,58 @@ class GridSearcher:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._position = int(state["position"])
         self._iter = None
+
+
+class SobolSearcher:
+    """Quasi-random points of a (scrambled) Sobol sequence mapped onto the space.
+
+    One coordinate per distinct parameter name; alternatives share their name's coordinate and
+    map it onto the active alternative's domain; an inactive parameter's coordinate is unused.
+    Points that map onto a config suggested before (discrete spaces) are skipped.
+    """
+
+    def __init__(self, space: Sequence[Parameter], seed: int, scramble: bool, max_retries: int = 1000) -> None:
+        self.space = _space.check_space(space)
+        self.seed, self.scramble, self.max_retries = seed, scramble, max(0, max_retries)
+        self._slot = {name: i for i, name in enumerate(_space.names(self.space))}
+        self._draws = 0
+        self._seen = _space.Seen(self.space)
+        self._engine = self._new_engine()
+
+    def _new_engine(self) -> Any:
+        from torch.quasirandom import SobolEngine  # torch comes with the server extra
+
+        return SobolEngine(max(1, len(self._slot)), scramble=self.scramble, seed=self.seed)
+
+    def _draw(self) -> Config:
+        import torch
+
+        point = self._engine.draw(1, dtype=torch.float64)[0].tolist()
+        self._draws += 1
+        return _space.build(self.space, lambda i, p, c: _space.from_unit(p.domain, point[self._slot[p.name]]))
+
+    def suggest(self, trial_id: int) -> Config | None:
+        if self._seen.exhausted:
+            return None
+        for _ in range(self.max_retries + 1):
+            config = self._draw()
+            if config not in self._seen:
+                return self._seen.add(config)
+        left = self._seen.left()  # nearly exhausted finite space: the first config left
+        return self._seen.add(left[0]) if left else None
+
+    def observe(self, trial_id: int, state: str, value: float | None) -> None:
+        """Sobol points ignore results."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"draws": self._draws, "seen": list(self._seen.keys)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._engine = self._new_engine()
+        self._draws = int(state["draws"])
+        if self._draws:
+            self._engine.fast_forward(self._draws)
+        self._seen.load(state["seen"])
 
 
 def random(*, space: Sequence[Parameter], objective: Objective, seed: int, max_retries: int = 100) -> RandomSearcher:
@@ -236,7 +200,145 @@ def grid(*, space: Sequence[Parameter], objective: Objective, seed: int, num_poi
     return GridSearcher(space, num_points)
 
 
+def sobol(*, space: Sequence[Parameter], objective: Objective, seed: int, scramble: bool = True) -> SobolSearcher:
+    """Quasi-random search: a Sobol sequence (torch.quasirandom) spread evenly over the space.
+
+    Covers the space more evenly than random search for the same number of trials. Each
+    distinct parameter name is one dimension; log ranges are covered evenly in log space.
+
+    Args:
+        scramble: scramble the sequence with the study seed (Owen scrambling); False gives the
+            plain sequence, the same for every seed, starting at the lower corner.
+    """
+    return SobolSearcher(space, seed, scramble)
+
+
+def tpe(
+    *,
+    space: Sequence[Parameter],
+    objective: Objective,
+    seed: int,
+    n_startup_trials: int = 10,
+    multivariate: bool = True,
+    group: bool | None = None,
+    constant_liar: bool = True,
+    n_ei_candidates: int = 24,
+) -> Any:
+    """Tree-structured Parzen estimator: Optuna's TPESampler (pip install 'tuneyard[optuna]').
+
+    Pending trials count as "liars" (constant_liar) so concurrent trials spread out. Resuming
+    replays the recorded suggestions and results through a fresh sampler with the same seed.
+
+    Args:
+        n_startup_trials: trials drawn by the startup design before TPE takes over.
+        multivariate: model the parameters jointly (multivariate TPE) rather than one by one.
+        group: split a conditional space into groups that always occur together, each modelled
+            jointly; None: on when the space has conditions.
+        constant_liar: treat pending trials as bad results so concurrent suggestions differ.
+        n_ei_candidates: candidates drawn per suggestion to maximise expected improvement.
+    """
+    from tuneyard.plugins.builtin import _optuna_searchers
+
+    return _optuna_searchers.tpe_searcher(
+        space, objective, seed, n_startup_trials=n_startup_trials, multivariate=multivariate, group=group,
+        constant_liar=constant_liar, n_ei_candidates=n_ei_candidates,
+    )  # fmt: skip
+
+
+def cmaes(
+    *,
+    space: Sequence[Parameter],
+    objective: Objective,
+    seed: int,
+    popsize: int | None = None,
+    n_startup_trials: int = 1,
+    with_margin: bool = False,
+    use_separable_cma: bool = False,
+    consider_pruned_trials: bool = False,
+) -> Any:
+    """CMA-ES: Optuna's CmaEsSampler for numeric ranges (pip install 'tuneyard[optuna]').
+
+    Choices and conditional parameters are sampled by Optuna's independent (random) sampler,
+    as CmaEsSampler does; CMA-ES models the unconditional numeric ranges. Resuming replays the
+    recorded suggestions and results through a fresh sampler with the same seed.
+
+    Args:
+        popsize: population per generation; None: 4 + 3 ln(dimensions).
+        n_startup_trials: random trials before CMA-ES starts.
+        with_margin: CMA-ES with margin, which keeps integer parameters from collapsing.
+        use_separable_cma: diagonal covariance (faster, for many parameters).
+        consider_pruned_trials: let pruned trials' last values update the distribution.
+    """
+    from tuneyard.plugins.builtin import _optuna_searchers
+
+    return _optuna_searchers.cmaes_searcher(
+        space, objective, seed, popsize=popsize, n_startup_trials=n_startup_trials, with_margin=with_margin,
+        use_separable_cma=use_separable_cma, consider_pruned_trials=consider_pruned_trials,
+    )  # fmt: skip
+
+
+def gp(
+    *,
+    space: Sequence[Parameter],
+    objective: Objective,
+    seed: int,
+    n_startup_trials: int = 10,
+    flatten: bool | None = None,
+) -> Any:
+    """Gaussian-process Bayesian optimisation: Optuna's GPSampler (pip install 'tuneyard[optuna]').
+
+    The most sample-efficient searcher here for a few (up to ~10) numeric parameters and tens of
+    trials, at about a second of CPU per suggestion. Pending trials are accounted for (batch
+    log-EI). GPSampler needs a fixed space: a conditional space is flattened (inactive parameters
+    are sampled too and left out of the config). Resuming replays the recorded suggestions and
+    results through a fresh sampler with the same seed.
+
+    Args:
+        n_startup_trials: random trials before the Gaussian process takes over.
+        flatten: sample inactive parameters too, so the space the GP sees is fixed; None: on
+            when the space has conditions (off, conditional parameters are sampled at random).
+    """
+    from tuneyard.plugins.builtin import _optuna_searchers
+
+    return _optuna_searchers.gp_searcher(space, objective, seed, n_startup_trials=n_startup_trials, flatten=flatten)
+
+
+def evolution(
+    *,
+    space: Sequence[Parameter],
+    objective: Objective,
+    seed: int,
+    population_size: int = 20,
+    sample_size: int = 5,
+    mutation_rate: float | None = None,
+    mutation_scale: float = 0.15,
+) -> EvolutionSearcher:
+    """Regularized (aging) evolution (Real et al. 2019), the classic for architecture search.
+
+    Random configs fill the population; then each trial mutates the best of `sample_size`
+    members drawn at random, and the oldest member leaves when a new result arrives. Children
+    of one parent never repeat a config suggested before.
+
+    Args:
+        population_size: members kept; the oldest is dropped when a newer result arrives.
+        sample_size: members drawn per tournament; the best of them is the parent.
+        mutation_rate: probability that each active parameter mutates (at least one always
+            does); None: one parameter per child.
+        mutation_scale: standard deviation of a numeric mutation, as a fraction of the range
+            (of its log where the range is log); choices mutate to another value.
+    """
+    return EvolutionSearcher(
+        space, objective, seed, population_size=population_size, sample_size=sample_size,
+        mutation_rate=mutation_rate, mutation_scale=mutation_scale,
+    )  # fmt: skip
+
+
 @hookimpl
 def tuneyard_register_searchers(register: Any) -> None:
     register("random", random)
     register("grid", grid)
+    register("sobol", sobol)
+    register("tpe", tpe)
+    register("cmaes", cmaes)
+    register("gp", gp)
+    register("evolution", evolution)
