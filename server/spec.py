@@ -305,7 +305,13 @@ class SpecValidator:
             raise InvalidArgument(path, f"a fraction must divide one GPU evenly (0.5, 0.25, ...), got {gpus}")
         if gpus > 1 and not gpus.is_integer():
             raise InvalidArgument(path, f"more than one GPU must be a whole number, got {gpus}")
-        return {"gpus_per_trial": gpus}
+        priority = float((resources or {}).get("priority", 0.0)) or 1.0
+        if priority < 0 or not math.isfinite(priority):
+            raise InvalidArgument("spec.resources.priority", f"must be positive, got {priority}")
+        memory = float((resources or {}).get("gpu_memory_gb", 0.0))
+        if memory < 0 or not math.isfinite(memory):
+            raise InvalidArgument("spec.resources.gpu_memory_gb", f"must not be negative, got {memory}")
+        return {"gpus_per_trial": gpus, "priority": priority, "gpu_memory_gb": memory}
 
     # ---- search space ----
 

@@ -82,6 +82,9 @@ BAD_SPECS = [
     ("unknown objective metric", with_change("objective.metric", "vibes"), "spec.objective.metric", "unknown metric"),
     ("more devices than the server has", with_change("resources", {"gpus_per_trial": 3}),
      "spec.resources.gpus_per_trial", "needs 3 devices; this server has 2"),
+    ("negative priority", with_change("resources", {"priority": -1}), "spec.resources.priority", "positive"),
+    ("negative GPU memory", with_change("resources", {"gpu_memory_gb": -2}), "spec.resources.gpu_memory_gb",
+     "negative"),
     ("uneven GPU fraction", with_change("resources", {"gpus_per_trial": 0.3}), "spec.resources.gpus_per_trial",
      "divide"),
     ("augmentation option of an unlisted augmentation", with_change("search_space.0", {
