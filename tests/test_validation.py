@@ -159,9 +159,11 @@ def test_garbage_bytes_do_not_hurt_the_server(channel, stub):
 def test_valid_spec_round_trips_with_defaults_filled(stub):
     spec = copy.deepcopy(TINY_SPEC)
     del spec["searcher"]
+    spec["resources"] = {"priority": 2, "gpu_memory_gb": 1.5}
     study = stub.CreateStudy(pb.CreateStudyRequest(spec=to_proto(spec)))
     stored = json_format.MessageToDict(study.spec, preserving_proto_field_name=True)
     assert stored["searcher"]["name"] == "random"
+    assert stored["resources"] == {"priority": 2.0, "gpu_memory_gb": 1.5}  # regression: these were dropped
     assert stored["training"]["precision"] == "auto"
     stub.CancelStudy(pb.CancelStudyRequest(study_id=study.study_id))
     assert isinstance(study.spec, spec_pb2.StudySpec)
