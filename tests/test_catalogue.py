@@ -21,7 +21,7 @@ CATALOGUE = {
     "model": ["simple_cnn", "convnet", "resnet18", "resnet34", "resnet50", "mobilenet_v3_small",
               "efficientnet_b0", "vit_b_16", "finetune"],
     "dataset": ["digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "image_folder", "synthetic"],
-    "searcher": ["random", "grid", "sobol", "tpe", "cmaes", "evolution"],
+    "searcher": ["random", "grid", "sobol", "tpe", "cmaes", "evolution", "gp"],
     "early_stopper": ["median", "asha", "hyperband"],
 }  # fmt: skip
 
