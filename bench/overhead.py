@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/overhead.py            # 100 trials per workload, plus the bookkeeping shape
     .venv/bin/python bench/overhead.py --quick    # 30 trials per workload (Ray Tune default: 10), a
-                                                  # 10-trial bookkeeping shape for tuneyard only
+                                                  # 20-trial bookkeeping shape for tuneyard only
 
 Every system runs the same trials, 2 at a time (2 slots, one torch thread each), one after another
 (never two systems at once):
@@ -911,7 +911,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=0, help="trials per workload (default 100, --quick 30)")
     parser.add_argument(
         "--bookkeeping-trials", type=int, default=-1,
-        help="1-second trials of the bookkeeping shape (default 100; --quick: 10, tuneyard only); 0 skips it",
+        help="1-second trials of the bookkeeping shape (default 100; --quick: 20, tuneyard only); 0 skips it",
     )  # fmt: skip
     parser.add_argument(
         "--systems", default="tuneyard,optuna,ray", help="comma-separated subset of tuneyard, optuna, ray"
@@ -930,7 +930,7 @@ def main() -> None:
         return
 
     trials = args.trials or (30 if args.quick else 100)
-    bookkeeping = args.bookkeeping_trials if args.bookkeeping_trials >= 0 else (10 if args.quick else 100)
+    bookkeeping = args.bookkeeping_trials if args.bookkeeping_trials >= 0 else (20 if args.quick else 100)
     ray_bookkeeping_trials = 0 if args.quick else bookkeeping
     ray_default_trials = args.ray_default_trials or (min(10, trials) if args.quick else trials)
     systems = {s.strip() for s in args.systems.split(",") if s.strip()}
