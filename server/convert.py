@@ -72,7 +72,13 @@ def trial_to_proto(trial: TrialRecord) -> pb.Trial:
         epochs_completed=trial.epochs_completed,
         start_time=_timestamp(trial.start_time),
         end_time=_timestamp(trial.end_time),
+        failure_reason=trial.failure_reason,
+        exit_signal=trial.exit_signal,
+        stderr_tail=trial.stderr_tail,
+        retries=trial.retries,
     )
+    if trial.exit_code is not None:
+        msg.exit_code = trial.exit_code
     if trial.objective_value is not None:
         msg.objective_value = trial.objective_value
     msg.objective_values.extend(trial.objective_values)
@@ -89,7 +95,7 @@ def study_to_proto(study: StudyRecord) -> pb.Study:
         state=study_state_to_proto(study.state),
         trial_counts=pb.TrialCounts(
             pending=c.pending, running=c.running, completed=c.completed,
-            failed=c.failed, pruned=c.pruned, cancelled=c.cancelled,
+            failed=c.failed, pruned=c.pruned, cancelled=c.cancelled, infeasible=c.infeasible,
         ),  # fmt: skip
         test_metrics=study.test_metrics,
         error=study.error,

@@ -26,6 +26,7 @@ class TrialState(str, enum.Enum):
     FAILED = "FAILED"
     PRUNED = "PRUNED"
     CANCELLED = "CANCELLED"
+    INFEASIBLE = "INFEASIBLE"
 
     @property
     def terminal(self) -> bool:
@@ -76,6 +77,11 @@ class TrialRecord:
     start_time: float | None = None
     end_time: float | None = None
     objective_values: list[float] = field(default_factory=list)
+    failure_reason: str = ""  # crash | timeout | oom | error, for FAILED trials
+    exit_code: int | None = None
+    exit_signal: str = ""
+    stderr_tail: str = ""
+    retries: int = 0
 
 
 @dataclass
@@ -86,10 +92,11 @@ class TrialCounts:
     failed: int = 0
     pruned: int = 0
     cancelled: int = 0
+    infeasible: int = 0
 
     @property
     def finished(self) -> int:
-        return self.completed + self.failed + self.pruned + self.cancelled
+        return self.completed + self.failed + self.pruned + self.cancelled + self.infeasible
 
 
 @dataclass

@@ -46,6 +46,7 @@ SEARCHABLE_TRAINING_FIELDS = {
 PRECISIONS = ("", "auto", "fp32", "bf16", "fp16")
 MAX_TRIALS = 100_000
 MAX_EPOCHS = 100_000
+MAX_TRIAL_RETRIES = 100
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_OPTIMIZER = "adam"
 DEFAULT_SEARCHER = "random"
@@ -64,6 +65,7 @@ class StudyPlan:
     max_failures: int
     max_duration_s: float | None
     seed: int
+    trial_retries: int = 0
 
 
 def _int(value: Any, path: str) -> int:
@@ -178,7 +180,7 @@ class SpecValidator:
         space = self._space(spec.get("search_space") or [], out)
         out["search_space"] = spec.get("search_space") or []
         budget = spec.get("budget") or {}
-        max_trials, concurrent, failures, duration = self._budget(budget)
+        max_trials, concurrent, failures, duration, retries = self._budget(budget)
         out["budget"] = budget
         out["resources"] = self._resources(spec.get("resources") or {})
         return StudyPlan(
@@ -191,6 +193,7 @@ class SpecValidator:
             max_failures=failures,
             max_duration_s=duration,
             seed=out["training"]["seed"],
+            trial_retries=retries,
         )
 
     def _training(self, training: Any) -> dict[str, Any]:
@@ -280,7 +283,7 @@ class SpecValidator:
             raise InvalidArgument(f"{path}.mode", f"must be MAXIMIZE or MINIMIZE, got {mode!r}")
         return Objective(metric=metric, mode="max" if mode == "MAXIMIZE" else "min")
 
-    def _budget(self, budget: Any) -> tuple[int, int, int, float | None]:
+    def _budget(self, budget: Any) -> tuple[int, int, int, float | None, int]:
         path = "spec.budget"
         if not isinstance(budget, dict):
             raise InvalidArgument(path, "must be an object")
@@ -294,7 +297,12 @@ class SpecValidator:
         if failures < 0:
             raise InvalidArgument(f"{path}.max_failures", f"must not be negative, got {failures}")
         duration = _duration_s(budget.get("max_duration"), f"{path}.max_duration")
-        return max_trials, concurrent or max_trials, failures, duration
+        retries = _int(budget.get("trial_retries", 0), f"{path}.trial_retries")
+        if not 0 <= retries <= MAX_TRIAL_RETRIES:
+            raise InvalidArgument(
+                f"{path}.trial_retries", f"must be between 0 and {MAX_TRIAL_RETRIES}, got {retries}"
+            )
+        return max_trials, concurrent or max_trials, failures, duration, retries
 
     def _resources(self, resources: Any) -> dict[str, Any]:
         path = "spec.resources.gpus_per_trial"

@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS studies (
     test_metrics TEXT NOT NULL DEFAULT '{}',
     best_trial_id INTEGER,
     searcher_state TEXT,
+    stopper_state TEXT,
     pareto TEXT NOT NULL DEFAULT '[]',
     create_time REAL NOT NULL,
     start_time REAL,
@@ -67,6 +68,11 @@ CREATE TABLE IF NOT EXISTS trials (
     start_time REAL,
     end_time REAL,
     objective_values TEXT NOT NULL DEFAULT '[]',
+    failure_reason TEXT NOT NULL DEFAULT '',
+    exit_code INTEGER,
+    exit_signal TEXT NOT NULL DEFAULT '',
+    stderr_tail TEXT NOT NULL DEFAULT '',
+    retries INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (study_id, trial_id)
 );
 CREATE TABLE IF NOT EXISTS metrics (
@@ -90,7 +96,19 @@ CREATE TABLE IF NOT EXISTS events (
 _TRIAL_FIELDS = {
     "state", "device", "final_metrics", "objective_value", "error", "checkpoint",
     "epochs_completed", "start_time", "end_time", "objective_values",
+    "failure_reason", "exit_code", "exit_signal", "stderr_tail", "retries",
 }  # fmt: skip
+# Columns added after the first release, with their definitions: `_migrate` adds them to older files.
+_ADDED_COLUMNS = {
+    "trials": {
+        "failure_reason": "TEXT NOT NULL DEFAULT ''",
+        "exit_code": "INTEGER",
+        "exit_signal": "TEXT NOT NULL DEFAULT ''",
+        "stderr_tail": "TEXT NOT NULL DEFAULT ''",
+        "retries": "INTEGER NOT NULL DEFAULT 0",
+    },
+    "studies": {"stopper_state": "TEXT"},
+}
 _JSON_TRIAL_FIELDS = {"final_metrics", "objective_values"}
 
 
@@ -123,6 +141,15 @@ class Storage:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Adds the columns a store written by an older version lacks; nothing else changes."""
+        for table, columns in _ADDED_COLUMNS.items():
+            have = {row["name"] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            for name, definition in columns.items():
+                if name not in have:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {definition}")
 
     def close(self) -> None:
         with self._lock:
@@ -303,6 +330,11 @@ class Storage:
             start_time=row["start_time"],
             end_time=row["end_time"],
             objective_values=json.loads(row["objective_values"]),
+            failure_reason=row["failure_reason"],
+            exit_code=row["exit_code"],
+            exit_signal=row["exit_signal"],
+            stderr_tail=row["stderr_tail"],
+            retries=row["retries"],
         )
 
     def list_trials(self, study_id: str, page_size: int, page_token: str) -> tuple[list[TrialRecord], str]:

@@ -30,6 +30,7 @@ class TrialState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TRIAL_FAILED: _ClassVar[TrialState]
     TRIAL_PRUNED: _ClassVar[TrialState]
     TRIAL_CANCELLED: _ClassVar[TrialState]
+    TRIAL_INFEASIBLE: _ClassVar[TrialState]
 STUDY_STATE_UNSPECIFIED: StudyState
 STUDY_PENDING: StudyState
 STUDY_RUNNING: StudyState
@@ -43,6 +44,7 @@ TRIAL_COMPLETED: TrialState
 TRIAL_FAILED: TrialState
 TRIAL_PRUNED: TrialState
 TRIAL_CANCELLED: TrialState
+TRIAL_INFEASIBLE: TrialState
 
 class EpochMetrics(_message.Message):
     __slots__ = ("epoch", "values", "time")
@@ -62,7 +64,7 @@ class EpochMetrics(_message.Message):
     def __init__(self, epoch: _Optional[int] = ..., values: _Optional[_Mapping[str, float]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Trial(_message.Message):
-    __slots__ = ("study_id", "trial_id", "state", "config", "device", "metrics", "final_metrics", "objective_value", "error", "checkpoint", "epochs_completed", "start_time", "end_time", "objective_values")
+    __slots__ = ("study_id", "trial_id", "state", "config", "device", "metrics", "final_metrics", "objective_value", "error", "checkpoint", "epochs_completed", "start_time", "end_time", "objective_values", "failure_reason", "exit_code", "exit_signal", "stderr_tail", "retries")
     class FinalMetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -84,6 +86,11 @@ class Trial(_message.Message):
     START_TIME_FIELD_NUMBER: _ClassVar[int]
     END_TIME_FIELD_NUMBER: _ClassVar[int]
     OBJECTIVE_VALUES_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_REASON_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    EXIT_SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    STDERR_TAIL_FIELD_NUMBER: _ClassVar[int]
+    RETRIES_FIELD_NUMBER: _ClassVar[int]
     study_id: str
     trial_id: int
     state: TrialState
@@ -98,23 +105,30 @@ class Trial(_message.Message):
     start_time: _timestamp_pb2.Timestamp
     end_time: _timestamp_pb2.Timestamp
     objective_values: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, study_id: _Optional[str] = ..., trial_id: _Optional[int] = ..., state: _Optional[_Union[TrialState, str]] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., device: _Optional[str] = ..., metrics: _Optional[_Iterable[_Union[EpochMetrics, _Mapping]]] = ..., final_metrics: _Optional[_Mapping[str, float]] = ..., objective_value: _Optional[float] = ..., error: _Optional[str] = ..., checkpoint: _Optional[str] = ..., epochs_completed: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., objective_values: _Optional[_Iterable[float]] = ...) -> None: ...
+    failure_reason: str
+    exit_code: int
+    exit_signal: str
+    stderr_tail: str
+    retries: int
+    def __init__(self, study_id: _Optional[str] = ..., trial_id: _Optional[int] = ..., state: _Optional[_Union[TrialState, str]] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., device: _Optional[str] = ..., metrics: _Optional[_Iterable[_Union[EpochMetrics, _Mapping]]] = ..., final_metrics: _Optional[_Mapping[str, float]] = ..., objective_value: _Optional[float] = ..., error: _Optional[str] = ..., checkpoint: _Optional[str] = ..., epochs_completed: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., objective_values: _Optional[_Iterable[float]] = ..., failure_reason: _Optional[str] = ..., exit_code: _Optional[int] = ..., exit_signal: _Optional[str] = ..., stderr_tail: _Optional[str] = ..., retries: _Optional[int] = ...) -> None: ...
 
 class TrialCounts(_message.Message):
-    __slots__ = ("pending", "running", "completed", "failed", "pruned", "cancelled")
+    __slots__ = ("pending", "running", "completed", "failed", "pruned", "cancelled", "infeasible")
     PENDING_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     COMPLETED_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
     PRUNED_FIELD_NUMBER: _ClassVar[int]
     CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    INFEASIBLE_FIELD_NUMBER: _ClassVar[int]
     pending: int
     running: int
     completed: int
     failed: int
     pruned: int
     cancelled: int
-    def __init__(self, pending: _Optional[int] = ..., running: _Optional[int] = ..., completed: _Optional[int] = ..., failed: _Optional[int] = ..., pruned: _Optional[int] = ..., cancelled: _Optional[int] = ...) -> None: ...
+    infeasible: int
+    def __init__(self, pending: _Optional[int] = ..., running: _Optional[int] = ..., completed: _Optional[int] = ..., failed: _Optional[int] = ..., pruned: _Optional[int] = ..., cancelled: _Optional[int] = ..., infeasible: _Optional[int] = ...) -> None: ...
 
 class Study(_message.Message):
     __slots__ = ("study_id", "spec", "state", "trial_counts", "best_trial", "test_metrics", "error", "request_id", "create_time", "start_time", "end_time", "epochs_spent", "pareto_front")

@@ -118,16 +118,18 @@ class Objective(_message.Message):
     def __init__(self, metric: _Optional[str] = ..., mode: _Optional[_Union[Objective.Mode, str]] = ...) -> None: ...
 
 class Budget(_message.Message):
-    __slots__ = ("max_trials", "max_duration", "max_concurrent_trials", "max_failures")
+    __slots__ = ("max_trials", "max_duration", "max_concurrent_trials", "max_failures", "trial_retries")
     MAX_TRIALS_FIELD_NUMBER: _ClassVar[int]
     MAX_DURATION_FIELD_NUMBER: _ClassVar[int]
     MAX_CONCURRENT_TRIALS_FIELD_NUMBER: _ClassVar[int]
     MAX_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    TRIAL_RETRIES_FIELD_NUMBER: _ClassVar[int]
     max_trials: int
     max_duration: _duration_pb2.Duration
     max_concurrent_trials: int
     max_failures: int
-    def __init__(self, max_trials: _Optional[int] = ..., max_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_concurrent_trials: _Optional[int] = ..., max_failures: _Optional[int] = ...) -> None: ...
+    trial_retries: int
+    def __init__(self, max_trials: _Optional[int] = ..., max_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_concurrent_trials: _Optional[int] = ..., max_failures: _Optional[int] = ..., trial_retries: _Optional[int] = ...) -> None: ...
 
 class Resources(_message.Message):
     __slots__ = ("gpus_per_trial", "priority", "gpu_memory_gb")
