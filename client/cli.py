@@ -33,14 +33,19 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (without ``serve``'s own options: those belong to the server)."""
     server = argparse.ArgumentParser(add_help=False)
     server.add_argument(
-        "--server", metavar="HOST:PORT", default=argparse.SUPPRESS,
+        "--server",
+        metavar="HOST:PORT",
+        default=argparse.SUPPRESS,
         help="server address (default: $TUNEYARD_SERVER, else 127.0.0.1:50051)",
     )
     parser = argparse.ArgumentParser(
-        prog="tuneyard", description="Submit and follow training searches on a tuneyard server.",
+        prog="tuneyard",
+        description="Submit and follow training searches on a tuneyard server.",
     )
     parser.add_argument(
-        "--server", metavar="HOST:PORT", default=None,
+        "--server",
+        metavar="HOST:PORT",
+        default=None,
         help="server address (default: $TUNEYARD_SERVER, else 127.0.0.1:50051)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -58,10 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--after", metavar="N", type=int, default=0, help="only events after sequence N")
     p = add("studies", "list studies")
     p.add_argument(
-        "--state", metavar="STATE",
+        "--state",
+        metavar="STATE",
         help="only studies in this state: pending, running, completed, failed, cancelled",
     )
     add("trials", "list a study's trials").add_argument("study_id", metavar="ID")
+    p = add("trial", "show one trial in full: config, metrics and, when it failed, why (traceback, stderr)")
+    p.add_argument("study_id", metavar="ID")
+    p.add_argument("trial_id", metavar="TRIAL_ID", type=int)
     add("best", "print a study's best configuration and metrics").add_argument("study_id", metavar="ID")
     add("cancel", "cancel a study (finished trials are kept)").add_argument("study_id", metavar="ID")
     add("plugins", "list the server's plugins").add_argument(
@@ -184,6 +193,12 @@ def _trials(client: Client, args: argparse.Namespace, out: Console) -> int:
     return 0
 
 
+def _trial(client: Client, args: argparse.Namespace, out: Console) -> int:
+    spec = client.get_study(args.study_id).spec
+    out.print(render.trial_detail(client.get_trial(args.study_id, args.trial_id), spec))
+    return 0
+
+
 def _best(client: Client, args: argparse.Namespace, out: Console) -> int:
     result = RunResult.from_study(client.get_study(args.study_id))
     print(render.result_yaml(result), end="")
@@ -238,8 +253,15 @@ def _demo(args: argparse.Namespace, out: Console) -> int:
 
 
 COMMANDS: dict[str, Callable[[Client, argparse.Namespace, Console], int]] = {
-    "run": _run, "watch": _watch, "studies": _studies, "trials": _trials, "best": _best,
-    "cancel": _cancel, "plugins": _plugins, "info": _info,
+    "run": _run,
+    "watch": _watch,
+    "studies": _studies,
+    "trials": _trials,
+    "trial": _trial,
+    "best": _best,
+    "cancel": _cancel,
+    "plugins": _plugins,
+    "info": _info,
 }
 
 

@@ -51,13 +51,16 @@ class PlainProgress:
 
     def __call__(self, event: service_pb2.StudyEvent) -> None:
         kind = event.WhichOneof("event")
+        style = ""
+        if kind == "trial_finished":
+            style = render.state_style(event.trial_finished.trial.state)
         if self.every_event:
             line = render.event_line(event, self.spec)
         elif kind == "trial_finished":
             line = render.trial_line(event.trial_finished.trial, self.spec)
         else:
             return
-        self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+        self.console.print(line, style=style, markup=False, highlight=False, soft_wrap=True)
 
 
 class LiveProgress:
@@ -109,7 +112,8 @@ class LiveProgress:
                 self._progress.remove_task(task)
             self._finished += 1
             self._progress.update(self._trials, completed=self._finished)
-            self._live.console.print(render.trial_line(trial, self.spec), markup=False, highlight=False)
+            line = render.trial_line(trial, self.spec)
+            self._live.console.print(line, style=render.state_style(trial.state), markup=False, highlight=False)
         elif kind == "best_trial_changed":
             self._best.plain = "best so far: " + render.best_text(event.best_trial_changed.trial, self.spec)
         self._progress.update(self._trials, description=f"trials ({len(self._running)} running)")

@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 from google.protobuf import json_format
+from rich.console import Group, RenderableType
+from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
@@ -18,7 +20,21 @@ from tuneyard.client.sdk import RunResult
 from tuneyard.client.specfile import config_to_dict
 from tuneyard.v1 import service_pb2, spec_pb2
 
-_FINISHED = ("completed", "failed", "pruned", "cancelled")
+_FINISHED = ("completed", "failed", "pruned", "cancelled", "infeasible")
+STDERR_LINES = 50  # the server keeps this many; a longer tail is cut to it here as well
+# Per-epoch columns of `tuneyard trial` beside the objectives (all metrics are in "final metrics").
+_CURVE_METRICS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "lr")
+_STATE_STYLE = {
+    service_pb2.TRIAL_COMPLETED: "green",
+    service_pb2.TRIAL_FAILED: "red",
+    service_pb2.TRIAL_INFEASIBLE: "yellow",
+}
+_REASONS = {
+    "crash": "crash: the worker process died",
+    "timeout": "timeout: the worker stopped sending heartbeats",
+    "oom": "oom: out of GPU memory",
+    "error": "error: the training code raised",
+}
 
 
 def study_state(state: int) -> str:
@@ -29,6 +45,45 @@ def study_state(state: int) -> str:
 def trial_state(state: int) -> str:
     """``TRIAL_PRUNED`` -> ``PRUNED``."""
     return service_pb2.TrialState.Name(state).removeprefix("TRIAL_")
+
+
+def trial_label(trial: service_pb2.Trial, *, retries: bool = True) -> str:
+    """The state with its cause: ``FAILED (oom)``, ``COMPLETED after 1 retry``, ``INFEASIBLE``."""
+    label = trial_state(trial.state)
+    if trial.failure_reason:
+        label += f" ({trial.failure_reason})"
+    if retries and trial.retries:
+        label += f" after {trial.retries} {'retry' if trial.retries == 1 else 'retries'}"
+    return label
+
+
+def state_style(state: int) -> str:
+    """The rich style of a trial state: green completed, red failed, yellow infeasible."""
+    return _STATE_STYLE.get(state, "")
+
+
+def exit_text(trial: service_pb2.Trial) -> str:
+    """How the trial's worker process ended: ``exit code -9 (SIGKILL)``, ``SIGKILL``, or ``""``."""
+    if trial.HasField("exit_code"):
+        text = f"exit code {trial.exit_code}"
+        return f"{text} ({trial.exit_signal})" if trial.exit_signal else text
+    return trial.exit_signal
+
+
+def last_line(text: str) -> str:
+    """The last non-blank line: a traceback's ``SomeError: message``."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1].strip() if lines else ""
+
+
+def _why(trial: service_pb2.Trial) -> str:
+    """``error: <last line>`` (``reason:`` for an infeasible trial), else the stderr tail's last line."""
+    if trial.error:
+        label = "reason" if trial.state == service_pb2.TRIAL_INFEASIBLE else "error"
+        return f"{label}: {last_line(trial.error)}"
+    if trial.stderr_tail and trial.state == service_pb2.TRIAL_FAILED:
+        return f"stderr: {last_line(trial.stderr_tail)}"
+    return ""
 
 
 def number(value: Any) -> str:
@@ -56,8 +111,8 @@ def _seconds(trial: service_pb2.Trial) -> float | None:
 
 
 def trial_line(trial: service_pb2.Trial, spec: spec_pb2.StudySpec) -> str:
-    """One line for a finished trial: state, objective, time, device, config (or error)."""
-    parts = [f"trial {trial.trial_id} {trial_state(trial.state)}"]
+    """One line for a finished trial: state and cause, exit, objective, time, device, config, error."""
+    parts = [f"trial {trial.trial_id} {trial_label(trial)}", exit_text(trial)]
     metric = spec.objective.metric
     if trial.HasField("objective_value"):
         parts.append(f"{metric}={trial.objective_value:.4f}")
@@ -67,8 +122,7 @@ def trial_line(trial: service_pb2.Trial, spec: spec_pb2.StudySpec) -> str:
     if trial.device:
         parts.append(f"[{trial.device}]")
     parts.append(compact_config(config_to_dict(trial.config, spec)))
-    if trial.error:
-        parts.append(f"error: {trial.error.strip().splitlines()[-1]}")
+    parts.append(_why(trial))
     return "  ".join(p for p in parts if p)
 
 
@@ -107,20 +161,30 @@ def best_text(trial: service_pb2.Trial, spec: spec_pb2.StudySpec) -> str:
 
 
 def finished_count(study: service_pb2.Study) -> int:
+    """Trials that ended, whatever the way (infeasible ones included: the budget counts them)."""
     return sum(getattr(study.trial_counts, name) for name in _FINISHED)
+
+
+def _unsuccessful(study: service_pb2.Study) -> str:
+    """``1 failed, 2 infeasible`` (empty when none)."""
+    counts = study.trial_counts
+    return ", ".join(f"{getattr(counts, n)} {n}" for n in ("failed", "infeasible") if getattr(counts, n))
 
 
 def result_yaml(result: RunResult) -> str:
     """The outcome of a study as a YAML document whose comments are the headings."""
     study = result.study
-    counts = ", ".join(
-        f"{getattr(study.trial_counts, n)} {n}" for n in _FINISHED if getattr(study.trial_counts, n)
-    )
+    counts = ", ".join(f"{getattr(study.trial_counts, n)} {n}" for n in _FINISHED if getattr(study.trial_counts, n))
     out = [f"# study {study.study_id} ({study.spec.name or 'unnamed'}): {study_state(study.state)}"]
     if counts:
         out[0] += f"; trials: {counts}"
     if study.error:
         out.append(f"# error: {study.error}")
+    if study.trial_counts.failed or study.trial_counts.infeasible:
+        out.append(
+            f"# failed or infeasible trials: `tuneyard trials {study.study_id}` lists them, "
+            f"`tuneyard trial {study.study_id} TRIAL_ID` shows why one ended (traceback, stderr)"
+        )
     if study.HasField("best_trial"):
         out.append(f"# best configuration (trial {study.best_trial.trial_id})")
         out.append(_dump({"best_config": result.best_config}))
@@ -158,6 +222,8 @@ def studies_table(studies: Iterable[service_pb2.Study]) -> Table:
     for study in studies:
         budget = study.spec.budget.max_trials
         done = f"{finished_count(study)}/{budget}" if budget else str(finished_count(study))
+        if unsuccessful := _unsuccessful(study):
+            done += f" ({unsuccessful})"
         best = ""
         if study.HasField("best_trial") and study.best_trial.HasField("objective_value"):
             best = f"{study.spec.objective.metric}={study.best_trial.objective_value:.4f}"
@@ -168,13 +234,76 @@ def studies_table(studies: Iterable[service_pb2.Study]) -> Table:
 def trials_table(trials: Iterable[service_pb2.Trial], spec: spec_pb2.StudySpec) -> Table:
     table = Table("trial", "state", "device", "epochs", spec.objective.metric or "objective")
     table.add_column("config", overflow="fold")
+    failed: set[str] = set()
     for trial in trials:
         objective = f"{trial.objective_value:.4f}" if trial.HasField("objective_value") else ""
         config = Text(compact_config(config_to_dict(trial.config, spec)))
-        if trial.error:
-            config.append(f"\nerror: {trial.error.strip().splitlines()[-1]}", style="red")
-        state = trial_state(trial.state)
+        why = "  ".join(p for p in (exit_text(trial), _why(trial)) if p)
+        if why:
+            config.append(f"\n{why}", style="red")
+        state = Text(trial_label(trial), style=state_style(trial.state))
         _row(table, trial.trial_id, state, trial.device, trial.epochs_completed, objective, config)
+        if trial.state in (service_pb2.TRIAL_FAILED, service_pb2.TRIAL_INFEASIBLE):
+            failed.add(trial.study_id)
+    if len(failed) == 1:
+        table.caption = f"`tuneyard trial {failed.pop()} TRIAL_ID` shows a trial's traceback and stderr"
+    return table
+
+
+def trial_detail(trial: service_pb2.Trial, spec: spec_pb2.StudySpec) -> RenderableType:
+    """Everything about one trial for ``tuneyard trial``: facts, config, metrics, error, stderr."""
+    facts = Table.grid(padding=(0, 2))
+    facts.add_column(style="bold")
+    facts.add_column(overflow="fold")
+    state = Text(trial_label(trial, retries=False), style=state_style(trial.state))
+    rows: list[tuple[str, str | Text]] = [("study", trial.study_id), ("state", state)]
+    failed = trial.state == service_pb2.TRIAL_FAILED
+    if failed or trial.failure_reason:
+        rows.append(("reason", _REASONS.get(trial.failure_reason, trial.failure_reason or "not given")))
+    rows += [("exit", exit_text(trial)), ("retries", str(trial.retries) if trial.retries or failed else "")]
+    rows += [("device", trial.device), ("epochs", str(trial.epochs_completed))]
+    if trial.HasField("objective_value"):
+        rows.append((spec.objective.metric or "objective", f"{trial.objective_value:.4f}"))
+    seconds = _seconds(trial)
+    rows += [("time", f"{seconds:.1f}s" if seconds is not None else ""), ("checkpoint", trial.checkpoint)]
+    for key, value in rows:
+        if value:
+            _row(facts, key, value)
+    parts: list[RenderableType] = [Text(f"trial {trial.trial_id}", style="bold"), facts]
+    config = config_to_dict(trial.config, spec)
+    if config:
+        parts.append(_key_values("config", config))
+    if trial.metrics:
+        parts.append(_curve(trial, spec))
+    if trial.final_metrics:
+        parts.append(_key_values("final metrics", dict(sorted(trial.final_metrics.items()))))
+    if trial.error:
+        title = "reason" if trial.state == service_pb2.TRIAL_INFEASIBLE else "error"
+        parts.append(Panel(Text(trial.error.rstrip()), title=title, title_align="left", border_style="red"))
+    if trial.stderr_tail:
+        lines = trial.stderr_tail.rstrip("\n").splitlines()[-STDERR_LINES:]
+        title = f"stderr (last {len(lines)} {'line' if len(lines) == 1 else 'lines'})"
+        parts.append(Panel(Text("\n".join(lines)), title=title, title_align="left", border_style="yellow"))
+    return Group(*parts)
+
+
+def _key_values(title: str, values: Mapping[str, Any]) -> Table:
+    table = Table(title=title, title_justify="left", show_header=False, box=None, padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    for key, value in values.items():
+        _row(table, key, number(value))
+    return table
+
+
+def _curve(trial: service_pb2.Trial, spec: spec_pb2.StudySpec) -> Table:
+    """Per-epoch metrics: the objectives and the usual loss/accuracy/lr columns (all if none is there)."""
+    present = {name for epoch in trial.metrics for name in epoch.values}
+    objectives = [o.metric for o in spec.objectives] or [spec.objective.metric]
+    names = [n for n in dict.fromkeys([*objectives, *_CURVE_METRICS]) if n in present] or sorted(present)
+    table = Table("epoch", *names, title="metrics per epoch", title_justify="left")
+    for epoch in trial.metrics:
+        _row(table, epoch.epoch, *(number(epoch.values[n]) if n in epoch.values else "" for n in names))
     return table
 
 

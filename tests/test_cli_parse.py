@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -12,15 +13,15 @@ import grpc
 import pytest
 
 from tuneyard.client import Client, TuneyardError
-from tuneyard.client.cli import SERVER_EXTRA, _serve_args, build_parser, main
+from tuneyard.client.cli import COMMANDS, SERVER_EXTRA, _serve_args, build_parser, main
 
 
 def test_console_script_help_runs() -> None:
     script = Path(sys.executable).parent / "tuneyard"
     done = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    for command in ("serve", "run", "watch", "studies", "trials", "best", "cancel", "plugins", "info", "demo"):
-        assert command in done.stdout
+    for command in ("serve", "run", "watch", "studies", "trials", "trial", "best", "cancel", "plugins", "info", "demo"):
+        assert re.search(rf"^\s+{command}\s", done.stdout, re.MULTILINE), command
     assert "--server" in done.stdout
 
 
@@ -34,6 +35,7 @@ def test_console_script_help_runs() -> None:
         (["studies"], {"command": "studies", "state": None}),
         (["studies", "--state", "running"], {"state": "running"}),
         (["trials", "abc"], {"command": "trials", "study_id": "abc"}),
+        (["trial", "abc", "3"], {"command": "trial", "study_id": "abc", "trial_id": 3}),
         (["best", "abc"], {"command": "best", "study_id": "abc"}),
         (["cancel", "abc"], {"command": "cancel", "study_id": "abc"}),
         (["plugins"], {"command": "plugins", "kind": ""}),
@@ -48,13 +50,30 @@ def test_subcommands_parse(argv: list[str], expected: dict[str, object]) -> None
     assert {key: args[key] for key in expected} == expected
 
 
+def test_every_command_is_in_the_readme_command_list() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    listed = set(re.findall(r"^tuneyard ([a-z]+)\b", readme, re.MULTILINE))
+    commands = {*COMMANDS, "demo"}  # `serve` has its own section
+    assert commands <= listed, sorted(commands - listed)
+
+
 def test_server_option_before_or_after_the_command() -> None:
     assert build_parser().parse_args(["--server", "h:1", "info"]).server == "h:1"
     assert build_parser().parse_args(["info", "--server", "h:2"]).server == "h:2"
 
 
 @pytest.mark.parametrize(
-    "argv", [[], ["bogus"], ["watch"], ["watch", "x", "--after", "soon"], ["run"], ["info", "extra"]]
+    "argv",
+    [
+        [],
+        ["bogus"],
+        ["watch"],
+        ["watch", "x", "--after", "soon"],
+        ["run"],
+        ["info", "extra"],
+        ["trial", "x"],
+        ["trial", "x", "third"],
+    ],
 )
 def test_bad_usage_exits_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:

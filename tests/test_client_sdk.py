@@ -25,8 +25,13 @@ from tuneyard.v1 import service_pb2 as pb
 from tuneyard.v1 import service_pb2_grpc
 
 SPEC = load_spec(Path(__file__).resolve().parent.parent / "examples" / "digits.yaml")
-CONFIG = {"model.num_conv_layers": 2, "model.num_filters": 64, "model.filter_size": 3,
-          "optimizer.name": "adam", "optimizer.lr": 0.004}
+CONFIG = {
+    "model.num_conv_layers": 2,
+    "model.num_filters": 64,
+    "model.filter_size": 3,
+    "optimizer.name": "adam",
+    "optimizer.lr": 0.004,
+}
 
 
 def _trial(trial_id: int, state: int = pb.TRIAL_COMPLETED, value: float = 0.9) -> pb.Trial:
@@ -37,6 +42,8 @@ def _trial(trial_id: int, state: int = pb.TRIAL_COMPLETED, value: float = 0.9) -
         trial.final_metrics.update({"val_accuracy": value, "train_loss": 0.1})
     else:
         trial.error = "RuntimeError: worker died"
+        trial.failure_reason, trial.exit_code, trial.exit_signal = "crash", -9, "SIGKILL"
+        trial.stderr_tail = "loading data\nKilled"
     return trial
 
 
@@ -65,8 +72,13 @@ class FakeService(service_pb2_grpc.TrainingServiceServicer):
 
     def __init__(self, final_state: int = pb.STUDY_COMPLETED) -> None:
         self.events = _events(final_state)
-        self.study = pb.Study(study_id="s1", spec=SPEC, state=final_state, best_trial=_trial(1, value=0.8),
-                              test_metrics={"test_accuracy": 0.97})
+        self.study = pb.Study(
+            study_id="s1",
+            spec=SPEC,
+            state=final_state,
+            best_trial=_trial(1, value=0.8),
+            test_metrics={"test_accuracy": 0.97},
+        )
         self.study.trial_counts.completed, self.study.trial_counts.failed = 1, 1
         if final_state == pb.STUDY_FAILED:
             self.study.error = "too many failed trials"
@@ -85,8 +97,7 @@ class FakeService(service_pb2_grpc.TrainingServiceServicer):
         if self.fail_creates:
             self.fail_creates -= 1
             context.abort(grpc.StatusCode.UNAVAILABLE, "starting up")
-        return pb.Study(study_id="s1", spec=request.spec, state=pb.STUDY_PENDING,
-                        request_id=request.request_id)
+        return pb.Study(study_id="s1", spec=request.spec, state=pb.STUDY_PENDING, request_id=request.request_id)
 
     def GetStudy(self, request, context):
         if request.study_id != "s1":
@@ -107,20 +118,31 @@ class FakeService(service_pb2_grpc.TrainingServiceServicer):
         return pb.ListTrialsResponse(trials=page, next_page_token=token)
 
     def GetTrial(self, request, context):
-        return _trial(request.trial_id)
+        if request.study_id != "s1":
+            context.abort(grpc.StatusCode.NOT_FOUND, f"study {request.study_id} not found")
+        return _trial(request.trial_id, pb.TRIAL_FAILED if request.trial_id == 2 else pb.TRIAL_COMPLETED)
 
     def ListPlugins(self, request, context):
         param = pb.PluginParameter(name="lr", type="float")
         param.default.number_value = 0.001
         return pb.ListPluginsResponse(
-            plugins=[pb.Plugin(kind="optimizer", name="adam", distribution="tuneyard", version="0.1.0",
-                               description="Adam [Kingma & Ba]", parameters=[param])],
+            plugins=[
+                pb.Plugin(
+                    kind="optimizer",
+                    name="adam",
+                    distribution="tuneyard",
+                    version="0.1.0",
+                    description="Adam [Kingma & Ba]",
+                    parameters=[param],
+                )
+            ],
             load_errors=[pb.PluginLoadError(source="broken-plugin", message="ImportError: boom")],
         )
 
     def GetServerInfo(self, request, context):
-        return pb.ServerInfo(version="0.1.0", executor="local",
-                             devices=[pb.Device(name="cpu", kind="cpu", slots_total=2, slots_busy=1)])
+        return pb.ServerInfo(
+            version="0.1.0", executor="local", devices=[pb.Device(name="cpu", kind="cpu", slots_total=2, slots_busy=1)]
+        )
 
     def WatchStudy(self, request, context):
         self.watch_requests.append(request.after_sequence)
@@ -160,18 +182,14 @@ def client(address: str) -> Iterator[Client]:
         yield c
 
 
-def test_watch_reconnects_after_unavailable_without_loss_or_repeat(
-    client: Client, service: FakeService
-) -> None:
+def test_watch_reconnects_after_unavailable_without_loss_or_repeat(client: Client, service: FakeService) -> None:
     service.break_first_watch_after = 3
     sequences = [event.sequence for event in client.watch("s1")]
     assert sequences == list(range(1, 10))
     assert service.watch_requests == [0, 3]
 
 
-def test_watch_drops_replayed_events_and_resumes_after_a_clean_early_end(
-    client: Client, service: FakeService
-) -> None:
+def test_watch_drops_replayed_events_and_resumes_after_a_clean_early_end(client: Client, service: FakeService) -> None:
     service.end_first_watch_after = 4
     service.ignore_after_sequence = True  # a server replaying too much must not cause repeats
     sequences = [event.sequence for event in client.watch("s1", after_sequence=2)]
@@ -194,9 +212,7 @@ def test_watch_of_unknown_study_is_not_found_at_once(client: Client, service: Fa
     assert service.watch_requests == [0]
 
 
-def test_create_study_retries_unavailable_once_with_the_same_request_id(
-    client: Client, service: FakeService
-) -> None:
+def test_create_study_retries_unavailable_once_with_the_same_request_id(client: Client, service: FakeService) -> None:
     service.fail_creates = 1
     study = client.create_study(SPEC)
     assert study.study_id == "s1"
@@ -240,7 +256,8 @@ def test_cli_run_prints_trials_and_best_config(address: str, capsys: pytest.Capt
     spec = Path(__file__).resolve().parent.parent / "examples" / "digits.yaml"
     assert main(["--server", address, "run", str(spec), "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "trial 1 COMPLETED" in out and "trial 2 FAILED" in out
+    assert "trial 1 COMPLETED" in out and "trial 2 FAILED (crash)  exit code -9 (SIGKILL)" in out
+    assert "error: RuntimeError: worker died" in out and "tuneyard trial s1 TRIAL_ID" in out
     assert "best_config:\n  model.num_conv_layers: 2\n  model.num_filters: 64\n" in out
     assert "test_metrics:\n  test_accuracy: 0.97" in out and "best_metrics:" in out
 
@@ -263,7 +280,9 @@ def test_cli_run_exits_1_when_the_study_fails(capsys: pytest.CaptureFixture[str]
 def test_cli_table_commands(address: str, capsys: pytest.CaptureFixture[str]) -> None:
     for argv, expected in [
         (["studies", "--state", "completed"], "s5"),
-        (["trials", "s1"], "FAILED"),
+        (["trials", "s1"], "FAILED (crash)"),
+        (["trial", "s1", "1"], "val_accuracy"),
+        (["trial", "s1", "2"], "exit code -9 (SIGKILL)"),
         (["best", "s1"], "model.num_filters: 64"),
         (["cancel", "s1"], "study s1: CANCELLED"),
         (["plugins"], "lr:float=0.001"),
@@ -274,6 +293,18 @@ def test_cli_table_commands(address: str, capsys: pytest.CaptureFixture[str]) ->
         assert expected in out, (argv, out)
     main(["--server", address, "plugins"])
     assert "broken-plugin: ImportError: boom" in capsys.readouterr().out
+
+
+def test_cli_trial_shows_a_failed_trials_reason_traceback_and_stderr(
+    address: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--server", address, "trial", "s1", "2"]) == 0
+    out = capsys.readouterr().out
+    for expected in ("FAILED (crash)", "the worker process died", "exit code -9 (SIGKILL)", "retries",
+                     "RuntimeError: worker died", "stderr (last 2 lines)", "loading data", "Killed"):  # fmt: skip
+        assert expected in out, (expected, out)
+    assert main(["--server", address, "trial", "nope", "2"]) == 2
+    assert "error: NOT_FOUND: study nope not found" in capsys.readouterr().err
 
 
 def test_cli_server_error_exits_2(address: str, capsys: pytest.CaptureFixture[str]) -> None:
