@@ -9,6 +9,10 @@ reach into the study runner. The sequence for one trial is:
     early_stopper.report(trial_id, epoch, value) -> Decision.CONTINUE | Decision.STOP
     early_stopper.complete(trial_id, value)        (when the trial ends)
     searcher.observe(trial_id, state, value)       (state: "COMPLETED", "FAILED", "PRUNED", ...)
+
+A plugin that finds its configuration impossible (a model too deep for the input size, an
+option pair that contradicts) raises `Infeasible`: the trial ends INFEASIBLE, the searcher is
+told (state "INFEASIBLE", no value), and it is not counted as a failure.
 """
 
 from __future__ import annotations
@@ -38,6 +42,10 @@ INJECTED: dict[str, frozenset[str]] = {
     "searcher": frozenset({"space", "objective", "seed"}),
     "early_stopper": frozenset({"objective", "max_epochs"}),
 }
+
+
+class Infeasible(Exception):
+    """Raised by a plugin (or the model it builds) when a configuration cannot run at all."""
 
 
 class _Required:

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["TrainingService"].full_name
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+DEFAULT_HEARTBEAT_TIMEOUT_S = 600.0  # a trial silent this long (no batch, no epoch) is killed as hung
 RPC_THREADS = 128
 
 
@@ -94,6 +95,7 @@ def start_server(
     cpu_slots: int | None = None,
     data_root: str = "",
     max_trials_per_worker: int = 0,
+    trial_heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT_S,
 ) -> ServerHandle:
     """Starts a server on host:port (0 picks a free port) and returns once it is SERVING."""
     data_dir = Path(data_dir)
@@ -104,11 +106,13 @@ def start_server(
         log.warning("plugin not loaded: %s: %s", error.source, error.message)
     hub = EventHub(storage)
     pool = WorkerPool(
-        device_list, data_root=data_root or str(data_dir / "datasets"), max_trials_per_worker=max_trials_per_worker
-    )
+        device_list, data_root=data_root or str(data_dir / "datasets"), max_trials_per_worker=max_trials_per_worker,
+        log_dir=data_dir / "logs",
+    )  # fmt: skip
     scheduler = DeviceScheduler(device_list, pool)
-    studies = StudyManager(storage=storage, hub=hub, scheduler=scheduler, registry=registry)
-    studies.settle_interrupted()
+    studies = StudyManager(
+        storage=storage, hub=hub, scheduler=scheduler, registry=registry, heartbeat_timeout=trial_heartbeat_timeout
+    )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=RPC_THREADS, thread_name_prefix="rpc"),
         options=[
@@ -127,6 +131,8 @@ def start_server(
         storage.close()
         raise OSError(f"cannot listen on {host}:{port}")
     server.start()
+    for study_id in studies.resume_unfinished():
+        log.info("resuming study %s", study_id)
     set_serving(health_servicer, [SERVICE_NAME])
     display_host = f"[{host}]" if ":" in host else host
     return ServerHandle(

@@ -22,6 +22,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", default=None, help="cpu, all, or cuda:0,cuda:2 (default: all GPUs, else CPU)")
     p.add_argument("--cpu-slots", type=int, default=None, help="trials at once without CUDA (default cores/2)")
     p.add_argument("--max-trials-per-worker", type=int, default=0, help="recycle a worker after N trials (0: never)")
+    p.add_argument(
+        "--trial-heartbeat-timeout", type=float, default=600.0, metavar="SECONDS",
+        help="kill a trial's worker when the trial shows no progress for this long (default 600; 0: never)",
+    )  # fmt: skip
     p.add_argument("--insecure", action="store_true", help="allow plaintext on a non-loopback address")
     p.add_argument("--log-level", default="INFO")
     return p
@@ -52,6 +56,7 @@ def serve_main(argv: list[str]) -> int:
         handle = start_server(
             data_dir=args.data_dir, host=args.host, port=args.port, devices=args.devices,
             cpu_slots=args.cpu_slots, data_root=args.data_root, max_trials_per_worker=args.max_trials_per_worker,
+            trial_heartbeat_timeout=args.trial_heartbeat_timeout,
         )  # fmt: skip
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -4,10 +4,18 @@ It asks the searcher for configurations while budget remains, starts each on a f
 feeds per-epoch reports to the early stopper, tells the searcher results, tracks the best
 trial, and at the end evaluates the best checkpoint on the test split. Every state change is
 stored, and published as an event, before anything else happens.
+
+Nothing is lost when the server dies: a trial's start and end are journaled in one transaction
+with the searcher's and early stopper's state and the event announcing them, so a runner
+started on an unfinished study (`resume`) rebuilds the search exactly, runs its interrupted
+trials again from their last epoch checkpoint, and continues the event sequence without gaps
+or repeats. Trials that stop sending heartbeats, or ignore a stop request for STOP_GRACE_S,
+have their worker killed; a crashed or hung trial is re-run up to `budget.trial_retries` times.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import socket
@@ -19,6 +27,7 @@ from tuneyard.plugins.api import Choice, Decision
 from tuneyard.plugins.manager import PluginRegistry
 from tuneyard.server.domain import StudyState, TrialRecord, TrialState, trial_to_dict
 from tuneyard.server.events import EventHub
+from tuneyard.server.outcomes import Ending, ending_of
 from tuneyard.server.pareto import pareto_front
 from tuneyard.server.scheduler import Allocation, DeviceScheduler
 from tuneyard.server.spec import StudyPlan
@@ -28,7 +37,19 @@ from tuneyard.server.trial_settings import resolve
 log = logging.getLogger(__name__)
 POLL_S = 0.5
 MEMORY_MARGIN = 1.2  # a measured peak is padded by this factor when packing later trials
-OOM_MARK = "OutOfMemoryError"
+STOP_GRACE_S = 2.0  # a trial told to stop that is still running this long after has its worker killed
+STOPPED = ("cancelled", "deadline", "pruned", "halted")
+
+
+def plain_state(obj: Any, what: str) -> dict[str, Any] | None:
+    """A plugin's state_dict as plain JSON data; None (logged) when it is not serialisable."""
+    if obj is None:
+        return None
+    try:
+        return json.loads(json.dumps(obj.state_dict()))
+    except (TypeError, ValueError) as exc:
+        log.warning("the %s's state_dict is not plain data (%s); it resumes from scratch", what, exc)
+        return None
 
 
 def free_port() -> int:
@@ -50,7 +71,7 @@ def placement(alloc: Allocation, memory_gb: float) -> dict[str, Any]:
 
 
 class StudyRunner(threading.Thread):
-    """Runs one study to its end; `cancel()` stops its running trials promptly."""
+    """Runs one study to its end, or resumes one left unfinished; `cancel()` stops its trials promptly."""
 
     def __init__(
         self,
@@ -61,16 +82,18 @@ class StudyRunner(threading.Thread):
         hub: EventHub,
         scheduler: DeviceScheduler,
         registry: PluginRegistry,
+        heartbeat_timeout: float = 0.0,
     ) -> None:
         super().__init__(name=f"study-{study_id}", daemon=True)
         self.study_id, self.plan = study_id, plan
         self.storage, self.hub, self.scheduler, self.registry = storage, hub, scheduler, registry
+        self.heartbeat_timeout = heartbeat_timeout
         resources = plan.spec["resources"]
         self._units = float(resources["gpus_per_trial"]) or 1.0
         self._priority = float(resources.get("priority") or 1.0)
         self._memory_gb = float(resources.get("gpu_memory_gb") or 0.0)
         self._measured_gb = 0.0  # the largest peak GPU memory any trial of this study reported
-        self._requeued: list[tuple[int, float]] = []  # (trial, units): packed trials that ran out of memory
+        self._requeued: list[tuple[int, float]] = []  # (trial, units): trials waiting to run again
         self._tasks: dict[int, dict[str, Any]] = {}
         self._peers_pending: dict[int, int] = {}
         self._rank0_result: dict[int, dict[str, Any]] = {}
@@ -79,9 +102,17 @@ class StudyRunner(threading.Thread):
         self._halted = threading.Event()
         self._running: dict[int, Allocation] = {}
         self._stop_reason: dict[int, str] = {}
+        self._stop_time: dict[int, float] = {}
+        self._killed: set[int] = set()
+        self._epochs: dict[int, int] = {}  # last epoch stored per running trial
+        self._reported: dict[int, int] = {}  # last epoch told to the early stopper per running trial
+        self._retries: dict[int, int] = {}
         self._failures = 0
         self._best: TrialRecord | None = None
         self._front: list[tuple[int, list[float]]] = []
+        self._searcher: Any = None
+        self._stopper: Any = None
+        self._next_id = 1
 
     # ---- control ----
 
@@ -92,7 +123,8 @@ class StudyRunner(threading.Thread):
     def halt(self) -> None:
         """Server shutdown: stop trials and return, leaving the study unfinished in storage.
 
-        The study keeps its RUNNING state so that a restarted server sees it was interrupted.
+        The study keeps its RUNNING state and its trials their checkpoints, so the next server
+        start resumes it.
         """
         self._halted.set()
         self._inbox.put(("wake",))
@@ -104,11 +136,23 @@ class StudyRunner(threading.Thread):
         self.hub.publish(self.study_id, kind, payload)
 
     def _set_state(self, state: StudyState, **fields: Any) -> None:
-        self.storage.update_study(self.study_id, state=state, **fields)
         payload: dict[str, Any] = {"state": state.value, "error": fields.get("error", "")}
         if "test_metrics" in fields:
             payload["test_metrics"] = fields["test_metrics"]
-        self._publish("study_state", payload)
+        with self.storage.atomic():
+            self.storage.update_study(self.study_id, state=state, **fields)
+            self._publish("study_state", payload)
+
+    def _journal(self) -> None:
+        """Stores the searcher's and stopper's state; called inside the transaction of a trial's
+        start or end. The stopper's entry notes how far each running trial was reported, so a
+        resumed runner replays exactly the epochs stored after it."""
+        stopper_state = None
+        if self._stopper is not None:
+            stopper_state = {"state": plain_state(self._stopper, "early stopper"), "reported": dict(self._reported)}
+        self.storage.update_study(
+            self.study_id, searcher_state=plain_state(self._searcher, "searcher"), stopper_state=stopper_state
+        )
 
     # ---- main loop ----
 
@@ -124,40 +168,48 @@ class StudyRunner(threading.Thread):
             self.scheduler.withdraw(self.study_id)
             self._set_state(StudyState.FAILED, error=f"internal error: {exc}", end_time=time.time())
 
-    def _run(self) -> None:
+    def _build_plugins(self) -> None:
         plan = self.plan
-        started_at = time.time()
-        self._set_state(StudyState.RUNNING, start_time=started_at)
         searcher_spec = plan.spec["searcher"]
-        searcher = self.registry.create(
+        self._searcher = self.registry.create(
             "searcher", searcher_spec["name"], searcher_spec["options"],
             space=plan.space, objective=plan.objective, seed=plan.seed,
         )  # fmt: skip
-        stopper = None
         if plan.spec.get("early_stopping"):
             es = plan.spec["early_stopping"]
-            stopper = self.registry.create(
+            self._stopper = self.registry.create(
                 "early_stopper", es["name"], es["options"], objective=plan.objective, max_epochs=self._max_epochs()
             )
+
+    def _run(self) -> None:
+        plan = self.plan
+        self._build_plugins()
+        study = self.storage.get_study(self.study_id)
+        if study.start_time is None:
+            started_at = time.time()
+            self._set_state(StudyState.RUNNING, start_time=started_at)
+        else:
+            started_at = study.start_time
+            self._restore()
         deadline = started_at + plan.max_duration_s if plan.max_duration_s else None
-        next_id, exhausted = 1, False
+        exhausted = False
         while True:
             if self._halted.is_set():
                 self._stop_all("halted")
                 return
             self._restart_requeued()
-            while not self._requeued and self._may_start(next_id, exhausted, deadline):
+            while not self._requeued and self._may_start(self._next_id, exhausted, deadline):
                 alloc = self._acquire(self._units)
                 if alloc is None:
                     break
-                config = searcher.suggest(next_id)
+                config = self._searcher.suggest(self._next_id)
                 if config is None:
                     exhausted = True
                     self.scheduler.release(alloc)
                     break
-                self._start_trial(next_id, config, alloc)
-                next_id += 1
-            wants_more = bool(self._requeued) or self._may_start(next_id, exhausted, deadline)
+                self._start_trial(self._next_id, config, alloc)
+                self._next_id += 1
+            wants_more = bool(self._requeued) or self._may_start(self._next_id, exhausted, deadline)
             if not wants_more:
                 self.scheduler.withdraw(self.study_id)
                 if not self._running:
@@ -165,20 +217,57 @@ class StudyRunner(threading.Thread):
             if deadline and time.time() >= deadline:
                 self._stop_all("deadline")
             if self._cancelled.is_set():
+                self._requeued.clear()
                 self._stop_all("cancelled")
+            self._police()
             try:
                 msg = self._inbox.get(timeout=POLL_S)
             except queue.Empty:
                 continue
-            self._handle(msg, searcher, stopper)
+            self._handle(msg)
         self._finish()
+
+    # ---- resuming an unfinished study ----
+
+    def _restore(self) -> None:
+        """Rebuilds the runner from storage: search state, finished results, interrupted trials."""
+        searcher_state, stopper_state = self.storage.search_state(self.study_id)
+        if searcher_state is not None:
+            self._searcher.load_state_dict(searcher_state)
+        reported: dict[str, int] = {}
+        if self._stopper is not None and stopper_state and stopper_state.get("state") is not None:
+            self._stopper.load_state_dict(stopper_state["state"])
+            reported = stopper_state.get("reported", {})
+        study = self.storage.get_study(self.study_id)
+        self._best = study.best_trial
+        self._front = [(t.trial_id, t.objective_values) for t in study.pareto_front]
+        trials, _ = self.storage.list_trials(self.study_id, 10**9, "")
+        for trial in trials:
+            self._next_id = max(self._next_id, trial.trial_id + 1)
+            if trial.state == TrialState.FAILED:
+                self._failures += 1
+            if trial.state.terminal:
+                continue
+            self._epochs[trial.trial_id] = trial.epochs_completed
+            self._retries[trial.trial_id] = trial.retries
+            self._reported[trial.trial_id] = int(reported.get(str(trial.trial_id), 0))
+            for epoch in trial.metrics:  # reports the stopper had not journaled yet
+                self._tell_stopper(trial.trial_id, epoch.epoch, epoch.values)
+            self._tasks[trial.trial_id] = self._task(trial.trial_id, trial.config, trial.checkpoint)
+            self._requeued.append((trial.trial_id, self._units))
+        if trials or study.best_trial is not None:
+            log.info(
+                "study %s resumes: %d trials stored, %d to run again from their checkpoints",
+                self.study_id, len(trials), len(self._requeued),
+            )  # fmt: skip
 
     def _acquire(self, units: float) -> Allocation | None:
         need_gb = self._memory_gb or MEMORY_MARGIN * self._measured_gb
         return self.scheduler.try_acquire(self.study_id, units, self._wake, self._priority, int(need_gb * 2**30))
 
     def _restart_requeued(self) -> None:
-        """Packed trials that ran out of GPU memory start again with a larger share (fewer neighbours)."""
+        """Trials to run again — out of GPU memory beside others (with a larger share), crashed
+        (a retry), or interrupted by a server stop — start from their last checkpoint."""
         while self._requeued and not self._cancelled.is_set() and not self._halted.is_set():
             trial_id, units = self._requeued[0]
             alloc = self._acquire(units)
@@ -188,7 +277,7 @@ class StudyRunner(threading.Thread):
             alloc.holder = f"{self.study_id}/{trial_id}"
             self._running[trial_id] = alloc
             self.storage.update_trial(self.study_id, trial_id, device=alloc.name)
-            task = {**self._tasks[trial_id], **placement(alloc, self._memory_gb)}
+            task = {**self._tasks[trial_id], **placement(alloc, self._memory_gb), "resume": True}
             self._submit("train", trial_id, task, alloc)
 
     def _max_epochs(self) -> int:
@@ -207,7 +296,7 @@ class StudyRunner(threading.Thread):
             and not self._halted.is_set()
             and not exhausted
             and next_id <= plan.max_trials
-            and len(self._running) < plan.max_concurrent_trials
+            and len(self._running) + len(self._requeued) < plan.max_concurrent_trials
             and (deadline is None or time.time() < deadline)
             and not self._failures_exceeded()
         )
@@ -215,29 +304,59 @@ class StudyRunner(threading.Thread):
     def _failures_exceeded(self) -> bool:
         return bool(self.plan.max_failures) and self._failures > self.plan.max_failures
 
+    def _stop_trial(self, trial_id: int, reason: str) -> None:
+        if trial_id in self._stop_reason:
+            return
+        self._stop_reason[trial_id] = reason
+        self._stop_time[trial_id] = time.monotonic()
+        for worker in self._running[trial_id].workers:
+            worker.stop(trial_id)
+
     def _stop_all(self, reason: str) -> None:
+        for trial_id in list(self._running):
+            self._stop_trial(trial_id, reason)
+
+    def _police(self) -> None:
+        """Kills the workers of trials that ignore a stop request or stopped sending heartbeats."""
+        now = time.monotonic()
         for trial_id, alloc in self._running.items():
-            if trial_id not in self._stop_reason:
-                self._stop_reason[trial_id] = reason
-                for worker in alloc.workers:
-                    worker.stop(trial_id)
+            if trial_id in self._killed:
+                continue
+            asked = self._stop_time.get(trial_id)
+            if asked is not None and now - asked > STOP_GRACE_S:
+                reason = "stopped"
+            elif self.heartbeat_timeout and any(
+                w.busy and now - w.last_beat > self.heartbeat_timeout for w in alloc.workers
+            ):
+                reason = "timeout"
+                log.warning("trial %s/%s sent no heartbeat for %.0f s; killing its worker",
+                            self.study_id, trial_id, self.heartbeat_timeout)  # fmt: skip
+            else:
+                continue
+            self._killed.add(trial_id)
+            for worker in alloc.workers:
+                worker.kill(reason)
+
+    def _task(self, trial_id: int, config: dict[str, Any], checkpoint: str) -> dict[str, Any]:
+        objective = {"metric": self.plan.objective.metric, "mode": self.plan.objective.mode}
+        settings = resolve(self.plan.spec, config, self.registry)
+        return {"trial_id": trial_id, "settings": settings, "checkpoint": checkpoint, "objective": objective}
 
     def _start_trial(self, trial_id: int, config: dict[str, Any], alloc: Allocation) -> None:
-        settings = resolve(self.plan.spec, config, self.registry)
-        trial = self.storage.create_trial(self.study_id, trial_id, config, alloc.name)
+        checkpoint = str(self.storage.study_dir(self.study_id) / f"trial-{trial_id}" / "checkpoint.pt")
+        task = self._task(trial_id, config, checkpoint)
         alloc.holder = f"{self.study_id}/{trial_id}"
-        checkpoint = self.storage.study_dir(self.study_id) / f"trial-{trial_id}" / "checkpoint.pt"
-        self.storage.update_trial(self.study_id, trial_id, checkpoint=str(checkpoint))
         self._running[trial_id] = alloc
-        self._publish("trial_started", {"trial": trial_to_dict(trial)})
+        self._epochs[trial_id] = 0
+        self._reported[trial_id] = 0
+        with self.storage.atomic():
+            self.storage.create_trial(self.study_id, trial_id, config, alloc.name)
+            trial = self.storage.update_trial(self.study_id, trial_id, checkpoint=checkpoint)
+            self._journal()
+            self._publish("trial_started", {"trial": trial_to_dict(trial)})
         self.registry.on_trial_start(self.study_id, trial_id, dict(config))
-        objective = {"metric": self.plan.objective.metric, "mode": self.plan.objective.mode}
-        task = {
-            "trial_id": trial_id, "settings": settings, "checkpoint": str(checkpoint), "objective": objective,
-            **placement(alloc, self._memory_gb),
-        }  # fmt: skip
         self._tasks[trial_id] = task
-        self._submit("train", trial_id, task, alloc)
+        self._submit("train", trial_id, {**task, **placement(alloc, self._memory_gb)}, alloc)
 
     def _submit(self, op: str, key: Any, task: dict[str, Any], alloc: Allocation) -> None:
         """Sends the task to every rank; ranks after the first report only how they end."""
@@ -249,7 +368,9 @@ class StudyRunner(threading.Thread):
             sink = self._inbox.put if rank == 0 else (lambda msg, key=key: self._inbox.put(("peer", key, msg)))
             worker.submit(op, key, ranked, sink)
 
-    def _handle(self, msg: tuple[Any, ...], searcher: Any, stopper: Any) -> None:
+    # ---- messages from workers ----
+
+    def _handle(self, msg: tuple[Any, ...]) -> None:
         kind = msg[0]
         if kind == "wake":
             return
@@ -264,82 +385,115 @@ class StudyRunner(threading.Thread):
             self._rank0_result[trial_id] = msg[2]
             return
         if kind == "epoch":
-            _, _, epoch, metrics = msg
+            self._on_epoch(trial_id, msg[2], msg[3])
+        else:
+            self._on_end(trial_id, ending_of(msg))
+
+    def _tell_stopper(self, trial_id: int, epoch: int, metrics: dict[str, float]) -> bool:
+        """Reports an epoch to the early stopper once; True when it says STOP."""
+        value = metrics.get(self.plan.objective.metric)
+        if self._stopper is None or value is None or epoch <= self._reported.get(trial_id, 0):
+            return False
+        self._reported[trial_id] = epoch
+        return self._stopper.report(trial_id, epoch, value) == Decision.STOP
+
+    def _on_epoch(self, trial_id: int, epoch: int, metrics: dict[str, float]) -> None:
+        if epoch <= self._epochs.get(trial_id, 0):
+            return  # a resumed run re-reports the epoch of its checkpoint; this one is stored already
+        self._epochs[trial_id] = epoch
+        stop = trial_id not in self._stop_reason and self._tell_stopper(trial_id, epoch, metrics)
+        with self.storage.atomic():
             self.storage.add_epoch(self.study_id, trial_id, epoch, metrics)
             self._publish("trial_progress", {"trial_id": trial_id, "epoch": epoch, "metrics": metrics})
-            self.registry.on_trial_report(self.study_id, trial_id, epoch, dict(metrics))
-            self._measured_gb = max(self._measured_gb, float(metrics.get("peak_memory_gb", 0.0)))
-            value = metrics.get(self.plan.objective.metric)
-            if stopper is not None and value is not None and trial_id not in self._stop_reason:
-                if stopper.report(trial_id, epoch, value) == Decision.STOP:
-                    self._stop_reason[trial_id] = "pruned"
-                    for worker in self._running[trial_id].workers:
-                        worker.stop(trial_id)
-            return
-        alloc = self._running.pop(trial_id)
-        self._peers_pending.pop(trial_id, None)
-        self._rank0_result.pop(trial_id, None)
-        if kind == "error" and OOM_MARK in msg[2] and alloc.share < 1 and trial_id not in self._stop_reason:
-            log.warning("trial %s ran out of GPU memory beside others; re-queued with more room", trial_id)
-            self._requeued.append((trial_id, min(1.0, alloc.units * 2)))
-            self.scheduler.release(alloc)
-            return
-        if kind != "done" and len(alloc.workers) > 1:
-            for worker in alloc.workers:  # ranks still inside a collective would wait forever
-                worker.kill()
-        if kind == "done":
-            trial = self._trial_done(trial_id, msg[2])
-        else:
-            self._failures += 1
-            trial = self.storage.update_trial(
-                self.study_id, trial_id, state=TrialState.FAILED, error=msg[2], end_time=time.time()
-            )
-        self.scheduler.release(alloc)
-        value = trial.objective_value if trial.state in (TrialState.COMPLETED, TrialState.PRUNED) else None
-        searcher.observe(trial_id, trial.state.value, value)
-        if stopper is not None:
-            stopper.complete(trial_id, value)
-        self._publish("trial_finished", {"trial": trial_to_dict(trial)})
-        self.registry.on_trial_end(self.study_id, trial_id, trial.state.value, dict(trial.final_metrics))
-        if trial.state == TrialState.COMPLETED and len(self.plan.objectives) > 1:
-            self._update_pareto(trial)
-        if trial.state == TrialState.COMPLETED and trial.objective_value is not None:
-            if self._best is None or self.plan.objective.better(trial.objective_value, self._best.objective_value):
-                self._best = trial
-                self.storage.update_study(self.study_id, best_trial_id=trial_id)
-                self._publish("best_trial_changed", {"trial": trial_to_dict(trial)})
+        self.registry.on_trial_report(self.study_id, trial_id, epoch, dict(metrics))
+        self._measured_gb = max(self._measured_gb, float(metrics.get("peak_memory_gb", 0.0)))
+        if stop:
+            self._stop_trial(trial_id, "pruned")
 
     def _peer_message(self, trial_id: int, msg: tuple[Any, ...]) -> tuple[str | None, tuple[Any, ...]]:
         """Folds another rank's message into the trial: its failure fails the trial; the last
         rank to finish releases rank 0's result."""
         if msg[0] in ("error", "crashed"):
-            return msg[0], (msg[0], trial_id, f"rank of a distributed trial failed: {msg[2]}")
+            return msg[0], (msg[0], trial_id, f"rank of a distributed trial failed: {msg[2]}", *msg[3:])
+        if msg[0] == "infeasible":
+            return msg[0], msg
         if msg[0] == "done":
             self._peers_pending[trial_id] -= 1
             if self._peers_pending[trial_id] == 0 and trial_id in self._rank0_result:
                 return "done", ("done", trial_id, self._rank0_result[trial_id])
         return None, msg
 
-    def _trial_done(self, trial_id: int, result: dict[str, Any]) -> TrialRecord:
+    def _on_end(self, trial_id: int, ending: Ending) -> None:
+        alloc = self._running.pop(trial_id)
+        self._peers_pending.pop(trial_id, None)
+        self._rank0_result.pop(trial_id, None)
+        self._killed.discard(trial_id)
+        stop = self._stop_reason.get(trial_id)
+        if ending.kind != "done" and len(alloc.workers) > 1:
+            for worker in alloc.workers:  # ranks still inside a collective would wait forever
+                worker.kill()
+        self.scheduler.release(alloc)
+        if ending.kind == "error" and ending.reason == "oom" and alloc.share < 1 and not stop:
+            log.warning("trial %s ran out of GPU memory beside others; re-queued with more room", trial_id)
+            self._requeued.append((trial_id, min(1.0, alloc.units * 2)))
+            return
+        if ending.kind == "crashed" and stop:  # killed because it ignored the stop: it was stopped
+            kept = self.storage.get_trial(self.study_id, trial_id).final_metrics
+            ending = Ending("done", result={"final_metrics": kept, "stopped": True})
+        if ending.retryable and not stop and self._retries.get(trial_id, 0) < self.plan.trial_retries:
+            self._retries[trial_id] = self._retries.get(trial_id, 0) + 1
+            log.warning("trial %s/%s: %s; retry %d of %d from its last checkpoint", self.study_id, trial_id,
+                        ending.error, self._retries[trial_id], self.plan.trial_retries)  # fmt: skip
+            self.storage.update_trial(self.study_id, trial_id, retries=self._retries[trial_id])
+            self._requeued.append((trial_id, alloc.units))
+            return
+        self._finish_trial(trial_id, ending)
+
+    def _finish_trial(self, trial_id: int, ending: Ending) -> None:
+        """Stores the trial's end with the search state and its events, in one transaction."""
+        fields: dict[str, Any] = {"end_time": time.time()}
+        if ending.kind == "done":
+            fields.update(self._done_fields(trial_id, ending.result))
+        elif ending.kind == "infeasible":
+            fields.update(state=TrialState.INFEASIBLE, error=ending.error)
+        else:
+            self._failures += 1
+            fields.update(state=TrialState.FAILED, **ending.failure_fields())
+        state = fields["state"]
+        value = fields.get("objective_value") if state in (TrialState.COMPLETED, TrialState.PRUNED) else None
+        self._searcher.observe(trial_id, state.value, value)
+        if self._stopper is not None:
+            self._stopper.complete(trial_id, value)
+        self._epochs.pop(trial_id, None)
+        self._reported.pop(trial_id, None)
+        with self.storage.atomic():
+            trial = self.storage.update_trial(self.study_id, trial_id, **fields)
+            self._journal()
+            self._publish("trial_finished", {"trial": trial_to_dict(trial)})
+            if trial.state == TrialState.COMPLETED and len(self.plan.objectives) > 1:
+                self._update_pareto(trial)
+            if trial.state == TrialState.COMPLETED and trial.objective_value is not None:
+                if self._best is None or self.plan.objective.better(trial.objective_value, self._best.objective_value):
+                    self._best = trial
+                    self.storage.update_study(self.study_id, best_trial_id=trial_id)
+                    self._publish("best_trial_changed", {"trial": trial_to_dict(trial)})
+        self.registry.on_trial_end(self.study_id, trial_id, trial.state.value, dict(trial.final_metrics))
+
+    def _done_fields(self, trial_id: int, result: dict[str, Any]) -> dict[str, Any]:
         metrics = result["final_metrics"]
         reason = self._stop_reason.get(trial_id) if result.get("stopped") else None
         if reason == "pruned":
             state = TrialState.PRUNED
-        elif reason in ("cancelled", "deadline") and not metrics:
-            state = TrialState.CANCELLED
-        elif reason == "cancelled":
+        elif reason in ("cancelled", "halted") or (reason == "deadline" and not metrics):
             state = TrialState.CANCELLED
         else:
             state = TrialState.COMPLETED
         values = [metrics[o.metric] for o in self.plan.objectives if o.metric in metrics]
-        return self.storage.update_trial(
-            self.study_id,
-            trial_id,
-            state=state,
-            objective_value=metrics.get(self.plan.objective.metric),
-            objective_values=values if len(self.plan.objectives) > 1 else [],
-            end_time=time.time(),
-        )
+        return {
+            "state": state,
+            "objective_value": metrics.get(self.plan.objective.metric),
+            "objective_values": values if len(self.plan.objectives) > 1 else [],
+        }
 
     def _update_pareto(self, trial: TrialRecord) -> None:
         """Keeps the completed trials that no other completed trial dominates."""
@@ -393,8 +547,16 @@ class StudyRunner(threading.Thread):
                 "checkpoint": best.checkpoint,
                 **placement(alloc, self._memory_gb),
             }
-            alloc.workers[0].submit("evaluate", "test", task, self._inbox.put)
+            worker = alloc.workers[0]
+            worker.submit("evaluate", "test", task, self._inbox.put)
             while not self._halted.is_set():
+                if self._cancelled.is_set():
+                    worker.kill("stopped")  # the test score is no longer wanted
+                    self._set_state(StudyState.CANCELLED, end_time=time.time())
+                    return None
+                idle = time.monotonic() - worker.last_beat
+                if self.heartbeat_timeout and worker.busy and idle > self.heartbeat_timeout:
+                    worker.kill("timeout")
                 msg = self._next_message()
                 if msg is None:
                     continue

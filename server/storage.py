@@ -1,7 +1,10 @@
 """SQLite storage of studies, trials, per-epoch metrics and events.
 
 Contract:
-- Thread safe: one connection guarded by a lock; every public method is one transaction.
+- Thread safe: one connection guarded by a lock; every public method is one transaction, and
+  `atomic()` makes several calls one transaction (the runner journals a trial's result, the
+  searcher's and stopper's state and the event announcing it together, so a server killed at
+  any moment leaves all of them or none).
 - Only the study's runner writes its trials and events; RPC handlers only read, except
   `create_study` and state changes made through the runner.
 - Durability order: a trial's epoch metrics and any event are committed before the event
@@ -136,6 +139,7 @@ class Storage:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        self._depth = 0  # transactions open on the lock's owner; nested ones join the outer one
         self._db = sqlite3.connect(self.data_dir / "tuneyard.db", check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -158,13 +162,27 @@ class Storage:
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield self._db
+                finally:
+                    self._depth -= 1
+                return
             self._db.execute("BEGIN IMMEDIATE")
+            self._depth = 1
             try:
                 yield self._db
             except BaseException:
+                self._depth = 0
                 self._db.execute("ROLLBACK")
                 raise
+            self._depth = 0
             self._db.execute("COMMIT")
+
+    def atomic(self) -> Any:
+        """`with storage.atomic():` — every call inside commits together, or not at all."""
+        return self._tx()
 
     def study_dir(self, study_id: str) -> Path:
         return self.data_dir / "studies" / study_id
@@ -236,17 +254,27 @@ class Storage:
         return studies, token
 
     def update_study(self, study_id: str, **fields: Any) -> None:
-        allowed = {"state", "error", "test_metrics", "best_trial_id", "searcher_state", "start_time", "end_time",
-                   "pareto"}  # fmt: skip
+        allowed = {"state", "error", "test_metrics", "best_trial_id", "searcher_state", "stopper_state",
+                   "start_time", "end_time", "pareto"}  # fmt: skip
         unknown = set(fields) - allowed
         if unknown:
             raise ValueError(f"cannot update {unknown}")
-        as_json = ("test_metrics", "searcher_state", "pareto")
+        as_json = ("test_metrics", "searcher_state", "stopper_state", "pareto")
         values = {k: (json.dumps(v) if k in as_json else v) for k, v in fields.items()}
         values = {k: (v.value if isinstance(v, StudyState) else v) for k, v in values.items()}
         with self._tx() as db:
             sets = ", ".join(f"{k} = ?" for k in values)
             db.execute(f"UPDATE studies SET {sets} WHERE id = ?", (*values.values(), study_id))
+
+    def search_state(self, study_id: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """The journaled (searcher, early stopper) state_dicts of a study; None where none was stored."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT searcher_state, stopper_state FROM studies WHERE id = ?", (study_id,)
+            ).fetchone()
+        if row is None:
+            raise NotFound(f"study {study_id!r} not found")
+        return tuple(json.loads(row[k]) if row[k] else None for k in ("searcher_state", "stopper_state"))  # type: ignore[return-value]
 
     def unfinished_studies(self) -> list[str]:
         with self._lock:

@@ -1,20 +1,23 @@
-"""Owns the study runners: creates studies, starts and cancels their runners, settles restarts."""
+"""Owns the study runners: creates studies, starts and cancels their runners, resumes after a restart."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any
 
 from tuneyard.plugins.manager import PluginRegistry
-from tuneyard.server.domain import InvalidArgument, StudyRecord, StudyState, TrialState, WrongState
+from tuneyard.server.domain import InvalidArgument, StudyRecord, StudyState, WrongState
 from tuneyard.server.events import EventHub
 from tuneyard.server.runner import StudyRunner
 from tuneyard.server.scheduler import DeviceScheduler
-from tuneyard.server.spec import SpecValidator
+from tuneyard.server.spec import SpecValidator, StudyPlan
 from tuneyard.server.storage import Storage
 
-CANCEL_WAIT_S = 10.0
+log = logging.getLogger(__name__)
+CANCEL_WAIT_S = 5.0  # CancelStudy answers once the study is CANCELLED, or after this long
+SHUTDOWN_WAIT_S = 10.0
 
 
 class StudyManager:
@@ -27,8 +30,10 @@ class StudyManager:
         hub: EventHub,
         scheduler: DeviceScheduler,
         registry: PluginRegistry,
+        heartbeat_timeout: float = 0.0,
     ) -> None:
         self.storage, self.hub, self.scheduler, self.registry = storage, hub, scheduler, registry
+        self.heartbeat_timeout = heartbeat_timeout
         self.validator = SpecValidator(registry)
         self._runners: dict[str, StudyRunner] = {}
         self._lock = threading.Lock()
@@ -42,13 +47,16 @@ class StudyManager:
         with self._lock:
             study, created = self.storage.create_study(plan.spec, request_id)
             if created:
-                runner = StudyRunner(
-                    study.study_id, plan, storage=self.storage, hub=self.hub, scheduler=self.scheduler,
-                    registry=self.registry,
-                )  # fmt: skip
-                self._runners[study.study_id] = runner
-                runner.start()
+                self._start(study.study_id, plan)
         return study
+
+    def _start(self, study_id: str, plan: StudyPlan) -> None:
+        runner = StudyRunner(
+            study_id, plan, storage=self.storage, hub=self.hub, scheduler=self.scheduler, registry=self.registry,
+            heartbeat_timeout=self.heartbeat_timeout,
+        )  # fmt: skip
+        self._runners[study_id] = runner
+        runner.start()
 
     def cancel(self, study_id: str) -> StudyRecord:
         study = self.storage.get_study(study_id)
@@ -60,27 +68,37 @@ class StudyManager:
             runner.join(CANCEL_WAIT_S)
         return self.storage.get_study(study_id)
 
-    def settle_interrupted(self) -> None:
-        """Marks studies left unfinished by a previous server process as FAILED, with the reason.
+    def resume_unfinished(self) -> list[str]:
+        """Starts a runner for every study a previous server process left unfinished.
 
-        Resuming them from their checkpoints is the crash-recovery work still to come; until
-        then they end clearly rather than stay RUNNING forever.
+        Each resumes where its journal ends (see `StudyRunner`). A study that can no longer run
+        here — its plugins are gone, or it needs more devices than this server has — ends FAILED
+        with the reason instead of staying RUNNING forever. Returns the resumed study ids.
         """
+        resumed = []
         for study_id in self.storage.unfinished_studies():
-            for trial in self.storage.list_trials(study_id, 100_000, "")[0]:
-                if not trial.state.terminal:
-                    self.storage.update_trial(
-                        study_id, trial.trial_id, state=TrialState.FAILED,
-                        error="interrupted: the server stopped during this trial", end_time=time.time(),
-                    )  # fmt: skip
-            why = "interrupted: the server stopped while this study was running"
-            self.storage.update_study(study_id, state=StudyState.FAILED, error=why, end_time=time.time())
-            self.hub.publish(study_id, "study_state", {"state": StudyState.FAILED.value, "error": why})
+            spec = self.storage.get_study(study_id).spec
+            try:
+                plan = self.validator.validate(spec)
+                why = self.scheduler.check(plan.spec["resources"]["gpus_per_trial"])
+                if why:
+                    raise InvalidArgument("spec.resources.gpus_per_trial", why)
+            except InvalidArgument as exc:
+                error = f"cannot resume after the server restarted: {exc}"
+                log.warning("study %s: %s", study_id, error)
+                with self.storage.atomic():
+                    self.storage.update_study(study_id, state=StudyState.FAILED, error=error, end_time=time.time())
+                    self.hub.publish(study_id, "study_state", {"state": StudyState.FAILED.value, "error": error})
+                continue
+            with self._lock:
+                self._start(study_id, plan)
+            resumed.append(study_id)
+        return resumed
 
     def shutdown(self) -> None:
-        """Halts every runner; unfinished studies stay unfinished for the next start to settle."""
+        """Halts every runner; unfinished studies stay unfinished for the next start to resume."""
         for runner in list(self._runners.values()):
             if runner.is_alive():
                 runner.halt()
         for runner in list(self._runners.values()):
-            runner.join(CANCEL_WAIT_S)
+            runner.join(SHUTDOWN_WAIT_S)

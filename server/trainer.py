@@ -4,6 +4,11 @@ Imported only in worker processes (it imports torch). Datasets are cached per wo
 consecutive trials on the same data skip loading it again. Training techniques (gradient
 clipping and accumulation, mixed precision, EMA of weights, early stop on plateau,
 deterministic seeding, channels_last on CUDA) are plain `training` settings.
+
+Every epoch ends with a checkpoint holding all a run needs to go on — weights, optimizer,
+schedule, EMA, gradient scaler, random generators, early-stop counters and the epoch's metrics —
+so a trial whose worker (or server) died resumes after its last finished epoch and trains the same
+number of epochs in all.
 """
 
 from __future__ import annotations
@@ -34,6 +39,11 @@ BatchTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torc
 EVAL_BATCH = 512
 LOADER_WORKERS = 2  # DataLoader worker processes on the loader path
 RENDEZVOUS_TIMEOUT = timedelta(seconds=60)
+
+
+def resume_path(checkpoint: Path) -> Path:
+    """Where the state to resume a trial lives: beside its checkpoint."""
+    return checkpoint.with_name("resume.pt")
 
 
 class _Ranks:
@@ -82,6 +92,7 @@ class Trainer:
         self.device = torch.device(device)
         self.data_root = data_root
         self._datasets: dict[str, DatasetSplits] = {}
+        self.heartbeat: Callable[[], None] = lambda: None  # the worker sets it: "this task is making progress"
 
     # ---- building blocks ----
 
@@ -162,6 +173,7 @@ class Trainer:
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         loss = torch.zeros((), device=self.device)
         for x, y in batches:
+            self.heartbeat()
             with self._autocast(precision):
                 logits = model(x)
             loss += loss_fn(logits.float(), y)
@@ -217,9 +229,17 @@ class Trainer:
         patience = int(training.get("early_stop_patience", 0))
         checkpoint = Path(task["checkpoint"])
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        parts = {"model": core, "optimizer": optimizer, "scheduler": scheduler, "ema": ema, "scaler": scaler}
         metrics: dict[str, float] = {}
-        best, since_best, epoch = None, 0, 0
-        for epoch in range(1, epochs + 1):
+        best, since_best, done = None, 0, 0
+        saved = self._resume(checkpoint, parts, train_batches) if task.get("resume") else None
+        if saved is not None:
+            done, metrics, best, since_best = saved["epoch"], saved["metrics"], saved["best"], saved["since_best"]
+            report(done, metrics)  # the server keeps what it already has of this epoch
+            if bool(patience) and since_best >= patience:
+                return {"final_metrics": metrics, "epochs": done, "stopped": False}
+        epoch = done
+        for epoch in range(done + 1, epochs + 1):
             started = time.perf_counter()
             if hasattr(core, "on_epoch_start"):
                 core.on_epoch_start(epoch)
@@ -278,16 +298,17 @@ class Trainer:
             }
             if scheduler is not None and interval == "epoch":
                 scheduler.step(ranks.share(metrics[monitor])) if monitor else scheduler.step()
-            self._save(checkpoint, evaluated, optimizer, epoch)
-            report(epoch, metrics)
-            if should_stop():
-                ranks.agree(True)
-                return {"final_metrics": metrics, "epochs": epoch, "stopped": True}
             value = metrics.get(objective["metric"])
             if value is not None and (best is None or (value > best if objective["mode"] == "max" else value < best)):
                 best, since_best = value, 0
             else:
                 since_best += 1
+            progress = {"epoch": epoch, "metrics": metrics, "best": best, "since_best": since_best}
+            self._save(checkpoint, evaluated, parts, train_batches, progress)
+            report(epoch, metrics)
+            if should_stop():
+                ranks.agree(True)
+                return {"final_metrics": metrics, "epochs": epoch, "stopped": True}
             if ranks.agree(bool(patience) and since_best >= patience):
                 break
         return {"final_metrics": metrics, "epochs": epoch, "stopped": False}
@@ -340,10 +361,42 @@ class Trainer:
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    def _save(self, path: Path, model: nn.Module, optimizer: Any, epoch: int) -> None:
-        tmp = path.with_suffix(".tmp")
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}, tmp)
+    def _save(
+        self, path: Path, evaluated: nn.Module, parts: dict[str, Any], batches: Batches, progress: dict[str, Any]
+    ) -> None:
+        """Writes the epoch's two files atomically: the checkpoint (plain weights a test run evaluates,
+        EMA weights when averaging) and beside it the state that lets an interrupted run go on."""
+        rng = {"torch": torch.get_rng_state(), "python": random.getstate(), "shuffle": batches.generator.get_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        parts_state = {name: part.state_dict() for name, part in parts.items() if part is not None}
+        self._write(resume_path(path), {**progress, "parts": parts_state, "rng": rng})
+        self._write(path, {"model": evaluated.state_dict(), "epoch": progress["epoch"]})
+
+    @staticmethod
+    def _write(path: Path, state: dict[str, Any]) -> None:
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        torch.save(state, tmp)
         os.replace(tmp, path)
+
+    def _resume(self, path: Path, parts: dict[str, Any], batches: Batches) -> dict[str, Any] | None:
+        """Restores a run from the trial's last epoch, when an earlier attempt left its state."""
+        saved = resume_path(path)
+        if not saved.exists():
+            return None
+        # Written by this trainer into the server's own data directory; it holds schedule objects
+        # that weights_only loading refuses.
+        state = torch.load(saved, map_location="cpu", weights_only=False)
+        for name, part_state in state["parts"].items():
+            if parts.get(name) is not None:
+                parts[name].load_state_dict(part_state)
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        random.setstate(rng["python"])
+        batches.generator.set_state(rng["shuffle"])
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        return state
 
     def evaluate(self, task: dict[str, Any]) -> dict[str, float]:
         """Evaluates a trial's checkpoint on the test split."""

@@ -1,20 +1,51 @@
 """The worker process: imports torch once, then runs trials sent over its pipe, one after another.
 
 Messages from the server: ("train", key, task), ("evaluate", key, task), ("stop", key), ("shutdown",).
-Messages to the server: ("ready", pid), ("epoch", key, epoch, metrics), ("done", key, result),
-("error", key, traceback_text).
+Messages to the server: ("ready", pid), ("beat", key) at most every HEARTBEAT_S while a task makes
+progress, ("epoch", key, epoch, metrics), ("done", key, result), ("error", key, traceback_text),
+("infeasible", key, reason).
+
+The process writes its stderr to its own log file (the server quotes a failed trial's part of
+it), dumps a Python traceback there on a fatal signal, and dies with the server.
 """
 
 from __future__ import annotations
 
+import ctypes
+import faulthandler
 import os
+import signal
+import time
 import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
+HEARTBEAT_S = 1.0
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this process when the server dies, even by SIGKILL, so an orphan
+    never writes a checkpoint the restarted server is resuming from."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
+def _redirect_stderr(path: str) -> None:
+    """Sends fd 2 (Python tracebacks, C libraries, faulthandler) to the worker's log file."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 2)
+    os.close(fd)
+    faulthandler.enable()
+
 
 def worker_main(conn: Connection, slot: dict[str, Any]) -> None:
     """Entry point of a spawned worker; `slot` holds device, CUDA_VISIBLE_DEVICES and thread count."""
+    _die_with_parent()
+    if slot.get("log_path"):
+        _redirect_stderr(slot["log_path"])
     os.environ["CUDA_VISIBLE_DEVICES"] = slot["cuda_visible"]
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # lets deterministic trials run on CUDA
     if slot.get("data_root"):
@@ -22,12 +53,14 @@ def worker_main(conn: Connection, slot: dict[str, Any]) -> None:
     import torch
 
     torch.set_num_threads(int(slot["threads"]))
+    from tuneyard.plugins.api import Infeasible
     from tuneyard.plugins.manager import PluginRegistry
     from tuneyard.server.trainer import Trainer
 
     trainer = Trainer(PluginRegistry.load(), slot["device"], slot.get("data_root", ""))
     conn.send(("ready", os.getpid()))
     pending_stop: set[Any] = set()
+    last_beat = [0.0]
 
     def drain() -> None:
         while conn.poll():
@@ -49,13 +82,21 @@ def worker_main(conn: Connection, slot: dict[str, Any]) -> None:
         op, key, task = msg
         pending_stop.discard(key)
 
+        def beat(key: Any = key) -> None:
+            now = time.monotonic()
+            if now - last_beat[0] >= HEARTBEAT_S:
+                last_beat[0] = now
+                conn.send(("beat", key))
+
         def should_stop(key: Any = key) -> bool:
             drain()
+            beat()
             return key in pending_stop
 
         def report(epoch: int, metrics: dict[str, float], key: Any = key) -> None:
             conn.send(("epoch", key, epoch, metrics))
 
+        trainer.heartbeat = beat
         try:
             if op == "train":
                 result: Any = trainer.train(task, report, should_stop)
@@ -64,5 +105,7 @@ def worker_main(conn: Connection, slot: dict[str, Any]) -> None:
             conn.send(("done", key, result))
         except SystemExit:
             raise
+        except Infeasible as exc:
+            conn.send(("infeasible", key, str(exc) or type(exc).__name__))
         except BaseException:  # noqa: BLE001 - the trial fails, the worker lives on
             conn.send(("error", key, traceback.format_exc(limit=20)))

@@ -4,17 +4,26 @@ Each worker imports torch once and runs trials one after another, so a trial cos
 message, not a process start. A device gets one worker at start and more on demand when trials
 are packed onto it (fractional `gpus_per_trial`). A reader thread per worker forwards its
 messages to the sink given with the current task; when the process dies mid-task the sink gets
-("crashed", key, why) and a fresh process takes its place. With `max_trials_per_worker` a
+("crashed", key, why, forensics) and a fresh process takes its place. With `max_trials_per_worker` a
 worker is recycled (a fresh process) after that many tasks.
+
+Each process writes its stderr to `<log_dir>/<worker>.log`; a task's failure ("error", "crashed")
+carries forensics: the reason ("crash", "timeout", "error"), exit code and signal of a dead
+process, and the last STDERR_LINES lines written to stderr during the task. `last_beat` is when
+the current task last showed progress; the runner kills a worker whose task went quiet.
 """
 
 from __future__ import annotations
 
 import atexit
+import itertools
 import logging
 import multiprocessing as mp
+import signal
 import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from tuneyard.server.devices import Device
@@ -22,12 +31,38 @@ from tuneyard.server.worker import worker_main
 
 log = logging.getLogger(__name__)
 Sink = Callable[[tuple[Any, ...]], None]
+STDERR_LINES = 50
+TAIL_BYTES = 64 * 1024  # enough for 50 long lines; the tail is read from the end of the log
+LOG_ROTATE_BYTES = 16 * 1024 * 1024
+_serial = itertools.count(1)
+
+
+def read_tail(path: Path, offset: int, lines: int = STDERR_LINES) -> str:
+    """The last `lines` lines written to `path` after byte `offset`."""
+    try:
+        with open(path, "rb") as f:
+            end = f.seek(0, 2)
+            f.seek(max(offset, end - TAIL_BYTES))
+            data = f.read()
+    except OSError:
+        return ""
+    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+
+
+def signal_name(exit_code: int | None) -> str:
+    """"SIGKILL" for exit code -9 (multiprocessing's way of saying a signal ended the process)."""
+    if exit_code is None or exit_code >= 0:
+        return ""
+    try:
+        return signal.Signals(-exit_code).name
+    except ValueError:
+        return f"signal {-exit_code}"
 
 
 class Worker:
     """One process bound to a device, its pipe, and the thread reading it."""
 
-    def __init__(self, device: Device, data_root: str, max_tasks: int = 0) -> None:
+    def __init__(self, device: Device, data_root: str, max_tasks: int = 0, log_dir: Path | None = None) -> None:
         self.device = device
         self._data_root = data_root
         self._max_tasks = max_tasks
@@ -35,6 +70,13 @@ class Worker:
         self._lock = threading.Lock()
         self._task: tuple[Any, Sink] | None = None
         self._closing = False
+        self._kill_reason = ""
+        self._log_offset = 0
+        self.last_beat = time.monotonic()
+        self.log_path: Path | None = None
+        if log_dir is not None:
+            log_dir.mkdir(parents=True, exist_ok=True)
+            self.log_path = log_dir / f"worker-{device.name.replace(':', '')}-{next(_serial)}.log"
         self.restarts = 0
         self.tasks_done = 0
         self.processes_started = 0
@@ -49,6 +91,7 @@ class Worker:
             "cuda_visible": self.device.cuda_visible,
             "threads": self.device.threads,
             "data_root": self._data_root,
+            "log_path": str(self.log_path) if self.log_path else "",
         }
         self.process = self._ctx.Process(
             target=worker_main, args=(child, info), name=f"tuneyard-worker-{self.device.name}", daemon=False
@@ -71,6 +114,8 @@ class Worker:
         """Sends a task; its messages go to `sink`. The worker must be idle (the scheduler ensures it)."""
         with self._lock:
             self._task = (key, sink)
+            self._log_offset = self._log_size()
+            self.last_beat = time.monotonic()
             try:
                 self._conn.send((op, key, task))
             except (BrokenPipeError, OSError):
@@ -85,10 +130,28 @@ class Worker:
                 except (BrokenPipeError, OSError):
                     pass
 
-    def kill(self) -> None:
-        """Ends the process at once (a rank of a failed distributed trial); a fresh one replaces it."""
+    def kill(self, reason: str = "crash") -> None:
+        """Ends the process at once; a fresh one replaces it and the task ends "crashed" with `reason`
+        ("timeout" for a task that stopped beating, "stopped" for one that ignored a stop)."""
         if self.process.is_alive():
+            self._kill_reason = reason
             self.process.kill()
+
+    def _log_size(self) -> int:
+        """The log's size; a log grown past LOG_ROTATE_BYTES is emptied first (only between tasks)."""
+        if self.log_path is None:
+            return 0
+        try:
+            size = self.log_path.stat().st_size
+            if size > LOG_ROTATE_BYTES:
+                self.log_path.write_bytes(b"")  # the process appends (O_APPEND), so it goes on at 0
+                return 0
+            return size
+        except OSError:
+            return 0
+
+    def _stderr_tail(self) -> str:
+        return read_tail(self.log_path, self._log_offset) if self.log_path else ""
 
     def _finish(self, key: Any) -> Sink | None:
         with self._lock:
@@ -111,12 +174,17 @@ class Worker:
             if kind == "ready":
                 continue
             key = msg[1]
-            if kind == "epoch":
+            if kind in ("beat", "epoch"):
                 with self._lock:
-                    sink = self._task[1] if self._task and self._task[0] == key else None
-                if sink:
+                    current = self._task is not None and self._task[0] == key
+                    sink = self._task[1] if current and self._task else None
+                if current:
+                    self.last_beat = time.monotonic()
+                if sink and kind == "epoch":
                     sink(msg)
-            elif kind in ("done", "error"):
+            elif kind in ("done", "error", "infeasible"):
+                if kind == "error":
+                    msg = (*msg, {"reason": "error", "stderr_tail": self._stderr_tail()})
                 self.tasks_done += 1
                 self._tasks_this_process += 1
                 if self._max_tasks and self._tasks_this_process >= self._max_tasks:
@@ -142,16 +210,21 @@ class Worker:
     def _on_death(self) -> None:
         self.process.join(timeout=5)
         code = self.process.exitcode
-        why = f"worker process {self.process.pid} died (exit code {code})"
+        reason, self._kill_reason = self._kill_reason or "crash", ""
+        signame = signal_name(code)
+        why = f"worker process {self.process.pid} died (exit code {code}{', ' + signame if signame else ''})"
+        if reason == "timeout":
+            why = f"worker process {self.process.pid} killed: its trial sent no heartbeat in time"
         log.warning("%s on %s; starting a new one", why, self.device.name)
         with self._lock:
             task, self._task = self._task, None
+        forensics = {"reason": reason, "exit_code": code, "exit_signal": signame, "stderr_tail": self._stderr_tail()}
         self.restarts += 1
         self._conn.close()
         self._start_process()
         if task:
             key, sink = task
-            sink(("crashed", key, why))
+            sink(("crashed", key, why, forensics))
 
     @property
     def closed(self) -> bool:
@@ -175,10 +248,13 @@ class WorkerPool:
 
     name = "local"
 
-    def __init__(self, devices: list[Device], data_root: str = "", max_trials_per_worker: int = 0) -> None:
+    def __init__(
+        self, devices: list[Device], data_root: str = "", max_trials_per_worker: int = 0, log_dir: Path | None = None
+    ) -> None:
         self.devices = devices
         self._data_root = data_root
         self._max_tasks = max_trials_per_worker
+        self._log_dir = log_dir
         self._lock = threading.Lock()
         self._by_device: dict[int, list[Worker]] = {d.index: [self._new(d)] for d in devices}
         self._taken: set[int] = set()  # id() of workers handed out
@@ -187,7 +263,7 @@ class WorkerPool:
         atexit.register(self.close)
 
     def _new(self, device: Device) -> Worker:
-        return Worker(device, self._data_root, self._max_tasks)
+        return Worker(device, self._data_root, self._max_tasks, self._log_dir)
 
     @property
     def workers(self) -> list[Worker]:

@@ -36,11 +36,11 @@ def stub(channel: grpc.Channel) -> service_pb2_grpc.TrainingServiceStub:
 
 @pytest.fixture
 def server_process(tmp_path: Path) -> Iterator[Any]:
-    """Factory: `server_process(data_dir=None, *extra_args)` starts a `tuneyard serve` subprocess."""
+    """Factory: `server_process(data_dir=None, *extra_args, env=None)` starts a `tuneyard serve` subprocess."""
     started: list[ServerProcess] = []
 
-    def start(data_dir: Path | None = None, *extra: str) -> ServerProcess:
-        proc = ServerProcess(data_dir or tmp_path / "data", *extra)
+    def start(data_dir: Path | None = None, *extra: str, env: dict[str, str] | None = None) -> ServerProcess:
+        proc = ServerProcess(data_dir or tmp_path / "data", *extra, env=env)
         started.append(proc)
         return proc
 

@@ -54,11 +54,11 @@ def watch_all(stub: service_pb2_grpc.TrainingServiceStub, study_id: str, after: 
 class ServerProcess:
     """`tuneyard serve` in a real subprocess, on a port the OS picks; address read from its banner."""
 
-    def __init__(self, data_dir: Path, *extra: str) -> None:
+    def __init__(self, data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
         cmd = [sys.executable, "-m", "tuneyard.client.cli", "serve", "--port", "0", "--data-dir", str(data_dir),
                "--devices", "cpu", "--cpu-slots", "1", *extra]  # fmt: skip
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         self.output: list[str] = []
         deadline = time.monotonic() + 120

@@ -150,26 +150,3 @@ def test_finished_study_is_fully_readable_after_restart(server_process, tmp_path
     assert list(after_trials) == list(before_trials)
     after_events = watch_all(stub, study.study_id)
     assert after_events == before_events
-
-
-def test_study_interrupted_by_a_stop_is_settled_on_restart(server_process, tmp_path):
-    data = tmp_path / "store"
-    first = server_process(data)
-    stub = first.stub()
-    spec = tiny_spec(training={"epochs": 500, "optimizer": {"name": "adam"}}, budget={"max_trials": 3})
-    study = create(stub, spec)
-    for event in stub.WatchStudy(pb.WatchStudyRequest(study_id=study.study_id), timeout=300):
-        if event.WhichOneof("event") == "trial_progress":
-            break
-    assert first.stop() == 0  # SIGTERM: a clean exit, the study left unfinished
-
-    second = server_process(data)
-    stub = second.stub()
-    settled = stub.GetStudy(pb.GetStudyRequest(study_id=study.study_id))
-    assert settled.state == pb.STUDY_FAILED and "interrupted" in settled.error
-    trials = stub.ListTrials(pb.ListTrialsRequest(study_id=study.study_id)).trials
-    assert trials and all(t.state == pb.TRIAL_FAILED and "interrupted" in t.error for t in trials)
-    assert trials[0].epochs_completed >= 1  # what it trained before the stop is kept
-    events = watch_all(stub, study.study_id)
-    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
-    assert events[-1].study_state.state == pb.STUDY_FAILED

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tuneyard.plugins.api import Infeasible
+
 BLOCKS = ("plain", "residual", "inception")
 CONNECTIONS = ("serial", "parallel")
 POOLINGS = ("max", "avg", "none")
@@ -69,7 +71,7 @@ class InceptionBlock(nn.Module):
     def __init__(self, cin: int, cout: int, norm: bool) -> None:
         super().__init__()
         if cout < 4:
-            raise ValueError(f"an inception block needs at least 4 output channels, got {cout}")
+            raise Infeasible(f"an inception block needs at least 4 output channels, got {cout}")
         quarter = cout // 4
         self.branch1 = _conv_bn_relu(cin, cout - 3 * quarter, 1, norm)
         self.branch3 = nn.Sequential(

@@ -1,0 +1,68 @@
+"""A trial interrupted after an epoch and resumed from its checkpoint ends exactly where an
+uninterrupted run ends: weights, optimizer, schedule, EMA, random generators all restored."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from tuneyard.plugins.manager import PluginRegistry
+from tuneyard.server.trainer import Trainer, resume_path
+
+TIMING = ("epoch_seconds", "train_seconds", "inference_latency_ms")
+SETTINGS = {
+    "dataset": {"name": "digits", "options": {}},
+    "model": {"name": "simple_cnn", "options": {"num_filters": 6, "num_conv_layers": 1, "dropout": 0.2}},
+    "training": {
+        "epochs": 4, "batch_size": 64, "optimizer": {"name": "sgd", "options": {"lr": 0.05, "momentum": 0.9}},
+        "lr_scheduler": {"name": "cosine", "options": {}},
+        "augmentations": [{"name": "random_crop", "options": {"padding": 1}}],
+        "label_smoothing": 0.1, "precision": "auto", "seed": 3, "grad_clip_norm": 1.0,
+        "grad_accumulation_steps": 1, "ema_decay": 0.5, "early_stop_patience": 0, "deterministic": True,
+    },
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trainer() -> Trainer:
+    return Trainer(PluginRegistry.load(entry_points=False), "cpu")
+
+
+def train(trainer: Trainer, checkpoint: Path, stop_after_epoch: int = 0, resume: bool = False) -> tuple[Any, list]:
+    reports: list[tuple[int, dict[str, float]]] = []
+    task = {"settings": copy.deepcopy(SETTINGS), "checkpoint": str(checkpoint), "resume": resume}
+    result = trainer.train(
+        task, lambda e, m: reports.append((e, m)), lambda: bool(reports) and reports[-1][0] >= stop_after_epoch > 0
+    )
+    return result, reports
+
+
+def strip(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if k not in TIMING}
+
+
+def test_resumed_run_matches_an_uninterrupted_one(trainer, tmp_path):
+    whole, whole_reports = train(trainer, tmp_path / "whole" / "checkpoint.pt")
+    cut = tmp_path / "cut" / "checkpoint.pt"
+    stopped, first_part = train(trainer, cut, stop_after_epoch=2)
+    assert stopped["stopped"] and [e for e, _ in first_part] == [1, 2]
+    assert resume_path(cut).exists()
+    resumed, second_part = train(trainer, cut, resume=True)
+    assert [e for e, _ in second_part] == [2, 3, 4]  # the checkpoint's epoch again, then the rest
+    assert resumed["epochs"] == whole["epochs"] == 4
+    assert strip(resumed["final_metrics"]) == strip(whole["final_metrics"])
+    assert strip(second_part[0][1]) == strip(whole_reports[1][1])
+    a = torch.load(cut, weights_only=True)["model"]
+    b = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_new_run_ignores_state_left_at_its_path(trainer, tmp_path):
+    checkpoint = tmp_path / "checkpoint.pt"
+    train(trainer, checkpoint, stop_after_epoch=1)
+    _, reports = train(trainer, checkpoint)
+    assert [e for e, _ in reports] == [1, 2, 3, 4]
