@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test protos lint clean
+.PHONY: demo test test-load protos lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+test-load: $(STAMP)
+	$(PY) -m pytest -m load -s tests/test_load.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
