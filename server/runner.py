@@ -325,9 +325,7 @@ class StudyRunner(threading.Thread):
             asked = self._stop_time.get(trial_id)
             if asked is not None and now - asked > STOP_GRACE_S:
                 reason = "stopped"
-            elif self.heartbeat_timeout and any(
-                w.busy and now - w.last_beat > self.heartbeat_timeout for w in alloc.workers
-            ):
+            elif self.heartbeat_timeout and any(w.silent_for() > self.heartbeat_timeout for w in alloc.workers):
                 reason = "timeout"
                 log.warning("trial %s/%s sent no heartbeat for %.0f s; killing its worker",
                             self.study_id, trial_id, self.heartbeat_timeout)  # fmt: skip
@@ -554,8 +552,7 @@ class StudyRunner(threading.Thread):
                     worker.kill("stopped")  # the test score is no longer wanted
                     self._set_state(StudyState.CANCELLED, end_time=time.time())
                     return None
-                idle = time.monotonic() - worker.last_beat
-                if self.heartbeat_timeout and worker.busy and idle > self.heartbeat_timeout:
+                if self.heartbeat_timeout and worker.silent_for() > self.heartbeat_timeout:
                     worker.kill("timeout")
                 msg = self._next_message()
                 if msg is None:

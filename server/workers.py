@@ -96,6 +96,7 @@ class Worker:
         self.process = self._ctx.Process(
             target=worker_main, args=(child, info), name=f"tuneyard-worker-{self.device.name}", daemon=False
         )
+        self._ready = False  # until the process has imported torch and loaded the plugins
         self.process.start()
         self.processes_started += 1
         child.close()
@@ -109,6 +110,13 @@ class Worker:
     @property
     def busy(self) -> bool:
         return self._task is not None
+
+    def silent_for(self) -> float:
+        """Seconds since the current task last showed progress; 0 when idle or still starting up
+        (a fresh process importing torch is not the task's fault)."""
+        if self._task is None or not self._ready:
+            return 0.0
+        return time.monotonic() - self.last_beat
 
     def submit(self, op: str, key: Any, task: dict[str, Any], sink: Sink) -> None:
         """Sends a task; its messages go to `sink`. The worker must be idle (the scheduler ensures it)."""
@@ -172,6 +180,7 @@ class Worker:
                 continue
             kind = msg[0]
             if kind == "ready":
+                self._ready, self.last_beat = True, time.monotonic()
                 continue
             key = msg[1]
             if kind in ("beat", "epoch"):
