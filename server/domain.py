@@ -54,6 +54,10 @@ class WrongState(DomainError):
     pass
 
 
+class ResourceExhausted(DomainError):
+    """A server limit is reached; the message says which and what to do."""
+
+
 @dataclass
 class EpochRecord:
     epoch: int

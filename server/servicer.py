@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 import grpc
@@ -10,7 +11,7 @@ from tuneyard import __version__
 from tuneyard.plugins.api import KINDS
 from tuneyard.plugins.manager import PluginRegistry
 from tuneyard.server import convert
-from tuneyard.server.domain import InvalidArgument
+from tuneyard.server.domain import InvalidArgument, ResourceExhausted
 from tuneyard.server.errors import streaming, unary
 from tuneyard.server.events import EventHub
 from tuneyard.server.scheduler import DeviceScheduler
@@ -23,6 +24,7 @@ MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 50
 MAX_ID_LENGTH = 64
 WATCH_POLL_S = 1.0
+MAX_WATCHERS = 200  # open WatchStudy streams, each holding an RPC thread; kept below the pool's size
 
 
 def _page_size(value: int) -> int:
@@ -58,6 +60,7 @@ class TrainingServicer(service_pb2_grpc.TrainingServiceServicer):
     ) -> None:
         self.storage, self.studies, self.hub = storage, studies, hub
         self.registry, self.scheduler, self.executor = registry, scheduler, executor
+        self._watchers = threading.BoundedSemaphore(MAX_WATCHERS)
 
     @unary
     def CreateStudy(self, request: pb.CreateStudyRequest, context: grpc.ServicerContext) -> pb.Study:
@@ -92,6 +95,21 @@ class TrainingServicer(service_pb2_grpc.TrainingServiceServicer):
         if request.after_sequence < 0:
             raise InvalidArgument("after_sequence", f"must not be negative, got {request.after_sequence}")
         after = request.after_sequence
+        last, _ = self.storage.last_sequence(study_id)
+        if after > last:
+            raise InvalidArgument("after_sequence", f"{after} is past the study's last event ({last})")
+        if not self._watchers.acquire(blocking=False):
+            raise ResourceExhausted(f"{MAX_WATCHERS} streams are open on this server; reconnect later")
+        try:
+            yield from self._watch(study_id, after, context)
+        finally:
+            self._watchers.release()
+
+    def _watch(self, study_id: str, after: int, context: grpc.ServicerContext) -> Iterator[pb.StudyEvent]:
+        """Stored events after `after`, then each new one as it is stored, until the terminal one.
+
+        Events are read from the store at the watcher's own pace: nothing is buffered per watcher
+        beyond grpc's flow-control window, so a slow watcher never holds up its study."""
         while context.is_active():
             events = self.storage.events_after(study_id, after)
             for event in events:
@@ -100,6 +118,11 @@ class TrainingServicer(service_pb2_grpc.TrainingServiceServicer):
                 if event.terminal:
                     return
             if not events:
+                last, ended = self.storage.last_sequence(study_id)
+                if ended and after >= last:
+                    return  # reconnected after the terminal event: nothing more will come
+                if ended:
+                    continue  # the terminal event was stored just now
                 if self.hub.closed:
                     context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down; reconnect")
                 self.hub.wait_for(study_id, after, WATCH_POLL_S)

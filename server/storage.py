@@ -397,6 +397,14 @@ class Storage:
             db.execute("UPDATE studies SET last_sequence = ? WHERE id = ?", (sequence, study_id))
         return EventRecord(study_id=study_id, sequence=sequence, time=now, kind=kind, payload=payload)
 
+    def last_sequence(self, study_id: str) -> tuple[int, bool]:
+        """(the study's last event sequence, whether the study has ended)."""
+        with self._lock:
+            row = self._db.execute("SELECT last_sequence, state FROM studies WHERE id = ?", (study_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"study {study_id!r} not found")
+        return row["last_sequence"], StudyState(row["state"]).terminal
+
     def events_after(self, study_id: str, after: int, limit: int = 500) -> list[EventRecord]:
         with self._lock:
             self._study_exists(study_id)

@@ -169,12 +169,6 @@ def test_watch_resumes_after_reconnect_without_loss_or_repeat(stub):
     assert_complete_log(pieces)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=grpc.RpcError,
-    reason="server bug: WatchStudy with after_sequence at (or past) the terminal event never ends; "
-    "it polls until the client's deadline, holding an RPC thread",
-)
 def test_reconnect_after_the_terminal_event_ends_at_once(stub):
     study = create(stub, busy_spec(trials=1, epochs=1))
     everything = watch_all(stub, study.study_id)
@@ -182,6 +176,42 @@ def test_reconnect_after_the_terminal_event_ends_at_once(stub):
         pb.WatchStudyRequest(study_id=study.study_id, after_sequence=everything[-1].sequence), timeout=5
     )
     assert list(stream) == []
+
+
+def test_watch_after_the_last_event_is_refused(stub):
+    study = create(stub, busy_spec(trials=1, epochs=1))
+    last = watch_all(stub, study.study_id)[-1].sequence
+    with pytest.raises(grpc.RpcError) as refused:
+        list(stub.WatchStudy(pb.WatchStudyRequest(study_id=study.study_id, after_sequence=last + 5), timeout=5))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "after_sequence" in refused.value.details()
+
+
+def test_streams_beyond_the_cap_are_told_to_come_back(tmp_path, monkeypatch):
+    """Each open stream holds a server thread; past the cap a watcher gets RESOURCE_EXHAUSTED
+    and every other RPC still answers."""
+    from tuneyard.server import servicer
+    from tuneyard.server.app import start_server
+
+    monkeypatch.setattr(servicer, "MAX_WATCHERS", 2)
+    handle = start_server(data_dir=tmp_path, devices="cpu", cpu_slots=1)
+    try:
+        with grpc.insecure_channel(handle.address) as channel:
+            stub = service_pb2_grpc.TrainingServiceStub(channel)
+            study = create(stub, busy_spec(trials=1, epochs=50))
+            open_streams = [watch_stream(stub, study.study_id) for _ in range(2)]
+            for stream in open_streams:
+                next(stream)
+            with pytest.raises(grpc.RpcError) as refused:
+                next(watch_stream(stub, study.study_id))
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert stub.GetStudy(pb.GetStudyRequest(study_id=study.study_id)).study_id == study.study_id
+            open_streams[0].cancel()
+            stub.CancelStudy(pb.CancelStudyRequest(study_id=study.study_id))
+            assert is_terminal(list(open_streams[1])[-1])  # its place is free once its stream has ended
+            assert is_terminal(list(watch_stream(stub, study.study_id))[-1])
+    finally:
+        handle.stop()
 
 
 def test_stalled_watcher_does_not_hold_up_the_study_and_later_reads_everything(server, stub):
