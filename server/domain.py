@@ -58,6 +58,10 @@ class ResourceExhausted(DomainError):
     """A server limit is reached; the message says which and what to do."""
 
 
+class Unavailable(DomainError):
+    """The server cannot serve this now (it is shutting down); the client should reconnect."""
+
+
 @dataclass
 class EpochRecord:
     epoch: int

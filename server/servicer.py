@@ -11,7 +11,7 @@ from tuneyard import __version__
 from tuneyard.plugins.api import KINDS
 from tuneyard.plugins.manager import PluginRegistry
 from tuneyard.server import convert
-from tuneyard.server.domain import InvalidArgument, ResourceExhausted
+from tuneyard.server.domain import InvalidArgument, ResourceExhausted, Unavailable
 from tuneyard.server.errors import streaming, unary
 from tuneyard.server.events import EventHub
 from tuneyard.server.scheduler import DeviceScheduler
@@ -124,7 +124,7 @@ class TrainingServicer(service_pb2_grpc.TrainingServiceServicer):
                 if ended:
                     continue  # the terminal event was stored just now
                 if self.hub.closed:
-                    context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down; reconnect")
+                    raise Unavailable("server is shutting down; reconnect with after_sequence to go on")
                 self.hub.wait_for(study_id, after, WATCH_POLL_S)
 
     @unary
