@@ -11,26 +11,30 @@ it), dumps a Python traceback there on a fatal signal, and dies with the server.
 
 from __future__ import annotations
 
-import ctypes
 import faulthandler
 import os
-import signal
+import threading
 import time
 import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
 HEARTBEAT_S = 1.0
-PR_SET_PDEATHSIG = 1
+PARENT_CHECK_S = 0.5
 
 
 def _die_with_parent() -> None:
-    """Linux: the kernel kills this process when the server dies, even by SIGKILL, so an orphan
-    never writes a checkpoint the restarted server is resuming from."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
+    """Ends this process soon after the server dies, even by SIGKILL, so an orphan never writes a
+    checkpoint the restarted server is resuming from. (The kernel's parent-death signal would fire
+    when the server *thread* that started the worker ends, which is not what we want.)"""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _redirect_stderr(path: str) -> None:
