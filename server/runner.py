@@ -37,7 +37,7 @@ from tuneyard.server.trial_settings import resolve
 log = logging.getLogger(__name__)
 POLL_S = 0.5
 MEMORY_MARGIN = 1.2  # a measured peak is padded by this factor when packing later trials
-STOP_GRACE_S = 2.0  # a trial told to stop that is still running this long after has its worker killed
+STOP_GRACE_S = 3.0  # a trial told to stop that is still running this long after has its worker killed
 STOPPED = ("cancelled", "deadline", "pruned", "halted")
 
 
@@ -549,7 +549,7 @@ class StudyRunner(threading.Thread):
             worker.submit("evaluate", "test", task, self._inbox.put)
             while not self._halted.is_set():
                 if self._cancelled.is_set():
-                    worker.kill("stopped")  # the test score is no longer wanted
+                    self._drop_evaluation(worker)
                     self._set_state(StudyState.CANCELLED, end_time=time.time())
                     return None
                 if self.heartbeat_timeout and worker.silent_for() > self.heartbeat_timeout:
@@ -569,6 +569,15 @@ class StudyRunner(threading.Thread):
         finally:
             self.scheduler.withdraw(self.study_id)
             self.scheduler.release(alloc)
+
+    def _drop_evaluation(self, worker: Any) -> None:
+        """The test score is no longer wanted: let a nearly done evaluation end, else kill it."""
+        until = time.monotonic() + STOP_GRACE_S
+        while time.monotonic() < until:
+            msg = self._next_message()
+            if msg is not None and msg[1] == "test" and msg[0] in ("done", "error", "crashed"):
+                return
+        worker.kill("stopped")
 
     def _next_message(self) -> tuple[Any, ...] | None:
         try:

@@ -133,10 +133,20 @@ def test_two_studies_share_the_devices(stub):
     assert second_start < first_end
 
 
-def test_workers_are_reused_across_trials(server):
-    reused = [w for w in server.pool.workers if w.tasks_done >= 2]
-    assert reused, [(w.device.name, w.tasks_done, w.processes_started) for w in server.pool.workers]
-    assert any(w.processes_started == 1 for w in reused)  # many trials, one process (torch imported once)
+def test_workers_are_reused_across_trials(tmp_path):
+    from tuneyard.server.app import start_server
+
+    handle = start_server(data_dir=tmp_path, devices="cpu", cpu_slots=1)
+    try:
+        stub = service_pb2_grpc.TrainingServiceStub(grpc.insecure_channel(handle.address))
+        spec = tiny_spec(training={"epochs": 1, "optimizer": {"name": "adam"}}, budget={"max_trials": 3})
+        study = stub.CreateStudy(pb.CreateStudyRequest(spec=to_proto(spec)))
+        assert watch_all(stub, study.study_id)[-1].study_state.state == pb.STUDY_COMPLETED
+        (worker,) = handle.pool.workers
+        assert worker.tasks_done == 4  # three trials and the test evaluation...
+        assert worker.processes_started == 1  # ...in one process (torch imported once)
+    finally:
+        handle.stop()
 
 
 def test_workers_are_recycled_after_max_trials(tmp_path):

@@ -2,7 +2,7 @@
 raising, out of memory; impossible configurations; retries; cancellation — and what is kept.
 
 One `tuneyard serve` process with the `faulty` test model (tests/fault_plugins) on its
-PYTHONPATH and a 5 s heartbeat timeout serves every test; it must survive them all.
+PYTHONPATH and an 8 s heartbeat timeout serves every test; it must survive them all.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from support import REPO, ServerProcess, tiny_spec, to_proto, watch_all
 
 from tuneyard.v1 import service_pb2 as pb
 
-HEARTBEAT_TIMEOUT_S = 5
+HEARTBEAT_TIMEOUT_S = 8
 
 
 @pytest.fixture(scope="module")
