@@ -12,6 +12,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from tuneyard.plugins.manager import PluginRegistry
+from tuneyard.server import wire
 from tuneyard.server.devices import plan_devices
 from tuneyard.server.events import EventHub
 from tuneyard.server.scheduler import DeviceScheduler
@@ -19,7 +20,7 @@ from tuneyard.server.servicer import TrainingServicer
 from tuneyard.server.storage import Storage
 from tuneyard.server.studies import StudyManager
 from tuneyard.server.workers import WorkerPool
-from tuneyard.v1 import service_pb2, service_pb2_grpc
+from tuneyard.v1 import service_pb2
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["TrainingService"].full_name
@@ -123,7 +124,7 @@ def start_server(
     servicer = TrainingServicer(
         storage=storage, studies=studies, hub=hub, registry=registry, scheduler=scheduler, executor=pool.name
     )
-    service_pb2_grpc.add_TrainingServiceServicer_to_server(servicer, server)
+    wire.add_training_service(servicer, server)
     health_servicer = add_maintenance_services(server, [SERVICE_NAME])
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:

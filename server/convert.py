@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import json_format, message, struct_pb2, timestamp_pb2
 
 from tuneyard.plugins.api import LoadError, PluginEntry
 from tuneyard.server.domain import (
     EventRecord,
+    InvalidArgument,
     StudyRecord,
     StudyState,
     TrialRecord,
@@ -17,10 +18,45 @@ from tuneyard.server.domain import (
 from tuneyard.v1 import service_pb2 as pb
 from tuneyard.v1 import spec_pb2
 
+# MessageToDict raises SerializeToJsonError for a bad field, and ValueError for a bad well-known type at the top.
+_NO_JSON_FORM = (json_format.SerializeToJsonError, ValueError)
+# Their fields are not path parts in JSON: a Value is its content, a ListValue's items are `[i]`.
+_JSON_VALUE_TYPES = ("google.protobuf.Value", "google.protobuf.ListValue")
+
 
 def spec_to_dict(spec: spec_pb2.StudySpec) -> dict[str, Any]:
-    """The proto3-JSON form with proto field names: what the validator and storage work on."""
-    return json_format.MessageToDict(spec, preserving_proto_field_name=True)
+    """The proto3-JSON form with proto field names: what the validator and storage work on.
+
+    Some wire values have no JSON form (NaN or infinity in a Struct, a Duration out of range);
+    those are bad input, refused with the path of the field.
+    """
+    try:
+        return json_format.MessageToDict(spec, preserving_proto_field_name=True)
+    except _NO_JSON_FORM as exc:
+        why = str(exc.__cause__ or exc)
+        raise InvalidArgument(_unwritable_field(spec, "spec"), f"has no JSON form: {why}") from None
+
+
+def _unwritable_field(msg: message.Message, path: str) -> str:
+    """The deepest field under `msg` that proto3 JSON cannot express, as a JSON path (`options.a.b[1]`)."""
+    for field, value in msg.ListFields():
+        if field.message_type is None:
+            continue
+        name = "" if msg.DESCRIPTOR.full_name in _JSON_VALUE_TYPES else f".{field.name}"
+        if field.message_type.GetOptions().map_entry:
+            children = [(f"{path}.{key}", item) for key, item in value.items()]
+        elif field.is_repeated:
+            children = [(f"{path}{name}[{i}]", item) for i, item in enumerate(value)]
+        else:
+            children = [(f"{path}{name}", value)]
+        for child_path, child in children:
+            if not isinstance(child, message.Message):
+                continue
+            try:
+                json_format.MessageToDict(child)
+            except _NO_JSON_FORM:
+                return _unwritable_field(child, child_path)
+    return path
 
 
 def _drop_none(value: Any) -> Any:

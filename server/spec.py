@@ -47,6 +47,10 @@ PRECISIONS = ("", "auto", "fp32", "bf16", "fp16")
 MAX_TRIALS = 100_000
 MAX_EPOCHS = 100_000
 MAX_TRIAL_RETRIES = 100
+# JSON levels below `spec`. Protobuf readers stop at 100 message levels and each Struct level costs
+# two, so a deeper stored spec would break every client's ListStudies.
+MAX_NESTING = 32
+MAX_PARAMETERS = 1000
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_OPTIMIZER = "adam"
 DEFAULT_SEARCHER = "random"
@@ -90,6 +94,18 @@ def _duration_s(value: Any, path: str) -> float | None:
     if seconds < 0:
         raise InvalidArgument(path, "must not be negative")
     return seconds or None
+
+
+def _check_nesting(value: Any, path: str, depth: int = 0) -> None:
+    """Refuses objects and lists more than MAX_NESTING levels below `spec` (`value` is at `depth`)."""
+    children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, child in children:
+        if not isinstance(child, (dict, list)):
+            continue
+        child_path = f"{path}[{key}]" if isinstance(value, list) else f"{path}.{key}"
+        if depth + 1 > MAX_NESTING:
+            raise InvalidArgument(child_path, f"nested deeper than {MAX_NESTING} levels")
+        _check_nesting(child, child_path, depth + 1)
 
 
 def _plain_type_ok(kind: str, value: Any) -> bool:
@@ -158,6 +174,7 @@ class SpecValidator:
     def validate(self, spec: dict[str, Any]) -> StudyPlan:
         if not isinstance(spec, dict):
             raise InvalidArgument("spec", "must be an object")
+        _check_nesting(spec, "spec")
         out: dict[str, Any] = {"name": str(spec.get("name", ""))}
         if len(out["name"]) > 200:
             raise InvalidArgument("spec.name", "longer than 200 characters")
@@ -326,6 +343,8 @@ class SpecValidator:
     def _space(self, params: Any, spec: dict[str, Any]) -> tuple[Parameter, ...]:
         if not isinstance(params, list):
             raise InvalidArgument("spec.search_space", "must be a list")
+        if len(params) > MAX_PARAMETERS:  # checking alternatives is quadratic: 4,000 took 18 s of one RPC
+            raise InvalidArgument("spec.search_space", f"more than {MAX_PARAMETERS} parameters ({len(params)})")
         out: list[Parameter] = []
         names: dict[str, Parameter] = {}
         for i, raw in enumerate(params):
@@ -403,6 +422,10 @@ class SpecValidator:
         values = raw.get("values") or []
         if not values:
             raise InvalidArgument(f"{path}.values", "must not be empty")
+        for j, value in enumerate(values):
+            if isinstance(value, (dict, list)):  # conditions compare values as set members
+                why = f"must be a string, number or bool, got a {type(value).__name__}"
+                raise InvalidArgument(f"{path}.values[{j}]", why)
         values = tuple(int(v) if isinstance(v, float) and v.is_integer() else v for v in values)
         return Condition(parent=parent, values=values)
 
