@@ -27,7 +27,7 @@ SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["TrainingService"].full_n
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 DEFAULT_HEARTBEAT_TIMEOUT_S = 600.0  # a trial silent this long (no batch, no epoch) is killed as hung
-RPC_THREADS = 128
+RPC_THREADS = 256  # WatchStudy streams hold one each; servicer.MAX_WATCHERS stays below
 
 
 def add_maintenance_services(server: grpc.Server, service_names: list[str]) -> health.HealthServicer:
