@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from tuneyard.server import wire
 from tuneyard.server.devices import plan_devices
 from tuneyard.server.events import EventHub
 from tuneyard.server.scheduler import DeviceScheduler
+from tuneyard.server.security import Authenticator, AuthInterceptor, TlsFiles, Token, check_bind
 from tuneyard.server.servicer import TrainingServicer
 from tuneyard.server.storage import Storage
 from tuneyard.server.studies import StudyManager
@@ -97,8 +99,19 @@ def start_server(
     data_root: str = "",
     max_trials_per_worker: int = 0,
     trial_heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT_S,
+    tls: TlsFiles | None = None,
+    tokens: Sequence[Token] = (),
+    insecure: bool = False,
 ) -> ServerHandle:
-    """Starts a server on host:port (0 picks a free port) and returns once it is SERVING."""
+    """Starts a server on host:port (0 picks a free port) and returns once it is SERVING.
+
+    Plaintext on a non-loopback host is refused (SecurityConfigError, before anything is bound or
+    started) unless `tls` is given or `insecure` is set. With `tokens`, every RPC but health checks
+    needs one of them as a bearer token.
+    """
+    check_bind(host, tls, insecure)
+    credentials = tls.credentials() if tls is not None else None
+    authenticator = Authenticator(tokens) if tokens else None
     data_dir = Path(data_dir)
     device_list = plan_devices(devices, cpu_slots)
     storage = Storage(data_dir)
@@ -116,6 +129,7 @@ def start_server(
     )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=RPC_THREADS, thread_name_prefix="rpc"),
+        interceptors=[AuthInterceptor(authenticator)] if authenticator else None,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES * 4),
@@ -126,7 +140,8 @@ def start_server(
     )
     wire.add_training_service(servicer, server)
     health_servicer = add_maintenance_services(server, [SERVICE_NAME])
-    bound = server.add_insecure_port(f"{host}:{port}")
+    target = f"{host}:{port}"
+    bound = server.add_secure_port(target, credentials) if credentials else server.add_insecure_port(target)
     if bound == 0:
         pool.close()
         storage.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import signal
 import sys
@@ -11,6 +10,7 @@ import threading
 from pathlib import Path
 
 from tuneyard import __version__
+from tuneyard.server.security import SecurityConfigError, TlsFiles, Token, check_bind, is_loopback, load_tokens
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,43 +26,56 @@ def _parser() -> argparse.ArgumentParser:
         "--trial-heartbeat-timeout", type=float, default=600.0, metavar="SECONDS",
         help="kill a trial's worker when the trial shows no progress for this long (default 600; 0: never)",
     )  # fmt: skip
-    p.add_argument("--insecure", action="store_true", help="allow plaintext on a non-loopback address")
+    p.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve TLS")
+    p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    p.add_argument("--tls-client-ca", type=Path, help="PEM CA: clients must present a certificate it signed (mTLS)")
+    p.add_argument("--token-file", type=Path, help="bearer tokens, one per line ('TOKEN' or 'NAME TOKEN')")
+    p.add_argument("--insecure", action="store_true", help="allow plaintext on a non-loopback address (not advised)")
     p.add_argument("--log-level", default="INFO")
     return p
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def _security(args: argparse.Namespace) -> tuple[TlsFiles | None, list[Token]]:
+    """TLS files and tokens from the flags; refuses unsafe or half-given settings."""
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise SecurityConfigError("--tls-cert and --tls-key go together")
+    if args.tls_client_ca and not args.tls_cert:
+        raise SecurityConfigError("--tls-client-ca needs --tls-cert and --tls-key")
+    tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
+    if tls is not None:
+        tls.credentials()  # unreadable files fail here, with their path
+    tokens = load_tokens(args.token_file) if args.token_file else []
+    check_bind(args.host, tls, args.insecure)
+    return tls, tokens
 
 
 def serve_main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not _is_loopback(args.host) and not args.insecure:
-        print(
-            f"refusing to serve plaintext on {args.host}: bind 127.0.0.1, or pass --insecure "
-            "to accept unencrypted, unauthenticated traffic from the network",
-            file=sys.stderr,
-        )
+    try:
+        tls, tokens = _security(args)  # checked before anything heavy is imported or any socket bound
+    except SecurityConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.insecure and tls is None and not is_loopback(args.host):
+        print(f"WARNING: --insecure: serving PLAINTEXT on {args.host}; anyone on the network can read and forge "
+              "every request" + ("" if tokens else ", and no token is required"), file=sys.stderr)  # fmt: skip
     from tuneyard.server.app import start_server
 
     try:
         handle = start_server(
             data_dir=args.data_dir, host=args.host, port=args.port, devices=args.devices,
             cpu_slots=args.cpu_slots, data_root=args.data_root, max_trials_per_worker=args.max_trials_per_worker,
-            trial_heartbeat_timeout=args.trial_heartbeat_timeout,
+            trial_heartbeat_timeout=args.trial_heartbeat_timeout, tls=tls, tokens=tokens, insecure=args.insecure,
         )  # fmt: skip
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     slots = ", ".join(d.name for d in handle.pool.devices)
-    print(f"tuneyard {__version__} serving on {handle.address} (slots: {slots}; data: {args.data_dir})", flush=True)
+    mode = ("mutual TLS" if args.tls_client_ca else "TLS") if tls else "plaintext"
+    auth = f", {len(tokens)} tokens" if tokens else ""
+    print(f"tuneyard {__version__} serving on {handle.address} ({mode}{auth}; slots: {slots}; data: {args.data_dir})",
+          flush=True)  # fmt: skip
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
