@@ -304,3 +304,17 @@ def test_tokens_never_appear_in_logs_events_errors_or_server_info(tmp_path, cert
     said += "".join(p.read_text(errors="replace") for p in (tmp_path / "store" / "logs").glob("*.log"))
     for secret in (TOKEN, OTHER_TOKEN, TOKEN.upper()):
         assert secret not in said
+
+
+@pytest.mark.parametrize("name", ["antigravity", "os:system", "tuneyard.server.app:start_server", "../../etc/passwd"])
+def test_a_client_cannot_make_the_server_import_anything(tls_server, certs, name):
+    """Plugins come only from installed distributions' entry points; a spec names a registered plugin."""
+    spec = tiny_spec(model={"name": name})
+    with tls_channel(tls_server.address, certs) as channel:
+        stub = service_pb2_grpc.TrainingServiceStub(channel)
+        request = pb.CreateStudyRequest(spec=to_proto(spec))
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.CreateStudy(request, metadata=bearer(TOKEN))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details().startswith("spec.model.name")
+    assert "antigravity" not in sys.modules
