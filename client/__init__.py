@@ -5,7 +5,7 @@ or server code, so the base install can drive a remote GPU server::
 
     from tuneyard.client import Client
 
-    with Client("gpu-box:50051") as client:
+    with Client("gpu-box:50051", tls_ca="ca.pem") as client:  # token from $TUNEYARD_TOKEN
         result = client.run("examples/digits.yaml")
         print(result.best_config, result.test_metrics)
 """

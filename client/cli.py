@@ -2,6 +2,8 @@
 
 Server-side code is imported lazily (only by ``serve`` and ``demo``) so that
 the base install -- grpcio, protobuf, pyyaml, rich -- runs every other command.
+Every client command takes --server, --tls-ca, --tls-cert, --tls-key and --token, each
+falling back to an environment variable (TUNEYARD_SERVER, TUNEYARD_TLS_CA, ..., TUNEYARD_TOKEN).
 Exit codes: 0 success, 1 the study failed or was cancelled, 2 usage, server or
 connection errors, 130 interrupted.
 """
@@ -12,6 +14,7 @@ import argparse
 import os
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Sequence
 from importlib.resources import as_file, files
 from pathlib import Path
@@ -20,6 +23,7 @@ import grpc
 from rich.console import Console
 
 from tuneyard.client import render
+from tuneyard.client.connection import InsecureTokenWarning
 from tuneyard.client.errors import TuneyardError
 from tuneyard.client.progress import PlainProgress, make_display
 from tuneyard.client.sdk import Client, RunResult, default_address
@@ -29,25 +33,38 @@ from tuneyard.v1 import service_pb2, spec_pb2
 SERVER_EXTRA = "the server needs the [server] extra: pip install 'tuneyard[server]'"
 
 
+# Options every client command takes, before or after its name: (flag, environment variable, metavar, help).
+CONNECTION_OPTIONS = (
+    ("--server", "TUNEYARD_SERVER", "HOST:PORT", "server address (default: $TUNEYARD_SERVER, else 127.0.0.1:50051)"),
+    ("--tls-ca", "TUNEYARD_TLS_CA", "PEM", "use TLS; trust the server's certificate if this CA signed it"),
+    ("--tls-cert", "TUNEYARD_TLS_CERT", "PEM", "client certificate for mutual TLS (with --tls-key)"),
+    ("--tls-key", "TUNEYARD_TLS_KEY", "PEM", "private key of --tls-cert"),
+    ("--token", "TUNEYARD_TOKEN", "TOKEN", "bearer token; prefer the variable, arguments show in `ps`"),
+)
+
+
+def _add_connection_options(parser: argparse.ArgumentParser, default: object) -> None:
+    for flag, env, metavar, help_text in CONNECTION_OPTIONS:
+        if flag != "--server":  # its help already names the variable and the fallback
+            help_text = f"{help_text} (default: ${env})"  # never the value: it may be a secret
+        parser.add_argument(flag, metavar=metavar, default=default, help=help_text)
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        default=False if default is None else default,
+        help="use TLS trusting the system's CAs (implied by --tls-ca and --tls-cert)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (without ``serve``'s own options: those belong to the server)."""
     server = argparse.ArgumentParser(add_help=False)
-    server.add_argument(
-        "--server",
-        metavar="HOST:PORT",
-        default=argparse.SUPPRESS,
-        help="server address (default: $TUNEYARD_SERVER, else 127.0.0.1:50051)",
-    )
+    _add_connection_options(server, argparse.SUPPRESS)
     parser = argparse.ArgumentParser(
         prog="tuneyard",
         description="Submit and follow training searches on a tuneyard server.",
     )
-    parser.add_argument(
-        "--server",
-        metavar="HOST:PORT",
-        default=None,
-        help="server address (default: $TUNEYARD_SERVER, else 127.0.0.1:50051)",
-    )
+    _add_connection_options(parser, None)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -85,12 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _serve_args(argv: Sequence[str]) -> list[str] | None:
     """Arguments after ``serve`` when it is the command, else None: all of them are the server's."""
+    takes_value = {flag for flag, *_ in CONNECTION_OPTIONS}
     i = 0
     while i < len(argv):
         arg = argv[i]
-        if arg == "--server":
+        if arg in takes_value:
             i += 2
-        elif arg.startswith("--server="):
+        elif arg == "--tls" or arg.split("=", 1)[0] in takes_value:
             i += 1
         else:
             return list(argv[i + 1 :]) if arg == "serve" else None
@@ -111,20 +129,67 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "demo":
             return _demo(args, out)
-        with Client(address) as client:
+        with _connect(address, args) as client:
             return COMMANDS[args.command](client, args, out)
     except KeyboardInterrupt:
         return 130
     except TuneyardError as exc:
-        if exc.code == grpc.StatusCode.UNAVAILABLE and args.command != "demo":
-            print(
-                f"error: cannot reach a tuneyard server at {address} ({exc.details}); "
-                "is `tuneyard serve` running there? (set --server or TUNEYARD_SERVER)",
-                file=sys.stderr,
-            )
-        else:
-            print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_explain(exc, address, args)}", file=sys.stderr)
         return 2
+
+
+def _option(args: argparse.Namespace, flag: str) -> str | None:
+    """A connection option's value: the flag, else its environment variable, else None."""
+    env = next(env for name, env, *_ in CONNECTION_OPTIONS if name == flag)
+    value = getattr(args, flag[2:].replace("-", "_"), None)
+    return value if value is not None else os.environ.get(env) or None
+
+
+def _connect(address: str, args: argparse.Namespace) -> Client:
+    """A client with the command line's TLS and token settings; SDK warnings become ``warning:`` lines."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", InsecureTokenWarning)
+        client = Client(
+            address,
+            tls=args.tls,
+            tls_ca=_option(args, "--tls-ca"),
+            tls_cert=_option(args, "--tls-cert"),
+            tls_key=_option(args, "--tls-key"),
+            token=_option(args, "--token") or "",
+        )
+    for warning in caught:
+        print(f"warning: {warning.message}", file=sys.stderr)
+    return client
+
+
+def _explain(exc: TuneyardError, address: str, args: argparse.Namespace) -> str:
+    """The error line for ``exc``, with what to do about it when the cause is a common one."""
+    if exc.code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        if not _option(args, "--token"):
+            return f"{exc}; pass --token or set TUNEYARD_TOKEN"
+        return f"{exc}; the server refused the token from --token / TUNEYARD_TOKEN"
+    if exc.code != grpc.StatusCode.UNAVAILABLE or args.command == "demo":
+        return str(exc)
+    tls = bool(args.tls or _option(args, "--tls-ca") or _option(args, "--tls-cert"))
+    details = exc.details.lower()
+    if tls and "wrong_version_number" in details:
+        return f"TLS handshake with {address} failed: the server does not speak TLS ({exc.details}); drop --tls-ca"
+    if tls and "handshake" in details:
+        return (
+            f"TLS handshake with {address} failed ({exc.details}); check --tls-ca (the CA that signed the "
+            "server's certificate) and that the address is a name in that certificate"
+        )
+    closed = "socket closed" in details or "connection reset" in details
+    if tls and closed:
+        need = "want a client certificate (--tls-cert/--tls-key)"
+        if _option(args, "--tls-cert"):
+            need = "trust the CA that signed --tls-cert"
+        return f"TLS handshake with {address} failed: the server closed the connection ({exc.details}); does it {need}?"
+    hint = "; if it serves TLS, pass --tls-ca" if closed else ""
+    return (
+        f"cannot reach a tuneyard server at {address} ({exc.details}); "
+        f"is `tuneyard serve` running there? (set --server or TUNEYARD_SERVER{hint})"
+    )
 
 
 def _serve(argv: list[str]) -> int:
@@ -242,7 +307,7 @@ def _demo(args: argparse.Namespace, out: Console) -> int:
         handle = start_server(data_dir=data_dir, host="127.0.0.1", port=0, cpu_slots=args.cpu_slots)
         try:
             out.print(f"tuneyard demo: server at {handle.address}, data in {data_dir}", markup=False)
-            with Client(handle.address) as client:
+            with Client(handle.address, token="") as client:  # the demo server wants none
                 study = client.create_study(spec)
                 code, result = _follow(client, study, spec, out, live=True)
         finally:

@@ -3,8 +3,9 @@
 Thin on purpose: it imports no torch and no server code, so a laptop with only
 the base install can drive a GPU box. It adds what raw stubs lack: errors as
 :class:`TuneyardError`, safe retries of ``CreateStudy`` (one request id per
-call), pagination hidden behind iterators, and a ``watch`` that survives a
-broken stream without losing or repeating an event.
+call), pagination hidden behind iterators, a ``watch`` that survives a
+broken stream without losing or repeating an event, and TLS / mutual TLS /
+bearer tokens on every call (:mod:`tuneyard.client.connection`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import grpc
 
+from tuneyard.client.connection import PemSource, channel_credentials, open_channel, resolve_token
 from tuneyard.client.errors import TuneyardError, from_rpc_error
 from tuneyard.client.specfile import SpecSource, config_to_dict, load_spec
 from tuneyard.v1 import service_pb2, service_pb2_grpc, spec_pb2
@@ -37,6 +39,11 @@ _RETRYABLE_WATCH = frozenset(
 def default_address() -> str:
     """``$TUNEYARD_SERVER`` if set, else the loopback default the server binds."""
     return os.environ.get("TUNEYARD_SERVER") or DEFAULT_ADDRESS
+
+
+def _handshake_failed(err: TuneyardError) -> bool:
+    """A TLS handshake that failed for a certificate or protocol reason: retrying will not help."""
+    return err.code == grpc.StatusCode.UNAVAILABLE and "handshake failed" in err.details.lower()
 
 
 def is_terminal(event: service_pb2.StudyEvent) -> bool:
@@ -92,16 +99,38 @@ class Client:
 
     ``timeout`` bounds each unary call (``None``: no deadline); streams have none.
     Use as a context manager, or call :meth:`close`.
+
+    Security (see :mod:`tuneyard.client.connection`): TLS is used when ``tls_ca`` (the CA that
+    signed the server's certificate), ``tls_cert`` or ``tls`` is given; ``tls=True`` alone trusts
+    the system's CAs. ``tls_cert`` + ``tls_key`` are the client's certificate and key for mutual
+    TLS. Each is a path to a PEM file or the PEM contents as ``bytes``. ``token`` is sent as
+    ``authorization: Bearer <token>`` on every call, the watch stream included; it defaults to
+    ``$TUNEYARD_TOKEN`` (pass ``token=""`` to send none) and never shows in ``repr`` or errors.
     """
 
     watch_retries = 10  # reconnect attempts per outage before watch() gives up
     watch_backoff = 0.2  # first reconnect delay in seconds, doubled up to watch_backoff_max
     watch_backoff_max = 5.0
 
-    def __init__(self, address: str | None = None, *, timeout: float | None = 30.0) -> None:
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        timeout: float | None = 30.0,
+        tls: bool = False,
+        tls_ca: PemSource | None = None,
+        tls_cert: PemSource | None = None,
+        tls_key: PemSource | None = None,
+        token: str | None = None,
+    ) -> None:
         self.address = address or default_address()
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(self.address)
+        credentials = channel_credentials(tls=tls, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key)
+        resolved = resolve_token(token)
+        self.tls = credentials is not None
+        self.client_certificate = bool(tls_cert)
+        self.has_token = resolved is not None
+        self._channel = open_channel(self.address, credentials, resolved)
         self._stub = service_pb2_grpc.TrainingServiceStub(self._channel)
 
     def __enter__(self) -> Client:
@@ -115,7 +144,8 @@ class Client:
         self._channel.close()
 
     def __repr__(self) -> str:
-        return f"Client({self.address!r})"
+        mode = ("mutual TLS" if self.client_certificate else "TLS") if self.tls else "plaintext"
+        return f"Client({self.address!r}, {mode}{', token' if self.has_token else ''})"
 
     def _call(self, method: str, request: Any) -> Any:
         try:
@@ -209,7 +239,7 @@ class Client:
                         return
             except grpc.RpcError as err:
                 cause = from_rpc_error(err)
-                if cause.code not in _RETRYABLE_WATCH:
+                if cause.code not in _RETRYABLE_WATCH or _handshake_failed(cause):
                     raise cause from err
             finally:
                 call.cancel()
