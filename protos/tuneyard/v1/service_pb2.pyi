@@ -387,12 +387,30 @@ class Device(_message.Message):
     share_in_use: float
     def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., slots_total: _Optional[int] = ..., slots_busy: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., trials: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., share_in_use: _Optional[float] = ...) -> None: ...
 
+class Node(_message.Message):
+    __slots__ = ("node_id", "address", "alive", "cpus", "gpus", "memory_bytes")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    ALIVE_FIELD_NUMBER: _ClassVar[int]
+    CPUS_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    address: str
+    alive: bool
+    cpus: float
+    gpus: float
+    memory_bytes: int
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., alive: _Optional[bool] = ..., cpus: _Optional[float] = ..., gpus: _Optional[float] = ..., memory_bytes: _Optional[int] = ...) -> None: ...
+
 class ServerInfo(_message.Message):
-    __slots__ = ("version", "executor", "devices")
+    __slots__ = ("version", "executor", "devices", "nodes")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     EXECUTOR_FIELD_NUMBER: _ClassVar[int]
     DEVICES_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
     version: str
     executor: str
     devices: _containers.RepeatedCompositeFieldContainer[Device]
-    def __init__(self, version: _Optional[str] = ..., executor: _Optional[str] = ..., devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ...) -> None: ...
+    nodes: _containers.RepeatedCompositeFieldContainer[Node]
+    def __init__(self, version: _Optional[str] = ..., executor: _Optional[str] = ..., devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ..., nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ...) -> None: ...
