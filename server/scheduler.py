@@ -125,7 +125,7 @@ class DeviceScheduler:
                 self._used[device.index] += share
                 self._memory[device.index] += memory_bytes
             self._waiting.pop(study_id, None)
-            alloc = Allocation(study_id, devices, share, [self.pool.take(d) for d in devices], "", memory_bytes)
+            alloc = Allocation(study_id, devices, share, [self.pool.take(d, share) for d in devices], "", memory_bytes)
             usage = self._usage.setdefault(study_id, _Usage())
             usage.held += alloc.units
             usage.allocations.append(alloc)

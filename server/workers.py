@@ -19,7 +19,9 @@ import atexit
 import itertools
 import logging
 import multiprocessing as mp
+import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -279,7 +281,7 @@ class WorkerPool:
         with self._lock:
             return [w for ws in self._by_device.values() for w in ws]
 
-    def take(self, device: Device) -> Worker:
+    def take(self, device: Device, share: float = 1.0) -> Worker:
         """An idle worker on `device`, started if every one there is taken."""
         with self._lock:
             for worker in self._by_device[device.index]:
@@ -300,6 +302,17 @@ class WorkerPool:
         with self._lock:
             workers = self._by_device[device.index]
             return len(workers), sum(id(w) in self._taken for w in workers)
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """This machine, the only node of the local executor."""
+        try:
+            memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            memory = 0
+        gpus = sum(1 for d in self.devices if d.kind == "cuda")
+        host = socket.gethostname()
+        return [{"node_id": host, "address": host, "alive": True, "cpus": float(os.cpu_count() or 1),
+                 "gpus": float(gpus), "memory_bytes": memory}]  # fmt: skip
 
     def close(self) -> None:
         for worker in self.workers:

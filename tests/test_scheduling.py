@@ -17,7 +17,7 @@ from tuneyard.v1 import service_pb2_grpc
 class Dispenser:
     """Stands in for the worker pool in scheduler-only tests: hands out placeholder workers."""
 
-    def take(self, device):
+    def take(self, device, share=1.0):
         return object()
 
     def give_back(self, worker):
