@@ -16,6 +16,7 @@ import os
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -45,26 +46,69 @@ def _redirect_stderr(path: str) -> None:
     faulthandler.enable()
 
 
+def make_trainer(device: str, threads: int, data_root: str) -> Any:
+    """Imports torch and the plugins (once per process) and builds the trainer for `device`."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # lets deterministic trials run on CUDA
+    if data_root:
+        os.environ["TUNEYARD_DATA_ROOT"] = data_root  # where model plugins may read weight files
+    import torch
+
+    torch.set_num_threads(int(threads))
+    from tuneyard.plugins.manager import PluginRegistry
+    from tuneyard.server.trainer import Trainer
+
+    return Trainer(PluginRegistry.load(), device, data_root)
+
+
+def run_task(
+    trainer: Any, op: str, key: Any, task: dict[str, Any], send: Callable[[tuple[Any, ...]], None],
+    stop_requested: Callable[[], bool],
+) -> None:  # fmt: skip
+    """Runs one task, sending its messages (beats, epochs, and one final message) through `send`.
+
+    Shared by the local worker process and the Ray actor, so both executors report alike.
+    """
+    from tuneyard.plugins.api import Infeasible
+
+    last_beat = [0.0]
+
+    def beat() -> None:
+        now = time.monotonic()
+        if now - last_beat[0] >= HEARTBEAT_S:
+            last_beat[0] = now
+            send(("beat", key))
+
+    def should_stop() -> bool:
+        beat()
+        return stop_requested()
+
+    def report(epoch: int, metrics: dict[str, float]) -> None:
+        send(("epoch", key, epoch, metrics))
+
+    trainer.heartbeat = beat
+    try:
+        if op == "train":
+            result: Any = trainer.train(task, report, should_stop)
+        else:
+            result = trainer.evaluate(task)
+        send(("done", key, result))
+    except SystemExit:
+        raise
+    except Infeasible as exc:
+        send(("infeasible", key, str(exc) or type(exc).__name__))
+    except BaseException:  # noqa: BLE001 - the trial fails, the worker lives on
+        send(("error", key, traceback.format_exc(limit=20)))
+
+
 def worker_main(conn: Connection, slot: dict[str, Any]) -> None:
     """Entry point of a spawned worker; `slot` holds device, CUDA_VISIBLE_DEVICES and thread count."""
     _die_with_parent()
     if slot.get("log_path"):
         _redirect_stderr(slot["log_path"])
     os.environ["CUDA_VISIBLE_DEVICES"] = slot["cuda_visible"]
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # lets deterministic trials run on CUDA
-    if slot.get("data_root"):
-        os.environ["TUNEYARD_DATA_ROOT"] = slot["data_root"]  # where model plugins may read weight files
-    import torch
-
-    torch.set_num_threads(int(slot["threads"]))
-    from tuneyard.plugins.api import Infeasible
-    from tuneyard.plugins.manager import PluginRegistry
-    from tuneyard.server.trainer import Trainer
-
-    trainer = Trainer(PluginRegistry.load(), slot["device"], slot.get("data_root", ""))
+    trainer = make_trainer(slot["device"], slot["threads"], slot.get("data_root", ""))
     conn.send(("ready", os.getpid()))
     pending_stop: set[Any] = set()
-    last_beat = [0.0]
 
     def drain() -> None:
         while conn.poll():
@@ -86,30 +130,8 @@ def worker_main(conn: Connection, slot: dict[str, Any]) -> None:
         op, key, task = msg
         pending_stop.discard(key)
 
-        def beat(key: Any = key) -> None:
-            now = time.monotonic()
-            if now - last_beat[0] >= HEARTBEAT_S:
-                last_beat[0] = now
-                conn.send(("beat", key))
-
-        def should_stop(key: Any = key) -> bool:
+        def stop_requested(key: Any = key) -> bool:
             drain()
-            beat()
             return key in pending_stop
 
-        def report(epoch: int, metrics: dict[str, float], key: Any = key) -> None:
-            conn.send(("epoch", key, epoch, metrics))
-
-        trainer.heartbeat = beat
-        try:
-            if op == "train":
-                result: Any = trainer.train(task, report, should_stop)
-            else:
-                result = trainer.evaluate(task)
-            conn.send(("done", key, result))
-        except SystemExit:
-            raise
-        except Infeasible as exc:
-            conn.send(("infeasible", key, str(exc) or type(exc).__name__))
-        except BaseException:  # noqa: BLE001 - the trial fails, the worker lives on
-            conn.send(("error", key, traceback.format_exc(limit=20)))
+        run_task(trainer, op, key, task, conn.send, stop_requested)
