@@ -21,6 +21,7 @@ import queue
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from tuneyard.plugins.api import Choice, Decision
@@ -83,8 +84,11 @@ class StudyRunner(threading.Thread):
         scheduler: DeviceScheduler,
         registry: PluginRegistry,
         heartbeat_timeout: float = 0.0,
+        checkpoint_dir: Path | None = None,
     ) -> None:
         super().__init__(name=f"study-{study_id}", daemon=True)
+        # Trials' checkpoints: under the data directory, or on a path every node of a cluster sees.
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else storage.data_dir / "studies"
         self.study_id, self.plan = study_id, plan
         self.storage, self.hub, self.scheduler, self.registry = storage, hub, scheduler, registry
         self.heartbeat_timeout = heartbeat_timeout
@@ -341,7 +345,7 @@ class StudyRunner(threading.Thread):
         return {"trial_id": trial_id, "settings": settings, "checkpoint": checkpoint, "objective": objective}
 
     def _start_trial(self, trial_id: int, config: dict[str, Any], alloc: Allocation) -> None:
-        checkpoint = str(self.storage.study_dir(self.study_id) / f"trial-{trial_id}" / "checkpoint.pt")
+        checkpoint = str(self.checkpoint_dir / self.study_id / f"trial-{trial_id}" / "checkpoint.pt")
         task = self._task(trial_id, config, checkpoint)
         alloc.holder = f"{self.study_id}/{trial_id}"
         self._running[trial_id] = alloc
