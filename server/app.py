@@ -16,6 +16,7 @@ from tuneyard.plugins.manager import PluginRegistry
 from tuneyard.server import wire
 from tuneyard.server.devices import plan_devices
 from tuneyard.server.events import EventHub
+from tuneyard.server.ray_executor import RayPool
 from tuneyard.server.scheduler import DeviceScheduler
 from tuneyard.server.security import Authenticator, AuthInterceptor, TlsFiles, Token, check_bind
 from tuneyard.server.servicer import TrainingServicer
@@ -74,7 +75,7 @@ class ServerHandle:
     storage: Storage
     hub: EventHub
     studies: StudyManager
-    pool: WorkerPool
+    pool: WorkerPool | RayPool
     health: health.HealthServicer
 
     def stop(self, grace: float = 2.0) -> None:
@@ -102,27 +103,39 @@ def start_server(
     tls: TlsFiles | None = None,
     tokens: Sequence[Token] = (),
     insecure: bool = False,
+    executor: str = "local",
+    ray_address: str = "",
+    checkpoint_dir: Path | None = None,
 ) -> ServerHandle:
     """Starts a server on host:port (0 picks a free port) and returns once it is SERVING.
 
     Plaintext on a non-loopback host is refused (SecurityConfigError, before anything is bound or
     started) unless `tls` is given or `insecure` is set. With `tokens`, every RPC but health checks
-    needs one of them as a bearer token.
+    needs one of them as a bearer token. `executor="ray"` runs trials on the Ray cluster at
+    `ray_address` (a local one on loopback when empty); `checkpoint_dir` must then be a path every
+    node sees.
     """
+    if executor not in ("local", "ray"):
+        raise ValueError(f"unknown executor {executor!r}: local or ray")
     check_bind(host, tls, insecure)
     credentials = tls.credentials() if tls is not None else None
     authenticator = Authenticator(tokens) if tokens else None
     data_dir = Path(data_dir)
-    device_list = plan_devices(devices, cpu_slots)
+    data_root = data_root or str(data_dir / "datasets")
+    pool: WorkerPool | RayPool
+    if executor == "ray":
+        pool = RayPool(ray_address, data_root=data_root, cpu_slots=cpu_slots)
+    else:
+        pool = WorkerPool(
+            plan_devices(devices, cpu_slots), data_root=data_root, max_trials_per_worker=max_trials_per_worker,
+            log_dir=data_dir / "logs",
+        )  # fmt: skip
+    device_list = pool.devices
     storage = Storage(data_dir)
     registry = PluginRegistry.load()
     for error in registry.errors:
         log.warning("plugin not loaded: %s: %s", error.source, error.message)
     hub = EventHub(storage)
-    pool = WorkerPool(
-        device_list, data_root=data_root or str(data_dir / "datasets"), max_trials_per_worker=max_trials_per_worker,
-        log_dir=data_dir / "logs",
-    )  # fmt: skip
     scheduler = DeviceScheduler(device_list, pool)
     studies = StudyManager(
         storage=storage, hub=hub, scheduler=scheduler, registry=registry, heartbeat_timeout=trial_heartbeat_timeout

@@ -21,6 +21,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default="", help="folder datasets are read from (default DATA_DIR/datasets)")
     p.add_argument("--devices", default=None, help="cpu, all, or cuda:0,cuda:2 (default: all GPUs, else CPU)")
     p.add_argument("--cpu-slots", type=int, default=None, help="trials at once without CUDA (default cores/2)")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local worker processes, or a Ray cluster (default local)")  # fmt: skip
+    p.add_argument("--ray-address", default="", help="Ray cluster to join, HOST:PORT (default: start one on 127.0.0.1)")
+    p.add_argument("--checkpoint-dir", type=Path, default=None,
+                   help="where trials' checkpoints live; with --executor ray, a path every node sees "
+                   "(default DATA_DIR/studies)")  # fmt: skip
     p.add_argument("--max-trials-per-worker", type=int, default=0, help="recycle a worker after N trials (0: never)")
     p.add_argument(
         "--trial-heartbeat-timeout", type=float, default=600.0, metavar="SECONDS",
@@ -67,6 +73,7 @@ def serve_main(argv: list[str]) -> int:
             data_dir=args.data_dir, host=args.host, port=args.port, devices=args.devices,
             cpu_slots=args.cpu_slots, data_root=args.data_root, max_trials_per_worker=args.max_trials_per_worker,
             trial_heartbeat_timeout=args.trial_heartbeat_timeout, tls=tls, tokens=tokens, insecure=args.insecure,
+            executor=args.executor, ray_address=args.ray_address, checkpoint_dir=args.checkpoint_dir,
         )  # fmt: skip
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
