@@ -13,13 +13,21 @@ reach into the study runner. The sequence for one trial is:
 A plugin that finds its configuration impossible (a model too deep for the input size, an
 option pair that contradicts) raises `Infeasible`: the trial ends INFEASIBLE, the searcher is
 told (state "INFEASIBLE", no value), and it is not counted as a failure.
+
+An option that names a file or folder is annotated `DataPath` (a plain `str` to type checkers).
+Its value must lie inside the server's data root (`--data-root`): the server refuses a request whose
+value leaves it (`..`, an absolute path elsewhere, a symbolic link pointing out) before anything runs,
+and the plugin resolves the value again with `resolve_data_path` when it opens it, since files may
+change in between.
 """
 
 from __future__ import annotations
 
 import enum
+import os
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from pathlib import Path
+from typing import Annotated, Any, Protocol, runtime_checkable
 
 KINDS: tuple[str, ...] = (
     "optimizer",
@@ -44,6 +52,61 @@ INJECTED: dict[str, frozenset[str]] = {
 }
 
 
+# Longest DataPath value, and longest component of one (Linux's PATH_MAX and NAME_MAX).
+MAX_PATH_CHARS = 4096
+MAX_PATH_PART_BYTES = 255
+
+
+class _DataPathMarker:
+    """The metadata that makes `Annotated[str, DATA_PATH]` a path inside the data root."""
+
+    def __repr__(self) -> str:
+        return "DATA_PATH"
+
+
+DATA_PATH: Any = _DataPathMarker()
+DataPath = Annotated[str, DATA_PATH]
+"""A str option naming a file or folder inside the server's data root; its schema type is "path"."""
+
+
+def resolve_data_path(root: str | os.PathLike[str], value: str) -> Path:
+    """``value`` (relative to ``root``, or absolute) resolved with every symbolic link followed.
+
+    The result may not exist yet (a dataset may download into it). ValueError, with a reason that
+    names no resolved location, when ``value`` holds a NUL byte, is longer than MAX_PATH_CHARS (or a
+    component longer than MAX_PATH_PART_BYTES), has a ``..`` component (even one that stays inside),
+    cannot be resolved (a link loop), or resolves outside ``root`` (an absolute path elsewhere, a
+    link anywhere along it that points out); also when ``root`` is "" (no data root configured).
+    Only where the path finally leads counts: an absolute path through a link elsewhere that lands
+    inside ``root`` is accepted.
+    """
+    if "\x00" in value:
+        raise ValueError(f"{value!r} contains a NUL byte")
+    if len(value) > MAX_PATH_CHARS:
+        raise ValueError(f"longer than {MAX_PATH_CHARS} characters")
+    if any(len(part.encode("utf-8", "surrogatepass")) > MAX_PATH_PART_BYTES for part in value.split("/")):
+        raise ValueError(f"has a component longer than {MAX_PATH_PART_BYTES} bytes")
+    if not root:
+        raise ValueError(f"{value!r}: the server has no data root (--data-root) to read it from")
+    base = Path(root).resolve()
+    # Where `value` points before any link is followed, from the root as resolved or as configured.
+    on_paper = any(_inside(b, Path(os.path.normpath(b / value))) for b in (base, Path(os.path.abspath(root))))
+    if ".." in Path(value).parts:  # even one inside on paper: a link before the `..` may lead anywhere
+        raise ValueError(f"{value!r} escapes the data root" if not on_paper else f"{value!r} has a '..' component")
+    try:
+        target = (base / value).resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symbolic-link loop (Python < 3.13)
+        raise ValueError(f"{value!r} cannot be resolved: {type(exc).__name__}") from None
+    if not _inside(base, target):
+        raise ValueError(f"{value!r} follows a symbolic link out of the data root" if on_paper else
+                         f"{value!r} escapes the data root")  # fmt: skip
+    return target
+
+
+def _inside(base: Path, target: Path) -> bool:
+    return target == base or base in target.parents
+
+
 class Infeasible(Exception):
     """Raised by a plugin (or the model it builds) when a configuration cannot run at all."""
 
@@ -62,7 +125,8 @@ REQUIRED: Any = _Required()
 class ParamSpec:
     """One user-settable option of a plugin, derived from a keyword-only parameter.
 
-    `type` is one of "int", "float", "bool", "str", "list", "dict", "any".
+    `type` is one of "int", "float", "bool", "str", "path", "list", "dict", "any"; a "path" is a
+    str annotated `DataPath`.
     """
 
     name: str

@@ -15,9 +15,10 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
-from tuneyard.plugins.api import INJECTED, REQUIRED, ParamSpec
+from tuneyard.plugins.api import DATA_PATH, INJECTED, REQUIRED, ParamSpec
 
-TYPES = ("int", "float", "bool", "str", "list", "dict", "any")
+# "path": a str annotated `DataPath`, which the server confines to its data root.
+TYPES = ("int", "float", "bool", "str", "path", "list", "dict", "any")
 
 _SCALARS: dict[Any, str] = {bool: "bool", int: "int", float: "float", str: "str"}
 _LISTS = (list, tuple, set, frozenset, collections.abc.Sequence, collections.abc.Iterable)
@@ -83,6 +84,7 @@ def _type_from_string(annotation: str) -> str:
         return "float" if sorted(parts) == ["float", "int"] else "any"
     base = parts[0].split("[", 1)[0].rsplit(".", 1)[-1]
     names = {
+        "DataPath": "path",
         "bool": "bool",
         "int": "int",
         "float": "float",
@@ -108,6 +110,8 @@ def type_name(annotation: Any, default: Any = REQUIRED) -> str:
         return _type_from_string(annotation)
     origin = typing.get_origin(annotation)
     if origin is typing.Annotated:
+        if any(meta is DATA_PATH for meta in annotation.__metadata__):
+            return "path"
         return type_name(typing.get_args(annotation)[0], default)
     if origin is typing.Union or origin is types.UnionType:
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
@@ -191,7 +195,7 @@ def coerce_option(param: ParamSpec, value: Any) -> Any:
         ok = float(value)
     elif kind == "bool" and isinstance(value, bool):
         ok = value
-    elif kind == "str" and isinstance(value, str):
+    elif kind in ("str", "path") and isinstance(value, str):
         ok = value
     elif kind == "list" and isinstance(value, (list, tuple)):
         ok = list(value)

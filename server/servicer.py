@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import threading
+import urllib.parse
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import grpc
 
@@ -14,6 +16,7 @@ from tuneyard.server import convert
 from tuneyard.server.domain import InvalidArgument, ResourceExhausted, Unavailable
 from tuneyard.server.errors import streaming, unary
 from tuneyard.server.events import EventHub
+from tuneyard.server.limits import MAX_ID_CHARS, MAX_WATCHERS, MAX_WATCHERS_PER_CLIENT
 from tuneyard.server.scheduler import DeviceScheduler
 from tuneyard.server.storage import Storage
 from tuneyard.server.studies import StudyManager
@@ -22,9 +25,22 @@ from tuneyard.v1 import service_pb2_grpc
 
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 50
-MAX_ID_LENGTH = 64
+MAX_ID_LENGTH = MAX_ID_CHARS
 WATCH_POLL_S = 1.0
-MAX_WATCHERS = 200  # open WatchStudy streams, each holding an RPC thread; kept below the pool's size
+
+
+def client_identity(context: grpc.ServicerContext) -> str:
+    """Who a request comes from, for per-client caps: the peer's host, without its port.
+
+    "ipv4:127.0.0.1:54321" -> "127.0.0.1", "ipv6:[::1]:54321" -> "::1"; other peers (a unix
+    socket) as grpc names them. With authentication this becomes the token's name.
+    """
+    peer = context.peer() or ""
+    scheme, _, address = peer.partition(":")
+    if scheme in ("ipv4", "ipv6"):
+        host = urllib.parse.unquote(address).rpartition(":")[0]
+        return host.strip("[]") or peer
+    return peer
 
 
 def _page_size(value: int) -> int:
@@ -60,7 +76,10 @@ class TrainingServicer(service_pb2_grpc.TrainingServiceServicer):
     ) -> None:
         self.storage, self.studies, self.hub = storage, studies, hub
         self.registry, self.scheduler, self.executor = registry, scheduler, executor
+        self._max_watchers, self._watchers_per_client = MAX_WATCHERS, MAX_WATCHERS_PER_CLIENT
         self._watchers = threading.BoundedSemaphore(MAX_WATCHERS)
+        self._watching: dict[str, int] = {}  # client -> its open streams
+        self._watching_lock = threading.Lock()
 
     @unary
     def CreateStudy(self, request: pb.CreateStudyRequest, context: grpc.ServicerContext) -> pb.Study:
@@ -98,12 +117,30 @@ class TrainingServicer(service_pb2_grpc.TrainingServiceServicer):
         last, _ = self.storage.last_sequence(study_id)
         if after > last:
             raise InvalidArgument("after_sequence", f"{after} is past the study's last event ({last})")
-        if not self._watchers.acquire(blocking=False):
-            raise ResourceExhausted(f"{MAX_WATCHERS} streams are open on this server; reconnect later")
-        try:
+        with self._watch_slot(client_identity(context)):
             yield from self._watch(study_id, after, context)
+
+    @contextmanager
+    def _watch_slot(self, client: str) -> Iterator[None]:
+        """Holds one of the server's stream places and one of `client`'s, or raises ResourceExhausted."""
+        with self._watching_lock:
+            held = self._watching.get(client, 0)
+            if held >= self._watchers_per_client:
+                raise ResourceExhausted(
+                    f"this client has {held} streams open (at most {self._watchers_per_client} per client); "
+                    "close one or reconnect later"
+                )
+            if not self._watchers.acquire(blocking=False):
+                raise ResourceExhausted(f"{self._max_watchers} streams are open on this server; reconnect later")
+            self._watching[client] = held + 1
+        try:
+            yield
         finally:
-            self._watchers.release()
+            with self._watching_lock:
+                self._watchers.release()
+                self._watching[client] -= 1
+                if not self._watching[client]:
+                    del self._watching[client]
 
     def _watch(self, study_id: str, after: int, context: grpc.ServicerContext) -> Iterator[pb.StudyEvent]:
         """Stored events after `after`, then each new one as it is stored, until the terminal one.

@@ -2,7 +2,15 @@
 
 Every problem raises `InvalidArgument` with the path of the field, e.g.
 `spec.search_space[2].int_range: low (5) > high (1)`. The spec dict is produced by the
-conversion layer with proto field names; int64 fields may arrive as strings.
+conversion layer with proto field names; int64 fields may arrive as strings. Sizes are capped
+(see `limits`).
+
+Options of type "path" (annotated `DataPath`), set fixed or as choice values, must lie inside the
+server's data root, checked by `resolve_data_path`: no `..` component, no absolute path elsewhere,
+no symbolic link anywhere along the path that resolves outside, no NUL byte, no overlong path. A
+path that does not exist yet is accepted (a dataset may download into it); an empty value means
+"none" and is always accepted. With no data root configured every other value is refused. The
+plugins check again when a trial opens the path, since files may change in between.
 """
 
 from __future__ import annotations
@@ -18,11 +26,21 @@ from tuneyard.plugins.api import (
     IntRange,
     Objective,
     Parameter,
+    ParamSpec,
     PluginEntry,
+    resolve_data_path,
 )
 from tuneyard.plugins.manager import PluginRegistry
 from tuneyard.plugins.schema import coerce_option
 from tuneyard.server.domain import InvalidArgument
+from tuneyard.server.limits import (
+    MAX_CHOICE_VALUES,
+    MAX_NAME_CHARS,
+    MAX_NESTING,
+    MAX_PARAMETERS,
+    MAX_STRING_CHARS,
+    MAX_TRIALS,
+)
 
 METRICS = (
     "val_accuracy", "val_loss", "train_accuracy", "train_loss",
@@ -44,13 +62,8 @@ SEARCHABLE_TRAINING_FIELDS = {
     "data_pipeline": "str",
 }
 PRECISIONS = ("", "auto", "fp32", "bf16", "fp16")
-MAX_TRIALS = 100_000
 MAX_EPOCHS = 100_000
 MAX_TRIAL_RETRIES = 100
-# JSON levels below `spec`. Protobuf readers stop at 100 message levels and each Struct level costs
-# two, so a deeper stored spec would break every client's ListStudies.
-MAX_NESTING = 32
-MAX_PARAMETERS = 1000
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_OPTIMIZER = "adam"
 DEFAULT_SEARCHER = "random"
@@ -96,16 +109,21 @@ def _duration_s(value: Any, path: str) -> float | None:
     return seconds or None
 
 
-def _check_nesting(value: Any, path: str, depth: int = 0) -> None:
-    """Refuses objects and lists more than MAX_NESTING levels below `spec` (`value` is at `depth`)."""
+def _check_shape(value: Any, path: str, depth: int = 0) -> None:
+    """Refuses objects and lists more than MAX_NESTING levels below `spec` (`value` is at `depth`),
+    keys longer than MAX_NAME_CHARS and strings longer than MAX_STRING_CHARS."""
     children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
     for key, child in children:
+        if isinstance(key, str) and len(key) > MAX_NAME_CHARS:
+            raise InvalidArgument(path, f"has a key longer than {MAX_NAME_CHARS} characters")
+        child_path = f"{path}[{key}]" if isinstance(value, list) else f"{path}.{key}"
+        if isinstance(child, str) and len(child) > MAX_STRING_CHARS:
+            raise InvalidArgument(child_path, f"longer than {MAX_STRING_CHARS} characters ({len(child)})")
         if not isinstance(child, (dict, list)):
             continue
-        child_path = f"{path}[{key}]" if isinstance(value, list) else f"{path}.{key}"
         if depth + 1 > MAX_NESTING:
             raise InvalidArgument(child_path, f"nested deeper than {MAX_NESTING} levels")
-        _check_nesting(child, child_path, depth + 1)
+        _check_shape(child, child_path, depth + 1)
 
 
 def _plain_type_ok(kind: str, value: Any) -> bool:
@@ -120,10 +138,22 @@ def _plain_type_ok(kind: str, value: Any) -> bool:
 
 
 class SpecValidator:
-    """Checks a spec against the plugin registry; one instance serves every request."""
+    """Checks a spec against the plugin registry; one instance serves every request.
 
-    def __init__(self, registry: PluginRegistry) -> None:
+    `data_root` is the server's `--data-root`: path options must lie inside it. "" means none is
+    configured, and then only empty path values pass.
+    """
+
+    def __init__(self, registry: PluginRegistry, data_root: str = "") -> None:
         self.registry = registry
+        self.data_root = data_root
+
+    def _check_path(self, param: ParamSpec, value: Any, path: str) -> None:
+        if param.type == "path" and value:
+            try:
+                resolve_data_path(self.data_root, value)
+            except ValueError as exc:
+                raise InvalidArgument(path, str(exc)) from None
 
     # ---- components and options ----
 
@@ -153,6 +183,7 @@ class SpecValidator:
                 checked[key] = coerce_option(param, value)
             except ValueError as exc:
                 raise InvalidArgument(f"{path}.{key}", str(exc)) from None
+            self._check_path(param, checked[key], f"{path}.{key}")
         return checked
 
     def _component(
@@ -174,10 +205,10 @@ class SpecValidator:
     def validate(self, spec: dict[str, Any]) -> StudyPlan:
         if not isinstance(spec, dict):
             raise InvalidArgument("spec", "must be an object")
-        _check_nesting(spec, "spec")
+        _check_shape(spec, "spec")
         out: dict[str, Any] = {"name": str(spec.get("name", ""))}
-        if len(out["name"]) > 200:
-            raise InvalidArgument("spec.name", "longer than 200 characters")
+        if len(out["name"]) > MAX_NAME_CHARS:
+            raise InvalidArgument("spec.name", f"longer than {MAX_NAME_CHARS} characters")
         out["dataset"] = self._component("dataset", spec.get("dataset"), "spec.dataset")
         out["model"] = self._component("model", spec.get("model"), "spec.model")
         out["training"] = self._training(spec.get("training") or {})
@@ -343,7 +374,7 @@ class SpecValidator:
     def _space(self, params: Any, spec: dict[str, Any]) -> tuple[Parameter, ...]:
         if not isinstance(params, list):
             raise InvalidArgument("spec.search_space", "must be a list")
-        if len(params) > MAX_PARAMETERS:  # checking alternatives is quadratic: 4,000 took 18 s of one RPC
+        if len(params) > MAX_PARAMETERS:
             raise InvalidArgument("spec.search_space", f"more than {MAX_PARAMETERS} parameters ({len(params)})")
         out: list[Parameter] = []
         names: dict[str, Parameter] = {}
@@ -354,6 +385,8 @@ class SpecValidator:
             name = raw.get("name")
             if not isinstance(name, str) or not name:
                 raise InvalidArgument(f"{path}.name", "required")
+            if len(name) > MAX_NAME_CHARS:
+                raise InvalidArgument(f"{path}.name", f"longer than {MAX_NAME_CHARS} characters")
             domain = self._domain(raw, path)
             condition = self._condition(raw.get("condition"), names, f"{path}.condition")
             param = Parameter(name=name, domain=domain, condition=condition)
@@ -388,6 +421,8 @@ class SpecValidator:
             values = body.get("values") or []
             if not values:
                 raise InvalidArgument(f"{p}.values", "must not be empty")
+            if len(values) > MAX_CHOICE_VALUES:
+                raise InvalidArgument(f"{p}.values", f"more than {MAX_CHOICE_VALUES} values ({len(values)})")
             if len({repr(v) for v in values}) != len(values):
                 raise InvalidArgument(f"{p}.values", "values must be distinct")
             return Choice(values=tuple(int(v) if isinstance(v, float) and v.is_integer() else v for v in values))
@@ -422,6 +457,8 @@ class SpecValidator:
         values = raw.get("values") or []
         if not values:
             raise InvalidArgument(f"{path}.values", "must not be empty")
+        if len(values) > MAX_CHOICE_VALUES:
+            raise InvalidArgument(f"{path}.values", f"more than {MAX_CHOICE_VALUES} values ({len(values)})")
         for j, value in enumerate(values):
             if isinstance(value, (dict, list)):  # conditions compare values as set members
                 why = f"must be a string, number or bool, got a {type(value).__name__}"
@@ -510,6 +547,7 @@ class SpecValidator:
             if isinstance(domain, Choice) and spec_param is not None:
                 for j, value in enumerate(domain.values):
                     try:
-                        coerce_option(spec_param, value)
+                        coerced = coerce_option(spec_param, value)
                     except ValueError as exc:
                         raise InvalidArgument(f"{path}.choice.values[{j}]", str(exc)) from None
+                    self._check_path(spec_param, coerced, f"{path}.choice.values[{j}]")

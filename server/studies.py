@@ -8,8 +8,9 @@ import time
 from typing import Any
 
 from tuneyard.plugins.manager import PluginRegistry
-from tuneyard.server.domain import InvalidArgument, StudyRecord, StudyState, WrongState
+from tuneyard.server.domain import InvalidArgument, ResourceExhausted, StudyRecord, StudyState, WrongState
 from tuneyard.server.events import EventHub
+from tuneyard.server.limits import DEFAULT_MAX_ACTIVE_STUDIES
 from tuneyard.server.runner import StudyRunner
 from tuneyard.server.scheduler import DeviceScheduler
 from tuneyard.server.spec import SpecValidator, StudyPlan
@@ -18,10 +19,16 @@ from tuneyard.server.storage import Storage
 log = logging.getLogger(__name__)
 CANCEL_WAIT_S = 5.0  # CancelStudy answers once the study is CANCELLED, or after this long
 SHUTDOWN_WAIT_S = 10.0
+_LOOKUP_PAGE = 500
 
 
 class StudyManager:
-    """The collaborator the servicer calls for every state-changing request."""
+    """The collaborator the servicer calls for every state-changing request.
+
+    `data_root` confines the path options of specs (see `spec`); None means the server's default,
+    `<data dir>/datasets`. `max_active_studies` caps the unfinished (PENDING or RUNNING) studies:
+    one more is refused with ResourceExhausted; 0 means no cap.
+    """
 
     def __init__(
         self,
@@ -31,10 +38,14 @@ class StudyManager:
         scheduler: DeviceScheduler,
         registry: PluginRegistry,
         heartbeat_timeout: float = 0.0,
+        data_root: str | None = None,
+        max_active_studies: int = DEFAULT_MAX_ACTIVE_STUDIES,
     ) -> None:
         self.storage, self.hub, self.scheduler, self.registry = storage, hub, scheduler, registry
         self.heartbeat_timeout = heartbeat_timeout
-        self.validator = SpecValidator(registry)
+        self.max_active_studies = max_active_studies
+        root = str(storage.data_dir / "datasets") if data_root is None else data_root
+        self.validator = SpecValidator(registry, data_root=root)
         self._runners: dict[str, StudyRunner] = {}
         self._lock = threading.Lock()
 
@@ -45,10 +56,30 @@ class StudyManager:
         if why:
             raise InvalidArgument("spec.resources.gpus_per_trial", why)
         with self._lock:
+            active = len(self.storage.unfinished_studies())
+            if self.max_active_studies and active >= self.max_active_studies:
+                earlier = self._by_request_id(request_id)
+                if earlier is not None:  # a retry of a study that already exists is no new study
+                    return earlier
+                raise ResourceExhausted(
+                    f"{active} studies are unfinished on this server (at most {self.max_active_studies}); "
+                    "wait for one to end, or cancel one"
+                )
             study, created = self.storage.create_study(plan.spec, request_id)
             if created:
                 self._start(study.study_id, plan)
         return study
+
+    def _by_request_id(self, request_id: str) -> StudyRecord | None:
+        """The study created with `request_id`, or None (a scan: only asked when the cap is reached)."""
+        if not request_id:
+            return None
+        token = ""
+        while True:
+            studies, token = self.storage.list_studies(_LOOKUP_PAGE, token)
+            found = next((s for s in studies if s.request_id == request_id), None)
+            if found is not None or not token:
+                return found
 
     def _start(self, study_id: str, plan: StudyPlan) -> None:
         runner = StudyRunner(

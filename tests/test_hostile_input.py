@@ -594,9 +594,9 @@ REGRESSIONS = [
     ("an object as a condition value", _request(_with(search_space=alternatives([[{"a": 1}], ["adam"]]))),
      "spec.search_space[1].condition.values[0]", "got a dict"),
     ("a 100 kB plugin name (its echo outgrew the client's trailer limit: RESOURCE_EXHAUSTED)",
-     _request(_with(dataset={"name": "y" * 100_000})), "spec.dataset.name", "unknown dataset"),
+     _request(_with(dataset={"name": "y" * 100_000})), "spec.dataset.name", "longer than 4096 characters"),
     ("5000 two-byte characters in a plugin name", _request(_with(model={"name": "ü" * 5000})), "spec.model.name",
-     "unknown model"),
+     "longer than 4096 characters"),
     ("an option nested deeper than clients can read back", _request(_with(training=_milestones(40))),
      "spec.training.lr_scheduler.options.milestones[0]", "nested deeper than 32 levels"),
 ]  # fmt: skip

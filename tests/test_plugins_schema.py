@@ -6,8 +6,8 @@ from typing import Any, Literal, Optional  # noqa: UP035 - Optional is what is b
 
 import pytest
 
-from tuneyard.plugins.api import REQUIRED, ParamSpec
-from tuneyard.plugins.schema import coerce_option, derive_params, describe, param_docs, resolve_options
+from tuneyard.plugins.api import REQUIRED, DataPath, ParamSpec
+from tuneyard.plugins.schema import coerce_option, derive_params, describe, param_docs, resolve_options, type_name
 
 
 def model_factory(
@@ -165,3 +165,16 @@ def test_resolve_options_fills_defaults_and_names_the_bad_option() -> None:
         resolve_options(params, {"widht": 1, "depth": 1}, "model 'm'")
     with pytest.raises(ValueError, match="option 'depth' of model 'm' is required"):
         resolve_options(params, {}, "model 'm'")
+
+
+def dataset_factory(*, root: str, path: DataPath, weights: DataPath | None = None, name: str = "x") -> object:
+    return None
+
+
+def test_a_data_path_option_has_type_path_and_takes_strings() -> None:
+    params = {p.name: p for p in derive_params(dataset_factory, "dataset")}
+    assert {n: p.type for n, p in params.items()} == {"path": "path", "weights": "path", "name": "str"}
+    assert type_name("DataPath") == type_name("Optional[DataPath]") == "path"  # unresolvable string annotations
+    assert coerce_option(params["path"], "images/train") == "images/train"
+    with pytest.raises(ValueError, match="expected path, got 3"):
+        coerce_option(params["path"], 3)

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from tuneyard.plugins import hookimpl
-from tuneyard.plugins.api import DatasetSplits
+from tuneyard.plugins.api import DataPath, DatasetSplits
 from tuneyard.plugins.builtin import _dataset_files as files
 
 
@@ -119,7 +119,7 @@ def _torchvision(
 
 
 def mnist(
-    *, root: str, path: str = "mnist", download: bool = False, val_fraction: float = 0.1, split_seed: int = 0
+    *, root: str, path: DataPath = "mnist", download: bool = False, val_fraction: float = 0.1, split_seed: int = 0
 ) -> DatasetSplits:
     """MNIST handwritten digits (28x28 grayscale, 10 classes) in torchvision's format.
 
@@ -136,7 +136,12 @@ def mnist(
 
 
 def fashion_mnist(
-    *, root: str, path: str = "fashion_mnist", download: bool = False, val_fraction: float = 0.1, split_seed: int = 0
+    *,
+    root: str,
+    path: DataPath = "fashion_mnist",
+    download: bool = False,
+    val_fraction: float = 0.1,
+    split_seed: int = 0,
 ) -> DatasetSplits:
     """Fashion-MNIST clothing images (28x28 grayscale, 10 classes) in torchvision's format.
 
@@ -153,7 +158,7 @@ def fashion_mnist(
 
 
 def cifar10(
-    *, root: str, path: str = "cifar10", download: bool = False, val_fraction: float = 0.1, split_seed: int = 0
+    *, root: str, path: DataPath = "cifar10", download: bool = False, val_fraction: float = 0.1, split_seed: int = 0
 ) -> DatasetSplits:
     """CIFAR-10 (32x32 RGB, 10 classes) in torchvision's format, checksums verified.
 
@@ -170,7 +175,7 @@ def cifar10(
 
 
 def cifar100(
-    *, root: str, path: str = "cifar100", download: bool = False, val_fraction: float = 0.1, split_seed: int = 0
+    *, root: str, path: DataPath = "cifar100", download: bool = False, val_fraction: float = 0.1, split_seed: int = 0
 ) -> DatasetSplits:
     """CIFAR-100 (32x32 RGB, 100 fine classes) in torchvision's format, checksums verified.
 
@@ -189,7 +194,7 @@ def cifar100(
 def image_folder(
     *,
     root: str,
-    path: str,
+    path: DataPath,
     size: int = 32,
     channels: int = 0,
     val_fraction: float = 0.15,

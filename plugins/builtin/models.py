@@ -11,6 +11,7 @@ from typing import Any
 from torch import nn
 
 from tuneyard.plugins import hookimpl
+from tuneyard.plugins.api import DataPath
 from tuneyard.plugins.builtin._convnet import ConvNet
 from tuneyard.plugins.builtin._finetune import build_finetune
 from tuneyard.plugins.builtin._torchvision_models import FACTORIES as TORCHVISION_FACTORIES
@@ -129,7 +130,7 @@ def finetune(
     num_classes: int,
     backbone: str = "resnet18",
     weights: str = "",
-    weights_file: str = "",
+    weights_file: DataPath = "",
     freeze: int = 0,
     head_layers: int = 0,
     head_width: int = 256,

@@ -1,0 +1,47 @@
+"""Every cap the server puts on what one request, one client or all clients together may ask for.
+
+Exceeding one is refused before anything is stored or started, and the server goes on serving:
+
+| cap | value | refused with |
+|---|---|---|
+| request size (`app.MAX_MESSAGE_BYTES`, grpc's receive limit) | 4 MiB | RESOURCE_EXHAUSTED (from grpc) |
+| JSON levels below `spec` (MAX_NESTING) | 32 | INVALID_ARGUMENT |
+| search-space parameters (MAX_PARAMETERS) | 1,000 | INVALID_ARGUMENT |
+| values of one choice, or of one condition (MAX_CHOICE_VALUES) | 1,000 | INVALID_ARGUMENT |
+| `spec.name`, a parameter name, any object key (MAX_NAME_CHARS) | 200 characters | INVALID_ARGUMENT |
+| any other string in a spec (MAX_STRING_CHARS) | 4,096 characters | INVALID_ARGUMENT |
+| a path option (MAX_PATH_CHARS; one component: MAX_PATH_PART_BYTES) | 4,096 chars; 255 bytes | INVALID_ARGUMENT |
+| `request_id`, `study_id` (MAX_ID_CHARS) | 64 characters | INVALID_ARGUMENT |
+| `budget.max_trials` (MAX_TRIALS) | 100,000 | INVALID_ARGUMENT |
+| unfinished studies on the server (`StudyManager(max_active_studies=)`) | 64 | RESOURCE_EXHAUSTED |
+| open WatchStudy streams on the server (MAX_WATCHERS) | 200 | RESOURCE_EXHAUSTED |
+| open WatchStudy streams of one client (MAX_WATCHERS_PER_CLIENT) | 128 | RESOURCE_EXHAUSTED |
+
+A client is who `servicer.client_identity` says: the peer's host. Modules read these names at call
+time (or, for the stream caps, when the servicer is built), so a test may monkeypatch them lower in
+the module that uses them.
+"""
+
+from __future__ import annotations
+
+from tuneyard.plugins.api import MAX_PATH_CHARS, MAX_PATH_PART_BYTES
+
+__all__ = [
+    "DEFAULT_MAX_ACTIVE_STUDIES", "MAX_CHOICE_VALUES", "MAX_ID_CHARS", "MAX_MESSAGE_BYTES", "MAX_NAME_CHARS",
+    "MAX_NESTING", "MAX_PARAMETERS", "MAX_PATH_CHARS", "MAX_PATH_PART_BYTES", "MAX_STRING_CHARS", "MAX_TRIALS",
+    "MAX_WATCHERS", "MAX_WATCHERS_PER_CLIENT",
+]  # fmt: skip
+
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # the value app.MAX_MESSAGE_BYTES gives grpc
+# Protobuf readers stop at 100 message levels and each Struct level costs two, so a deeper stored
+# spec would break every client's ListStudies.
+MAX_NESTING = 32
+MAX_PARAMETERS = 1000  # checking alternatives is quadratic: 4,000 took 18 s of one RPC
+MAX_CHOICE_VALUES = 1000
+MAX_NAME_CHARS = 200
+MAX_STRING_CHARS = 4096
+MAX_ID_CHARS = 64
+MAX_TRIALS = 100_000
+DEFAULT_MAX_ACTIVE_STUDIES = 64
+MAX_WATCHERS = 200  # each open stream holds an RPC thread; kept below app.RPC_THREADS
+MAX_WATCHERS_PER_CLIENT = 128
