@@ -16,6 +16,7 @@ from tuneyard.plugins.manager import PluginRegistry
 from tuneyard.server import wire
 from tuneyard.server.devices import plan_devices
 from tuneyard.server.events import EventHub
+from tuneyard.server.limits import DEFAULT_MAX_ACTIVE_STUDIES, MAX_MESSAGE_BYTES
 from tuneyard.server.ray_executor import RayPool
 from tuneyard.server.scheduler import DeviceScheduler
 from tuneyard.server.security import Authenticator, AuthInterceptor, TlsFiles, Token, check_bind
@@ -28,7 +29,6 @@ from tuneyard.v1 import service_pb2
 log = logging.getLogger(__name__)
 SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["TrainingService"].full_name
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 DEFAULT_HEARTBEAT_TIMEOUT_S = 600.0  # a trial silent this long (no batch, no epoch) is killed as hung
 RPC_THREADS = 256  # WatchStudy streams hold one each; servicer.MAX_WATCHERS stays below
 
@@ -106,6 +106,7 @@ def start_server(
     executor: str = "local",
     ray_address: str = "",
     checkpoint_dir: Path | None = None,
+    max_active_studies: int = DEFAULT_MAX_ACTIVE_STUDIES,
 ) -> ServerHandle:
     """Starts a server on host:port (0 picks a free port) and returns once it is SERVING.
 
@@ -138,8 +139,9 @@ def start_server(
     hub = EventHub(storage)
     scheduler = DeviceScheduler(device_list, pool)
     studies = StudyManager(
-        storage=storage, hub=hub, scheduler=scheduler, registry=registry, heartbeat_timeout=trial_heartbeat_timeout
-    )
+        storage=storage, hub=hub, scheduler=scheduler, registry=registry, heartbeat_timeout=trial_heartbeat_timeout,
+        data_root=data_root, max_active_studies=max_active_studies, checkpoint_dir=checkpoint_dir,
+    )  # fmt: skip
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=RPC_THREADS, thread_name_prefix="rpc"),
         interceptors=[AuthInterceptor(authenticator)] if authenticator else None,
@@ -149,8 +151,9 @@ def start_server(
         ],
     )
     servicer = TrainingServicer(
-        storage=storage, studies=studies, hub=hub, registry=registry, scheduler=scheduler, executor=pool.name
-    )
+        storage=storage, studies=studies, hub=hub, registry=registry, scheduler=scheduler, executor=pool.name,
+        authenticator=authenticator,
+    )  # fmt: skip
     wire.add_training_service(servicer, server)
     health_servicer = add_maintenance_services(server, [SERVICE_NAME])
     target = f"{host}:{port}"

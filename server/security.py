@@ -163,15 +163,3 @@ def _refusing(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHan
     if handler.response_streaming:
         return grpc.unary_stream_rpc_method_handler(refuse_stream)
     return grpc.unary_unary_rpc_method_handler(refuse)
-
-
-def client_identity(context: grpc.ServicerContext, authenticator: Authenticator | None) -> str:
-    """Who is calling, for per-client limits: the token's name, else the peer's host."""
-    if authenticator is not None:
-        name = authenticator.identify(context.invocation_metadata())
-        if name is not None:
-            return f"token:{name}"
-    peer = context.peer()  # "ipv4:127.0.0.1:54321", "ipv6:[::1]:54321", "unix:..."
-    kind, _, rest = peer.partition(":")
-    host = rest.rsplit(":", 1)[0] if kind in ("ipv4", "ipv6") else rest
-    return f"{kind}:{host}"

@@ -18,6 +18,7 @@ from tuneyard.server.errors import streaming, unary
 from tuneyard.server.events import EventHub
 from tuneyard.server.limits import MAX_ID_CHARS, MAX_WATCHERS, MAX_WATCHERS_PER_CLIENT
 from tuneyard.server.scheduler import DeviceScheduler
+from tuneyard.server.security import Authenticator
 from tuneyard.server.storage import Storage
 from tuneyard.server.studies import StudyManager
 from tuneyard.v1 import service_pb2 as pb
@@ -29,12 +30,17 @@ MAX_ID_LENGTH = MAX_ID_CHARS
 WATCH_POLL_S = 1.0
 
 
-def client_identity(context: grpc.ServicerContext) -> str:
-    """Who a request comes from, for per-client caps: the peer's host, without its port.
+def client_identity(context: grpc.ServicerContext, authenticator: Authenticator | None = None) -> str:
+    """Who a request comes from, for per-client caps: the name of its token when the server
+    checks tokens, else the peer's host without its port.
 
     "ipv4:127.0.0.1:54321" -> "127.0.0.1", "ipv6:[::1]:54321" -> "::1"; other peers (a unix
-    socket) as grpc names them. With authentication this becomes the token's name.
+    socket) as grpc names them.
     """
+    if authenticator is not None:
+        name = authenticator.identify(context.invocation_metadata())
+        if name is not None:
+            return f"token {name}"
     peer = context.peer() or ""
     scheme, _, address = peer.partition(":")
     if scheme in ("ipv4", "ipv6"):
@@ -73,9 +79,11 @@ class TrainingServicer(service_pb2_grpc.TrainingServiceServicer):
         registry: PluginRegistry,
         scheduler: DeviceScheduler,
         executor: str,
+        authenticator: Authenticator | None = None,
     ) -> None:
         self.storage, self.studies, self.hub = storage, studies, hub
         self.registry, self.scheduler, self.executor = registry, scheduler, executor
+        self.authenticator = authenticator
         self._max_watchers, self._watchers_per_client = MAX_WATCHERS, MAX_WATCHERS_PER_CLIENT
         self._watchers = threading.BoundedSemaphore(MAX_WATCHERS)
         self._watching: dict[str, int] = {}  # client -> its open streams
@@ -117,7 +125,7 @@ class TrainingServicer(service_pb2_grpc.TrainingServiceServicer):
         last, _ = self.storage.last_sequence(study_id)
         if after > last:
             raise InvalidArgument("after_sequence", f"{after} is past the study's last event ({last})")
-        with self._watch_slot(client_identity(context)):
+        with self._watch_slot(client_identity(context, self.authenticator)):
             yield from self._watch(study_id, after, context)
 
     @contextmanager
@@ -195,4 +203,5 @@ class TrainingServicer(service_pb2_grpc.TrainingServiceServicer):
             )  # fmt: skip
             for device, used, workers, busy, holders in self.scheduler.occupancy()
         ]
-        return pb.ServerInfo(version=__version__, executor=self.executor, devices=devices)
+        nodes = [pb.Node(**node) for node in self.scheduler.pool.nodes()]
+        return pb.ServerInfo(version=__version__, executor=self.executor, devices=devices, nodes=nodes)

@@ -318,3 +318,24 @@ def test_a_client_cannot_make_the_server_import_anything(tls_server, certs, name
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert refused.value.details().startswith("spec.model.name")
     assert "antigravity" not in sys.modules
+
+
+class FakeContext:
+    def __init__(self, metadata: list[tuple[str, str]], peer: str = "ipv4:10.1.2.3:5555") -> None:
+        self._metadata, self._peer = metadata, peer
+
+    def invocation_metadata(self) -> list[tuple[str, str]]:
+        return self._metadata
+
+    def peer(self) -> str:
+        return self._peer
+
+
+def test_per_client_limits_count_by_token_name_when_tokens_are_on():
+    from tuneyard.server.security import Authenticator
+    from tuneyard.server.servicer import client_identity
+
+    auth = Authenticator([Token("alice", TOKEN.encode())])
+    assert client_identity(FakeContext(bearer(TOKEN)), auth) == "token alice"
+    assert client_identity(FakeContext(bearer(OTHER_TOKEN)), auth) == "10.1.2.3"
+    assert client_identity(FakeContext([]), None) == "10.1.2.3"
