@@ -21,6 +21,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from tuneyard.server.devices import Device
@@ -29,6 +30,7 @@ from tuneyard.server.worker import make_trainer, run_task
 log = logging.getLogger(__name__)
 Sink = Callable[[tuple[Any, ...]], None]
 FINAL = ("done", "error", "infeasible")
+RAY_TOKEN_FILE = Path.home() / ".ray" / "auth_token"
 
 
 def _ray() -> Any:
@@ -185,12 +187,23 @@ class RayWorker:
             pass
 
 
+def _use_ray_token_if_any() -> None:
+    """Clusters started by `ray start` require Ray's own auth token when one exists (Ray >= 2.5x);
+    a joining driver must then say so too, or the cluster refuses it."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") or RAY_TOKEN_FILE.exists():
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
 class RayPool:
     """Every Ray worker of this server, grouped by device and share; the cluster it runs on."""
 
     name = "ray"
 
     def __init__(self, address: str = "", data_root: str = "", cpu_slots: int | None = None) -> None:
+        if address:
+            _use_ray_token_if_any()  # before Ray is imported: it reads its settings then
         ray = _ray()
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keeps a local Ray on loopback
         options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "namespace": "tuneyard"}
