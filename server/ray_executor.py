@@ -202,10 +202,12 @@ class RayPool:
     name = "ray"
 
     def __init__(self, address: str = "", data_root: str = "", cpu_slots: int | None = None) -> None:
+        # Before Ray is imported: it reads these settings then.
         if address:
-            _use_ray_token_if_any()  # before Ray is imported: it reads its settings then
+            _use_ray_token_if_any()
+        else:
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keeps our own Ray on loopback
         ray = _ray()
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keeps a local Ray on loopback
         options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "namespace": "tuneyard"}
         if address:
             options["address"] = address
