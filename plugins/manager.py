@@ -38,6 +38,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "tuneyard.plugins.builtin.datasets",
     "tuneyard.plugins.builtin.searchers",
     "tuneyard.plugins.builtin.early_stoppers",
+    "tuneyard.plugins.builtin.tensorboard_logger",
 )
 
 REGISTER_HOOKS: dict[str, str] = {
