@@ -22,7 +22,7 @@ from pathlib import Path
 import grpc
 from rich.console import Console
 
-from tuneyard.client import render
+from tuneyard.client import render, report
 from tuneyard.client.connection import InsecureTokenWarning
 from tuneyard.client.errors import TuneyardError
 from tuneyard.client.progress import PlainProgress, make_display
@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
         "kind", nargs="?", default="", help="optimizer, lr_scheduler, augmentation, model, dataset, ..."
     )
     add("info", "server version, executor and devices")
+    p = add("report", "write a study's self-contained HTML report: trial table and plots (works offline)")
+    p.add_argument("study_id", metavar="ID")
+    p.add_argument("--out", metavar="FILE", type=Path, default=Path("report.html"), help="default: report.html")
+    p.add_argument("--png", metavar="DIR", type=Path, help="also write each plot as DIR/<plot>.png (needs matplotlib)")
     p = sub.add_parser("demo", help="run the digits example on an in-process server (needs [server])")
     p.add_argument("--data-dir", type=Path, help="where the demo server stores data (default: a temp dir)")
     p.add_argument("--cpu-slots", type=int, metavar="N", help="trials run at once on CPU (server default)")
@@ -294,6 +298,17 @@ def _info(client: Client, args: argparse.Namespace, out: Console) -> int:
     return 0
 
 
+def _write_report(client: Client, args: argparse.Namespace, out: Console) -> int:
+    try:
+        written = report.write_report(client, args.study_id, args.out, args.png)
+    except report.MissingExtra as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for path in written:
+        out.print(f"wrote {path}", markup=False)
+    return 0
+
+
 def _demo(args: argparse.Namespace, out: Console) -> int:
     try:
         from tuneyard.server.app import start_server
@@ -327,6 +342,7 @@ COMMANDS: dict[str, Callable[[Client, argparse.Namespace, Console], int]] = {
     "cancel": _cancel,
     "plugins": _plugins,
     "info": _info,
+    "report": _write_report,
 }
 
 
