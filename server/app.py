@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from concurrent import futures
 from dataclasses import dataclass
@@ -107,6 +108,7 @@ def start_server(
     ray_address: str = "",
     checkpoint_dir: Path | None = None,
     max_active_studies: int = DEFAULT_MAX_ACTIVE_STUDIES,
+    tensorboard_dir: Path | None = None,
 ) -> ServerHandle:
     """Starts a server on host:port (0 picks a free port) and returns once it is SERVING.
 
@@ -133,6 +135,8 @@ def start_server(
         )  # fmt: skip
     device_list = pool.devices
     storage = Storage(data_dir)
+    if tensorboard_dir is not None:  # read by the built-in tensorboard_logger plugin when a trial starts
+        os.environ["TUNEYARD_TENSORBOARD_DIR"] = str(Path(tensorboard_dir).resolve())
     registry = PluginRegistry.load()
     for error in registry.errors:
         log.warning("plugin not loaded: %s: %s", error.source, error.message)

@@ -27,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-dir", type=Path, default=None,
                    help="where trials' checkpoints live; with --executor ray, a path every node sees "
                    "(default DATA_DIR/studies)")  # fmt: skip
+    p.add_argument("--tensorboard-dir", type=Path, default=None,
+                   help="write each trial as a TensorBoard run under DIR/<study>/trial-<n> (default off)")  # fmt: skip
     p.add_argument("--max-active-studies", type=int, default=64, metavar="N",
                    help="refuse new studies while N are unfinished (default 64; 0: no limit)")  # fmt: skip
     p.add_argument("--max-trials-per-worker", type=int, default=0, help="recycle a worker after N trials (0: never)")
@@ -76,7 +78,7 @@ def serve_main(argv: list[str]) -> int:
             cpu_slots=args.cpu_slots, data_root=args.data_root, max_trials_per_worker=args.max_trials_per_worker,
             trial_heartbeat_timeout=args.trial_heartbeat_timeout, tls=tls, tokens=tokens, insecure=args.insecure,
             executor=args.executor, ray_address=args.ray_address, checkpoint_dir=args.checkpoint_dir,
-            max_active_studies=args.max_active_studies,
+            max_active_studies=args.max_active_studies, tensorboard_dir=args.tensorboard_dir,
         )  # fmt: skip
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
