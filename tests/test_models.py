@@ -61,7 +61,7 @@ def test_every_model_option_is_typed_documented_and_scalar(reg: PluginRegistry) 
     for entry in reg.entries("model"):
         assert entry.description, entry.name
         for param in entry.parameters:
-            assert param.type in ("int", "float", "bool", "str"), (entry.name, param.name)
+            assert param.type in ("int", "float", "bool", "str", "path"), (entry.name, param.name)
             assert not param.required and param.doc, (entry.name, param.name)
     options = {p.name: p.default for p in reg.get("model", "convnet").parameters}
     assert options == {
