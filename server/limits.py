@@ -4,7 +4,7 @@ Exceeding one is refused before anything is stored or started, and the server go
 
 | cap | value | refused with |
 |---|---|---|
-| request size (`app.MAX_MESSAGE_BYTES`, grpc's receive limit) | 4 MiB | RESOURCE_EXHAUSTED (from grpc) |
+| request size (MAX_MESSAGE_BYTES, grpc's receive limit) | 4 MiB | RESOURCE_EXHAUSTED (from grpc) |
 | JSON levels below `spec` (MAX_NESTING) | 32 | INVALID_ARGUMENT |
 | search-space parameters (MAX_PARAMETERS) | 1,000 | INVALID_ARGUMENT |
 | values of one choice, or of one condition (MAX_CHOICE_VALUES) | 1,000 | INVALID_ARGUMENT |
@@ -17,9 +17,9 @@ Exceeding one is refused before anything is stored or started, and the server go
 | open WatchStudy streams on the server (MAX_WATCHERS) | 200 | RESOURCE_EXHAUSTED |
 | open WatchStudy streams of one client (MAX_WATCHERS_PER_CLIENT) | 128 | RESOURCE_EXHAUSTED |
 
-A client is who `servicer.client_identity` says: the peer's host. Modules read these names at call
-time (or, for the stream caps, when the servicer is built), so a test may monkeypatch them lower in
-the module that uses them.
+A client is who `servicer.client_identity` says: its token's name when tokens are on, else the
+peer's host. Modules read these names at call time (or, for the stream caps, when the servicer is
+built), so a test may monkeypatch them lower in the module that uses them.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ __all__ = [
     "MAX_WATCHERS", "MAX_WATCHERS_PER_CLIENT",
 ]  # fmt: skip
 
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # the value app.MAX_MESSAGE_BYTES gives grpc
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # grpc's receive limit (server/app.py)
 # Protobuf readers stop at 100 message levels and each Struct level costs two, so a deeper stored
 # spec would break every client's ListStudies.
 MAX_NESTING = 32
