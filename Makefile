@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-load protos lint clean
+.PHONY: demo test test-load protos lint clean chromium
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,7 +14,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/tuneyard demo
 
-test: $(STAMP)
+# The dashboard's end-to-end test drives Debian's headless chromium; install it when missing and
+# allowed (root with apt-get), else that one test is skipped and says why.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
+		echo "chromium not installed: the dashboard browser test will be skipped"
+
+test: $(STAMP) chromium
 	$(PY) -m pytest
 
 test-load: $(STAMP)

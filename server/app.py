@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from tuneyard.plugins.manager import PluginRegistry
 from tuneyard.server import wire
+from tuneyard.server.dashboard import Dashboard
 from tuneyard.server.devices import plan_devices
 from tuneyard.server.events import EventHub
 from tuneyard.server.limits import DEFAULT_MAX_ACTIVE_STUDIES, MAX_MESSAGE_BYTES
@@ -78,10 +79,13 @@ class ServerHandle:
     studies: StudyManager
     pool: WorkerPool | RayPool
     health: health.HealthServicer
+    dashboard: Dashboard | None = None
 
     def stop(self, grace: float = 2.0) -> None:
         self.health.enter_graceful_shutdown()
         self.hub.close()
+        if self.dashboard is not None:
+            self.dashboard.stop()
         self.grpc_server.stop(grace).wait()
         self.studies.shutdown()
         self.pool.close()
@@ -109,6 +113,7 @@ def start_server(
     checkpoint_dir: Path | None = None,
     max_active_studies: int = DEFAULT_MAX_ACTIVE_STUDIES,
     tensorboard_dir: Path | None = None,
+    dashboard_port: int | None = None,
 ) -> ServerHandle:
     """Starts a server on host:port (0 picks a free port) and returns once it is SERVING.
 
@@ -166,6 +171,15 @@ def start_server(
         pool.close()
         storage.close()
         raise OSError(f"cannot listen on {host}:{port}")
+    dashboard = None
+    if dashboard_port is not None:
+        try:
+            dashboard = Dashboard(storage, hub, host, dashboard_port, authenticator, tls)
+        except OSError as exc:
+            server.stop(0)
+            pool.close()
+            storage.close()
+            raise OSError(f"dashboard cannot listen on {host}:{dashboard_port}: {exc.strerror}") from None
     server.start()
     for study_id in studies.resume_unfinished():
         log.info("resuming study %s", study_id)
@@ -173,5 +187,5 @@ def start_server(
     display_host = f"[{host}]" if ":" in host else host
     return ServerHandle(
         address=f"{display_host}:{bound}", port=bound, grpc_server=server, storage=storage, hub=hub,
-        studies=studies, pool=pool, health=health_servicer,
+        studies=studies, pool=pool, health=health_servicer, dashboard=dashboard,
     )  # fmt: skip

@@ -27,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-dir", type=Path, default=None,
                    help="where trials' checkpoints live; with --executor ray, a path every node sees "
                    "(default DATA_DIR/studies)")  # fmt: skip
+    p.add_argument("--dashboard-port", type=int, default=None, metavar="PORT",
+                   help="serve the read-only web dashboard on this port of --host (default off)")  # fmt: skip
     p.add_argument("--tensorboard-dir", type=Path, default=None,
                    help="write each trial as a TensorBoard run under DIR/<study>/trial-<n> (default off)")  # fmt: skip
     p.add_argument("--max-active-studies", type=int, default=64, metavar="N",
@@ -79,6 +81,7 @@ def serve_main(argv: list[str]) -> int:
             trial_heartbeat_timeout=args.trial_heartbeat_timeout, tls=tls, tokens=tokens, insecure=args.insecure,
             executor=args.executor, ray_address=args.ray_address, checkpoint_dir=args.checkpoint_dir,
             max_active_studies=args.max_active_studies, tensorboard_dir=args.tensorboard_dir,
+            dashboard_port=args.dashboard_port,
         )  # fmt: skip
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -88,6 +91,8 @@ def serve_main(argv: list[str]) -> int:
     auth = f", {len(tokens)} tokens" if tokens else ""
     print(f"tuneyard {__version__} serving on {handle.address} ({mode}{auth}; slots: {slots}; data: {args.data_dir})",
           flush=True)  # fmt: skip
+    if handle.dashboard is not None:
+        print(f"dashboard: {handle.dashboard.address}", flush=True)
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
