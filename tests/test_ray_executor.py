@@ -11,6 +11,7 @@ import importlib.util
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -72,11 +73,42 @@ class RayCluster:
         ray("stop", "--force")
 
 
+RAY_PROCESSES = ("raylet", "gcs_server", "ray::", "default_worker", "dashboard", "log_monitor", "runtime_env",
+                 "ray_client")  # fmt: skip
+
+
 def ray_listeners() -> list[str]:
-    """Local addresses that Ray's processes listen on, from `ss -ltnp`."""
-    out = subprocess.run(["ss", "-ltnp"], capture_output=True, text=True).stdout
-    names = ("raylet", "gcs_server", "ray::", "default_worker", "dashboard", "log_monitor", "runtime_env", "ray_client")
-    return [line.split()[3] for line in out.splitlines()[1:] if any(n in line for n in names)]
+    """Local addresses that Ray's processes listen on: from `ss -ltnp`, or from /proc where `ss` is missing."""
+    if shutil.which("ss"):
+        out = subprocess.run(["ss", "-ltnp"], capture_output=True, text=True).stdout
+        return [line.split()[3] for line in out.splitlines()[1:] if any(n in line for n in RAY_PROCESSES)]
+    return _proc_listeners()
+
+
+def _proc_listeners() -> list[str]:
+    """The same from /proc: LISTEN sockets of /proc/net/tcp{,6} owned by a process with a Ray name."""
+    inodes: dict[str, str] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A":  # LISTEN
+                hex_ip, hex_port = fields[1].split(":")
+                loopback = ("0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F")
+                ip = "127.0.0.1" if hex_ip in loopback else hex_ip
+                inodes[fields[9]] = f"{ip}:{int(hex_port, 16)}"
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if not any(n in cmdline for n in RAY_PROCESSES):
+                continue
+            for fd in (proc / "fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:[") and target[8:-1] in inodes:
+                    found.append(inodes[target[8:-1]])
+        except OSError:
+            continue
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +163,8 @@ def test_study_runs_on_ray_like_on_the_local_executor(ray_server, stub):
     local, local_trials = run(stub, seeded_spec())  # the session's local-executor server
     assert configs(ray_trials) == configs(local_trials)  # same seed, same configurations
     assert not [a for a in ray_listeners() if not LOOPBACK.match(a)]
+    from_proc = _proc_listeners()  # the fallback where `ss` is missing agrees with it
+    assert len(from_proc) == len(ray_listeners()) and not [a for a in from_proc if not LOOPBACK.match(a)]
 
 
 def actor_pids() -> list[int]:
