@@ -71,6 +71,7 @@ class RayCluster:
 
     def stop(self) -> None:
         ray("stop", "--force")
+        shutil.rmtree(self.temp, ignore_errors=True)
 
 
 RAY_PROCESSES = ("raylet", "gcs_server", "ray::", "default_worker", "dashboard", "log_monitor", "runtime_env",
