@@ -26,6 +26,7 @@ from typing import Any
 
 from tuneyard.server.devices import Device
 from tuneyard.server.worker import make_trainer, run_task
+from tuneyard.server.workers import PooledWorkers
 
 log = logging.getLogger(__name__)
 Sink = Callable[[tuple[Any, ...]], None]
@@ -196,7 +197,7 @@ def _use_ray_token_if_any() -> None:
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
-class RayPool:
+class RayPool(PooledWorkers):
     """Every Ray worker of this server, grouped by device and share; the cluster it runs on."""
 
     name = "ray"
@@ -217,36 +218,14 @@ class RayPool:
         if self._started_ray:
             ray.init(**options)
         self._data_root = data_root
-        self.devices = cluster_devices(ray.cluster_resources(), cpu_slots)
-        self._lock = threading.Lock()
-        self._by_device: dict[int, list[RayWorker]] = {d.index: [] for d in self.devices}
-        self._taken: set[int] = set()
+        self._init_pool(cluster_devices(ray.cluster_resources(), cpu_slots), start_one=False)
 
-    @property
-    def workers(self) -> list[RayWorker]:
-        with self._lock:
-            return [w for ws in self._by_device.values() for w in ws]
+    def _new(self, device: Device, share: float) -> RayWorker:
+        return RayWorker(device, share, self._data_root)
 
-    def take(self, device: Device, share: float = 1.0) -> RayWorker:
-        """An idle actor for this device and share, started if there is none."""
-        with self._lock:
-            for worker in self._by_device[device.index]:
-                if id(worker) not in self._taken and abs(worker.share - share) < 1e-9:
-                    self._taken.add(id(worker))
-                    return worker
-            worker = RayWorker(device, share, self._data_root)
-            self._by_device[device.index].append(worker)
-            self._taken.add(id(worker))
-            return worker
-
-    def give_back(self, worker: Any) -> None:
-        with self._lock:
-            self._taken.discard(id(worker))
-
-    def counts(self, device: Device) -> tuple[int, int]:
-        with self._lock:
-            workers = self._by_device[device.index]
-            return len(workers), sum(id(w) in self._taken for w in workers)
+    def _fits(self, worker: RayWorker, share: float) -> bool:
+        """An actor holds the resources it was created with: only a trial of the same share fits."""
+        return abs(worker.share - share) < 1e-9
 
     def nodes(self) -> list[dict[str, Any]]:
         """The cluster's nodes as GetServerInfo reports them."""

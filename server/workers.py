@@ -254,46 +254,42 @@ class Worker:
         self._conn.close()
 
 
-class WorkerPool:
-    """Every worker of the local executor, grouped by device; grows when trials are packed."""
+class PooledWorkers:
+    """Workers grouped by device, handed out one per trial share and given back after it.
 
-    name = "local"
+    Both executors pool this way; a subclass says how to start a worker (`_new`) and which idle
+    one may take a share (`_fits`)."""
 
-    def __init__(
-        self, devices: list[Device], data_root: str = "", max_trials_per_worker: int = 0, log_dir: Path | None = None
-    ) -> None:
+    def _init_pool(self, devices: list[Device], start_one: bool) -> None:
         self.devices = devices
-        self._data_root = data_root
-        self._max_tasks = max_trials_per_worker
-        self._log_dir = log_dir
         self._lock = threading.Lock()
-        self._by_device: dict[int, list[Worker]] = {d.index: [self._new(d)] for d in devices}
+        self._by_device: dict[int, list[Any]] = {d.index: ([self._new(d, 1.0)] if start_one else []) for d in devices}
         self._taken: set[int] = set()  # id() of workers handed out
-        # Workers are not daemonic (their DataLoaders start worker processes of their own), so
-        # close them before multiprocessing joins its children at exit.
-        atexit.register(self.close)
 
-    def _new(self, device: Device) -> Worker:
-        return Worker(device, self._data_root, self._max_tasks, self._log_dir)
+    def _new(self, device: Device, share: float) -> Any:
+        raise NotImplementedError
+
+    def _fits(self, worker: Any, share: float) -> bool:
+        return True
 
     @property
-    def workers(self) -> list[Worker]:
+    def workers(self) -> list[Any]:
         with self._lock:
             return [w for ws in self._by_device.values() for w in ws]
 
-    def take(self, device: Device, share: float = 1.0) -> Worker:
-        """An idle worker on `device`, started if every one there is taken."""
+    def take(self, device: Device, share: float = 1.0) -> Any:
+        """An idle worker on `device` for `share`, started if every fitting one there is taken."""
         with self._lock:
             for worker in self._by_device[device.index]:
-                if id(worker) not in self._taken:
+                if id(worker) not in self._taken and self._fits(worker, share):
                     self._taken.add(id(worker))
                     return worker
-            worker = self._new(device)
+            worker = self._new(device, share)
             self._by_device[device.index].append(worker)
             self._taken.add(id(worker))
             return worker
 
-    def give_back(self, worker: Worker) -> None:
+    def give_back(self, worker: Any) -> None:
         with self._lock:
             self._taken.discard(id(worker))
 
@@ -302,6 +298,26 @@ class WorkerPool:
         with self._lock:
             workers = self._by_device[device.index]
             return len(workers), sum(id(w) in self._taken for w in workers)
+
+
+class WorkerPool(PooledWorkers):
+    """Every worker of the local executor, grouped by device; grows when trials are packed."""
+
+    name = "local"
+
+    def __init__(
+        self, devices: list[Device], data_root: str = "", max_trials_per_worker: int = 0, log_dir: Path | None = None
+    ) -> None:
+        self._data_root = data_root
+        self._max_tasks = max_trials_per_worker
+        self._log_dir = log_dir
+        self._init_pool(devices, start_one=True)
+        # Workers are not daemonic (their DataLoaders start worker processes of their own), so
+        # close them before multiprocessing joins its children at exit.
+        atexit.register(self.close)
+
+    def _new(self, device: Device, share: float) -> Worker:
+        return Worker(device, self._data_root, self._max_tasks, self._log_dir)
 
     def nodes(self) -> list[dict[str, Any]]:
         """This machine, the only node of the local executor."""
