@@ -20,14 +20,13 @@ from urllib.parse import parse_qs, urlsplit
 
 from tuneyard.client.report import ReportData, build_html, objectives_of
 from tuneyard.server import convert
-from tuneyard.server.domain import DomainError, NotFound
+from tuneyard.server.domain import DomainError, NotFound, Unavailable
 from tuneyard.server.events import EventHub
 from tuneyard.server.security import Authenticator, TlsFiles
 from tuneyard.server.storage import Storage
 
 log = logging.getLogger(__name__)
 COOKIE = "tuneyard_token"
-POLL_S = 1.0
 LIVE_SCRIPT = """<script>
 (() => {
   const after = document.getElementById("live").dataset.after;  // the page shows events up to here
@@ -166,19 +165,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-store")
         self.end_headers()
-        while not self.hub.closed:
-            events = self.storage.events_after(study_id, after)
-            for event in events:
-                after = event.sequence
+        try:
+            for event in self.hub.follow(study_id, after):
                 self.wfile.write(f"id: {event.sequence}\ndata: {event.kind}\n\n".encode())
-                if event.terminal:
-                    self.wfile.write(b"event: end\ndata: end\n\n")
-                    self.wfile.flush()
-                    return
-            self.wfile.flush()
-            if not events:
-                last, ended = self.storage.last_sequence(study_id)
-                if ended and after >= last:
-                    self.wfile.write(b"event: end\ndata: end\n\n")
-                    return
-                self.hub.wait_for(study_id, after, POLL_S)
+                self.wfile.flush()
+        except Unavailable:
+            return  # the server is stopping; the browser reconnects with Last-Event-ID
+        self.wfile.write(b"event: end\ndata: end\n\n")
+        self.wfile.flush()

@@ -13,7 +13,7 @@ from tuneyard import __version__
 from tuneyard.plugins.api import KINDS
 from tuneyard.plugins.manager import PluginRegistry
 from tuneyard.server import convert
-from tuneyard.server.domain import InvalidArgument, ResourceExhausted, Unavailable
+from tuneyard.server.domain import InvalidArgument, ResourceExhausted
 from tuneyard.server.errors import streaming, unary
 from tuneyard.server.events import EventHub
 from tuneyard.server.limits import MAX_ID_CHARS, MAX_WATCHERS, MAX_WATCHERS_PER_CLIENT
@@ -27,7 +27,6 @@ from tuneyard.v1 import service_pb2_grpc
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 50
 MAX_ID_LENGTH = MAX_ID_CHARS
-WATCH_POLL_S = 1.0
 
 
 def client_identity(context: grpc.ServicerContext, authenticator: Authenticator | None = None) -> str:
@@ -126,7 +125,8 @@ class TrainingServicer(service_pb2_grpc.TrainingServiceServicer):
         if after > last:
             raise InvalidArgument("after_sequence", f"{after} is past the study's last event ({last})")
         with self._watch_slot(client_identity(context, self.authenticator)):
-            yield from self._watch(study_id, after, context)
+            for event in self.hub.follow(study_id, after, context.is_active):
+                yield convert.event_to_proto(event)
 
     @contextmanager
     def _watch_slot(self, client: str) -> Iterator[None]:
@@ -149,28 +149,6 @@ class TrainingServicer(service_pb2_grpc.TrainingServiceServicer):
                 self._watching[client] -= 1
                 if not self._watching[client]:
                     del self._watching[client]
-
-    def _watch(self, study_id: str, after: int, context: grpc.ServicerContext) -> Iterator[pb.StudyEvent]:
-        """Stored events after `after`, then each new one as it is stored, until the terminal one.
-
-        Events are read from the store at the watcher's own pace: nothing is buffered per watcher
-        beyond grpc's flow-control window, so a slow watcher never holds up its study."""
-        while context.is_active():
-            events = self.storage.events_after(study_id, after)
-            for event in events:
-                yield convert.event_to_proto(event)
-                after = event.sequence
-                if event.terminal:
-                    return
-            if not events:
-                last, ended = self.storage.last_sequence(study_id)
-                if ended and after >= last:
-                    return  # reconnected after the terminal event: nothing more will come
-                if ended:
-                    continue  # the terminal event was stored just now
-                if self.hub.closed:
-                    raise Unavailable("server is shutting down; reconnect with after_sequence to go on")
-                self.hub.wait_for(study_id, after, WATCH_POLL_S)
 
     @unary
     def ListTrials(self, request: pb.ListTrialsRequest, context: grpc.ServicerContext) -> pb.ListTrialsResponse:
