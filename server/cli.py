@@ -10,7 +10,8 @@ import threading
 from pathlib import Path
 
 from tuneyard import __version__
-from tuneyard.server.security import SecurityConfigError, TlsFiles, Token, check_bind, is_loopback, load_tokens
+from tuneyard.client.connection import is_loopback
+from tuneyard.server.security import SecurityConfigError, TlsFiles, Token, check_bind, load_tokens
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -12,7 +12,6 @@ lines starting with `#` are ignored. Tokens must be at least MIN_TOKEN_LENGTH ch
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+
+from tuneyard.client.connection import is_loopback  # one notion of "local" for client and server
 
 log = logging.getLogger(__name__)
 MIN_TOKEN_LENGTH = 16
@@ -29,15 +30,6 @@ BEARER = "bearer "
 
 class SecurityConfigError(ValueError):
     """The server's security settings are unusable; raised before any socket is bound."""
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True)

