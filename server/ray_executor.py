@@ -201,6 +201,9 @@ class RayPool(PooledWorkers):
     """Every Ray worker of this server, grouped by device and share; the cluster it runs on."""
 
     name = "ray"
+    single_device_only = (
+        "a trial on the Ray executor uses at most one GPU (data-parallel trials need the local executor)"
+    )
 
     def __init__(self, address: str = "", data_root: str = "", cpu_slots: int | None = None) -> None:
         # Before Ray is imported: it reads these settings then.

@@ -71,8 +71,8 @@ class DeviceScheduler:
 
     def check(self, units: float) -> str | None:
         """Why a request for `units` can never be met on this server, or None."""
-        if units > 1 + EPS and getattr(self.pool, "name", "local") == "ray":
-            return "a trial on the Ray executor uses at most one GPU (data-parallel trials need the local executor)"
+        if units > 1 + EPS and self.pool.single_device_only:
+            return self.pool.single_device_only
         if units > 1 + EPS and units > len(self.devices):
             return f"needs {units:g} devices; this server has {len(self.devices)}"
         return None

@@ -260,6 +260,9 @@ class PooledWorkers:
     Both executors pool this way; a subclass says how to start a worker (`_new`) and which idle
     one may take a share (`_fits`)."""
 
+    # Why a trial may not span several devices on this executor; empty when it may.
+    single_device_only = ""
+
     def _init_pool(self, devices: list[Device], start_one: bool) -> None:
         self.devices = devices
         self._lock = threading.Lock()

@@ -17,6 +17,8 @@ from tuneyard.v1 import service_pb2_grpc
 class Dispenser:
     """Stands in for the worker pool in scheduler-only tests: hands out placeholder workers."""
 
+    single_device_only = ""
+
     def take(self, device, share=1.0):
         return object()
 
