@@ -122,17 +122,56 @@ REQUIRED: Any = _Required()
 
 
 @dataclass(frozen=True)
+class Bounds:
+    """Inclusive (`ge`, `le`) and exclusive (`gt`, `lt`) limits of a numeric option.
+
+    A plugin declares them when it registers (`register(..., bounds={"grace_period": Bounds(ge=1)})`);
+    the server checks every fixed value, every choice value and both ends of a searched range against
+    them before anything runs, so a value the plugin cannot take is an INVALID_ARGUMENT, not a failed
+    trial.
+    """
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def problem(self, value: float) -> str | None:
+        """Why `value` lies outside the bounds (e.g. "must be >= 1, got 0"), or None when inside."""
+        for limit, holds, sign in (
+            (self.ge, lambda v, b: v >= b, ">="),
+            (self.gt, lambda v, b: v > b, ">"),
+            (self.le, lambda v, b: v <= b, "<="),
+            (self.lt, lambda v, b: v < b, "<"),
+        ):
+            if limit is not None and not holds(value, limit):
+                return f"must be {sign} {_number(limit)}, got {_number(value)}"
+        return None
+
+    def describe(self) -> str:
+        """The bounds as text for people, e.g. ">= 1, < 4294967296"; "" when there are none."""
+        parts = [f"{sign} {_number(v)}" for v, sign in
+                 ((self.ge, ">="), (self.gt, ">"), (self.le, "<="), (self.lt, "<")) if v is not None]  # fmt: skip
+        return ", ".join(parts)
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if isinstance(value, float) and value.is_integer() and abs(value) < 2**63 else str(value)
+
+
+@dataclass(frozen=True)
 class ParamSpec:
     """One user-settable option of a plugin, derived from a keyword-only parameter.
 
     `type` is one of "int", "float", "bool", "str", "path", "list", "dict", "any"; a "path" is a
-    str annotated `DataPath`.
+    str annotated `DataPath`. `bounds` limits an "int" or "float" option (see `Bounds`).
     """
 
     name: str
     type: str
     default: Any = REQUIRED
     doc: str = ""
+    bounds: Bounds | None = None
 
     @property
     def required(self) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections.abc
 import inspect
+import math
 import re
 import types
 import typing
@@ -19,6 +20,9 @@ from tuneyard.plugins.api import DATA_PATH, INJECTED, REQUIRED, ParamSpec
 
 # "path": a str annotated `DataPath`, which the server confines to its data root.
 TYPES = ("int", "float", "bool", "str", "path", "list", "dict", "any")
+
+# Options travel in a protobuf Struct, whose numbers are doubles: integers beyond 2**53 are not exact.
+MAX_EXACT_INT = 2**53
 
 _SCALARS: dict[Any, str] = {bool: "bool", int: "int", float: "float", str: "str"}
 _LISTS = (list, tuple, set, frozenset, collections.abc.Sequence, collections.abc.Iterable)
@@ -191,6 +195,8 @@ def coerce_option(param: ParamSpec, value: Any) -> Any:
             ok = value
         elif isinstance(value, float) and value.is_integer():
             ok = int(value)
+        if ok is not None and abs(ok) > MAX_EXACT_INT:  # a Struct number past 2**53 has lost digits
+            raise ValueError(f"must be between {-MAX_EXACT_INT} and {MAX_EXACT_INT}, got {value!r}")
     elif kind == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
         ok = float(value)
     elif kind == "bool" and isinstance(value, bool):
@@ -205,6 +211,12 @@ def coerce_option(param: ParamSpec, value: Any) -> Any:
         raise ValueError(f"unknown parameter type {kind!r}")
     if ok is None:
         raise ValueError(f"expected {kind}, got {value!r}")
+    if param.bounds is not None and kind in ("int", "float"):
+        if kind == "float" and not math.isfinite(ok):
+            raise ValueError(f"must be finite, got {ok}")
+        problem = param.bounds.problem(ok)
+        if problem is not None:
+            raise ValueError(problem)
     return ok
 
 
