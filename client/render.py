@@ -323,7 +323,14 @@ def _parameter(param: service_pb2.PluginParameter) -> str:
         text += "=" + number(json_format.MessageToDict(param.default))
     elif param.required:
         text += " (required)"
-    return text
+    limits = bounds_text(param)
+    return f"{text} [{limits}]" if limits else text
+
+
+def bounds_text(param: service_pb2.PluginParameter) -> str:
+    """The option's declared bounds for people, e.g. ">= 0, < 1"; "" when it declares none."""
+    signs = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+    return ", ".join(f"{sign} {number(getattr(param, f))}" for f, sign in signs if param.HasField(f))
 
 
 def devices_table(info: service_pb2.ServerInfo) -> Table:

@@ -9,6 +9,7 @@ through the ``tuneyard`` entry-point group::
 
     # my_package/tuneyard_plugin.py
     from tuneyard.plugins import hookimpl
+    from tuneyard.plugins.api import Bounds
 
     def lion(params, *, lr: float = 1e-4, weight_decay: float = 0.0):
         '''Lion optimizer.
@@ -21,7 +22,7 @@ through the ``tuneyard`` entry-point group::
 
     @hookimpl
     def tuneyard_register_optimizers(register):
-        register("lion", lion)
+        register("lion", lion, bounds={"lr": Bounds(gt=0), "weight_decay": Bounds(ge=0)})
 
 Registration hooks are called once, when the server starts (built-ins first, then entry
 points). Each receives a ``register`` callback and returns nothing; the core can add keyword
@@ -48,10 +49,12 @@ The sequence for one trial (all plugin objects see plain values and frozen views
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import pluggy
+
+from tuneyard.plugins.api import Bounds
 
 PROJECT = "tuneyard"
 
@@ -62,14 +65,28 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 class Register(Protocol):
     """The callback every ``tuneyard_register_*`` hook receives."""
 
-    def __call__(self, name: str, factory: Callable[..., Any], description: str = "", **extra: Any) -> None:
+    def __call__(
+        self,
+        name: str,
+        factory: Callable[..., Any],
+        description: str = "",
+        *,
+        bounds: Mapping[str, Bounds] | None = None,
+        **extra: Any,
+    ) -> None:
         """Register ``factory`` under ``name`` for this hook's kind.
 
         ``name`` must be unique within its kind and contain no dots or whitespace (it appears in
         search-space paths such as ``augmentations.<name>.<option>``). ``description`` defaults
-        to the first line of the factory's docstring. ``extra`` holds kind-specific flags, e.g.
-        ``batch_level=True`` for an augmentation that transforms whole batches (MixUp).
-        A duplicate or invalid registration is reported as a load error; the first one wins.
+        to the first line of the factory's docstring. ``bounds`` limits numeric options, e.g.
+        ``bounds={"grace_period": Bounds(ge=1), "momentum": Bounds(ge=0, lt=1)}`` (``Bounds`` from
+        ``tuneyard.plugins.api``: ``ge``/``le`` inclusive, ``gt``/``lt`` exclusive): the server
+        refuses a spec whose fixed value, choice value or searched range leaves them, with
+        INVALID_ARGUMENT naming the option, before anything runs, and ``ListPlugins`` shows them.
+        Only ``int`` and ``float`` options take bounds, and the default must lie inside. ``extra``
+        holds kind-specific flags, e.g. ``batch_level=True`` for an augmentation that transforms
+        whole batches (MixUp). A duplicate or invalid registration (an invalid ``bounds`` too) is
+        reported as a load error; the first one wins.
         """
 
 

@@ -11,17 +11,19 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import logging
+import math
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import fields, replace
 from typing import Any
 
 import pluggy
 
 import tuneyard
 from tuneyard.plugins import hookspecs
-from tuneyard.plugins.api import KINDS, LoadError, PluginEntry
-from tuneyard.plugins.schema import accepted_kwargs, derive_params, describe, resolve_options
+from tuneyard.plugins.api import KINDS, REQUIRED, Bounds, LoadError, ParamSpec, PluginEntry
+from tuneyard.plugins.schema import accepted_kwargs, coerce_option, derive_params, describe, resolve_options
 
 log = logging.getLogger("tuneyard.plugins")
 
@@ -170,12 +172,19 @@ class PluginRegistry:
     def _register_callback(
         self, kind: str, plugin: str, distribution: str, version: str, pending: list[PluginEntry]
     ) -> Callable[..., None]:
-        def register(name: str, factory: Callable[..., Any], description: str = "", **extra: Any) -> None:
+        def register(
+            name: str,
+            factory: Callable[..., Any],
+            description: str = "",
+            *,
+            bounds: Mapping[str, Bounds] | None = None,
+            **extra: Any,
+        ) -> None:
             problem = _check_registration(kind, name, factory, description, extra)
             if problem is None:
                 try:
-                    params = derive_params(factory, kind)
-                except TypeError as exc:
+                    params = _bounded(derive_params(factory, kind), bounds)
+                except (TypeError, ValueError) as exc:
                     problem = str(exc)
             if problem is not None:
                 self._error(plugin, f"plugin {plugin!r} cannot register {kind} {name!r}: {problem}")
@@ -289,6 +298,66 @@ def _check_registration(kind: str, name: Any, factory: Any, description: Any, ex
         if not isinstance(monitor, str):
             return f"monitor must be a metric name (a string, or '' for none), got {monitor!r}"
     return None
+
+
+def _bounded(params: tuple[ParamSpec, ...], bounds: Mapping[str, Bounds] | None) -> tuple[ParamSpec, ...]:
+    """``params`` with the declared ``bounds`` stored in them.
+
+    A declaration the server could not enforce is refused here, at start-up, rather than met by a
+    user later: ValueError for an unknown or non-numeric option, a limit that is not a number, bounds
+    that admit no value, or a default that lies outside them.
+    """
+    if bounds is None:
+        return params
+    if not isinstance(bounds, Mapping):
+        raise ValueError(f"bounds must map option names to Bounds, got {type(bounds).__name__}")
+    by_name = {p.name: p for p in params}
+    for option, limits in bounds.items():
+        param = by_name.get(option) if isinstance(option, str) else None
+        if param is None:
+            known = ", ".join(by_name) or "none"
+            raise ValueError(f"bounds name {option!r}, which is not an option of the factory (options: {known})")
+        problem = _bounds_problem(param, limits)
+        if problem is not None:
+            raise ValueError(f"bounds of option {option!r}: {problem}")
+        by_name[option] = replace(param, bounds=limits)
+    return tuple(by_name.values())
+
+
+def _bounds_problem(param: ParamSpec, limits: Any) -> str | None:
+    """Why ``limits`` cannot bound ``param`` (None when they can)."""
+    if param.type not in ("int", "float"):
+        return f"only int and float options take bounds, and this one takes {param.type}"
+    if not isinstance(limits, Bounds):
+        return f"expected tuneyard.plugins.api.Bounds, got {limits!r}"
+    for limit in fields(Bounds):
+        value = getattr(limits, limit.name)
+        if value is not None and not _is_number(value):
+            return f"{limit.name} must be a number, got {value!r}"
+    if _empty(limits):
+        return f"{limits.describe()} admits no value"
+    if param.default is REQUIRED or param.default is None:
+        return None
+    try:
+        coerce_option(replace(param, bounds=limits), param.default)
+    except ValueError as exc:
+        return f"the default {param.default!r} is outside them ({exc})"
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def _empty(limits: Bounds) -> bool:
+    """True when no number satisfies every limit at once (e.g. ``ge=5, le=1`` or ``gt=1, lt=1``)."""
+    lows = ((limits.ge, False), (limits.gt, True))  # (limit, exclusive)
+    highs = ((limits.le, False), (limits.lt, True))
+    return any(
+        low is not None and high is not None and (low > high or (low == high and (open_low or open_high)))
+        for low, open_low in lows
+        for high, open_high in highs
+    )
 
 
 def _why(exc: BaseException) -> str:

@@ -6,7 +6,7 @@ from typing import Any
 
 from google.protobuf import json_format, message, struct_pb2, timestamp_pb2
 
-from tuneyard.plugins.api import LoadError, PluginEntry
+from tuneyard.plugins.api import LoadError, ParamSpec, PluginEntry
 from tuneyard.server.domain import (
     EventRecord,
     InvalidArgument,
@@ -184,12 +184,23 @@ def plugin_to_proto(entry: PluginEntry) -> pb.Plugin:
     )  # fmt: skip
     for param in entry.parameters:
         p = msg.parameters.add(name=param.name, type=param.type, required=param.required, doc=param.doc)
+        _bounds_to_proto(param, p)
         if not param.required:
             try:
                 p.default.CopyFrom(_value(param.default))
             except (json_format.ParseError, TypeError, ValueError):
                 p.default.CopyFrom(_value(repr(param.default)))
     return msg
+
+
+def _bounds_to_proto(param: ParamSpec, msg: pb.PluginParameter) -> None:
+    """Copy the declared limits; an undeclared one stays unset (proto3 optional), unlike a limit of 0."""
+    if param.bounds is None:
+        return
+    for limit in ("ge", "gt", "le", "lt"):
+        value = getattr(param.bounds, limit)
+        if value is not None:
+            setattr(msg, limit, float(value))
 
 
 def load_error_to_proto(error: LoadError) -> pb.PluginLoadError:

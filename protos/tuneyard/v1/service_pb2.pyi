@@ -318,18 +318,26 @@ class ListPluginsRequest(_message.Message):
     def __init__(self, kind: _Optional[str] = ...) -> None: ...
 
 class PluginParameter(_message.Message):
-    __slots__ = ("name", "type", "default", "required", "doc")
+    __slots__ = ("name", "type", "default", "required", "doc", "ge", "gt", "le", "lt")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_FIELD_NUMBER: _ClassVar[int]
     REQUIRED_FIELD_NUMBER: _ClassVar[int]
     DOC_FIELD_NUMBER: _ClassVar[int]
+    GE_FIELD_NUMBER: _ClassVar[int]
+    GT_FIELD_NUMBER: _ClassVar[int]
+    LE_FIELD_NUMBER: _ClassVar[int]
+    LT_FIELD_NUMBER: _ClassVar[int]
     name: str
     type: str
     default: _struct_pb2.Value
     required: bool
     doc: str
-    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., default: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., required: _Optional[bool] = ..., doc: _Optional[str] = ...) -> None: ...
+    ge: float
+    gt: float
+    le: float
+    lt: float
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., default: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., required: _Optional[bool] = ..., doc: _Optional[str] = ..., ge: _Optional[float] = ..., gt: _Optional[float] = ..., le: _Optional[float] = ..., lt: _Optional[float] = ...) -> None: ...
 
 class Plugin(_message.Message):
     __slots__ = ("kind", "name", "distribution", "version", "description", "parameters")
