@@ -21,6 +21,7 @@ import torch
 from torchvision.transforms import v2
 
 from tuneyard.plugins import hookimpl
+from tuneyard.plugins.api import Bounds
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -266,14 +267,29 @@ def cutmix(*, num_classes: int, alpha: float = 1.0, p: float = 1.0) -> BatchMix:
 
 @hookimpl
 def tuneyard_register_augmentations(register: Any) -> None:
-    register("random_crop", random_crop)
-    register("random_resized_crop", random_resized_crop)
-    register("horizontal_flip", horizontal_flip)
-    register("rotation", rotation)
-    register("color_jitter", color_jitter)
+    # The limits each factory checks, declared so a spec is refused before a trial fails on them; a
+    # pair that must be ordered (scale_low <= scale_high, magnitude < num_magnitude_bins) is still
+    # checked by the factory.
+    probability, share, ratio = Bounds(ge=0, le=1), Bounds(gt=0, le=1), Bounds(gt=0)
+    crop = {"scale_low": share, "scale_high": share, "ratio_low": ratio, "ratio_high": ratio}
+    mix = {"alpha": Bounds(gt=0), "p": probability}
+    strength = Bounds(ge=0)
+    register("random_crop", random_crop, bounds={"padding": Bounds(ge=0)})
+    register("random_resized_crop", random_resized_crop, bounds=crop)
+    register("horizontal_flip", horizontal_flip, bounds={"p": probability})
+    register("rotation", rotation, bounds={"degrees": Bounds(ge=0, le=180)})
+    register(
+        "color_jitter",
+        color_jitter,
+        bounds={"brightness": strength, "contrast": strength, "saturation": strength, "hue": Bounds(ge=0, le=0.5)},
+    )
     register("autoaugment", autoaugment)
-    register("randaugment", randaugment)
-    register("trivialaugment", trivialaugment)
-    register("random_erasing", random_erasing)
-    register("mixup", mixup, batch_level=True)
-    register("cutmix", cutmix, batch_level=True)
+    register(
+        "randaugment",
+        randaugment,
+        bounds={"num_ops": Bounds(ge=0), "magnitude": Bounds(ge=0), "num_magnitude_bins": Bounds(ge=2)},
+    )
+    register("trivialaugment", trivialaugment, bounds={"num_magnitude_bins": Bounds(ge=2)})
+    register("random_erasing", random_erasing, bounds={**crop, "p": probability, "value": probability})
+    register("mixup", mixup, batch_level=True, bounds=mix)
+    register("cutmix", cutmix, batch_level=True, bounds=mix)

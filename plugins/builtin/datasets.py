@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from tuneyard.plugins import hookimpl
-from tuneyard.plugins.api import DataPath, DatasetSplits
+from tuneyard.plugins.api import Bounds, DataPath, DatasetSplits
 from tuneyard.plugins.builtin import _dataset_files as files
 
 
@@ -230,10 +230,40 @@ def image_folder(
 
 @hookimpl
 def tuneyard_register_datasets(register: Any) -> None:
-    register("digits", digits)
-    register("synthetic", synthetic)
-    register("mnist", mnist)
-    register("fashion_mnist", fashion_mnist)
-    register("cifar10", cifar10)
-    register("cifar100", cifar100)
-    register("image_folder", image_folder)
+    # Split seeds seed numpy's generator (no negative seeds) or, for digits, scikit-learn's (below 2**32).
+    share, optional_share, seed = Bounds(gt=0, lt=1), Bounds(ge=0, lt=1), Bounds(ge=0)
+    official = {"val_fraction": share, "split_seed": seed}
+    register(
+        "digits",
+        digits,
+        bounds={"val_fraction": share, "test_fraction": share, "split_seed": Bounds(ge=0, le=2**32 - 1)},
+    )
+    register(
+        "synthetic",
+        synthetic,
+        bounds={
+            "num_samples": Bounds(ge=6),  # at least 3 per class, and at least 2 classes
+            "num_classes": Bounds(ge=2),
+            "channels": Bounds(ge=1),
+            "size": Bounds(ge=1),
+            "noise": Bounds(ge=0),
+            "seed": seed,
+            "val_fraction": share,
+            "test_fraction": share,
+        },
+    )
+    register("mnist", mnist, bounds=official)
+    register("fashion_mnist", fashion_mnist, bounds=official)
+    register("cifar10", cifar10, bounds=official)
+    register("cifar100", cifar100, bounds=official)
+    register(
+        "image_folder",
+        image_folder,
+        bounds={
+            "size": Bounds(ge=1),
+            "channels": Bounds(ge=0, le=3),  # 0 (auto), 1 or 3
+            "val_fraction": optional_share,
+            "test_fraction": optional_share,
+            "split_seed": seed,
+        },
+    )

@@ -19,7 +19,7 @@ from fractions import Fraction
 from typing import Any
 
 from tuneyard.plugins import hookimpl
-from tuneyard.plugins.api import Decision, Objective
+from tuneyard.plugins.api import Bounds, Decision, Objective
 
 
 def _score(objective: Objective, value: float | None) -> float | None:
@@ -309,6 +309,8 @@ def hyperband(
 
 @hookimpl
 def tuneyard_register_early_stoppers(register: Any) -> None:
-    register("median", median)
-    register("asha", asha)
-    register("hyperband", hyperband)
+    # Rungs sit at grace_period * reduction_factor**k: a factor below 2 never moves past the first rung.
+    grace, factor = Bounds(ge=1), Bounds(ge=2)
+    register("median", median, bounds={"grace_period": grace, "min_samples": Bounds(ge=1)})
+    register("asha", asha, bounds={"grace_period": grace, "reduction_factor": factor, "brackets": Bounds(ge=1)})
+    register("hyperband", hyperband, bounds={"grace_period": grace, "reduction_factor": factor})

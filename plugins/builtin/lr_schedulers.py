@@ -37,6 +37,7 @@ from torch.optim.lr_scheduler import (
 )
 
 from tuneyard.plugins import hookimpl
+from tuneyard.plugins.api import Bounds
 
 
 def constant(optimizer: torch.optim.Optimizer, *, epochs: int, steps_per_epoch: int) -> LRScheduler:
@@ -210,10 +211,39 @@ def reduce_on_plateau(
 
 @hookimpl
 def tuneyard_register_lr_schedulers(register: Any) -> None:
+    # A negative factor, learning rate or count has no meaning to these schedules (a negative lr ascends).
+    gamma, min_lr, positive = Bounds(ge=0), Bounds(ge=0), Bounds(gt=0)
     register("constant", constant, interval="epoch")
-    register("step", step, interval="epoch")
-    register("multistep", multistep, interval="epoch")
-    register("cosine", cosine, interval="epoch")
-    register("onecycle", onecycle, interval="batch")
-    register("linear_warmup_cosine", linear_warmup_cosine, interval="batch")
-    register("reduce_on_plateau", reduce_on_plateau, interval="epoch", monitor="val_loss")
+    register("step", step, interval="epoch", bounds={"step_size": Bounds(ge=1), "gamma": gamma})
+    register("multistep", multistep, interval="epoch", bounds={"gamma": gamma})
+    register("cosine", cosine, interval="epoch", bounds={"min_lr": min_lr})
+    register(
+        "onecycle",
+        onecycle,
+        interval="batch",
+        bounds={
+            "max_lr": positive,
+            "pct_start": Bounds(gt=0, lt=1),
+            "div_factor": positive,
+            "final_div_factor": positive,
+        },
+    )
+    register(
+        "linear_warmup_cosine",
+        linear_warmup_cosine,
+        interval="batch",
+        bounds={"warmup_epochs": Bounds(ge=0), "min_lr": min_lr},
+    )
+    register(
+        "reduce_on_plateau",
+        reduce_on_plateau,
+        interval="epoch",
+        monitor="val_loss",
+        bounds={
+            "factor": Bounds(gt=0, lt=1),
+            "patience": Bounds(ge=0),
+            "threshold": Bounds(ge=0),
+            "cooldown": Bounds(ge=0),
+            "min_lr": min_lr,
+        },
+    )

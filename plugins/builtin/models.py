@@ -11,10 +11,11 @@ from typing import Any
 from torch import nn
 
 from tuneyard.plugins import hookimpl
-from tuneyard.plugins.api import DataPath
-from tuneyard.plugins.builtin._convnet import ConvNet
+from tuneyard.plugins.api import Bounds, DataPath
+from tuneyard.plugins.builtin._convnet import KERNEL_SIZES, MAX_DEPTH, ConvNet
 from tuneyard.plugins.builtin._finetune import build_finetune
 from tuneyard.plugins.builtin._torchvision_models import FACTORIES as TORCHVISION_FACTORIES
+from tuneyard.plugins.builtin._torchvision_models import vit_b_16
 
 # The head sees at most this many positions per side, so large inputs keep a small head.
 _HEAD_SIDE = 4
@@ -181,8 +182,26 @@ def finetune(
 
 @hookimpl
 def tuneyard_register_models(register: Any) -> None:
-    register("simple_cnn", simple_cnn)
-    register("convnet", convnet)
-    for factory in TORCHVISION_FACTORIES:
-        register(factory.__name__, factory)
-    register("finetune", finetune)
+    # The limits each factory checks (kernel_size is one of 3, 5, 7: the bounds cover that span).
+    at_least_one, dropout = Bounds(ge=1), Bounds(ge=0, lt=1)
+    register(
+        "simple_cnn",
+        simple_cnn,
+        bounds={"num_conv_layers": at_least_one, "num_filters": at_least_one, "filter_size": at_least_one,
+                "dropout": dropout},
+    )  # fmt: skip
+    register(
+        "convnet",
+        convnet,
+        bounds={"depth": Bounds(ge=1, le=MAX_DEPTH), "width": at_least_one, "width_multiplier": Bounds(gt=0),
+                "blocks_per_stage": at_least_one, "kernel_size": Bounds(ge=min(KERNEL_SIZES), le=max(KERNEL_SIZES)),
+                "dropout": dropout},
+    )  # fmt: skip
+    for factory in TORCHVISION_FACTORIES:  # patch_size 0 picks a default; a negative one cannot work
+        register(factory.__name__, factory, bounds={"patch_size": Bounds(ge=0)} if factory is vit_b_16 else None)
+    register(
+        "finetune",
+        finetune,
+        bounds={"freeze": Bounds(ge=0), "head_layers": Bounds(ge=0), "head_width": at_least_one,
+                "unfreeze_at_epoch": Bounds(ge=0)},
+    )  # fmt: skip

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from tuneyard.plugins import hookimpl
+from tuneyard.plugins.api import Bounds
 
 
 def param_groups(params: Iterable[Any], weight_decay: float, no_decay_norm_and_bias: bool) -> list[Any]:
@@ -242,5 +243,20 @@ def radam(
 
 @hookimpl
 def tuneyard_register_optimizers(register: Any) -> None:
-    for factory in (sgd, adagrad, rmsprop, adam, adamw, nadam, radam):
-        register(factory.__name__, factory)
+    # torch refuses a negative lr, weight decay or lr_decay and betas outside [0, 1); lr 0 stays allowed
+    # (onecycle sets the lr itself). eps 0 divides 0 by 0 for a weight whose gradients are all 0 (NaN).
+    # Momentum at 1 or above never forgets a gradient (steps grow without bound); dampening outside
+    # [0, 1] turns the gradient's sign or weight around.
+    lr, decay, eps, unit = Bounds(ge=0), Bounds(ge=0), Bounds(gt=0), Bounds(ge=0, lt=1)
+    adam_family = {"lr": lr, "beta1": unit, "beta2": unit, "eps": eps, "weight_decay": decay}
+    register("sgd", sgd, bounds={"lr": lr, "momentum": unit, "dampening": Bounds(ge=0, le=1), "weight_decay": decay})
+    register("adagrad", adagrad, bounds={"lr": lr, "lr_decay": decay, "eps": eps, "weight_decay": decay})
+    register(
+        "rmsprop",
+        rmsprop,
+        bounds={"lr": lr, "alpha": Bounds(ge=0, le=1), "momentum": unit, "eps": eps, "weight_decay": decay},
+    )
+    register("adam", adam, bounds=adam_family)
+    register("adamw", adamw, bounds=adam_family)
+    register("nadam", nadam, bounds={**adam_family, "momentum_decay": Bounds(ge=0)})
+    register("radam", radam, bounds=adam_family)

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from tuneyard.plugins import hookimpl
-from tuneyard.plugins.api import Choice, IntRange, Objective, Parameter
+from tuneyard.plugins.api import Bounds, Choice, IntRange, Objective, Parameter
 from tuneyard.plugins.builtin import _space
 from tuneyard.plugins.builtin._evolution import EvolutionSearcher
 from tuneyard.plugins.builtin._space import Config
@@ -335,10 +335,21 @@ def evolution(
 
 @hookimpl
 def tuneyard_register_searchers(register: Any) -> None:
-    register("random", random)
-    register("grid", grid)
+    # A count below these has no meaning (random would clamp max_retries to 0; the others raise).
+    startup = {"n_startup_trials": Bounds(ge=0)}
+    register("random", random, bounds={"max_retries": Bounds(ge=0)})
+    register("grid", grid, bounds={"num_points": Bounds(ge=1)})
     register("sobol", sobol)
-    register("tpe", tpe)
-    register("cmaes", cmaes)
-    register("gp", gp)
-    register("evolution", evolution)
+    register("tpe", tpe, bounds={**startup, "n_ei_candidates": Bounds(ge=1)})
+    register("cmaes", cmaes, bounds={**startup, "popsize": Bounds(ge=2)})
+    register("gp", gp, bounds=startup)
+    register(
+        "evolution",
+        evolution,
+        bounds={
+            "population_size": Bounds(ge=1),
+            "sample_size": Bounds(ge=1),
+            "mutation_rate": Bounds(ge=0, le=1),
+            "mutation_scale": Bounds(gt=0),
+        },
+    )
