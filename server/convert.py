@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from google.protobuf import json_format, message, struct_pb2, timestamp_pb2
@@ -18,6 +19,7 @@ from tuneyard.server.domain import (
 from tuneyard.v1 import service_pb2 as pb
 from tuneyard.v1 import spec_pb2
 
+log = logging.getLogger(__name__)
 # MessageToDict raises SerializeToJsonError for a bad field, and ValueError for a bad well-known type at the top.
 _NO_JSON_FORM = (json_format.SerializeToJsonError, ValueError)
 # Their fields are not path parts in JSON: a Value is its content, a ListValue's items are `[i]`.
@@ -68,7 +70,20 @@ def _drop_none(value: Any) -> Any:
 
 
 def spec_from_dict(spec: dict[str, Any]) -> spec_pb2.StudySpec:
-    return json_format.ParseDict(_drop_none(spec), spec_pb2.StudySpec(), ignore_unknown_fields=True)
+    """A stored spec as a message. A part that no longer parses (stored by an older release that let a
+    value past the wire's range through, such as a seed above int64) is left out and logged, so one
+    study cannot break every listing."""
+    spec = _drop_none(spec)
+    try:
+        return json_format.ParseDict(spec, spec_pb2.StudySpec(), ignore_unknown_fields=True)
+    except json_format.ParseError:
+        msg = spec_pb2.StudySpec()
+        for key, value in spec.items():
+            try:
+                msg.MergeFrom(json_format.ParseDict({key: value}, spec_pb2.StudySpec(), ignore_unknown_fields=True))
+            except json_format.ParseError as exc:
+                log.warning("stored spec of study %r: %s does not parse, left out (%s)", spec.get("name"), key, exc)
+        return msg
 
 
 def study_state_to_proto(state: StudyState) -> int:

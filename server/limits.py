@@ -13,6 +13,10 @@ Exceeding one is refused before anything is stored or started, and the server go
 | a path option (MAX_PATH_CHARS; one component: MAX_PATH_PART_BYTES) | 4,096 chars; 255 bytes | INVALID_ARGUMENT |
 | `request_id`, `study_id` (MAX_ID_CHARS) | 64 characters | INVALID_ARGUMENT |
 | `budget.max_trials` (MAX_TRIALS) | 100,000 | INVALID_ARGUMENT |
+| smallest `resources.gpus_per_trial` share (MIN_GPU_SHARE) | 1/16 of a device | INVALID_ARGUMENT |
+| largest `resources.gpus_per_trial` (MAX_GPUS_PER_TRIAL) | 64 devices | INVALID_ARGUMENT |
+| `resources.gpu_memory_gb` (MAX_GPU_MEMORY_GB) | 4,096 GiB | INVALID_ARGUMENT |
+| `resources.priority` (MAX_PRIORITY) | 10^6 | INVALID_ARGUMENT |
 | unfinished studies on the server (`StudyManager(max_active_studies=)`) | 64 | RESOURCE_EXHAUSTED |
 | open WatchStudy streams on the server (MAX_WATCHERS) | 200 | RESOURCE_EXHAUSTED |
 | open WatchStudy streams of one client (MAX_WATCHERS_PER_CLIENT) | 128 | RESOURCE_EXHAUSTED |
@@ -27,21 +31,27 @@ from __future__ import annotations
 from tuneyard.plugins.api import MAX_PATH_CHARS, MAX_PATH_PART_BYTES
 
 __all__ = [
-    "DEFAULT_MAX_ACTIVE_STUDIES", "MAX_CHOICE_VALUES", "MAX_ID_CHARS", "MAX_MESSAGE_BYTES", "MAX_NAME_CHARS",
-    "MAX_NESTING", "MAX_PARAMETERS", "MAX_PATH_CHARS", "MAX_PATH_PART_BYTES", "MAX_STRING_CHARS", "MAX_TRIALS",
-    "MAX_WATCHERS", "MAX_WATCHERS_PER_CLIENT",
+    "DEFAULT_MAX_ACTIVE_STUDIES", "MAX_CHOICE_VALUES", "MAX_GPU_MEMORY_GB", "MAX_GPUS_PER_TRIAL", "MAX_ID_CHARS",
+    "MAX_MESSAGE_BYTES", "MAX_NAME_CHARS", "MAX_NESTING", "MAX_PARAMETERS", "MAX_PATH_CHARS", "MAX_PATH_PART_BYTES",
+    "MAX_PRIORITY", "MAX_STRING_CHARS", "MAX_TRIALS", "MAX_WATCHERS", "MAX_WATCHERS_PER_CLIENT", "MIN_GPU_SHARE",
 ]  # fmt: skip
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # grpc's receive limit (server/app.py)
 # Protobuf readers stop at 100 message levels and each Struct level costs two, so a deeper stored
 # spec would break every client's ListStudies.
 MAX_NESTING = 32
-MAX_PARAMETERS = 1000  # checking alternatives is quadratic: 4,000 took 18 s of one RPC
+MAX_PARAMETERS = 1000
 MAX_CHOICE_VALUES = 1000
 MAX_NAME_CHARS = 200
 MAX_STRING_CHARS = 4096
 MAX_ID_CHARS = 64
 MAX_TRIALS = 100_000
+# Each packed trial is a worker process of its own (~0.8 GB with torch): 1/16 of a device is the
+# smallest share, so at most 16 trials share one device (the pool enforces the same per device).
+MIN_GPU_SHARE = 1 / 16
+MAX_GPUS_PER_TRIAL = 64
+MAX_GPU_MEMORY_GB = 4096.0
+MAX_PRIORITY = 1e6
 DEFAULT_MAX_ACTIVE_STUDIES = 64
 MAX_WATCHERS = 200  # each open stream holds an RPC thread; kept below app.RPC_THREADS
 MAX_WATCHERS_PER_CLIENT = 128

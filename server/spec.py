@@ -16,10 +16,12 @@ plugins check again when a trial opens the path, since files may change in betwe
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from tuneyard.plugins.api import (
+    Bounds,
     Choice,
     Condition,
     FloatRange,
@@ -35,11 +37,15 @@ from tuneyard.plugins.schema import coerce_option
 from tuneyard.server.domain import InvalidArgument
 from tuneyard.server.limits import (
     MAX_CHOICE_VALUES,
+    MAX_GPU_MEMORY_GB,
+    MAX_GPUS_PER_TRIAL,
     MAX_NAME_CHARS,
     MAX_NESTING,
     MAX_PARAMETERS,
+    MAX_PRIORITY,
     MAX_STRING_CHARS,
     MAX_TRIALS,
+    MIN_GPU_SHARE,
 )
 
 METRICS = (
@@ -48,23 +54,40 @@ METRICS = (
 )  # fmt: skip
 LOWER_IS_BETTER = ("val_loss", "train_loss", "params", "trainable_params", "inference_latency_ms", "epoch_seconds")
 COMPONENTS = {"dataset": "dataset", "model": "model", "optimizer": "optimizer", "lr_scheduler": "lr_scheduler"}
-SEARCHABLE_TRAINING_FIELDS = {
-    "epochs": "int",
-    "batch_size": "int",
-    "label_smoothing": "float",
-    "seed": "int",
-    "precision": "str",
-    "grad_clip_norm": "float",
-    "grad_accumulation_steps": "int",
-    "ema_decay": "float",
-    "early_stop_patience": "int",
-    "deterministic": "bool",
-    "data_pipeline": "str",
-}
-PRECISIONS = ("", "auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DATA_PIPELINES = ("auto", "device", "loader")
 MAX_EPOCHS = 100_000
 MAX_TRIAL_RETRIES = 100
-DEFAULT_BATCH_SIZE = 64
+MAX_ACCUMULATION_STEPS = 1024
+# Seeds reach numpy's RandomState (through Optuna's samplers), which takes 0 .. 2**32 - 1.
+MAX_SEED = 2**32 - 1
+# Integers travel to clients in protobuf Structs (doubles): beyond 2**53 they are not exact.
+MAX_EXACT_INT = 2**53
+# The one definition of every plain training field, checked alike whether a spec fixes it or
+# searches it (`training.<field>`): type, bounds and, for strings, the allowed values.
+TRAINING_FIELDS: dict[str, ParamSpec] = {
+    spec.name: spec
+    for spec in (
+        ParamSpec("epochs", "int", bounds=Bounds(ge=1, le=MAX_EPOCHS)),
+        ParamSpec("batch_size", "int", bounds=Bounds(ge=1, le=MAX_EXACT_INT)),
+        ParamSpec("label_smoothing", "float", bounds=Bounds(ge=0, lt=1)),
+        ParamSpec("seed", "int", bounds=Bounds(ge=0, le=MAX_SEED)),
+        ParamSpec("precision", "str"),
+        ParamSpec("grad_clip_norm", "float", bounds=Bounds(ge=0)),
+        ParamSpec("grad_accumulation_steps", "int", bounds=Bounds(ge=1, le=MAX_ACCUMULATION_STEPS)),
+        ParamSpec("ema_decay", "float", bounds=Bounds(ge=0, lt=1)),
+        ParamSpec("early_stop_patience", "int", bounds=Bounds(ge=0, le=MAX_EPOCHS)),
+        ParamSpec("deterministic", "bool"),
+        ParamSpec("data_pipeline", "str"),
+    )
+}
+TRAINING_CHOICES = {"precision": PRECISIONS, "data_pipeline": DATA_PIPELINES}
+# A fixed field left at its proto3 zero value takes this default ("" and 0 mean "not set").
+TRAINING_DEFAULTS: dict[str, Any] = {
+    "batch_size": 64, "label_smoothing": 0.0, "seed": 0, "precision": "auto", "grad_clip_norm": 0.0,
+    "grad_accumulation_steps": 1, "ema_decay": 0.0, "early_stop_patience": 0, "deterministic": False,
+    "data_pipeline": "auto",
+}  # fmt: skip
 DEFAULT_OPTIMIZER = "adam"
 DEFAULT_SEARCHER = "random"
 
@@ -85,14 +108,51 @@ class StudyPlan:
     trial_retries: int = 0
 
 
+_INTEGER_TEXT = re.compile(r"[+-]?[0-9]{1,20}")
+
+
 def _int(value: Any, path: str) -> int:
+    """An integer field's value, exactly: int64 fields arrive as decimal strings and must not pass
+    through float (2**53 + 1 would silently become 2**53); numbers beyond 2**53 are refused."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and _INTEGER_TEXT.fullmatch(value.strip()):
+        number = int(value.strip())
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    else:
+        raise InvalidArgument(path, f"expected an integer, got {value!r}")
+    if abs(number) > MAX_EXACT_INT:
+        raise InvalidArgument(path, f"must be between {-MAX_EXACT_INT} and {MAX_EXACT_INT}, got {value}")
+    return number
+
+
+def _float(value: Any, path: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise InvalidArgument(path, f"expected a number, got {value!r}")
     try:
         number = float(value)
-    except (TypeError, ValueError):
-        raise InvalidArgument(path, f"expected an integer, got {value!r}") from None
-    if not number.is_integer():
-        raise InvalidArgument(path, f"expected an integer, got {value!r}")
-    return int(number)
+    except ValueError:
+        raise InvalidArgument(path, f"expected a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise InvalidArgument(path, f"must be finite, got {value!r}")
+    return number
+
+
+def check_training_value(name: str, value: Any, path: str) -> Any:
+    """One training field's value in its type, or InvalidArgument: the same check for a fixed value,
+    each searched choice value and both ends of a searched range."""
+    field = TRAINING_FIELDS[name]
+    if field.type == "int":
+        value = _int(value, path)
+    try:
+        checked = coerce_option(field, value)
+    except ValueError as exc:
+        raise InvalidArgument(path, str(exc)) from None
+    allowed = TRAINING_CHOICES.get(name)
+    if allowed is not None and checked not in allowed:
+        raise InvalidArgument(path, f"must be one of {', '.join(allowed)}, got {checked!r}")
+    return checked
 
 
 def _duration_s(value: Any, path: str) -> float | None:
@@ -126,15 +186,23 @@ def _check_shape(value: Any, path: str, depth: int = 0) -> None:
         _check_shape(child, child_path, depth + 1)
 
 
-def _plain_type_ok(kind: str, value: Any) -> bool:
-    """Type check for searched training fields, which have no plugin schema."""
-    if kind == "bool":
-        return isinstance(value, bool)
-    if kind == "str":
-        return isinstance(value, str)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    return kind == "float" or float(value).is_integer()
+class _Alternatives:
+    """The parameters that share one name so far. A name may repeat only as alternatives: conditions
+    on one parent with disjoint values (that is how each optimizer gets its own `optimizer.lr` range).
+    Checking a new one against the union of the values taken is linear in the spec's size."""
+
+    def __init__(self, first: Parameter) -> None:
+        self.first = first
+        self.taken: set[Any] = set(first.condition.values) if first.condition else set()
+
+    def add(self, param: Parameter, path: str) -> None:
+        a, b = param.condition, self.first.condition
+        if a is None or b is None or a.parent != b.parent or not self.taken.isdisjoint(a.values):
+            raise InvalidArgument(
+                path,
+                f"{param.name!r} appears twice; repeat a name only under conditions on one parent with disjoint values",
+            )
+        self.taken.update(a.values)
 
 
 class SpecValidator:
@@ -214,9 +282,7 @@ class SpecValidator:
         out["training"] = self._training(spec.get("training") or {})
         searcher = self._component("searcher", spec.get("searcher"), "spec.searcher", default=DEFAULT_SEARCHER)
         out["searcher"] = searcher
-        stopper = self._component(
-            "early_stopper", spec.get("early_stopping"), "spec.early_stopping", optional=True
-        )
+        stopper = self._component("early_stopper", spec.get("early_stopping"), "spec.early_stopping", optional=True)
         if stopper:
             out["early_stopping"] = stopper
         objectives = self._objectives(spec)
@@ -248,33 +314,15 @@ class SpecValidator:
         path = "spec.training"
         if not isinstance(training, dict):
             raise InvalidArgument(path, "must be an object")
-        epochs = _int(training.get("epochs", 0), f"{path}.epochs")
-        if not 0 < epochs <= MAX_EPOCHS:
-            raise InvalidArgument(f"{path}.epochs", f"must be between 1 and {MAX_EPOCHS}, got {epochs}")
-        batch_size = _int(training.get("batch_size", 0), f"{path}.batch_size") or DEFAULT_BATCH_SIZE
-        if batch_size < 0:
-            raise InvalidArgument(f"{path}.batch_size", f"must be positive, got {batch_size}")
-        smoothing = float(training.get("label_smoothing", 0.0))
-        if not 0.0 <= smoothing < 1.0:
-            raise InvalidArgument(f"{path}.label_smoothing", f"must be in [0, 1), got {smoothing}")
-        precision = training.get("precision", "")
-        if precision not in PRECISIONS:
-            raise InvalidArgument(f"{path}.precision", f"must be one of auto, fp32, bf16, fp16, got {precision!r}")
-        clip = float(training.get("grad_clip_norm", 0.0))
-        if clip < 0 or not math.isfinite(clip):
-            raise InvalidArgument(f"{path}.grad_clip_norm", f"must be 0 (off) or positive, got {clip}")
-        accumulation = _int(training.get("grad_accumulation_steps", 0), f"{path}.grad_accumulation_steps")
-        if not 0 <= accumulation <= 1024:
-            raise InvalidArgument(f"{path}.grad_accumulation_steps", f"must be between 0 and 1024, got {accumulation}")
-        ema = float(training.get("ema_decay", 0.0))
-        if not 0.0 <= ema < 1.0:
-            raise InvalidArgument(f"{path}.ema_decay", f"must be in [0, 1), got {ema}")
-        pipeline = training.get("data_pipeline") or "auto"
-        if pipeline not in ("auto", "device", "loader"):
-            raise InvalidArgument(f"{path}.data_pipeline", f"must be auto, device or loader, got {pipeline!r}")
-        patience = _int(training.get("early_stop_patience", 0), f"{path}.early_stop_patience")
-        if patience < 0:
-            raise InvalidArgument(f"{path}.early_stop_patience", f"must not be negative, got {patience}")
+        if not training.get("epochs"):
+            raise InvalidArgument(f"{path}.epochs", f"must be between 1 and {MAX_EPOCHS}, got 0")
+        out: dict[str, Any] = {}
+        for name in TRAINING_FIELDS:
+            value = training.get(name)
+            if value in (None, "", 0) and name in TRAINING_DEFAULTS:
+                out[name] = TRAINING_DEFAULTS[name]
+            else:
+                out[name] = check_training_value(name, value, f"{path}.{name}")
         augmentations = []
         seen: set[str] = set()
         for i, aug in enumerate(training.get("augmentations") or []):
@@ -284,26 +332,14 @@ class SpecValidator:
                 raise InvalidArgument(f"{path}.augmentations[{i}].name", f"{checked['name']!r} listed twice")
             seen.add(checked["name"])
             augmentations.append(checked)
-        return {
-            "epochs": epochs,
-            "batch_size": batch_size,
-            "optimizer": self._component(
-                "optimizer", training.get("optimizer"), f"{path}.optimizer", default=DEFAULT_OPTIMIZER
-            ),
-            "lr_scheduler": self._component(
-                "lr_scheduler", training.get("lr_scheduler"), f"{path}.lr_scheduler", optional=True
-            ),
-            "augmentations": augmentations,
-            "label_smoothing": smoothing,
-            "precision": precision or "auto",
-            "seed": _int(training.get("seed", 0), f"{path}.seed"),
-            "grad_clip_norm": clip,
-            "grad_accumulation_steps": max(accumulation, 1),
-            "ema_decay": ema,
-            "early_stop_patience": patience,
-            "deterministic": bool(training.get("deterministic", False)),
-            "data_pipeline": pipeline,
-        }
+        out["optimizer"] = self._component(
+            "optimizer", training.get("optimizer"), f"{path}.optimizer", default=DEFAULT_OPTIMIZER
+        )
+        out["lr_scheduler"] = self._component(
+            "lr_scheduler", training.get("lr_scheduler"), f"{path}.lr_scheduler", optional=True
+        )
+        out["augmentations"] = augmentations
+        return out
 
     def _objectives(self, spec: dict[str, Any]) -> tuple[Objective, ...]:
         """`objective`, or several `objectives` (the first guides searchers and early stoppers)."""
@@ -347,26 +383,32 @@ class SpecValidator:
         duration = _duration_s(budget.get("max_duration"), f"{path}.max_duration")
         retries = _int(budget.get("trial_retries", 0), f"{path}.trial_retries")
         if not 0 <= retries <= MAX_TRIAL_RETRIES:
-            raise InvalidArgument(
-                f"{path}.trial_retries", f"must be between 0 and {MAX_TRIAL_RETRIES}, got {retries}"
-            )
+            raise InvalidArgument(f"{path}.trial_retries", f"must be between 0 and {MAX_TRIAL_RETRIES}, got {retries}")
         return max_trials, concurrent or max_trials, failures, duration, retries
 
     def _resources(self, resources: Any) -> dict[str, Any]:
-        path = "spec.resources.gpus_per_trial"
-        gpus = float((resources or {}).get("gpus_per_trial", 0.0))
-        if gpus < 0 or math.isnan(gpus):
-            raise InvalidArgument(path, f"must not be negative, got {gpus}")
-        if 0 < gpus < 1 and not (1 / gpus).is_integer():
-            raise InvalidArgument(path, f"a fraction must divide one GPU evenly (0.5, 0.25, ...), got {gpus}")
+        path = "spec.resources"
+        if not isinstance(resources, dict):
+            raise InvalidArgument(path, "must be an object")
+        gpus = _float(resources.get("gpus_per_trial", 0.0), f"{path}.gpus_per_trial")
+        if not 0 <= gpus <= MAX_GPUS_PER_TRIAL:
+            raise InvalidArgument(f"{path}.gpus_per_trial", f"must be between 0 and {MAX_GPUS_PER_TRIAL}, got {gpus}")
+        if 0 < gpus < 1 and not ((1 / gpus).is_integer() and gpus >= MIN_GPU_SHARE):
+            raise InvalidArgument(
+                f"{path}.gpus_per_trial",
+                f"a fraction must divide one GPU evenly, at least 1/{round(1 / MIN_GPU_SHARE)} "
+                f"(0.5, 0.25, ..., {MIN_GPU_SHARE}), got {gpus}",
+            )
         if gpus > 1 and not gpus.is_integer():
-            raise InvalidArgument(path, f"more than one GPU must be a whole number, got {gpus}")
-        priority = float((resources or {}).get("priority", 0.0)) or 1.0
-        if priority < 0 or not math.isfinite(priority):
-            raise InvalidArgument("spec.resources.priority", f"must be positive, got {priority}")
-        memory = float((resources or {}).get("gpu_memory_gb", 0.0))
-        if memory < 0 or not math.isfinite(memory):
-            raise InvalidArgument("spec.resources.gpu_memory_gb", f"must not be negative, got {memory}")
+            raise InvalidArgument(f"{path}.gpus_per_trial", f"more than one GPU must be a whole number, got {gpus}")
+        priority = _float(resources.get("priority", 0.0), f"{path}.priority") or 1.0
+        if not 0 < priority <= MAX_PRIORITY:
+            raise InvalidArgument(f"{path}.priority", f"must be positive and at most {MAX_PRIORITY:g}, got {priority}")
+        memory = _float(resources.get("gpu_memory_gb", 0.0), f"{path}.gpu_memory_gb")
+        if memory < 0:
+            raise InvalidArgument(f"{path}.gpu_memory_gb", f"must not be negative, got {memory:g}")
+        if memory > MAX_GPU_MEMORY_GB:
+            raise InvalidArgument(f"{path}.gpu_memory_gb", f"must be at most {MAX_GPU_MEMORY_GB:g} GiB, got {memory:g}")
         return {"gpus_per_trial": gpus, "priority": priority, "gpu_memory_gb": memory}
 
     # ---- search space ----
@@ -378,6 +420,7 @@ class SpecValidator:
             raise InvalidArgument("spec.search_space", f"more than {MAX_PARAMETERS} parameters ({len(params)})")
         out: list[Parameter] = []
         names: dict[str, Parameter] = {}
+        alternatives: dict[str, _Alternatives] = {}
         for i, raw in enumerate(params):
             path = f"spec.search_space[{i}]"
             if not isinstance(raw, dict):
@@ -390,25 +433,14 @@ class SpecValidator:
             domain = self._domain(raw, path)
             condition = self._condition(raw.get("condition"), names, f"{path}.condition")
             param = Parameter(name=name, domain=domain, condition=condition)
-            self._check_alternatives(param, [p for p in out if p.name == name], f"{path}.name")
+            if name in alternatives:
+                alternatives[name].add(param, f"{path}.name")
+            else:
+                alternatives[name] = _Alternatives(param)
             self._check_target(param, spec, names, path)
             names.setdefault(name, param)
             out.append(param)
         return tuple(out)
-
-    @staticmethod
-    def _check_alternatives(param: Parameter, earlier: list[Parameter], path: str) -> None:
-        """A name may repeat only as alternatives: conditions on one parent with disjoint values.
-
-        That is how each optimizer gets its own `optimizer.lr` range.
-        """
-        for other in earlier:
-            a, b = param.condition, other.condition
-            if a is None or b is None or a.parent != b.parent or set(a.values) & set(b.values):
-                raise InvalidArgument(
-                    path, f"{param.name!r} appears twice; repeat a name only under conditions on one parent "
-                    "with disjoint values"
-                )
 
     def _domain(self, raw: dict[str, Any], path: str) -> IntRange | FloatRange | Choice:
         present = [k for k in ("int_range", "float_range", "choice") if k in raw]
@@ -437,10 +469,8 @@ class SpecValidator:
                 raise InvalidArgument(f"{p}.step", "log ranges take no step")
             result: IntRange | FloatRange = IntRange(low=low, high=high, log=log, step=step)
         else:
-            low, high = float(body.get("low", 0.0)), float(body.get("high", 0.0))
+            low, high = _float(body.get("low", 0.0), f"{p}.low"), _float(body.get("high", 0.0), f"{p}.high")
             log = bool(body.get("log", False))
-            if not (math.isfinite(low) and math.isfinite(high)):
-                raise InvalidArgument(p, "bounds must be finite")
             result = FloatRange(low=low, high=high, log=log)
         if low > high:
             raise InvalidArgument(p, f"low ({low}) > high ({high})")
@@ -466,19 +496,16 @@ class SpecValidator:
         values = tuple(int(v) if isinstance(v, float) and v.is_integer() else v for v in values)
         return Condition(parent=parent, values=values)
 
-    def _check_target(
-        self, param: Parameter, spec: dict[str, Any], names: dict[str, Parameter], path: str
-    ) -> None:
+    def _check_target(self, param: Parameter, spec: dict[str, Any], names: dict[str, Parameter], path: str) -> None:
         """Resolves the parameter's address and checks its domain against the setting's type."""
         parts = param.name.split(".")
         head = parts[0]
         where = f"{path}.name"
         if head == "training" and len(parts) == 2:
-            kind = SEARCHABLE_TRAINING_FIELDS.get(parts[1])
-            if kind is None:
-                known = ", ".join(SEARCHABLE_TRAINING_FIELDS)
+            if parts[1] not in TRAINING_FIELDS:
+                known = ", ".join(TRAINING_FIELDS)
                 raise InvalidArgument(where, f"unknown training field {parts[1]!r} (searchable: {known})")
-            self._check_values(param, [(None, kind)], path)
+            self._check_training_values(param, parts[1], path)
             return
         if head == "augmentations" and len(parts) == 3:
             listed = {a["name"]: a for a in spec["training"]["augmentations"]}
@@ -527,27 +554,44 @@ class SpecValidator:
             spec_param = entry.param(option)
             if spec_param is None:
                 raise InvalidArgument(
-                    f"{path}.name", f"{entry.kind} {entry.name!r} has no option {option!r}"
-                    + (" (add a condition on the name parameter)" if len(entries) > 1 else "")
+                    f"{path}.name",
+                    f"{entry.kind} {entry.name!r} has no option {option!r}"
+                    + (" (add a condition on the name parameter)" if len(entries) > 1 else ""),
                 )
             targets.append((spec_param, spec_param.type))
         self._check_values(param, targets, path)
 
-    def _check_values(self, param: Parameter, targets: list[tuple[Any, str]], path: str) -> None:
+    def _check_values(self, param: Parameter, targets: list[tuple[ParamSpec, str]], path: str) -> None:
+        """Every value the parameter can take must be one its targets accept: each choice value, and
+        the ends of a range (bounds are intervals, so the ends stand for all values between)."""
         domain = param.domain
         for spec_param, kind in targets:
             if isinstance(domain, FloatRange) and kind not in ("float", "any"):
                 raise InvalidArgument(path, f"float_range cannot set {param.name}, which takes {kind}")
             if isinstance(domain, IntRange) and kind not in ("int", "float", "any"):
                 raise InvalidArgument(path, f"int_range cannot set {param.name}, which takes {kind}")
-            if isinstance(domain, Choice) and spec_param is None:
-                for j, value in enumerate(domain.values):
-                    if not _plain_type_ok(kind, value):
-                        raise InvalidArgument(f"{path}.choice.values[{j}]", f"expected {kind}, got {value!r}")
-            if isinstance(domain, Choice) and spec_param is not None:
-                for j, value in enumerate(domain.values):
-                    try:
-                        coerced = coerce_option(spec_param, value)
-                    except ValueError as exc:
-                        raise InvalidArgument(f"{path}.choice.values[{j}]", str(exc)) from None
-                    self._check_path(spec_param, coerced, f"{path}.choice.values[{j}]")
+            for where, value in _values_to_check(domain, path):
+                try:
+                    coerced = coerce_option(spec_param, value)
+                except ValueError as exc:
+                    raise InvalidArgument(where, str(exc)) from None
+                self._check_path(spec_param, coerced, where)
+
+    def _check_training_values(self, param: Parameter, field: str, path: str) -> None:
+        kind = TRAINING_FIELDS[field].type
+        if isinstance(param.domain, FloatRange) and kind != "float":
+            raise InvalidArgument(path, f"float_range cannot set {param.name}, which takes {kind}")
+        if isinstance(param.domain, IntRange) and kind not in ("int", "float"):
+            raise InvalidArgument(path, f"int_range cannot set {param.name}, which takes {kind}")
+        for where, value in _values_to_check(param.domain, path):
+            check_training_value(field, value, where)
+
+
+def _values_to_check(domain: IntRange | FloatRange | Choice, path: str) -> list[tuple[str, Any]]:
+    """(field path, value) for each value of a choice, or the lowest and highest value of a range."""
+    if isinstance(domain, Choice):
+        return [(f"{path}.choice.values[{j}]", value) for j, value in enumerate(domain.values)]
+    if isinstance(domain, IntRange):
+        top = domain.low + (domain.high - domain.low) // domain.step * domain.step
+        return [(f"{path}.int_range.low", domain.low), (f"{path}.int_range.high", top)]
+    return [(f"{path}.float_range.low", domain.low), (f"{path}.float_range.high", domain.high)]

@@ -38,8 +38,8 @@ BAD_SPECS = [
     ("int option given a fraction", with_change("model.options", {"num_filters": 2.5}),
      "spec.model.options.num_filters", "int"),
     ("zero epochs", with_change("training.epochs", 0), "spec.training.epochs", "between 1"),
-    ("negative batch size", with_change("training.batch_size", -4), "spec.training.batch_size", "positive"),
-    ("label smoothing of one", with_change("training.label_smoothing", 1.0), "spec.training.label_smoothing", "[0, 1)"),
+    ("negative batch size", with_change("training.batch_size", -4), "spec.training.batch_size", "must be >= 1"),
+    ("label smoothing of one", with_change("training.label_smoothing", 1.0), "spec.training.label_smoothing", "must be < 1"),
     ("unknown precision", with_change("training.precision", "fp8"), "spec.training.precision", "fp8"),
     ("unknown augmentation", with_change("training.augmentations", [{"name": "warp_drive"}]),
      "spec.training.augmentations[0].name", "unknown augmentation"),
@@ -189,8 +189,8 @@ def test_a_name_may_repeat_as_alternatives_under_disjoint_conditions(stub):
 
 @pytest.mark.parametrize(
     ("field", "value", "reason"),
-    [("grad_clip_norm", -1.0, "positive"), ("grad_accumulation_steps", 5000, "between 0 and 1024"),
-     ("ema_decay", 1.0, "[0, 1)"), ("early_stop_patience", -3, "negative")],
+    [("grad_clip_norm", -1.0, "must be >= 0"), ("grad_accumulation_steps", 5000, "must be <= 1024"),
+     ("ema_decay", 1.0, "must be < 1"), ("early_stop_patience", -3, "must be >= 0")],
 )  # fmt: skip
 def test_bad_training_technique_settings_are_invalid(stub, field, value, reason):
     spec = with_change(f"training.{field}", value)
