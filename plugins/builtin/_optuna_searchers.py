@@ -6,7 +6,9 @@ parameters are sampled (how Optuna handles conditional spaces):
 
 - IntRange -> IntDistribution (step, or log; a log range with a step is sampled in log space and
   snapped to the step grid), FloatRange -> FloatDistribution (log), Choice -> a categorical over
-  the choice's indices (so any JSON value works; the sampler sees the same unordered set).
+  the choice's indices (so any JSON value works; the sampler sees the same unordered set). An int
+  range of more than `_space.ENUMERATION_LIMIT` values is a FloatDistribution snapped to the step
+  grid: GPSampler lists every value of a discrete distribution (5*10**8 values: 4 GB per array).
 - A name repeated as alternatives gets one Optuna name per alternative, `optimizer.lr|sgd`.
 - Samplers that need a fixed space (GPSampler) can have it flattened: every parameter is
   suggested on every trial, and the config keeps only the active ones.
@@ -208,11 +210,12 @@ class OptunaSearcher:
         if isinstance(d, Choice):
             return d.values[trial.suggest_categorical(name, list(range(len(d.values))))]
         if isinstance(d, IntRange):
-            high = int(d.low) + int(d.step) * (_space.int_count(d) - 1)
+            count = _space.int_count(d)
+            high = int(d.low) + int(d.step) * (count - 1)
+            if count > _space.ENUMERATION_LIMIT:  # GPSampler lists a discrete range's values: search it as floats
+                return _space.snap(d, trial.suggest_float(name, float(d.low), float(high), log=d.log))
             if d.log and d.step > 1:  # Optuna has no log range with a step: snap to the grid
-                value = trial.suggest_int(name, int(d.low), high, log=True)
-                index = min(_space.int_count(d) - 1, max(0, round((value - d.low) / d.step)))
-                return int(d.low + d.step * index)
+                return _space.snap(d, trial.suggest_int(name, int(d.low), high, log=True))
             return int(trial.suggest_int(name, int(d.low), high, step=int(d.step), log=d.log))
         return float(trial.suggest_float(name, float(d.low), float(d.high), log=d.log))
 

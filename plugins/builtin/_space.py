@@ -19,7 +19,9 @@ from tuneyard.plugins.api import Choice, FloatRange, IntRange, Parameter
 
 Config = dict[str, Any]
 
-# Spaces with more discrete configs than this are not enumerated.
+# The most configs a space may hold to be enumerated, and the most values a parameter's list may hold.
+# Sizes are counted, never listed: a discrete space past this is searched as an infinite one (no
+# exhaustion, no "configs left"), as a continuous space is, so a spec's int_range costs no memory.
 ENUMERATION_LIMIT = 100_000
 
 
@@ -76,7 +78,42 @@ def active_indices(space: Sequence[Parameter], config: Config) -> list[int]:
 
 
 def int_count(d: IntRange) -> int:
+    """How many values the range holds (low, low + step, ... up to high), counted."""
     return (int(d.high) - int(d.low)) // int(d.step) + 1
+
+
+def int_values(d: IntRange) -> range:
+    """The range's values as a lazy sequence: indexing and len cost nothing, however long it is."""
+    return range(int(d.low), int(d.high) + 1, int(d.step))
+
+
+def snap(d: IntRange, value: float) -> int:
+    """The range's value nearest to `value` (a sampler's float, or an int off the step grid)."""
+    index = min(int_count(d) - 1, max(0, round((value - d.low) / d.step)))
+    return int(d.low + d.step * index)
+
+
+def domain_size(d: IntRange | FloatRange | Choice) -> int | None:
+    """How many distinct values the domain holds, counted without listing a range; None for a float range."""
+    if isinstance(d, Choice):
+        return len(dict.fromkeys(d.values))
+    if isinstance(d, IntRange):
+        return int_count(d)
+    return None
+
+
+def space_size(space: Sequence[Parameter], cap: int = ENUMERATION_LIMIT) -> int | None:
+    """The product of the domains' sizes (inactive alternatives included: an upper bound) when every
+    domain is discrete and the product is at most `cap`; else None. Stops as soon as it passes the cap."""
+    total = 1
+    for p in space:
+        size = domain_size(p.domain)
+        if size is None:
+            return None
+        total *= size
+        if total > cap:
+            return None
+    return total
 
 
 def from_unit(d: IntRange | FloatRange | Choice, u: float) -> Any:
@@ -88,10 +125,8 @@ def from_unit(d: IntRange | FloatRange | Choice, u: float) -> Any:
         count = int_count(d)
         if d.log:
             lo, hi = math.log(d.low - 0.5), math.log(d.low + d.step * (count - 1) + 0.5)
-            index = round((math.exp(lo + u * (hi - lo)) - d.low) / d.step)
-        else:
-            index = int(u * count)
-        return int(d.low + d.step * min(count - 1, max(0, index)))
+            return snap(d, math.exp(lo + u * (hi - lo)))
+        return int(d.low + d.step * min(count - 1, int(u * count)))
     if d.low == d.high:
         return float(d.low)
     if d.log:
@@ -131,17 +166,16 @@ def sample(d: IntRange | FloatRange | Choice, rng: random.Random) -> Any:
     return rng.uniform(d.low, d.high)
 
 
-def int_grid(d: IntRange) -> list[int]:
-    return list(range(int(d.low), int(d.high) + 1, int(d.step)))
-
-
 def values_all(param: Parameter) -> list[Any]:
+    """Every value of a discrete parameter; refused past ENUMERATION_LIMIT values, so no long list is built."""
     d = param.domain
     if isinstance(d, Choice):
         return list(dict.fromkeys(d.values))
-    if isinstance(d, IntRange):
-        return int_grid(d)
-    raise ValueError(f"{param.name}: a float range is not finite")
+    if not isinstance(d, IntRange):
+        raise ValueError(f"{param.name}: a float range is not finite")
+    if int_count(d) > ENUMERATION_LIMIT:
+        raise ValueError(f"{param.name}: {int_count(d)} values, more than the {ENUMERATION_LIMIT} listed at most")
+    return list(int_values(d))
 
 
 def enumerate_configs(space: Sequence[Parameter], values: Callable[[Parameter], list[Any]]) -> Iterator[Config]:
@@ -165,10 +199,8 @@ def enumerate_configs(space: Sequence[Parameter], values: Callable[[Parameter], 
 
 
 def finite_configs(space: Sequence[Parameter]) -> dict[str, Config] | None:
-    """All configs keyed by `key`, when the space is discrete and small enough; else None."""
-    if not all(isinstance(p.domain, (IntRange, Choice)) for p in space):
-        return None
-    if math.prod(len(values_all(p)) for p in space) > ENUMERATION_LIMIT:
+    """All configs keyed by `key`, when the space is discrete and holds at most ENUMERATION_LIMIT; else None."""
+    if space_size(space) is None:
         return None
     return {key(c): c for c in enumerate_configs(space, values_all)}
 

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from tuneyard.plugins import hookimpl
-from tuneyard.plugins.api import Bounds, Choice, IntRange, Objective, Parameter
+from tuneyard.plugins.api import Bounds, Choice, FloatRange, IntRange, Objective, Parameter
 from tuneyard.plugins.builtin import _space
 from tuneyard.plugins.builtin._evolution import EvolutionSearcher
 from tuneyard.plugins.builtin._space import Config
@@ -59,33 +59,56 @@ class RandomSearcher:
         self._seen.load(state["seen"])
 
 
-def _grid_values(param: Parameter, num_points: int) -> list[Any]:
+_NOTHING = object()  # equal to no grid value
+
+
+def _grid_values(param: Parameter, num_points: int) -> Iterator[Any]:
+    """One parameter's grid values in order, each once; generated, so neither a long int range nor a
+    large ``num_points`` is ever held as a list."""
     d = param.domain
     if isinstance(d, Choice):
-        return list(dict.fromkeys(d.values))
-    if isinstance(d, IntRange):
-        grid = _space.int_grid(d)
-        if len(grid) <= num_points:
-            return grid
-        if d.log:
-            targets = [d.low * (d.high / d.low) ** (i / max(1, num_points - 1)) for i in range(num_points)]
-            picked = [grid[min(len(grid) - 1, round((t - d.low) / d.step))] for t in targets]
-        else:
-            picked = [grid[round(i * (len(grid) - 1) / max(1, num_points - 1))] for i in range(num_points)]
-        if num_points == 1:
-            picked = [grid[len(grid) // 2]]
-        return list(dict.fromkeys(picked))
+        return iter(dict.fromkeys(d.values))
+    points = _int_points(d, num_points) if isinstance(d, IntRange) else _float_points(d, num_points)
+    return _without_repeats(points)
+
+
+def _int_points(d: IntRange, num_points: int) -> Iterator[int]:
+    """Every value, or `num_points` of them evenly spaced (geometrically when log), picked by index."""
+    grid = _space.int_values(d)  # a range: indexed, never listed
+    if len(grid) <= num_points:
+        yield from grid
+    elif num_points == 1:
+        yield grid[len(grid) // 2]
+    elif d.log:
+        for i in range(num_points):
+            target = d.low * (d.high / d.low) ** (i / (num_points - 1))
+            yield grid[min(len(grid) - 1, round((target - d.low) / d.step))]
+    else:
+        for i in range(num_points):
+            yield grid[round(i * (len(grid) - 1) / (num_points - 1))]
+
+
+def _float_points(d: FloatRange, num_points: int) -> Iterator[float]:
+    """`num_points` evenly spaced values (geometrically when log), both ends exact."""
     low, high = float(d.low), float(d.high)
     if low == high:
-        return [low]
-    if num_points == 1:
-        return [math.sqrt(low * high) if d.log else (low + high) / 2]
-    if d.log:
-        points = [low * (high / low) ** (i / (num_points - 1)) for i in range(num_points)]
+        yield low
+    elif num_points == 1:
+        yield math.sqrt(low * high) if d.log else (low + high) / 2
     else:
-        points = [low + (high - low) * i / (num_points - 1) for i in range(num_points)]
-    points[0], points[-1] = low, high
-    return list(dict.fromkeys(points))
+        yield low
+        for i in range(1, num_points - 1):
+            yield low * (high / low) ** (i / (num_points - 1)) if d.log else low + (high - low) * i / (num_points - 1)
+        yield high
+
+
+def _without_repeats(points: Iterator[Any]) -> Iterator[Any]:
+    """Drops a value equal to the one before: the points are monotone, so this drops every repeat."""
+    previous: Any = _NOTHING
+    for point in points:
+        if point != previous:
+            yield point
+        previous = point
 
 
 class GridSearcher:
