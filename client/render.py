@@ -330,7 +330,12 @@ def _parameter(param: service_pb2.PluginParameter) -> str:
 def bounds_text(param: service_pb2.PluginParameter) -> str:
     """The option's declared bounds for people, e.g. ">= 0, < 1"; "" when it declares none."""
     signs = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
-    return ", ".join(f"{sign} {number(getattr(param, f))}" for f, sign in signs if param.HasField(f))
+    return ", ".join(f"{sign} {_limit(getattr(param, f))}" for f, sign in signs if param.HasField(f))
+
+
+def _limit(value: float) -> str:
+    """A whole limit in full (4294967295, not 4.295e+09); others as `number` writes them."""
+    return str(int(value)) if value.is_integer() and abs(value) < 2**63 else number(value)
 
 
 def devices_table(info: service_pb2.ServerInfo) -> Table:
