@@ -3,10 +3,11 @@
 A trial asks for `units` of device: a fraction (0.5, 0.25: trials packed onto one device, each
 with its own worker), one whole device, or several whole devices (a data-parallel trial, one
 rank per device). A packed trial on a GPU is admitted only while the memory it needs (declared,
-or measured on earlier trials of its study) fits beside its neighbours. Studies ask without
-blocking; one that got nothing is woken when capacity is released. Between waiting studies the
-scheduler keeps a weighted fair share: capacity goes to the study holding the least per unit of
-`priority`, so no study starves.
+or measured on earlier trials of its study) fits beside its neighbours, and on any device only
+while the pool can give it a worker there (at most `workers.MAX_WORKERS_PER_DEVICE` per device).
+Studies ask without blocking; one that got nothing is woken when capacity is released. Between
+waiting studies the scheduler keeps a weighted fair share: capacity goes to the study holding the
+least per unit of `priority`, so no study starves.
 """
 
 from __future__ import annotations
@@ -87,13 +88,14 @@ class DeviceScheduler:
             fitting = [
                 d for d in self.devices
                 if self._used[d.index] + units <= 1 + EPS and self._memory_fits(d, memory_bytes)
+                and self.pool.has_room(d)
             ]  # fmt: skip
             if not fitting:
                 return None
             # Pack: the fullest device that still fits, so whole devices stay free for big trials.
             best = max(fitting, key=lambda d: (self._used[d.index], -d.index))
             return (best,), units
-        free = [d for d in self.devices if self._used[d.index] <= EPS]
+        free = [d for d in self.devices if self._used[d.index] <= EPS and self.pool.has_room(d)]
         count = int(round(units))
         return (tuple(free[:count]), 1.0) if len(free) >= count else None
 

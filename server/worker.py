@@ -11,8 +11,11 @@ it), dumps a Python traceback there on a fatal signal, and dies with the server.
 
 from __future__ import annotations
 
+import ctypes
 import faulthandler
 import os
+import signal
+import sys
 import threading
 import time
 import traceback
@@ -21,21 +24,47 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 HEARTBEAT_S = 1.0
-PARENT_CHECK_S = 0.5
+PARENT_CHECK_S = 0.5  # where the kernel cannot end this process with the server (not Linux)
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
-def _die_with_parent() -> None:
-    """Ends this process soon after the server dies, even by SIGKILL, so an orphan never writes a
-    checkpoint the restarted server is resuming from. (The kernel's parent-death signal would fire
-    when the server *thread* that started the worker ends, which is not what we want.)"""
-    parent = os.getppid()
+def _ask_kernel_to_kill_with_parent() -> bool:
+    """Asks Linux for SIGKILL when the thread that started this process ends; False where it cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _poll_parent(server_pid: int) -> None:
+    """The fallback: a thread that exits this process once its parent is no longer `server_pid`."""
 
     def watch() -> None:
-        while os.getppid() == parent:
+        while os.getppid() == server_pid:
             time.sleep(PARENT_CHECK_S)
         os._exit(0)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _die_with_parent(server_pid: int) -> None:
+    """Ends this process when the server dies, even by SIGKILL, so an orphan never writes a
+    checkpoint the restarted server is resuming from.
+
+    On Linux the kernel sends the SIGKILL (PR_SET_PDEATHSIG), so it comes even while this process is
+    stopped, busy in native code or holding the GIL. The signal fires when the *thread* that started
+    the process ends, which is why every worker is started from one thread that lives as long as the
+    server (`workers.Spawner`). A server that died before the request was made sends nothing: then
+    the parent is already someone else, and this process exits at once. Elsewhere a thread polls.
+    """
+    by_kernel = _ask_kernel_to_kill_with_parent()
+    if os.getppid() != server_pid:
+        os._exit(0)
+    if not by_kernel:
+        _poll_parent(server_pid)
 
 
 def _redirect_stderr(path: str) -> None:
@@ -101,8 +130,9 @@ def run_task(
 
 
 def worker_main(conn: Connection, slot: dict[str, Any]) -> None:
-    """Entry point of a spawned worker; `slot` holds device, CUDA_VISIBLE_DEVICES and thread count."""
-    _die_with_parent()
+    """Entry point of a spawned worker; `slot` holds the server's pid, device, CUDA_VISIBLE_DEVICES and
+    thread count."""
+    _die_with_parent(slot["server_pid"])
     if slot.get("log_path"):
         _redirect_stderr(slot["log_path"])
     os.environ["CUDA_VISIBLE_DEVICES"] = slot["cuda_visible"]

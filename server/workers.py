@@ -11,6 +11,10 @@ Each process writes its stderr to `<log_dir>/<worker>.log`; a task's failure ("e
 carries forensics: the reason ("crash", "timeout", "error"), exit code and signal of a dead
 process, and the last STDERR_LINES lines written to stderr during the task. `last_beat` is when
 the current task last showed progress; the runner kills a worker whose task went quiet.
+
+Every process is started from one thread (`Spawner`), so Linux ends each with the server (see
+`worker._die_with_parent`), and a device never has more than MAX_WORKERS_PER_DEVICE workers: a
+trial beyond them waits for one to come free.
 """
 
 from __future__ import annotations
@@ -20,11 +24,14 @@ import itertools
 import logging
 import multiprocessing as mp
 import os
+import queue
 import signal
 import socket
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +43,53 @@ Sink = Callable[[tuple[Any, ...]], None]
 STDERR_LINES = 50
 TAIL_BYTES = 64 * 1024  # enough for 50 long lines; the tail is read from the end of the log
 LOG_ROTATE_BYTES = 16 * 1024 * 1024
+# Each worker is a process of its own (~0.8 GB with torch imported); with 1/16 the smallest share a
+# spec may ask for (limits.MIN_GPU_SHARE), 16 is what a full device of packed trials needs.
+MAX_WORKERS_PER_DEVICE = 16
 _serial = itertools.count(1)
+
+
+class Spawner:
+    """One thread that starts every worker process and lives as long as this process.
+
+    A worker asks Linux to SIGKILL it when its parent dies, and for that signal the parent is the
+    *thread* that started it: a runner thread (a packed trial's worker) or a worker's reader thread
+    (a replacement) would take the worker with it when it ends, so no thread but this one starts one.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[BaseProcess, Future[None]]] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="worker-spawner", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            process, done = self._jobs.get()
+            try:
+                process.start()
+            except BaseException as exc:  # noqa: BLE001 - the caller gets it; this thread goes on
+                done.set_exception(exc)
+            else:
+                done.set_result(None)
+
+    def start(self, process: BaseProcess) -> None:
+        """Starts `process` from the spawner thread; returns once it is started (or raises why not)."""
+        done: Future[None] = Future()
+        self._jobs.put((process, done))
+        done.result()
+
+
+_spawner: Spawner | None = None
+_spawner_lock = threading.Lock()
+
+
+def spawner() -> Spawner:
+    """This process's one spawner, started on first use."""
+    global _spawner
+    with _spawner_lock:
+        if _spawner is None:
+            _spawner = Spawner()
+        return _spawner
 
 
 def read_tail(path: Path, offset: int, lines: int = STDERR_LINES) -> str:
@@ -52,7 +105,7 @@ def read_tail(path: Path, offset: int, lines: int = STDERR_LINES) -> str:
 
 
 def signal_name(exit_code: int | None) -> str:
-    """"SIGKILL" for exit code -9 (multiprocessing's way of saying a signal ended the process)."""
+    """The name ("SIGKILL") for exit code -9 (multiprocessing's way of saying a signal ended the process)."""
     if exit_code is None or exit_code >= 0:
         return ""
     try:
@@ -89,6 +142,7 @@ class Worker:
     def _start_process(self) -> None:
         parent, child = self._ctx.Pipe()
         info = {
+            "server_pid": os.getpid(),
             "device": self.device.torch_device,
             "cuda_visible": self.device.cuda_visible,
             "threads": self.device.threads,
@@ -99,7 +153,7 @@ class Worker:
             target=worker_main, args=(child, info), name=f"tuneyard-worker-{self.device.name}", daemon=False
         )
         self._ready = False  # until the process has imported torch and loaded the plugins
-        self.process.start()
+        spawner().start(self.process)
         self.processes_started += 1
         child.close()
         self._conn = parent
@@ -280,17 +334,34 @@ class PooledWorkers:
         with self._lock:
             return [w for ws in self._by_device.values() for w in ws]
 
-    def take(self, device: Device, share: float = 1.0) -> Any:
-        """An idle worker on `device` for `share`, started if every fitting one there is taken."""
+    def _idle(self, device: Device) -> list[Any]:
+        return [w for w in self._by_device[device.index] if id(w) not in self._taken]
+
+    def has_room(self, device: Device) -> bool:
+        """Whether `take` can hand out a worker on `device` now: one is idle, or fewer than
+        MAX_WORKERS_PER_DEVICE exist there. The scheduler asks before it places a trial."""
         with self._lock:
-            for worker in self._by_device[device.index]:
-                if id(worker) not in self._taken and self._fits(worker, share):
-                    self._taken.add(id(worker))
-                    return worker
-            worker = self._new(device, share)
-            self._by_device[device.index].append(worker)
+            return len(self._by_device[device.index]) < MAX_WORKERS_PER_DEVICE or bool(self._idle(device))
+
+    def take(self, device: Device, share: float = 1.0) -> Any:
+        """An idle worker on `device` that fits `share`, else a new one; on a device that already has
+        MAX_WORKERS_PER_DEVICE, the new one replaces an idle worker that does not fit."""
+        retired = None
+        with self._lock:
+            workers, idle = self._by_device[device.index], self._idle(device)
+            worker = next((w for w in idle if self._fits(w, share)), None)
+            if worker is None:
+                if len(workers) >= MAX_WORKERS_PER_DEVICE:
+                    if not idle:
+                        raise RuntimeError(f"{device.name}: all {len(workers)} workers are taken (ask has_room first)")
+                    retired = idle[0]
+                    workers.remove(retired)
+                worker = self._new(device, share)
+                workers.append(worker)
             self._taken.add(id(worker))
-            return worker
+        if retired is not None:
+            retired.close()
+        return worker
 
     def give_back(self, worker: Any) -> None:
         with self._lock:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 
 import grpc
 import pytest
@@ -10,6 +11,7 @@ from support import tiny_spec, to_proto, watch_all
 
 from tuneyard.server.devices import Device
 from tuneyard.server.scheduler import DeviceScheduler
+from tuneyard.server.workers import MAX_WORKERS_PER_DEVICE, PooledWorkers
 from tuneyard.v1 import service_pb2 as pb
 from tuneyard.v1 import service_pb2_grpc
 
@@ -25,8 +27,40 @@ class Dispenser:
     def give_back(self, worker):
         pass
 
+    def has_room(self, device):
+        return True
+
     def counts(self, device):
         return 1, 0
+
+
+@dataclass
+class StandInWorker:
+    share: float
+    closed: bool = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@dataclass
+class StandInPool(PooledWorkers):
+    """The pool's real bookkeeping (`PooledWorkers`) over workers that start no process; with
+    `same_share_only`, a worker fits only trials of its own share, as a Ray actor does."""
+
+    devices_: list[Device]
+    same_share_only: bool = False
+    made: list[StandInWorker] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._init_pool(self.devices_, start_one=False)
+
+    def _new(self, device: Device, share: float) -> StandInWorker:
+        self.made.append(StandInWorker(share))
+        return self.made[-1]
+
+    def _fits(self, worker: StandInWorker, share: float) -> bool:
+        return not self.same_share_only or worker.share == share
 
 
 def cpu_devices(n: int) -> list[Device]:
@@ -59,7 +93,7 @@ def test_fair_share_follows_priority_and_never_starves():
     # Both studies want as much as they can get; capacity frees up one device at a time.
     for _ in range(30):
         for study in ("a", "b"):
-            while (alloc := scheduler.try_acquire(study, 1.0, lambda s=study: woken.append(s), priority[study])):
+            while alloc := scheduler.try_acquire(study, 1.0, lambda s=study: woken.append(s), priority[study]):
                 held[study].append(alloc)
         oldest = min((a for allocs in held.values() for a in allocs), key=id)
         for allocs in held.values():
@@ -67,7 +101,7 @@ def test_fair_share_follows_priority_and_never_starves():
                 allocs.remove(oldest)
         scheduler.release(oldest)
     for study in ("a", "b"):
-        while (alloc := scheduler.try_acquire(study, 1.0, lambda: None, priority[study])):
+        while alloc := scheduler.try_acquire(study, 1.0, lambda: None, priority[study]):
             held[study].append(alloc)
     assert len(held["a"]) == 2 and len(held["b"]) == 1  # 2:1 by priority, b not starved
     assert "b" in woken
@@ -178,3 +212,34 @@ def test_packed_gpu_trials_are_admitted_only_while_their_memory_fits():
     assert scheduler.try_acquire("b", 0.25, lambda: None, memory_bytes=2**30) is not None  # a small one fits
     scheduler.release(first)
     assert scheduler.try_acquire("a", 0.25, lambda: None, memory_bytes=four_gb) is not None
+
+
+def test_a_device_never_gets_more_than_max_workers_and_a_trial_waits_for_one():
+    """Regression (issue 13): `gpus_per_trial: 2**-20` got one worker process (~0.8 GB) per packed
+    trial, bounded only by max_concurrent_trials. Now the 17th waits until a worker is free."""
+    (device,) = cpu_devices(1)
+    pool = StandInPool([device])
+    scheduler = DeviceScheduler([device], pool)
+    woken: list[str] = []
+    held = [scheduler.try_acquire("a", 2**-20, lambda: woken.append("a")) for _ in range(MAX_WORKERS_PER_DEVICE)]
+    assert all(held) and pool.counts(device) == (MAX_WORKERS_PER_DEVICE, MAX_WORKERS_PER_DEVICE)
+    assert scheduler.try_acquire("a", 2**-20, lambda: woken.append("a")) is None
+    assert scheduler.try_acquire("b", 2**-20, lambda: woken.append("b")) is None
+    scheduler.release(held.pop())
+    assert woken == ["a", "b"]
+    again = scheduler.try_acquire("b", 2**-20, lambda: None)  # b holds less, so the slot is b's
+    assert again is not None and pool.counts(device) == (MAX_WORKERS_PER_DEVICE, MAX_WORKERS_PER_DEVICE)
+    assert len(pool.made) == MAX_WORKERS_PER_DEVICE  # the freed worker was reused, none started
+
+
+def test_a_full_device_replaces_an_idle_worker_that_does_not_fit():
+    """A pool whose workers fit only their own share (Ray) retires an idle one rather than grow."""
+    (device,) = cpu_devices(1)
+    pool = StandInPool([device], same_share_only=True)
+    scheduler = DeviceScheduler([device], pool)
+    for alloc in [scheduler.try_acquire("a", 1 / 32, lambda: None) for _ in range(MAX_WORKERS_PER_DEVICE)]:
+        scheduler.release(alloc)
+    half = scheduler.try_acquire("a", 0.5, lambda: None)
+    assert half is not None and half.workers[0].share == 0.5
+    assert pool.counts(device) == (MAX_WORKERS_PER_DEVICE, 1)
+    assert sum(w.closed for w in pool.made) == 1

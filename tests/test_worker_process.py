@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-from support import REPO
+from support import REPO, tiny_spec, to_proto
 
 from tuneyard.server.devices import Device
 from tuneyard.server.workers import Worker, read_tail, signal_name
+from tuneyard.v1 import service_pb2 as pb
 
 CPU = Device(0, "cpu:0", "cpu", "cpu", "", 1)
 
@@ -51,19 +53,93 @@ time.sleep(600)
 """
 
 
-def test_worker_exits_when_its_server_is_killed():
-    server = subprocess.Popen([sys.executable, "-c", SERVER_STAND_IN], stdout=subprocess.PIPE, text=True, cwd=REPO)
+# Prints the worker's pid once the worker is up (it has imported torch, so it asked for its
+# parent-death signal long before).
+READY_STAND_IN = """
+import time
+from tuneyard.server.devices import Device
+from tuneyard.server.workers import Worker
+worker = Worker(Device(0, "cpu:0", "cpu", "cpu", "", 1), "")
+while not worker._ready:
+    time.sleep(0.05)
+print(worker.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def gone_within(pid: int, seconds: float) -> bool:
+    """Polls until `pid` is gone; a generous bound, not a timing claim."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and alive(pid):
+        time.sleep(0.05)
+    return not alive(pid)
+
+
+def kill_if_alive(pid: int) -> None:
+    """Cleans up a worker a failing test left behind (stopped or wedged)."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def start_stand_in(script: str) -> tuple[subprocess.Popen[str], int]:
+    server = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=REPO)
     assert server.stdout is not None
     pid = int(server.stdout.readline())
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not Path(f"/proc/{pid}").exists():
         time.sleep(0.1)
+    return server, pid
+
+
+def test_worker_exits_when_its_server_is_killed():
+    server, pid = start_stand_in(SERVER_STAND_IN)
     server.kill()
     server.wait()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and alive(pid):
+    try:
+        assert gone_within(pid, 30), "the orphaned worker kept running"
+    finally:
+        kill_if_alive(pid)
+
+
+def test_a_stopped_worker_is_killed_with_its_server():
+    """Regression (issue 13): a worker that polled for its parent's death in a Python thread lived on
+    for seconds under load. A stopped process runs no thread at all, yet the kernel's parent-death
+    SIGKILL still ends it: only a kernel-delivered end passes this test."""
+    server, pid = start_stand_in(READY_STAND_IN)
+    try:
+        os.kill(pid, signal.SIGSTOP)
+        server.kill()
+        server.wait()
+        assert gone_within(pid, 10), "the stopped worker outlived its server"
+    finally:
+        kill_if_alive(pid)
+        if server.poll() is None:
+            server.kill()
+
+
+def test_a_worker_wedged_holding_the_gil_mid_trial_dies_with_its_server(server_process, tmp_path):
+    """Regression (issue 13): a real server, a trial whose model spins in native code without ever
+    releasing the GIL (tests/fault_plugins/tuneyard_spin.py); SIGKILL of the server ends the worker."""
+    pid_file = tmp_path / "spinning.pid"
+    server = server_process(tmp_path / "data", env={"PYTHONPATH": str(REPO / "tests" / "fault_plugins")})
+    spec = tiny_spec(
+        model={"name": "spinning", "options": {"pid_file": str(pid_file)}},
+        search_space=[], budget={"max_trials": 1},
+    )  # fmt: skip
+    server.stub().CreateStudy(pb.CreateStudyRequest(spec=to_proto(spec)))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not pid_file.exists():
         time.sleep(0.1)
-    assert not alive(pid), "the orphaned worker kept running"
+    pid = int(pid_file.read_text())
+    try:
+        assert pid in server.worker_pids()
+        time.sleep(0.5)  # well inside the regex by now
+        server.kill()
+        assert gone_within(pid, 10), "the wedged worker outlived its server"
+    finally:
+        kill_if_alive(pid)
 
 
 def test_stderr_tail_reads_only_this_task_and_at_most_fifty_lines(tmp_path):
