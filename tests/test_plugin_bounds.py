@@ -229,6 +229,8 @@ ISSUE_VALUES = [
      "spec.searcher.options.num_points", "must be >= 1, got 0"),
     ("adam beta2 1", {"training": {**tiny_spec()["training"], "optimizer": {"name": "adam", "options": {"beta2": 1}}}},
      "spec.training.optimizer.options.beta2", "must be < 1, got 1"),
+    ("searched dropout up to 1", {"search_space": [{"name": "model.dropout", "float_range": {"low": 0, "high": 1}}]},
+     "spec.search_space[0].float_range.high", "must be < 1, got 1"),
 ]  # fmt: skip
 
 
