@@ -46,7 +46,7 @@ def in_process(high: int) -> dict[str, float]:
     searcher.suggest(0)
     seconds = time.perf_counter() - started
     growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
-    return {"build_s": round(seconds, 3), "build_peak_mib": round(growth / 1024, 1)}
+    return {"build_s": round(seconds, 4), "build_peak_mib": round(growth / 1024, 1)}
 
 
 def _status_kib(pid: int, field: str) -> int:

@@ -28,7 +28,7 @@ HUGE = (Parameter("n", IntRange(0, HIGH)), Parameter("c", Choice(("a", "b"))))
 ALL = ("random", "grid", "sobol", "tpe", "cmaes", "gp", "evolution")
 # Model-based searchers leave their start-up phase within the 20 suggestions, so their models see the range.
 # (A GP suggestion costs up to a second of CPU: it models only the last few.)
-OPTIONS: dict[str, dict[str, Any]] = {"tpe": {"n_startup_trials": 5}, "gp": {"n_startup_trials": 16}}
+OPTIONS: dict[str, dict[str, Any]] = {"tpe": {"n_startup_trials": 5}, "gp": {"n_startup_trials": 18}}
 MEMORY_BOUND = 50 * 2**20  # listing the range would take gigabytes; a searcher needs a few MB
 SUGGESTIONS = 20
 
@@ -176,7 +176,10 @@ def test_a_server_given_a_huge_int_range_answers_and_starts_a_trial_inside_it(se
     listed = stub.ListStudies(pb.ListStudiesRequest(), timeout=120).studies
     assert study.study_id in [s.study_id for s in listed]
     events = stub.WatchStudy(pb.WatchStudyRequest(study_id=study.study_id), timeout=300)
-    started = next(e.trial_started for e in events if e.WhichOneof("event") == "trial_started")
+    started = next((e.trial_started for e in events if e.WhichOneof("event") == "trial_started"), None)
+    if started is None:
+        ended = stub.GetStudy(pb.GetStudyRequest(study_id=study.study_id), timeout=120)
+        pytest.fail(f"no trial started; study {pb.StudyState.Name(ended.state)}: {ended.error}")
     config = json_format.MessageToDict(started.trial.config)
     seed = config["dataset.split_seed"]  # a Struct number: a float holding an int
     assert 0 <= seed <= HIGH and seed == int(seed)

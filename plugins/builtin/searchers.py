@@ -117,8 +117,8 @@ class GridSearcher:
     Choices are enumerated as given. A float range becomes ``num_points`` evenly spaced values
     (geometrically spaced when log), both ends included. An int range gives every ``step``
     value, or, when that is more than ``num_points``, ``num_points`` of them evenly spaced
-    (geometrically when log) including both ends. Distinct paths through the conditions differ
-    in an active value, so no config repeats.
+    (geometrically when log) including both ends, picked by index so a range of any length costs
+    nothing. Distinct paths through the conditions differ in an active value, so no config repeats.
     """
 
     def __init__(self, space: Sequence[Parameter], num_points: int = 5) -> None:
@@ -204,9 +204,10 @@ class SobolSearcher:
 def random(*, space: Sequence[Parameter], objective: Objective, seed: int, max_retries: int = 100) -> RandomSearcher:
     """Random search: every active parameter sampled independently, seeded, without repeats.
 
-    Int ranges honour step and log, float ranges log. When all parameters are discrete the
-    searcher returns None once every config has been suggested; otherwise it returns None
-    after max_retries draws that all repeat an earlier config.
+    Int ranges honour step and log, float ranges log. When all parameters are discrete and the
+    space holds at most 100,000 configs, the searcher returns None once every config has been
+    suggested; otherwise (a larger or continuous space) it returns None after max_retries draws
+    that all repeat an earlier config.
 
     Args:
         max_retries: draws tried before giving up on finding a config not suggested yet.
