@@ -14,12 +14,13 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from tuneyard.plugins import hookimpl
-from tuneyard.plugins.api import Infeasible
+from tuneyard.plugins.api import Decision, Infeasible
 
 FAULTS = ("none", "crash", "exit", "segfault", "hang", "raise", "oom", "infeasible")
 
@@ -110,3 +111,57 @@ def faulty(
 @hookimpl
 def tuneyard_register_models(register: Callable[..., None]) -> None:
     register("faulty", faulty)
+
+
+class StopAt:
+    """Says STOP to trial `trial` at step `step`; with `once_marker`, only the first time ever (a
+    server restarted after that verdict, replaying the reports, hears CONTINUE: only the journal
+    remembers the STOP)."""
+
+    def __init__(self, trial: int, step: int, once_marker: str, stall_marker: str, stall: float) -> None:
+        self.trial, self.step, self.once_marker = trial, step, once_marker
+        self.stall_marker, self.stall = stall_marker, stall
+
+    def report(self, trial_id: int, step: int, value: float) -> Decision:
+        if trial_id != self.trial or step < self.step:
+            return Decision.CONTINUE
+        if self.once_marker:
+            marker = Path(self.once_marker)
+            if marker.exists():
+                return Decision.CONTINUE
+            marker.write_text(f"{trial_id} {step}")
+        return Decision.STOP
+
+    def complete(self, trial_id: int, value: float | None) -> None:
+        """With `stall_marker`, the first end of the pruned trial stalls the runner for `stall` seconds
+        between the verdict being stored and the trial's end: the moment a crash test kills the server."""
+        if trial_id == self.trial and self.stall_marker and not Path(self.stall_marker).exists():
+            Path(self.stall_marker).write_text(str(os.getpid()))
+            time.sleep(self.stall)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def stop_at(
+    *, objective: Any, max_epochs: int, trial: int = 1, step: int = 1, once_marker: str = "",
+    stall_marker: str = "", stall: float = 0.0,
+) -> StopAt:  # fmt: skip
+    """An early stopper that prunes one given trial at one given step (for the recovery tests).
+
+    Args:
+        trial: the trial to prune.
+        step: the step (epoch) whose report is answered STOP.
+        once_marker: a file path; when given, STOP is said only if the file does not exist yet.
+        stall_marker: a file path; when given and missing, the pruned trial's end waits `stall` seconds.
+        stall: seconds to wait (see stall_marker).
+    """
+    return StopAt(trial, step, once_marker, stall_marker, stall)
+
+
+@hookimpl
+def tuneyard_register_early_stoppers(register: Callable[..., None]) -> None:
+    register("stop_at", stop_at)
