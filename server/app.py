@@ -17,6 +17,7 @@ from tuneyard.plugins.manager import PluginRegistry
 from tuneyard.server import wire
 from tuneyard.server.dashboard import Dashboard
 from tuneyard.server.devices import plan_devices
+from tuneyard.server.domain import StoreError
 from tuneyard.server.events import EventHub
 from tuneyard.server.limits import DEFAULT_MAX_ACTIVE_STUDIES, MAX_MESSAGE_BYTES
 from tuneyard.server.ray_executor import RayPool
@@ -114,6 +115,7 @@ def start_server(
     max_active_studies: int = DEFAULT_MAX_ACTIVE_STUDIES,
     tensorboard_dir: Path | None = None,
     dashboard_port: int | None = None,
+    check_store: bool = False,
 ) -> ServerHandle:
     """Starts a server on host:port (0 picks a free port) and returns once it is SERVING.
 
@@ -121,7 +123,8 @@ def start_server(
     started) unless `tls` is given or `insecure` is set. With `tokens`, every RPC but health checks
     needs one of them as a bearer token. `executor="ray"` runs trials on the Ray cluster at
     `ray_address` (a local one on loopback when empty); `checkpoint_dir` must then be a path every
-    node sees.
+    node sees. A store that is not a valid tuneyard store (or, with `check_store`, fails SQLite's
+    integrity check) raises a `StoreError` before any worker starts.
     """
     if executor not in ("local", "ray"):
         raise ValueError(f"unknown executor {executor!r}: local or ray")
@@ -130,6 +133,7 @@ def start_server(
     authenticator = Authenticator(tokens) if tokens else None
     data_dir = Path(data_dir)
     data_root = data_root or str(data_dir / "datasets")
+    storage = Storage(data_dir, check_integrity=check_store)  # first: a bad store starts nothing
     pool: WorkerPool | RayPool
     if executor == "ray":
         pool = RayPool(ray_address, data_root=data_root, cpu_slots=cpu_slots)
@@ -139,7 +143,6 @@ def start_server(
             log_dir=data_dir / "logs",
         )  # fmt: skip
     device_list = pool.devices
-    storage = Storage(data_dir)
     if tensorboard_dir is not None:  # read by the built-in tensorboard_logger plugin when a trial starts
         os.environ["TUNEYARD_TENSORBOARD_DIR"] = str(Path(tensorboard_dir).resolve())
     registry = PluginRegistry.load()
@@ -181,11 +184,16 @@ def start_server(
             storage.close()
             raise OSError(f"dashboard cannot listen on {host}:{dashboard_port}: {exc.strerror}") from None
     server.start()
-    for study_id in studies.resume_unfinished():
-        log.info("resuming study %s", study_id)
-    set_serving(health_servicer, [SERVICE_NAME])
     display_host = f"[{host}]" if ":" in host else host
-    return ServerHandle(
+    handle = ServerHandle(
         address=f"{display_host}:{bound}", port=bound, grpc_server=server, storage=storage, hub=hub,
         studies=studies, pool=pool, health=health_servicer, dashboard=dashboard,
     )  # fmt: skip
+    try:
+        for study_id in studies.resume_unfinished():
+            log.info("resuming study %s", study_id)
+    except StoreError:  # the unfinished studies' rows are damaged: stop what started, and say so
+        handle.stop(grace=0)
+        raise
+    set_serving(health_servicer, [SERVICE_NAME])
+    return handle

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tuneyard import __version__
 from tuneyard.client.connection import is_loopback
+from tuneyard.server.domain import StoreError
 from tuneyard.server.security import SecurityConfigError, TlsFiles, Token, check_bind, load_tokens
 
 
@@ -44,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-client-ca", type=Path, help="PEM CA: clients must present a certificate it signed (mTLS)")
     p.add_argument("--token-file", type=Path, help="bearer tokens, one per line ('TOKEN' or 'NAME TOKEN')")
     p.add_argument("--insecure", action="store_true", help="allow plaintext on a non-loopback address (not advised)")
+    p.add_argument("--check-store", action="store_true",
+                   help="run SQLite's integrity check on the store first and refuse to serve a damaged one "
+                   "(reads the whole file)")  # fmt: skip
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -82,9 +86,9 @@ def serve_main(argv: list[str]) -> int:
             trial_heartbeat_timeout=args.trial_heartbeat_timeout, tls=tls, tokens=tokens, insecure=args.insecure,
             executor=args.executor, ray_address=args.ray_address, checkpoint_dir=args.checkpoint_dir,
             max_active_studies=args.max_active_studies, tensorboard_dir=args.tensorboard_dir,
-            dashboard_port=args.dashboard_port,
+            dashboard_port=args.dashboard_port, check_store=args.check_store,
         )  # fmt: skip
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, StoreError) as exc:  # one line each, no traceback: the message says what to do
         print(f"error: {exc}", file=sys.stderr)
         return 2
     slots = ", ".join(d.name for d in handle.pool.devices)

@@ -62,6 +62,32 @@ class Unavailable(DomainError):
     """The server cannot serve this now (it is shutting down); the client should reconnect."""
 
 
+class StoreError(DomainError):
+    """The SQLite store itself failed (not the request): raised by `Storage` in place of sqlite3's errors.
+
+    Catch this base to survive any store failure; the subclasses say which, and their message says
+    what the operator should do.
+    """
+
+
+class StoreInvalid(StoreError):
+    """Refused at open: the file is not a valid tuneyard store (empty, not SQLite, truncated, damaged
+    header, or another application's database)."""
+
+
+class StoreDamaged(StoreError):
+    """A page of the store is damaged (SQLite: "database disk image is malformed"), or
+    `PRAGMA integrity_check` found problems; data may be lost."""
+
+
+class StoreFull(StoreError):
+    """The store cannot grow: the disk is full (SQLITE_FULL). Writes work again once space is freed."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be used just now (locked by another process, an I/O error); a retry may work."""
+
+
 @dataclass
 class EpochRecord:
     epoch: int

@@ -15,6 +15,10 @@ from tuneyard.server.domain import (
     InvalidArgument,
     NotFound,
     ResourceExhausted,
+    StoreDamaged,
+    StoreError,
+    StoreFull,
+    StoreUnavailable,
     Unavailable,
     WrongState,
 )
@@ -27,6 +31,11 @@ STATUS_OF: dict[type[DomainError], grpc.StatusCode] = {
     WrongState: grpc.StatusCode.FAILED_PRECONDITION,
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
+    # Failures of the store itself (see `storage.store_error`): the request was fine, the server's store is not.
+    StoreDamaged: grpc.StatusCode.DATA_LOSS,
+    StoreFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
+    StoreError: grpc.StatusCode.UNAVAILABLE,  # any other (StoreInvalid is raised at open, before serving)
 }
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -60,6 +69,8 @@ def _bounded(details: str) -> str:
 
 
 def _abort(context: grpc.ServicerContext, exc: Exception) -> None:
+    if isinstance(exc, StoreError):  # the operator must hear of it, not only the client
+        log.error("store failure in RPC: %s", exc)
     for kind, code in STATUS_OF.items():
         if isinstance(exc, kind):
             context.abort(code, _bounded(str(exc)))

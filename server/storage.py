@@ -11,20 +11,28 @@ Contract:
   is announced to watchers (`append_event` returns only after the commit), so a watcher
   that reconnects with its last sequence sees every event exactly once.
 - Sequences are per study, contiguous from 1.
-- Journal mode WAL; the file is `<data-dir>/tuneyard.db`.
+- Journal mode WAL; the file is `<data-dir>/tuneyard.db`, marked ours by `PRAGMA application_id`
+  (APPLICATION_ID). Opening refuses a file that is not a tuneyard store (see `Storage`).
+- Failures of the store itself leave every method as a `StoreError` (see `store_error`), never as
+  sqlite3's: a damaged page StoreDamaged, a full disk StoreFull, a locked or failing file
+  StoreUnavailable. A failed transaction is rolled back, so the store works again once the cause
+  is gone (space freed). Errors of ours (a broken constraint, bad SQL) stay sqlite3 errors: bugs.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import os
+import re
 import sqlite3
 import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from tuneyard.server.domain import (
@@ -32,6 +40,11 @@ from tuneyard.server.domain import (
     EventRecord,
     InvalidArgument,
     NotFound,
+    StoreDamaged,
+    StoreError,
+    StoreFull,
+    StoreInvalid,
+    StoreUnavailable,
     StudyRecord,
     StudyState,
     TrialCounts,
@@ -115,45 +128,218 @@ _ADDED_COLUMNS = {
 _JSON_TRIAL_FIELDS = {"final_metrics", "objective_values"}
 
 
+DB_NAME = "tuneyard.db"
+APPLICATION_ID = 0x54594442  # "TYDB": `PRAGMA application_id` of every tuneyard store
+# Tables a tuneyard store may hold (SQLite's own `sqlite_*` tables aside): a file of the release before
+# APPLICATION_ID is recognised by them.
+_OWN_TABLES = frozenset(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", SCHEMA))
+_TABLES_QUERY = "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite%'"
+# SQLite's primary result codes (sqlite3.h). Python 3.10's errors lack `sqlite_errorcode`; their
+# messages stand in there.
+_SQLITE_ERROR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_NOTADB = 1, 11, 13, 26
+_DAMAGE = (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+_CODE_IN_MESSAGE = {"malformed": _SQLITE_CORRUPT, "not a database": _SQLITE_NOTADB, "disk is full": _SQLITE_FULL}
+_MAX_PROBLEMS = 100  # integrity_check stops after this many
+_MAX_ROW = 2**63 - 1  # SQLite's INTEGER is signed 64-bit: no row id, hence no page token, lies beyond
+_TOKEN_TEXT = re.compile(r"r(0|[1-9][0-9]{0,18})")
+_MAX_TOKEN_CHARS = 32  # encode_token(_MAX_ROW) has 28
+
+
 def encode_token(row: int) -> str:
     return base64.urlsafe_b64encode(f"r{row}".encode()).decode()
 
 
 def decode_token(token: str) -> int:
-    """Page tokens are opaque to clients; a tampered one is an invalid argument."""
+    """Page tokens are opaque to clients: anything but what `encode_token` made of a row id SQLite can
+    hold (0..2**63-1) is an invalid argument, never a query with a number SQLite cannot bind."""
     if not token:
         return 0
+    row = _token_row(token)
+    if row is None:
+        raise InvalidArgument("page_token", "not a token returned by this server")
+    return row
+
+
+def _token_row(token: str) -> int | None:
+    if len(token) > _MAX_TOKEN_CHARS:
+        return None
     try:
-        text = base64.urlsafe_b64decode(token.encode()).decode()
-        if not text.startswith("r"):
-            raise ValueError
-        return int(text[1:])
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidArgument("page_token", "not a token returned by this server") from None
+        match = _TOKEN_TEXT.fullmatch(base64.urlsafe_b64decode(token).decode("ascii"))
+    except ValueError:  # not base64 (binascii.Error), not ASCII (UnicodeError)
+        return None
+    row = int(match.group(1)) if match else -1
+    return row if 0 <= row <= _MAX_ROW and encode_token(row) == token else None
+
+
+def _primary_code(exc: sqlite3.Error) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
+    if code is not None:
+        return int(code) & 0xFF  # an extended code carries its primary one in the low byte
+    return next((c for text, c in _CODE_IN_MESSAGE.items() if text in str(exc)), None)
+
+
+def store_error(exc: sqlite3.Error, path: Path) -> StoreError | None:
+    """The domain error for a failure of the store itself; None for an error of ours (a broken
+    constraint, bad SQL: SQLITE_ERROR), which stays a bug."""
+    code = _primary_code(exc)
+    if code in _DAMAGE:
+        return StoreDamaged(f"the store is damaged: {exc} ({path}); stop the server and restart it with --check-store")
+    if code == _SQLITE_FULL:
+        return StoreFull(f"the server's store is full: free disk space for {path} ({exc}), then retry")
+    if isinstance(exc, sqlite3.OperationalError) and code != _SQLITE_ERROR:
+        return StoreUnavailable(f"the store is unavailable: {exc} ({path}); retry later")
+    return None
+
+
+class _StoreLock:
+    """The store's re-entrant lock. Every use of the connection holds it, so its exit is the one place
+    all of SQLite's errors pass: failures of the store itself leave it as `StoreError`s."""
+
+    def __init__(self, path: Path) -> None:
+        self._lock = threading.RLock()
+        self._path = path
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self._lock.release()
+        if isinstance(exc, sqlite3.Error):
+            error = store_error(exc, self._path)
+            if error is not None:
+                raise error from exc
+
+
+def _invalid(path: Path, why: str) -> StoreInvalid:
+    return StoreInvalid(f"{path} is not a valid tuneyard store: {why}; restore a backup, or move it away to start anew")
+
+
+@contextmanager
+def _refusing(path: Path) -> Iterator[None]:
+    """While opening: a file SQLite cannot read as a database is no valid store; other failures as ever."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        if _primary_code(exc) in _DAMAGE:
+            raise _invalid(path, f"SQLite reports '{exc}'") from exc
+        error = store_error(exc, path)
+        if error is None:
+            raise
+        raise error from exc
+
+
+def _create_store(path: Path) -> None:
+    """Writes a new store under a temporary name and links it into place: a crash or a full disk leaves
+    no store or a whole one, never the empty file that opening refuses. (Hard links work wherever
+    SQLite's WAL does: local file systems.)"""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.new")
+    try:
+        db = sqlite3.connect(partial, isolation_level=None)
+        try:
+            db.executescript(f"BEGIN;\n{SCHEMA}\nPRAGMA application_id = {APPLICATION_ID};\nCOMMIT;")
+        finally:
+            db.close()
+        with suppress(FileExistsError):  # another server created it first: open that one
+            os.link(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    """The store's connection, creating the store where there is none; an empty file is refused."""
+    if not path.exists():
+        _create_store(path)
+    elif path.stat().st_size == 0:
+        raise _invalid(path, "the file is empty (0 bytes), yet tuneyard never leaves one empty: its studies are lost")
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    db.row_factory = sqlite3.Row
+    return db
 
 
 class Storage:
-    """The SQLite store; see the module docstring for its contract."""
+    """The SQLite store; see the module docstring for its contract.
 
-    def __init__(self, data_dir: Path) -> None:
+    Opening raises StoreInvalid, before anything is written, for a file that is not a tuneyard
+    store: empty, not SQLite, truncated or with a damaged header, or another application's (its
+    application_id, or tables of its own); StoreFull or StoreUnavailable when the disk is full or
+    the file cannot be opened. A new store is created whole under a temporary name and linked into
+    place, so no crash leaves an empty `tuneyard.db` behind: an empty one is always refused, never
+    taken for a fresh store — its studies are lost, and an empty `studies/` would prove nothing,
+    as checkpoints may live elsewhere (`checkpoint_dir`). With `check_integrity`, a store that
+    fails `PRAGMA integrity_check` is refused too (StoreDamaged).
+    """
+
+    def __init__(self, data_dir: Path, *, check_integrity: bool = False) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()
+        self.path = self.data_dir / DB_NAME
+        self._lock = _StoreLock(self.path)
         self._depth = 0  # transactions open on the lock's owner; nested ones join the outer one
-        self._db = sqlite3.connect(self.data_dir / "tuneyard.db", check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
+        with _refusing(self.path):
+            self._db = _connect(self.path)
+            try:
+                self._prepare(check_integrity)
+            except BaseException:
+                self._db.close()
+                raise
+
+    def _prepare(self, check_integrity: bool) -> None:
+        """Makes sure the file is ours (and sound, when asked) before writing to it, then updates its schema."""
+        self._check_owner()  # the first read of the file: a bad header fails here
+        if check_integrity:
+            self._refuse_damage()
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
         self._migrate()
 
+    def _check_owner(self) -> None:
+        """Refuses another application's SQLite file. Ours carry APPLICATION_ID; a file of the release
+        before it has the id 0 and only tables of ours, and `_migrate` marks it."""
+        app_id = self._db.execute("PRAGMA application_id").fetchone()[0]
+        if app_id == APPLICATION_ID:
+            return
+        if app_id != 0:
+            raise _invalid(self.path, f"it belongs to another application (application_id {app_id:#x})")
+        tables = {row[0] for row in self._db.execute(_TABLES_QUERY)}
+        foreign = sorted(tables - _OWN_TABLES)
+        if foreign:
+            raise _invalid(self.path, f"it holds tables of another application ({', '.join(foreign)})")
+        if "studies" not in tables:
+            raise _invalid(self.path, "it holds no tuneyard tables")
+
     def _migrate(self) -> None:
-        """Adds the columns a store written by an older version lacks; nothing else changes."""
+        """Adds the columns a store written by an older version lacks, and marks a store of the release
+        before APPLICATION_ID as ours; nothing else changes."""
         for table, columns in _ADDED_COLUMNS.items():
             have = {row["name"] for row in self._db.execute(f"PRAGMA table_info({table})")}
             for name, definition in columns.items():
                 if name not in have:
                     self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {definition}")
+        if self._db.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+            self._db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+
+    def check_integrity(self) -> list[str]:
+        """The problems SQLite's `PRAGMA integrity_check` finds, one a line (at most _MAX_PROBLEMS; none:
+        the store is sound). It reads every page, so it takes time in proportion to the store's size."""
+        with self._lock:
+            try:
+                rows = self._db.execute(f"PRAGMA integrity_check({_MAX_PROBLEMS})").fetchall()
+            except sqlite3.DatabaseError as exc:  # damage so bad that the check itself stops
+                if _primary_code(exc) not in _DAMAGE:
+                    raise
+                return [str(exc)]
+        lines = [line for row in rows for line in row[0].splitlines() if not line.startswith("*** in database")]
+        return [] if lines == ["ok"] else lines
+
+    def _refuse_damage(self) -> None:
+        problems = self.check_integrity()
+        if problems:
+            count = f"{len(problems)}{' or more' if len(problems) >= _MAX_PROBLEMS else ''}"
+            raise StoreDamaged(
+                f"{self.path} failed PRAGMA integrity_check ({count} found, the first: {problems[0]}); "
+                f"restore a backup, or salvage its rows with `sqlite3 {self.path} .recover`"
+            )
 
     def close(self) -> None:
         with self._lock:
@@ -173,12 +359,19 @@ class Storage:
             self._depth = 1
             try:
                 yield self._db
+                self._db.execute("COMMIT")  # inside: a COMMIT that fails (full disk) is rolled back too
             except BaseException:
-                self._depth = 0
-                self._db.execute("ROLLBACK")
+                self._rollback()
                 raise
-            self._depth = 0
-            self._db.execute("COMMIT")
+            finally:
+                self._depth = 0
+
+    def _rollback(self) -> None:
+        """Ends a failed transaction unless SQLite did already (it does on a full disk): a ROLLBACK
+        without a transaction would fail and hide the error that caused it."""
+        if self._db.in_transaction:
+            with suppress(sqlite3.Error):  # the cause is raised; a rollback failing as well adds nothing
+                self._db.execute("ROLLBACK")
 
     def atomic(self) -> Any:
         """`with storage.atomic():` — every call inside commits together, or not at all."""
