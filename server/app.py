@@ -133,7 +133,7 @@ def start_server(
     authenticator = Authenticator(tokens) if tokens else None
     data_dir = Path(data_dir)
     data_root = data_root or str(data_dir / "datasets")
-    storage = Storage(data_dir, check_integrity=check_store)  # first: a bad store starts nothing
+    storage = Storage(data_dir, checkpoint_dir, check_integrity=check_store)  # first: a bad store starts nothing
     pool: WorkerPool | RayPool
     if executor == "ray":
         pool = RayPool(ray_address, data_root=data_root, cpu_slots=cpu_slots)
@@ -152,7 +152,7 @@ def start_server(
     scheduler = DeviceScheduler(device_list, pool)
     studies = StudyManager(
         storage=storage, hub=hub, scheduler=scheduler, registry=registry, heartbeat_timeout=trial_heartbeat_timeout,
-        data_root=data_root, max_active_studies=max_active_studies, checkpoint_dir=checkpoint_dir,
+        data_root=data_root, max_active_studies=max_active_studies,
     )  # fmt: skip
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=RPC_THREADS, thread_name_prefix="rpc"),

@@ -106,7 +106,7 @@ class TrialRecord:
     final_metrics: dict[str, float] = field(default_factory=dict)
     objective_value: float | None = None
     error: str = ""
-    checkpoint: str = ""
+    checkpoint: str = ""  # where the checkpoint lies under the server's checkpoint directory now
     epochs_completed: int = 0
     start_time: float | None = None
     end_time: float | None = None
@@ -116,6 +116,7 @@ class TrialRecord:
     exit_signal: str = ""
     stderr_tail: str = ""
     retries: int = 0
+    pruned_epoch: int = 0  # the epoch the early stopper said STOP at (0: it has not), journaled with it
 
 
 @dataclass

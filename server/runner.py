@@ -21,7 +21,6 @@ import queue
 import socket
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from tuneyard.plugins.api import Choice, Decision
@@ -40,6 +39,8 @@ POLL_S = 0.5
 MEMORY_MARGIN = 1.2  # a measured peak is padded by this factor when packing later trials
 STOP_GRACE_S = 3.0  # a trial told to stop that is still running this long after has its worker killed
 STOPPED = ("cancelled", "deadline", "pruned", "halted")
+STORE_RETRY_S = 0.5  # first wait before storing a study's failure again while the store refuses writes
+STORE_RETRY_MAX_S = 10.0
 
 
 def plain_state(obj: Any, what: str) -> dict[str, Any] | None:
@@ -84,11 +85,8 @@ class StudyRunner(threading.Thread):
         scheduler: DeviceScheduler,
         registry: PluginRegistry,
         heartbeat_timeout: float = 0.0,
-        checkpoint_dir: Path | None = None,
     ) -> None:
         super().__init__(name=f"study-{study_id}", daemon=True)
-        # Trials' checkpoints: under the data directory, or on a path every node of a cluster sees.
-        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else storage.data_dir / "studies"
         self.study_id, self.plan = study_id, plan
         self.storage, self.hub, self.scheduler, self.registry = storage, hub, scheduler, registry
         self.heartbeat_timeout = heartbeat_timeout
@@ -163,14 +161,29 @@ class StudyRunner(threading.Thread):
     def run(self) -> None:
         try:
             self._run()
-        except Exception as exc:  # noqa: BLE001 - a runner bug fails its study, not the server
+        except Exception as exc:  # noqa: BLE001 - a runner bug or a failing store fails its study, not the server
             log.exception("study %s failed", self.study_id)
             for trial_id, alloc in list(self._running.items()):
                 for worker in alloc.workers:
                     worker.stop(trial_id)
                 self.scheduler.release(alloc)
+            self._running.clear()
             self.scheduler.withdraw(self.study_id)
-            self._set_state(StudyState.FAILED, error=f"internal error: {exc}", end_time=time.time())
+            self._fail_when_writable(f"internal error: {type(exc).__name__}: {exc}")
+
+    def _fail_when_writable(self, error: str) -> None:
+        """Marks the study FAILED, retrying while the store refuses writes (a full disk): the study
+        ends FAILED once space is freed, instead of staying RUNNING with no runner. A server
+        shutdown meanwhile leaves it unfinished, for the next start to resume."""
+        wait = STORE_RETRY_S
+        while not self._halted.is_set():
+            try:
+                self._set_state(StudyState.FAILED, error=error, end_time=time.time())
+                return
+            except Exception as exc:  # noqa: BLE001 - the store is still failing; try again
+                log.error("study %s: cannot store its failure yet (%s); retrying in %.0f s", self.study_id, exc, wait)
+                self._halted.wait(wait)
+                wait = min(wait * 2, STORE_RETRY_MAX_S)
 
     def _build_plugins(self) -> None:
         plan = self.plan
@@ -255,8 +268,12 @@ class StudyRunner(threading.Thread):
             self._epochs[trial.trial_id] = trial.epochs_completed
             self._retries[trial.trial_id] = trial.retries
             self._reported[trial.trial_id] = int(reported.get(str(trial.trial_id), 0))
+            replayed_stop = False
             for epoch in trial.metrics:  # reports the stopper had not journaled yet
-                self._tell_stopper(trial.trial_id, epoch.epoch, epoch.values)
+                replayed_stop = self._tell_stopper(trial.trial_id, epoch.epoch, epoch.values) or replayed_stop
+            if trial.pruned_epoch or replayed_stop:
+                self._end_pruned_before_crash(trial)
+                continue
             self._tasks[trial.trial_id] = self._task(trial.trial_id, trial.config, trial.checkpoint)
             self._requeued.append((trial.trial_id, self._units))
         if trials or study.best_trial is not None:
@@ -264,6 +281,16 @@ class StudyRunner(threading.Thread):
                 "study %s resumes: %d trials stored, %d to run again from their checkpoints",
                 self.study_id, len(trials), len(self._requeued),
             )  # fmt: skip
+
+    def _end_pruned_before_crash(self, trial: TrialRecord) -> None:
+        """A trial the early stopper had pruned when the server died ends PRUNED now, with the
+        metrics it had: it is not trained on (and cannot become the best trial)."""
+        log.info("study %s: trial %s was pruned at epoch %s before the restart; it ends PRUNED",
+                 self.study_id, trial.trial_id, trial.pruned_epoch or trial.epochs_completed)  # fmt: skip
+        self._stop_reason[trial.trial_id] = "pruned"
+        result = {"final_metrics": trial.final_metrics, "stopped": True}
+        self._finish_trial(trial.trial_id, Ending("done", result=result))
+        self._stop_reason.pop(trial.trial_id, None)
 
     def _acquire(self, units: float) -> Allocation | None:
         need_gb = self._memory_gb or MEMORY_MARGIN * self._measured_gb
@@ -345,15 +372,17 @@ class StudyRunner(threading.Thread):
         return {"trial_id": trial_id, "settings": settings, "checkpoint": checkpoint, "objective": objective}
 
     def _start_trial(self, trial_id: int, config: dict[str, Any], alloc: Allocation) -> None:
-        checkpoint = str(self.checkpoint_dir / self.study_id / f"trial-{trial_id}" / "checkpoint.pt")
-        task = self._task(trial_id, config, checkpoint)
+        # The store keeps the checkpoint's path relative to its checkpoint directory, so the data
+        # directory may be moved; `checkpoint_path` says where it lies now.
+        checkpoint_key = f"{self.study_id}/trial-{trial_id}/checkpoint.pt"
+        task = self._task(trial_id, config, self.storage.checkpoint_path(checkpoint_key))
         alloc.holder = f"{self.study_id}/{trial_id}"
         self._running[trial_id] = alloc
         self._epochs[trial_id] = 0
         self._reported[trial_id] = 0
         with self.storage.atomic():
             self.storage.create_trial(self.study_id, trial_id, config, alloc.name)
-            trial = self.storage.update_trial(self.study_id, trial_id, checkpoint=checkpoint)
+            trial = self.storage.update_trial(self.study_id, trial_id, checkpoint=checkpoint_key)
             self._journal()
             self._publish("trial_started", {"trial": trial_to_dict(trial)})
         self.registry.on_trial_start(self.study_id, trial_id, dict(config))
@@ -404,8 +433,10 @@ class StudyRunner(threading.Thread):
             return  # a resumed run re-reports the epoch of its checkpoint; this one is stored already
         self._epochs[trial_id] = epoch
         stop = trial_id not in self._stop_reason and self._tell_stopper(trial_id, epoch, metrics)
-        with self.storage.atomic():
+        with self.storage.atomic():  # the stopper's verdict is stored with the epoch it judged
             self.storage.add_epoch(self.study_id, trial_id, epoch, metrics)
+            if stop:
+                self.storage.update_trial(self.study_id, trial_id, pruned_epoch=epoch)
             self._publish("trial_progress", {"trial_id": trial_id, "epoch": epoch, "metrics": metrics})
         self.registry.on_trial_report(self.study_id, trial_id, epoch, dict(metrics))
         self._measured_gb = max(self._measured_gb, float(metrics.get("peak_memory_gb", 0.0)))

@@ -89,6 +89,7 @@ CREATE TABLE IF NOT EXISTS trials (
     exit_signal TEXT NOT NULL DEFAULT '',
     stderr_tail TEXT NOT NULL DEFAULT '',
     retries INTEGER NOT NULL DEFAULT 0,
+    pruned_epoch INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (study_id, trial_id)
 );
 CREATE TABLE IF NOT EXISTS metrics (
@@ -112,7 +113,7 @@ CREATE TABLE IF NOT EXISTS events (
 _TRIAL_FIELDS = {
     "state", "device", "final_metrics", "objective_value", "error", "checkpoint",
     "epochs_completed", "start_time", "end_time", "objective_values",
-    "failure_reason", "exit_code", "exit_signal", "stderr_tail", "retries",
+    "failure_reason", "exit_code", "exit_signal", "stderr_tail", "retries", "pruned_epoch",
 }  # fmt: skip
 # Columns added after the first release, with their definitions: `_migrate` adds them to older files.
 _ADDED_COLUMNS = {
@@ -122,6 +123,7 @@ _ADDED_COLUMNS = {
         "exit_signal": "TEXT NOT NULL DEFAULT ''",
         "stderr_tail": "TEXT NOT NULL DEFAULT ''",
         "retries": "INTEGER NOT NULL DEFAULT 0",
+        "pruned_epoch": "INTEGER NOT NULL DEFAULT 0",
     },
     "studies": {"stopper_state": "TEXT"},
 }
@@ -269,8 +271,10 @@ class Storage:
     fails `PRAGMA integrity_check` is refused too (StoreDamaged).
     """
 
-    def __init__(self, data_dir: Path, *, check_integrity: bool = False) -> None:
+    def __init__(self, data_dir: Path, checkpoint_dir: Path | None = None, *, check_integrity: bool = False) -> None:
         self.data_dir = Path(data_dir)
+        # Trials' checkpoints: stored as paths relative to this folder, so the data directory may move.
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else self.data_dir / "studies"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.data_dir / DB_NAME
         self._lock = _StoreLock(self.path)
@@ -328,7 +332,7 @@ class Storage:
             except sqlite3.DatabaseError as exc:  # damage so bad that the check itself stops
                 if _primary_code(exc) not in _DAMAGE:
                     raise
-                return [str(exc)]
+                return [f"the check itself stopped: {exc}"]
         lines = [line for row in rows for line in row[0].splitlines() if not line.startswith("*** in database")]
         return [] if lines == ["ok"] else lines
 
@@ -546,7 +550,7 @@ class Storage:
             final_metrics=json.loads(row["final_metrics"]),
             objective_value=row["objective_value"],
             error=row["error"],
-            checkpoint=row["checkpoint"],
+            checkpoint=self.checkpoint_path(row["checkpoint"]),
             epochs_completed=row["epochs_completed"],
             start_time=row["start_time"],
             end_time=row["end_time"],
@@ -556,7 +560,19 @@ class Storage:
             exit_signal=row["exit_signal"],
             stderr_tail=row["stderr_tail"],
             retries=row["retries"],
+            pruned_epoch=row["pruned_epoch"],
         )
+
+    def checkpoint_path(self, stored: str) -> str:
+        """Where a stored checkpoint lies now: under `checkpoint_dir`. Stores written before paths were
+        kept relative hold absolute ones (`<old dir>/<study>/trial-<n>/checkpoint.pt`); those are
+        re-rooted the same way, so a copied or moved data directory keeps its checkpoints."""
+        if not stored:
+            return ""
+        path = Path(stored)
+        if path.is_absolute():
+            path = Path(*path.parts[-3:])
+        return str(self.checkpoint_dir / path)
 
     def list_trials(self, study_id: str, page_size: int, page_token: str) -> tuple[list[TrialRecord], str]:
         after = decode_token(page_token)

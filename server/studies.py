@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from tuneyard.plugins.manager import PluginRegistry
@@ -41,10 +40,8 @@ class StudyManager:
         heartbeat_timeout: float = 0.0,
         data_root: str | None = None,
         max_active_studies: int = DEFAULT_MAX_ACTIVE_STUDIES,
-        checkpoint_dir: Path | None = None,
     ) -> None:
         self.storage, self.hub, self.scheduler, self.registry = storage, hub, scheduler, registry
-        self.checkpoint_dir = checkpoint_dir
         self.heartbeat_timeout = heartbeat_timeout
         self.max_active_studies = max_active_studies
         root = str(storage.data_dir / "datasets") if data_root is None else data_root
@@ -87,7 +84,7 @@ class StudyManager:
     def _start(self, study_id: str, plan: StudyPlan) -> None:
         runner = StudyRunner(
             study_id, plan, storage=self.storage, hub=self.hub, scheduler=self.scheduler, registry=self.registry,
-            heartbeat_timeout=self.heartbeat_timeout, checkpoint_dir=self.checkpoint_dir,
+            heartbeat_timeout=self.heartbeat_timeout,
         )  # fmt: skip
         self._runners[study_id] = runner
         runner.start()
