@@ -1,0 +1,633 @@
+"""SQLite storage of studies, trials, per-epoch metrics and events.
+
+Contract:
+- Thread safe: one connection guarded by a lock; every public method is one transaction, and
+  `atomic()` makes several calls one transaction (the runner journals a trial's result, the
+  searcher's and stopper's state and the event announcing it together, so a server killed at
+  any moment leaves all of them or none).
+- Only the study's runner writes its trials and events; RPC handlers only read, except
+  `create_study` and state changes made through the runner.
+- Durability order: a trial's epoch metrics and any event are committed before the event
+  is announced to watchers (`append_event` returns only after the commit), so a watcher
+  that reconnects with its last sequence sees every event exactly once.
+- Sequences are per study, contiguous from 1.
+- Journal mode WAL; the file is `<data-dir>/tuneyard.db`, marked ours by `PRAGMA application_id`
+  (APPLICATION_ID). Opening refuses a file that is not a tuneyard store (see `Storage`).
+- Failures of the store itself leave every method as a `StoreError` (see `store_error`), never as
+  sqlite3's: a damaged page StoreDamaged, a full disk StoreFull, a locked or failing file
+  StoreUnavailable. A failed transaction is rolled back, so the store works again once the cause
+  is gone (space freed). Errors of ours (a broken constraint, bad SQL) stay sqlite3 errors: bugs.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from tuneyard.server.domain import (
+    EpochRecord,
+    EventRecord,
+    InvalidArgument,
+    NotFound,
+    StoreDamaged,
+    StoreError,
+    StoreFull,
+    StoreInvalid,
+    StoreUnavailable,
+    StudyRecord,
+    StudyState,
+    TrialCounts,
+    TrialRecord,
+    TrialState,
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS studies (
+    row INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT UNIQUE NOT NULL,
+    request_id TEXT UNIQUE,
+    spec TEXT NOT NULL,
+    state TEXT NOT NULL,
+    error TEXT NOT NULL DEFAULT '',
+    test_metrics TEXT NOT NULL DEFAULT '{}',
+    best_trial_id INTEGER,
+    searcher_state TEXT,
+    stopper_state TEXT,
+    pareto TEXT NOT NULL DEFAULT '[]',
+    create_time REAL NOT NULL,
+    start_time REAL,
+    end_time REAL,
+    last_sequence INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS trials (
+    study_id TEXT NOT NULL,
+    trial_id INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    config TEXT NOT NULL,
+    device TEXT NOT NULL DEFAULT '',
+    final_metrics TEXT NOT NULL DEFAULT '{}',
+    objective_value REAL,
+    error TEXT NOT NULL DEFAULT '',
+    checkpoint TEXT NOT NULL DEFAULT '',
+    epochs_completed INTEGER NOT NULL DEFAULT 0,
+    start_time REAL,
+    end_time REAL,
+    objective_values TEXT NOT NULL DEFAULT '[]',
+    failure_reason TEXT NOT NULL DEFAULT '',
+    exit_code INTEGER,
+    exit_signal TEXT NOT NULL DEFAULT '',
+    stderr_tail TEXT NOT NULL DEFAULT '',
+    retries INTEGER NOT NULL DEFAULT 0,
+    pruned_epoch INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (study_id, trial_id)
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    study_id TEXT NOT NULL,
+    trial_id INTEGER NOT NULL,
+    epoch INTEGER NOT NULL,
+    vals TEXT NOT NULL,
+    time REAL NOT NULL,
+    PRIMARY KEY (study_id, trial_id, epoch)
+);
+CREATE TABLE IF NOT EXISTS events (
+    study_id TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    time REAL NOT NULL,
+    kind TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    PRIMARY KEY (study_id, sequence)
+);
+"""
+
+_TRIAL_FIELDS = {
+    "state", "device", "final_metrics", "objective_value", "error", "checkpoint",
+    "epochs_completed", "start_time", "end_time", "objective_values",
+    "failure_reason", "exit_code", "exit_signal", "stderr_tail", "retries", "pruned_epoch",
+}  # fmt: skip
+# Columns added after the first release, with their definitions: `_migrate` adds them to older files.
+_ADDED_COLUMNS = {
+    "trials": {
+        "failure_reason": "TEXT NOT NULL DEFAULT ''",
+        "exit_code": "INTEGER",
+        "exit_signal": "TEXT NOT NULL DEFAULT ''",
+        "stderr_tail": "TEXT NOT NULL DEFAULT ''",
+        "retries": "INTEGER NOT NULL DEFAULT 0",
+        "pruned_epoch": "INTEGER NOT NULL DEFAULT 0",
+    },
+    "studies": {"stopper_state": "TEXT"},
+}
+_JSON_TRIAL_FIELDS = {"final_metrics", "objective_values"}
+
+
+DB_NAME = "tuneyard.db"
+APPLICATION_ID = 0x54594442  # "TYDB": `PRAGMA application_id` of every tuneyard store
+# Tables a tuneyard store may hold (SQLite's own `sqlite_*` tables aside): a file of the release before
+# APPLICATION_ID is recognised by them.
+_OWN_TABLES = frozenset(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", SCHEMA))
+_TABLES_QUERY = "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite%'"
+# SQLite's primary result codes (sqlite3.h). Python 3.10's errors lack `sqlite_errorcode`; their
+# messages stand in there.
+_SQLITE_ERROR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_NOTADB = 1, 11, 13, 26
+_DAMAGE = (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+_CODE_IN_MESSAGE = {"malformed": _SQLITE_CORRUPT, "not a database": _SQLITE_NOTADB, "disk is full": _SQLITE_FULL}
+_MAX_PROBLEMS = 100  # integrity_check stops after this many
+_MAX_ROW = 2**63 - 1  # SQLite's INTEGER is signed 64-bit: no row id, hence no page token, lies beyond
+_TOKEN_TEXT = re.compile(r"r(0|[1-9][0-9]{0,18})")
+_MAX_TOKEN_CHARS = 32  # encode_token(_MAX_ROW) has 28
+
+
+def encode_token(row: int) -> str:
+    return base64.urlsafe_b64encode(f"r{row}".encode()).decode()
+
+
+def decode_token(token: str) -> int:
+    """Page tokens are opaque to clients: anything but what `encode_token` made of a row id SQLite can
+    hold (0..2**63-1) is an invalid argument, never a query with a number SQLite cannot bind."""
+    if not token:
+        return 0
+    row = _token_row(token)
+    if row is None:
+        raise InvalidArgument("page_token", "not a token returned by this server")
+    return row
+
+
+def _token_row(token: str) -> int | None:
+    if len(token) > _MAX_TOKEN_CHARS:
+        return None
+    try:
+        match = _TOKEN_TEXT.fullmatch(base64.urlsafe_b64decode(token).decode("ascii"))
+    except ValueError:  # not base64 (binascii.Error), not ASCII (UnicodeError)
+        return None
+    row = int(match.group(1)) if match else -1
+    return row if 0 <= row <= _MAX_ROW and encode_token(row) == token else None
+
+
+def _primary_code(exc: sqlite3.Error) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
+    if code is not None:
+        return int(code) & 0xFF  # an extended code carries its primary one in the low byte
+    return next((c for text, c in _CODE_IN_MESSAGE.items() if text in str(exc)), None)
+
+
+def store_error(exc: sqlite3.Error, path: Path) -> StoreError | None:
+    """The domain error for a failure of the store itself; None for an error of ours (a broken
+    constraint, bad SQL: SQLITE_ERROR), which stays a bug."""
+    code = _primary_code(exc)
+    if code in _DAMAGE:
+        return StoreDamaged(f"the store is damaged: {exc} ({path}); stop the server and restart it with --check-store")
+    if code == _SQLITE_FULL:
+        return StoreFull(f"the server's store is full: free disk space for {path} ({exc}), then retry")
+    if isinstance(exc, sqlite3.OperationalError) and code != _SQLITE_ERROR:
+        return StoreUnavailable(f"the store is unavailable: {exc} ({path}); retry later")
+    return None
+
+
+class _StoreLock:
+    """The store's re-entrant lock. Every use of the connection holds it, so its exit is the one place
+    all of SQLite's errors pass: failures of the store itself leave it as `StoreError`s."""
+
+    def __init__(self, path: Path) -> None:
+        self._lock = threading.RLock()
+        self._path = path
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self._lock.release()
+        if isinstance(exc, sqlite3.Error):
+            error = store_error(exc, self._path)
+            if error is not None:
+                raise error from exc
+
+
+def _invalid(path: Path, why: str) -> StoreInvalid:
+    return StoreInvalid(f"{path} is not a valid tuneyard store: {why}; restore a backup, or move it away to start anew")
+
+
+@contextmanager
+def _refusing(path: Path) -> Iterator[None]:
+    """While opening: a file SQLite cannot read as a database is no valid store; other failures as ever."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        if _primary_code(exc) in _DAMAGE:
+            raise _invalid(path, f"SQLite reports '{exc}'") from exc
+        error = store_error(exc, path)
+        if error is None:
+            raise
+        raise error from exc
+
+
+def _create_store(path: Path) -> None:
+    """Writes a new store under a temporary name and links it into place: a crash or a full disk leaves
+    no store or a whole one, never the empty file that opening refuses. (Hard links work wherever
+    SQLite's WAL does: local file systems.)"""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.new")
+    try:
+        db = sqlite3.connect(partial, isolation_level=None)
+        try:
+            db.executescript(f"BEGIN;\n{SCHEMA}\nPRAGMA application_id = {APPLICATION_ID};\nCOMMIT;")
+        finally:
+            db.close()
+        with suppress(FileExistsError):  # another server created it first: open that one
+            os.link(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    """The store's connection, creating the store where there is none; an empty file is refused."""
+    if not path.exists():
+        _create_store(path)
+    elif path.stat().st_size == 0:
+        raise _invalid(path, "the file is empty (0 bytes), yet tuneyard never leaves one empty: its studies are lost")
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    db.row_factory = sqlite3.Row
+    return db
+
+
+class Storage:
+    """The SQLite store; see the module docstring for its contract.
+
+    Opening raises StoreInvalid, before anything is written, for a file that is not a tuneyard
+    store: empty, not SQLite, truncated or with a damaged header, or another application's (its
+    application_id, or tables of its own); StoreFull or StoreUnavailable when the disk is full or
+    the file cannot be opened. A new store is created whole under a temporary name and linked into
+    place, so no crash leaves an empty `tuneyard.db` behind: an empty one is always refused, never
+    taken for a fresh store — its studies are lost, and an empty `studies/` would prove nothing,
+    as checkpoints may live elsewhere (`checkpoint_dir`). With `check_integrity`, a store that
+    fails `PRAGMA integrity_check` is refused too (StoreDamaged).
+    """
+
+    def __init__(self, data_dir: Path, checkpoint_dir: Path | None = None, *, check_integrity: bool = False) -> None:
+        self.data_dir = Path(data_dir)
+        # Trials' checkpoints: stored as paths relative to this folder, so the data directory may move.
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else self.data_dir / "studies"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.data_dir / DB_NAME
+        self._lock = _StoreLock(self.path)
+        self._depth = 0  # transactions open on the lock's owner; nested ones join the outer one
+        with _refusing(self.path):
+            self._db = _connect(self.path)
+            try:
+                self._prepare(check_integrity)
+            except BaseException:
+                self._db.close()
+                raise
+
+    def _prepare(self, check_integrity: bool) -> None:
+        """Makes sure the file is ours (and sound, when asked) before writing to it, then updates its schema."""
+        self._check_owner()  # the first read of the file: a bad header fails here
+        if check_integrity:
+            self._refuse_damage()
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+        self._migrate()
+
+    def _check_owner(self) -> None:
+        """Refuses another application's SQLite file. Ours carry APPLICATION_ID; a file of the release
+        before it has the id 0 and only tables of ours, and `_migrate` marks it."""
+        app_id = self._db.execute("PRAGMA application_id").fetchone()[0]
+        if app_id == APPLICATION_ID:
+            return
+        if app_id != 0:
+            raise _invalid(self.path, f"it belongs to another application (application_id {app_id:#x})")
+        tables = {row[0] for row in self._db.execute(_TABLES_QUERY)}
+        foreign = sorted(tables - _OWN_TABLES)
+        if foreign:
+            raise _invalid(self.path, f"it holds tables of another application ({', '.join(foreign)})")
+        if "studies" not in tables:
+            raise _invalid(self.path, "it holds no tuneyard tables")
+
+    def _migrate(self) -> None:
+        """Adds the columns a store written by an older version lacks, and marks a store of the release
+        before APPLICATION_ID as ours; nothing else changes."""
+        for table, columns in _ADDED_COLUMNS.items():
+            have = {row["name"] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            for name, definition in columns.items():
+                if name not in have:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {definition}")
+        if self._db.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+            self._db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+
+    def check_integrity(self) -> list[str]:
+        """The problems SQLite's `PRAGMA integrity_check` finds, one a line (at most _MAX_PROBLEMS; none:
+        the store is sound). It reads every page, so it takes time in proportion to the store's size."""
+        with self._lock:
+            try:
+                rows = self._db.execute(f"PRAGMA integrity_check({_MAX_PROBLEMS})").fetchall()
+            except sqlite3.DatabaseError as exc:  # damage so bad that the check itself stops
+                if _primary_code(exc) not in _DAMAGE:
+                    raise
+                return [f"the check itself stopped: {exc}"]
+        lines = [line for row in rows for line in row[0].splitlines() if not line.startswith("*** in database")]
+        return [] if lines == ["ok"] else lines
+
+    def _refuse_damage(self) -> None:
+        problems = self.check_integrity()
+        if problems:
+            count = f"{len(problems)}{' or more' if len(problems) >= _MAX_PROBLEMS else ''}"
+            raise StoreDamaged(
+                f"{self.path} failed PRAGMA integrity_check ({count} found, the first: {problems[0]}); "
+                f"restore a backup, or salvage its rows with `sqlite3 {self.path} .recover`"
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield self._db
+                finally:
+                    self._depth -= 1
+                return
+            self._db.execute("BEGIN IMMEDIATE")
+            self._depth = 1
+            try:
+                yield self._db
+                self._db.execute("COMMIT")  # inside: a COMMIT that fails (full disk) is rolled back too
+            except BaseException:
+                self._rollback()
+                raise
+            finally:
+                self._depth = 0
+
+    def _rollback(self) -> None:
+        """Ends a failed transaction unless SQLite did already (it does on a full disk): a ROLLBACK
+        without a transaction would fail and hide the error that caused it."""
+        if self._db.in_transaction:
+            with suppress(sqlite3.Error):  # the cause is raised; a rollback failing as well adds nothing
+                self._db.execute("ROLLBACK")
+
+    def atomic(self) -> Any:
+        """`with storage.atomic():` — every call inside commits together, or not at all."""
+        return self._tx()
+
+    def study_dir(self, study_id: str) -> Path:
+        return self.data_dir / "studies" / study_id
+
+    # ---- studies ----
+
+    def create_study(self, spec: dict[str, Any], request_id: str) -> tuple[StudyRecord, bool]:
+        """Stores a new PENDING study; returns (study, created). A known request_id returns the first."""
+        with self._tx() as db:
+            if request_id:
+                row = db.execute("SELECT id FROM studies WHERE request_id = ?", (request_id,)).fetchone()
+                if row:
+                    return self._study(row["id"]), False
+            study_id = "st-" + uuid.uuid4().hex[:12]
+            db.execute(
+                "INSERT INTO studies (id, request_id, spec, state, create_time) VALUES (?, ?, ?, ?, ?)",
+                (study_id, request_id or None, json.dumps(spec), StudyState.PENDING.value, time.time()),
+            )
+            return self._study(study_id), True
+
+    def get_study(self, study_id: str) -> StudyRecord:
+        with self._lock:
+            return self._study(study_id)
+
+    def _study(self, study_id: str) -> StudyRecord:
+        row = self._db.execute("SELECT * FROM studies WHERE id = ?", (study_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"study {study_id!r} not found")
+        study = StudyRecord(
+            study_id=row["id"],
+            spec=json.loads(row["spec"]),
+            state=StudyState(row["state"]),
+            request_id=row["request_id"] or "",
+            error=row["error"],
+            test_metrics=json.loads(row["test_metrics"]),
+            best_trial_id=row["best_trial_id"],
+            pareto_ids=json.loads(row["pareto"]),
+            create_time=row["create_time"],
+            start_time=row["start_time"],
+            end_time=row["end_time"],
+        )
+        counts = TrialCounts()
+        for r in self._db.execute(
+            "SELECT state, COUNT(*) AS n FROM trials WHERE study_id = ? GROUP BY state", (study_id,)
+        ):
+            setattr(counts, r["state"].lower(), r["n"])
+        study.counts = counts
+        spent = self._db.execute(
+            "SELECT COALESCE(SUM(epochs_completed), 0) AS n FROM trials WHERE study_id = ?", (study_id,)
+        ).fetchone()
+        study.epochs_spent = spent["n"]
+        if study.best_trial_id is not None:
+            study.best_trial = self._trial(study_id, study.best_trial_id)
+        study.pareto_front = [self._trial(study_id, t) for t in study.pareto_ids]
+        return study
+
+    def list_studies(
+        self, page_size: int, page_token: str, state: StudyState | None = None
+    ) -> tuple[list[StudyRecord], str]:
+        after = decode_token(page_token)
+        with self._lock:
+            query, args = "SELECT row, id FROM studies WHERE row > ?", [after]
+            if state is not None:
+                query += " AND state = ?"
+                args.append(state.value)
+            rows = self._db.execute(query + " ORDER BY row LIMIT ?", (*args, page_size + 1)).fetchall()
+            studies = [self._study(r["id"]) for r in rows[:page_size]]
+        token = encode_token(rows[page_size - 1]["row"]) if len(rows) > page_size else ""
+        return studies, token
+
+    def update_study(self, study_id: str, **fields: Any) -> None:
+        allowed = {"state", "error", "test_metrics", "best_trial_id", "searcher_state", "stopper_state",
+                   "start_time", "end_time", "pareto"}  # fmt: skip
+        unknown = set(fields) - allowed
+        if unknown:
+            raise ValueError(f"cannot update {unknown}")
+        as_json = ("test_metrics", "searcher_state", "stopper_state", "pareto")
+        values = {k: (json.dumps(v) if k in as_json else v) for k, v in fields.items()}
+        values = {k: (v.value if isinstance(v, StudyState) else v) for k, v in values.items()}
+        with self._tx() as db:
+            sets = ", ".join(f"{k} = ?" for k in values)
+            db.execute(f"UPDATE studies SET {sets} WHERE id = ?", (*values.values(), study_id))
+
+    def search_state(self, study_id: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """The journaled (searcher, early stopper) state_dicts of a study; None where none was stored."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT searcher_state, stopper_state FROM studies WHERE id = ?", (study_id,)
+            ).fetchone()
+        if row is None:
+            raise NotFound(f"study {study_id!r} not found")
+        return tuple(json.loads(row[k]) if row[k] else None for k in ("searcher_state", "stopper_state"))  # type: ignore[return-value]
+
+    def unfinished_studies(self) -> list[str]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id FROM studies WHERE state IN (?, ?) ORDER BY row",
+                (StudyState.PENDING.value, StudyState.RUNNING.value),
+            ).fetchall()
+        return [r["id"] for r in rows]
+
+    # ---- trials ----
+
+    def create_trial(self, study_id: str, trial_id: int, config: dict[str, Any], device: str) -> TrialRecord:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO trials (study_id, trial_id, state, config, device, start_time) VALUES (?, ?, ?, ?, ?, ?)",
+                (study_id, trial_id, TrialState.RUNNING.value, json.dumps(config), device, time.time()),
+            )
+            return self._trial(study_id, trial_id)
+
+    def update_trial(self, study_id: str, trial_id: int, **fields: Any) -> TrialRecord:
+        unknown = set(fields) - _TRIAL_FIELDS
+        if unknown:
+            raise ValueError(f"cannot update {unknown}")
+        values = {
+            k: (json.dumps(v) if k in _JSON_TRIAL_FIELDS else v.value if isinstance(v, TrialState) else v)
+            for k, v in fields.items()
+        }
+        with self._tx() as db:
+            sets = ", ".join(f"{k} = ?" for k in values)
+            db.execute(
+                f"UPDATE trials SET {sets} WHERE study_id = ? AND trial_id = ?",
+                (*values.values(), study_id, trial_id),
+            )
+            return self._trial(study_id, trial_id)
+
+    def add_epoch(self, study_id: str, trial_id: int, epoch: int, values: dict[str, float]) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO metrics (study_id, trial_id, epoch, vals, time) VALUES (?, ?, ?, ?, ?)",
+                (study_id, trial_id, epoch, json.dumps(values), time.time()),
+            )
+            db.execute(
+                "UPDATE trials SET epochs_completed = ?, final_metrics = ? WHERE study_id = ? AND trial_id = ?",
+                (epoch, json.dumps(values), study_id, trial_id),
+            )
+
+    def get_trial(self, study_id: str, trial_id: int) -> TrialRecord:
+        with self._lock:
+            self._study_exists(study_id)
+            return self._trial(study_id, trial_id)
+
+    def _study_exists(self, study_id: str) -> None:
+        if self._db.execute("SELECT 1 FROM studies WHERE id = ?", (study_id,)).fetchone() is None:
+            raise NotFound(f"study {study_id!r} not found")
+
+    def _trial(self, study_id: str, trial_id: int) -> TrialRecord:
+        row = self._db.execute(
+            "SELECT * FROM trials WHERE study_id = ? AND trial_id = ?", (study_id, trial_id)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"trial {trial_id} of study {study_id!r} not found")
+        epochs = [
+            EpochRecord(epoch=r["epoch"], values=json.loads(r["vals"]), time=r["time"])
+            for r in self._db.execute(
+                "SELECT epoch, vals, time FROM metrics WHERE study_id = ? AND trial_id = ? ORDER BY epoch",
+                (study_id, trial_id),
+            )
+        ]
+        return TrialRecord(
+            study_id=study_id,
+            trial_id=trial_id,
+            state=TrialState(row["state"]),
+            config=json.loads(row["config"]),
+            device=row["device"],
+            metrics=epochs,
+            final_metrics=json.loads(row["final_metrics"]),
+            objective_value=row["objective_value"],
+            error=row["error"],
+            checkpoint=self.checkpoint_path(row["checkpoint"]),
+            epochs_completed=row["epochs_completed"],
+            start_time=row["start_time"],
+            end_time=row["end_time"],
+            objective_values=json.loads(row["objective_values"]),
+            failure_reason=row["failure_reason"],
+            exit_code=row["exit_code"],
+            exit_signal=row["exit_signal"],
+            stderr_tail=row["stderr_tail"],
+            retries=row["retries"],
+            pruned_epoch=row["pruned_epoch"],
+        )
+
+    def checkpoint_path(self, stored: str) -> str:
+        """Where a stored checkpoint lies now: under `checkpoint_dir`. Stores written before paths were
+        kept relative hold absolute ones (`<old dir>/<study>/trial-<n>/checkpoint.pt`); those are
+        re-rooted the same way, so a copied or moved data directory keeps its checkpoints."""
+        if not stored:
+            return ""
+        path = Path(stored)
+        if path.is_absolute():
+            path = Path(*path.parts[-3:])
+        return str(self.checkpoint_dir / path)
+
+    def list_trials(self, study_id: str, page_size: int, page_token: str) -> tuple[list[TrialRecord], str]:
+        after = decode_token(page_token)
+        with self._lock:
+            self._study_exists(study_id)
+            rows = self._db.execute(
+                "SELECT trial_id FROM trials WHERE study_id = ? AND trial_id > ? ORDER BY trial_id LIMIT ?",
+                (study_id, after, page_size + 1),
+            ).fetchall()
+            trials = [self._trial(study_id, r["trial_id"]) for r in rows[:page_size]]
+        token = encode_token(rows[page_size - 1]["trial_id"]) if len(rows) > page_size else ""
+        return trials, token
+
+    def max_trial_id(self, study_id: str) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT MAX(trial_id) AS m FROM trials WHERE study_id = ?", (study_id,)).fetchone()
+        return row["m"] or 0
+
+    # ---- events ----
+
+    def append_event(self, study_id: str, kind: str, payload: dict[str, Any]) -> EventRecord:
+        """Stores the next event of the study; it is durable when this returns."""
+        with self._tx() as db:
+            row = db.execute("SELECT last_sequence FROM studies WHERE id = ?", (study_id,)).fetchone()
+            sequence = row["last_sequence"] + 1
+            now = time.time()
+            db.execute(
+                "INSERT INTO events (study_id, sequence, time, kind, payload) VALUES (?, ?, ?, ?, ?)",
+                (study_id, sequence, now, kind, json.dumps(payload)),
+            )
+            db.execute("UPDATE studies SET last_sequence = ? WHERE id = ?", (sequence, study_id))
+        return EventRecord(study_id=study_id, sequence=sequence, time=now, kind=kind, payload=payload)
+
+    def last_sequence(self, study_id: str) -> tuple[int, bool]:
+        """(the study's last event sequence, whether the study has ended)."""
+        with self._lock:
+            row = self._db.execute("SELECT last_sequence, state FROM studies WHERE id = ?", (study_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"study {study_id!r} not found")
+        return row["last_sequence"], StudyState(row["state"]).terminal
+
+    def events_after(self, study_id: str, after: int, limit: int = 500) -> list[EventRecord]:
+        with self._lock:
+            self._study_exists(study_id)
+            rows = self._db.execute(
+                "SELECT * FROM events WHERE study_id = ? AND sequence > ? ORDER BY sequence LIMIT ?",
+                (study_id, after, limit),
+            ).fetchall()
+        return [
+            EventRecord(
+                study_id=study_id,
+                sequence=r["sequence"],
+                time=r["time"],
+                kind=r["kind"],
+                payload=json.loads(r["payload"]),
+            )
+            for r in rows
+        ]
