@@ -111,7 +111,7 @@ class StudyPlan:
 _INTEGER_TEXT = re.compile(r"[+-]?[0-9]{1,20}")
 
 
-def _int(value: Any, path: str) -> int:
+def _int(value: Any, path: str, limit: int | None = MAX_EXACT_INT) -> int:
     """An integer field's value, exactly: int64 fields arrive as decimal strings and must not pass
     through float (2**53 + 1 would silently become 2**53); numbers beyond 2**53 are refused."""
     if isinstance(value, int) and not isinstance(value, bool):
@@ -122,8 +122,10 @@ def _int(value: Any, path: str) -> int:
         number = int(value)
     else:
         raise InvalidArgument(path, f"expected an integer, got {value!r}")
-    if abs(number) > MAX_EXACT_INT:
-        raise InvalidArgument(path, f"must be between {-MAX_EXACT_INT} and {MAX_EXACT_INT}, got {value}")
+    if not -(2**63) <= number < 2**63:
+        raise InvalidArgument(path, f"out of the range of a 64-bit integer: {value!r}")
+    if limit is not None and abs(number) > limit:
+        raise InvalidArgument(path, f"must be between {-limit} and {limit}, got {value}")
     return number
 
 
@@ -143,8 +145,11 @@ def check_training_value(name: str, value: Any, path: str) -> Any:
     """One training field's value in its type, or InvalidArgument: the same check for a fixed value,
     each searched choice value and both ends of a searched range."""
     field = TRAINING_FIELDS[name]
-    if field.type == "int":
-        value = _int(value, path)
+    if field.type == "int":  # its own bounds, all within 2**53, say best what is wrong
+        value = _int(value, path, limit=None)
+        problem = field.bounds.problem(value) if field.bounds else None
+        if problem:
+            raise InvalidArgument(path, problem)
     try:
         checked = coerce_option(field, value)
     except ValueError as exc:
