@@ -31,7 +31,7 @@ STATUS_OF: dict[type[DomainError], grpc.StatusCode] = {
     WrongState: grpc.StatusCode.FAILED_PRECONDITION,
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
-    # Failures of the store itself (see `storage.store_error`): the request was fine, the server's store is not.
+    # Failures of the store itself (see `sqlite_file.store_error`): the request was fine, the server's store is not.
     StoreDamaged: grpc.StatusCode.DATA_LOSS,
     StoreFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
     StoreUnavailable: grpc.StatusCode.UNAVAILABLE,

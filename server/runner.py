@@ -25,7 +25,7 @@ from typing import Any
 
 from tuneyard.plugins.api import Choice, Decision
 from tuneyard.plugins.manager import PluginRegistry
-from tuneyard.server.domain import StudyState, TrialRecord, TrialState, trial_to_dict
+from tuneyard.server.domain import StoreError, StudyState, TrialRecord, TrialState, trial_to_dict
 from tuneyard.server.events import EventHub
 from tuneyard.server.outcomes import Ending, ending_of
 from tuneyard.server.pareto import pareto_front
@@ -169,7 +169,8 @@ class StudyRunner(threading.Thread):
                 self.scheduler.release(alloc)
             self._running.clear()
             self.scheduler.withdraw(self.study_id)
-            self._fail_when_writable(f"internal error: {type(exc).__name__}: {exc}")
+            store_failed = isinstance(exc, StoreError)  # says what to do about it; anything else is a bug
+            self._fail_when_writable(str(exc) if store_failed else f"internal error: {type(exc).__name__}: {exc}")
 
     def _fail_when_writable(self, error: str) -> None:
         """Marks the study FAILED, retrying while the store refuses writes (a full disk): the study

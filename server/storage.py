@@ -13,7 +13,7 @@ Contract:
 - Sequences are per study, contiguous from 1.
 - Journal mode WAL; the file is `<data-dir>/tuneyard.db`, marked ours by `PRAGMA application_id`
   (APPLICATION_ID). Opening refuses a file that is not a tuneyard store (see `Storage`).
-- Failures of the store itself leave every method as a `StoreError` (see `store_error`), never as
+- Failures of the store itself leave every method as a `StoreError` (see `sqlite_file.store_error`), never as
   sqlite3's: a damaged page StoreDamaged, a full disk StoreFull, a locked or failing file
   StoreUnavailable. A failed transaction is rolled back, so the store works again once the cause
   is gone (space freed). Errors of ours (a broken constraint, bad SQL) stay sqlite3 errors: bugs.
@@ -23,16 +23,13 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import sqlite3
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from tuneyard.server.domain import (
@@ -41,16 +38,25 @@ from tuneyard.server.domain import (
     InvalidArgument,
     NotFound,
     StoreDamaged,
-    StoreError,
-    StoreFull,
-    StoreInvalid,
-    StoreUnavailable,
     StudyRecord,
     StudyState,
     TrialCounts,
     TrialRecord,
     TrialState,
 )
+from tuneyard.server.sqlite_file import (
+    APPLICATION_ID,
+    DB_NAME,
+    MAX_PROBLEMS,
+    StoreLock,
+    check_owner,
+    connect,
+    integrity_problems,
+    refusing,
+    store_error,
+)
+
+__all__ = ["APPLICATION_ID", "DB_NAME", "SCHEMA", "Storage", "decode_token", "encode_token", "store_error"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS studies (
@@ -130,18 +136,9 @@ _ADDED_COLUMNS = {
 _JSON_TRIAL_FIELDS = {"final_metrics", "objective_values"}
 
 
-DB_NAME = "tuneyard.db"
-APPLICATION_ID = 0x54594442  # "TYDB": `PRAGMA application_id` of every tuneyard store
 # Tables a tuneyard store may hold (SQLite's own `sqlite_*` tables aside): a file of the release before
 # APPLICATION_ID is recognised by them.
 _OWN_TABLES = frozenset(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", SCHEMA))
-_TABLES_QUERY = "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite%'"
-# SQLite's primary result codes (sqlite3.h). Python 3.10's errors lack `sqlite_errorcode`; their
-# messages stand in there.
-_SQLITE_ERROR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_NOTADB = 1, 11, 13, 26
-_DAMAGE = (_SQLITE_CORRUPT, _SQLITE_NOTADB)
-_CODE_IN_MESSAGE = {"malformed": _SQLITE_CORRUPT, "not a database": _SQLITE_NOTADB, "disk is full": _SQLITE_FULL}
-_MAX_PROBLEMS = 100  # integrity_check stops after this many
 _MAX_ROW = 2**63 - 1  # SQLite's INTEGER is signed 64-bit: no row id, hence no page token, lies beyond
 _TOKEN_TEXT = re.compile(r"r(0|[1-9][0-9]{0,18})")
 _MAX_TOKEN_CHARS = 32  # encode_token(_MAX_ROW) has 28
@@ -173,91 +170,6 @@ def _token_row(token: str) -> int | None:
     return row if 0 <= row <= _MAX_ROW and encode_token(row) == token else None
 
 
-def _primary_code(exc: sqlite3.Error) -> int | None:
-    code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
-    if code is not None:
-        return int(code) & 0xFF  # an extended code carries its primary one in the low byte
-    return next((c for text, c in _CODE_IN_MESSAGE.items() if text in str(exc)), None)
-
-
-def store_error(exc: sqlite3.Error, path: Path) -> StoreError | None:
-    """The domain error for a failure of the store itself; None for an error of ours (a broken
-    constraint, bad SQL: SQLITE_ERROR), which stays a bug."""
-    code = _primary_code(exc)
-    if code in _DAMAGE:
-        return StoreDamaged(f"the store is damaged: {exc} ({path}); stop the server and restart it with --check-store")
-    if code == _SQLITE_FULL:
-        return StoreFull(f"the server's store is full: free disk space for {path} ({exc}), then retry")
-    if isinstance(exc, sqlite3.OperationalError) and code != _SQLITE_ERROR:
-        return StoreUnavailable(f"the store is unavailable: {exc} ({path}); retry later")
-    return None
-
-
-class _StoreLock:
-    """The store's re-entrant lock. Every use of the connection holds it, so its exit is the one place
-    all of SQLite's errors pass: failures of the store itself leave it as `StoreError`s."""
-
-    def __init__(self, path: Path) -> None:
-        self._lock = threading.RLock()
-        self._path = path
-
-    def __enter__(self) -> None:
-        self._lock.acquire()
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        self._lock.release()
-        if isinstance(exc, sqlite3.Error):
-            error = store_error(exc, self._path)
-            if error is not None:
-                raise error from exc
-
-
-def _invalid(path: Path, why: str) -> StoreInvalid:
-    return StoreInvalid(f"{path} is not a valid tuneyard store: {why}; restore a backup, or move it away to start anew")
-
-
-@contextmanager
-def _refusing(path: Path) -> Iterator[None]:
-    """While opening: a file SQLite cannot read as a database is no valid store; other failures as ever."""
-    try:
-        yield
-    except sqlite3.Error as exc:
-        if _primary_code(exc) in _DAMAGE:
-            raise _invalid(path, f"SQLite reports '{exc}'") from exc
-        error = store_error(exc, path)
-        if error is None:
-            raise
-        raise error from exc
-
-
-def _create_store(path: Path) -> None:
-    """Writes a new store under a temporary name and links it into place: a crash or a full disk leaves
-    no store or a whole one, never the empty file that opening refuses. (Hard links work wherever
-    SQLite's WAL does: local file systems.)"""
-    partial = path.with_name(f".{path.name}.{os.getpid()}.new")
-    try:
-        db = sqlite3.connect(partial, isolation_level=None)
-        try:
-            db.executescript(f"BEGIN;\n{SCHEMA}\nPRAGMA application_id = {APPLICATION_ID};\nCOMMIT;")
-        finally:
-            db.close()
-        with suppress(FileExistsError):  # another server created it first: open that one
-            os.link(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    """The store's connection, creating the store where there is none; an empty file is refused."""
-    if not path.exists():
-        _create_store(path)
-    elif path.stat().st_size == 0:
-        raise _invalid(path, "the file is empty (0 bytes), yet tuneyard never leaves one empty: its studies are lost")
-    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-    db.row_factory = sqlite3.Row
-    return db
-
-
 class Storage:
     """The SQLite store; see the module docstring for its contract.
 
@@ -277,10 +189,10 @@ class Storage:
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else self.data_dir / "studies"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.data_dir / DB_NAME
-        self._lock = _StoreLock(self.path)
+        self._lock = StoreLock(self.path)
         self._depth = 0  # transactions open on the lock's owner; nested ones join the outer one
-        with _refusing(self.path):
-            self._db = _connect(self.path)
+        with refusing(self.path):
+            self._db = connect(self.path, SCHEMA)
             try:
                 self._prepare(check_integrity)
             except BaseException:
@@ -289,28 +201,13 @@ class Storage:
 
     def _prepare(self, check_integrity: bool) -> None:
         """Makes sure the file is ours (and sound, when asked) before writing to it, then updates its schema."""
-        self._check_owner()  # the first read of the file: a bad header fails here
+        check_owner(self._db, self.path, _OWN_TABLES)  # the first read of the file: a bad header fails here
         if check_integrity:
             self._refuse_damage()
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
         self._migrate()
-
-    def _check_owner(self) -> None:
-        """Refuses another application's SQLite file. Ours carry APPLICATION_ID; a file of the release
-        before it has the id 0 and only tables of ours, and `_migrate` marks it."""
-        app_id = self._db.execute("PRAGMA application_id").fetchone()[0]
-        if app_id == APPLICATION_ID:
-            return
-        if app_id != 0:
-            raise _invalid(self.path, f"it belongs to another application (application_id {app_id:#x})")
-        tables = {row[0] for row in self._db.execute(_TABLES_QUERY)}
-        foreign = sorted(tables - _OWN_TABLES)
-        if foreign:
-            raise _invalid(self.path, f"it holds tables of another application ({', '.join(foreign)})")
-        if "studies" not in tables:
-            raise _invalid(self.path, "it holds no tuneyard tables")
 
     def _migrate(self) -> None:
         """Adds the columns a store written by an older version lacks, and marks a store of the release
@@ -324,22 +221,14 @@ class Storage:
             self._db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
 
     def check_integrity(self) -> list[str]:
-        """The problems SQLite's `PRAGMA integrity_check` finds, one a line (at most _MAX_PROBLEMS; none:
-        the store is sound). It reads every page, so it takes time in proportion to the store's size."""
+        """The problems `PRAGMA integrity_check` finds (none: the store is sound); see `integrity_problems`."""
         with self._lock:
-            try:
-                rows = self._db.execute(f"PRAGMA integrity_check({_MAX_PROBLEMS})").fetchall()
-            except sqlite3.DatabaseError as exc:  # damage so bad that the check itself stops
-                if _primary_code(exc) not in _DAMAGE:
-                    raise
-                return [f"the check itself stopped: {exc}"]
-        lines = [line for row in rows for line in row[0].splitlines() if not line.startswith("*** in database")]
-        return [] if lines == ["ok"] else lines
+            return integrity_problems(self._db)
 
     def _refuse_damage(self) -> None:
         problems = self.check_integrity()
         if problems:
-            count = f"{len(problems)}{' or more' if len(problems) >= _MAX_PROBLEMS else ''}"
+            count = f"{len(problems)}{' or more' if len(problems) >= MAX_PROBLEMS else ''}"
             raise StoreDamaged(
                 f"{self.path} failed PRAGMA integrity_check ({count} found, the first: {problems[0]}); "
                 f"restore a backup, or salvage its rows with `sqlite3 {self.path} .recover`"
@@ -380,9 +269,6 @@ class Storage:
     def atomic(self) -> Any:
         """`with storage.atomic():` — every call inside commits together, or not at all."""
         return self._tx()
-
-    def study_dir(self, study_id: str) -> Path:
-        return self.data_dir / "studies" / study_id
 
     # ---- studies ----
 
@@ -585,11 +471,6 @@ class Storage:
             trials = [self._trial(study_id, r["trial_id"]) for r in rows[:page_size]]
         token = encode_token(rows[page_size - 1]["trial_id"]) if len(rows) > page_size else ""
         return trials, token
-
-    def max_trial_id(self, study_id: str) -> int:
-        with self._lock:
-            row = self._db.execute("SELECT MAX(trial_id) AS m FROM trials WHERE study_id = ?", (study_id,)).fetchone()
-        return row["m"] or 0
 
     # ---- events ----
 
