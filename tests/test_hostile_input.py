@@ -837,6 +837,7 @@ def test_boundary_integers_in_every_request_field_get_a_proper_status(
 def test_one_past_the_last_event_or_trial_is_refused_or_not_found(
     rpc: service_pb2_grpc.TrainingServiceStub, stored_study: str
 ) -> None:
+    """The edges of the counts a client names: the last event sequence is a valid place to resume, one past it not."""
     last = watch_all(rpc, stored_study)[-1].sequence
     watch = pb.WatchStudyRequest(study_id=stored_study, after_sequence=last)
     assert list(rpc.WatchStudy(watch, timeout=CALL_TIMEOUT_S)) == []  # at the end: nothing more, at once
