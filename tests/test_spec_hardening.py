@@ -186,3 +186,12 @@ def test_many_alternatives_validate_and_overlapping_ones_are_refused(stub):
     print(f"999 alternatives x 360 values validated in {took:.2f} s")
     details = refused(stub, tiny_spec(search_space=alternatives(5, 10, overlap=True)))
     assert details.startswith("spec.search_space[2].name:") and "disjoint" in details, details
+
+
+@pytest.mark.parametrize(("searcher", "option"), [("tpe", "n_ei_candidates"), ("cmaes", "popsize")])
+def test_searcher_widths_computed_in_the_server_are_bounded(stub, searcher, option):
+    """2**53 EI candidates tried to allocate 64 PiB; a CMA-ES population of 2**53 grew the server
+    without end: both are computed in the server's own process."""
+    spec = tiny_spec(searcher={"name": searcher, "options": {option: 2**53}})
+    details = refused(stub, spec)
+    assert details.startswith(f"spec.searcher.options.{option}: must be <= 10000"), details

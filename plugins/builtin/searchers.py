@@ -357,6 +357,9 @@ def evolution(
     )  # fmt: skip
 
 
+MAX_SEARCH_WIDTH = 10_000
+
+
 @hookimpl
 def tuneyard_register_searchers(register: Any) -> None:
     # A count below these has no meaning (random would clamp max_retries to 0; the others raise).
@@ -364,8 +367,10 @@ def tuneyard_register_searchers(register: Any) -> None:
     register("random", random, bounds={"max_retries": Bounds(ge=0)})
     register("grid", grid, bounds={"num_points": Bounds(ge=1)})
     register("sobol", sobol)
-    register("tpe", tpe, bounds={**startup, "n_ei_candidates": Bounds(ge=1)})
-    register("cmaes", cmaes, bounds={**startup, "popsize": Bounds(ge=2)})
+    # Both are computed on in the server's own process for every suggestion: 2**53 candidates tried to
+    # allocate 64 PiB, a population of 2**53 grew the server without end. 10,000 is far past any use.
+    register("tpe", tpe, bounds={**startup, "n_ei_candidates": Bounds(ge=1, le=MAX_SEARCH_WIDTH)})
+    register("cmaes", cmaes, bounds={**startup, "popsize": Bounds(ge=2, le=MAX_SEARCH_WIDTH)})
     register("gp", gp, bounds=startup)
     register(
         "evolution",
