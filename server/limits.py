@@ -5,6 +5,8 @@ Exceeding one is refused before anything is stored or started, and the server go
 | cap | value | refused with |
 |---|---|---|
 | request size (MAX_MESSAGE_BYTES, grpc's receive limit) | 4 MiB | RESOURCE_EXHAUSTED (from grpc) |
+| a study's spec, serialized (MAX_SPEC_BYTES) | 2 MiB | INVALID_ARGUMENT |
+| a ListStudies / ListTrials page (MAX_RESPONSE_BYTES) | 4 MiB less 64 KiB | a shorter page, `next_page_token` |
 | JSON levels below `spec` (MAX_NESTING) | 32 | INVALID_ARGUMENT |
 | search-space parameters (MAX_PARAMETERS) | 1,000 | INVALID_ARGUMENT |
 | values of one choice, or of one condition (MAX_CHOICE_VALUES) | 1,000 | INVALID_ARGUMENT |
@@ -33,10 +35,15 @@ from tuneyard.plugins.api import MAX_PATH_CHARS, MAX_PATH_PART_BYTES
 __all__ = [
     "DEFAULT_MAX_ACTIVE_STUDIES", "MAX_CHOICE_VALUES", "MAX_GPU_MEMORY_GB", "MAX_GPUS_PER_TRIAL", "MAX_ID_CHARS",
     "MAX_MESSAGE_BYTES", "MAX_NAME_CHARS", "MAX_NESTING", "MAX_PARAMETERS", "MAX_PATH_CHARS", "MAX_PATH_PART_BYTES",
-    "MAX_PRIORITY", "MAX_STRING_CHARS", "MAX_TRIALS", "MAX_WATCHERS", "MAX_WATCHERS_PER_CLIENT", "MIN_GPU_SHARE",
+    "MAX_PRIORITY", "MAX_RESPONSE_BYTES", "MAX_SPEC_BYTES", "MAX_STRING_CHARS", "MAX_TRIALS", "MAX_WATCHERS",
+    "MAX_WATCHERS_PER_CLIENT", "MIN_GPU_SHARE",
 ]  # fmt: skip
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # grpc's receive limit (server/app.py)
+# Every client's default receive limit is 4 MiB too: a page holds what fits in that (at least one item),
+# and a spec leaves room beside it in a Study for the best trial and the Pareto front.
+MAX_RESPONSE_BYTES = MAX_MESSAGE_BYTES - 64 * 1024
+MAX_SPEC_BYTES = 2 * 1024 * 1024
 # Protobuf readers stop at 100 message levels and each Struct level costs two, so a deeper stored
 # spec would break every client's ListStudies.
 MAX_NESTING = 32

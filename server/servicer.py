@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import threading
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import grpc
+from google.protobuf.message import Message
 
 from tuneyard import __version__
 from tuneyard.plugins.api import KINDS
@@ -16,10 +17,16 @@ from tuneyard.server import convert
 from tuneyard.server.domain import InvalidArgument, ResourceExhausted
 from tuneyard.server.errors import streaming, unary
 from tuneyard.server.events import EventHub
-from tuneyard.server.limits import MAX_ID_CHARS, MAX_WATCHERS, MAX_WATCHERS_PER_CLIENT
+from tuneyard.server.limits import (
+    MAX_ID_CHARS,
+    MAX_RESPONSE_BYTES,
+    MAX_SPEC_BYTES,
+    MAX_WATCHERS,
+    MAX_WATCHERS_PER_CLIENT,
+)
 from tuneyard.server.scheduler import DeviceScheduler
 from tuneyard.server.security import Authenticator
-from tuneyard.server.storage import Storage
+from tuneyard.server.storage import Storage, encode_token
 from tuneyard.server.studies import StudyManager
 from tuneyard.v1 import service_pb2 as pb
 from tuneyard.v1 import service_pb2_grpc
@@ -52,6 +59,17 @@ def _page_size(value: int) -> int:
     if value < 0:
         raise InvalidArgument("page_size", f"must not be negative, got {value}")
     return min(value or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def _fitting(messages: Sequence[Message]) -> int:
+    """How many of the leading messages fit in one response that any client can receive (gRPC's default
+    limit is 4 MiB), at least one: a page of large studies or trials is shorter, not refused."""
+    total = 0
+    for count, msg in enumerate(messages):
+        total += msg.ByteSize() + 16  # the field's tag and length
+        if total > MAX_RESPONSE_BYTES and count:
+            return count
+    return len(messages)
 
 
 def _study_id(value: str) -> str:
@@ -94,6 +112,9 @@ class TrainingServicer(service_pb2_grpc.TrainingServiceServicer):
             raise InvalidArgument("spec", "required")
         if len(request.request_id) > MAX_ID_LENGTH:
             raise InvalidArgument("request_id", f"longer than {MAX_ID_LENGTH} characters")
+        size = request.spec.ByteSize()
+        if size > MAX_SPEC_BYTES:
+            raise InvalidArgument("spec", f"{size} bytes serialized; at most {MAX_SPEC_BYTES}")
         study = self.studies.create(convert.spec_to_dict(request.spec), request.request_id)
         return convert.study_to_proto(self.storage.get_study(study.study_id))
 
@@ -107,9 +128,11 @@ class TrainingServicer(service_pb2_grpc.TrainingServiceServicer):
             raise InvalidArgument("state", f"unknown state {request.state}")
         state = convert.study_state_from_proto(request.state)
         studies, token = self.storage.list_studies(_page_size(request.page_size), request.page_token, state)
-        return pb.ListStudiesResponse(
-            studies=[convert.study_to_proto(s) for s in studies], next_page_token=token
-        )
+        messages = [convert.study_to_proto(s) for s in studies]
+        fit = _fitting(messages)
+        if fit < len(messages):
+            token = self.storage.study_page_token(studies[fit - 1].study_id)
+        return pb.ListStudiesResponse(studies=messages[:fit], next_page_token=token)
 
     @unary
     def CancelStudy(self, request: pb.CancelStudyRequest, context: grpc.ServicerContext) -> pb.Study:
@@ -155,7 +178,11 @@ class TrainingServicer(service_pb2_grpc.TrainingServiceServicer):
         trials, token = self.storage.list_trials(
             _study_id(request.study_id), _page_size(request.page_size), request.page_token
         )
-        return pb.ListTrialsResponse(trials=[convert.trial_to_proto(t) for t in trials], next_page_token=token)
+        messages = [convert.trial_to_proto(t) for t in trials]
+        fit = _fitting(messages)
+        if fit < len(messages):
+            token = encode_token(trials[fit - 1].trial_id)
+        return pb.ListTrialsResponse(trials=messages[:fit], next_page_token=token)
 
     @unary
     def GetTrial(self, request: pb.GetTrialRequest, context: grpc.ServicerContext) -> pb.Trial:
@@ -175,8 +202,13 @@ class TrainingServicer(service_pb2_grpc.TrainingServiceServicer):
     def GetServerInfo(self, request: pb.GetServerInfoRequest, context: grpc.ServicerContext) -> pb.ServerInfo:
         devices = [
             pb.Device(
-                name=device.name, kind=device.kind, slots_total=workers, slots_busy=busy,
-                memory_bytes=device.memory_bytes, trials=holders, description=device.description,
+                name=device.name,
+                kind=device.kind,
+                slots_total=workers,
+                slots_busy=busy,
+                memory_bytes=device.memory_bytes,
+                trials=holders,
+                description=device.description,
                 share_in_use=used,
             )  # fmt: skip
             for device, used, workers, busy, holders in self.scheduler.occupancy()

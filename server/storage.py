@@ -336,6 +336,14 @@ class Storage:
         token = encode_token(rows[page_size - 1]["row"]) if len(rows) > page_size else ""
         return studies, token
 
+    def study_page_token(self, study_id: str) -> str:
+        """The page token that lists the studies after `study_id` (for a page cut short by size)."""
+        with self._lock:
+            row = self._db.execute("SELECT row FROM studies WHERE id = ?", (study_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"study {study_id!r} not found")
+        return encode_token(row["row"])
+
     def update_study(self, study_id: str, **fields: Any) -> None:
         allowed = {"state", "error", "test_metrics", "best_trial_id", "searcher_state", "stopper_state",
                    "start_time", "end_time", "pareto"}  # fmt: skip

@@ -7,13 +7,14 @@ import copy
 import json
 import sqlite3
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
 import pytest
 from support import tiny_spec, to_proto
 
-from tuneyard.server.limits import MAX_GPU_MEMORY_GB, MIN_GPU_SHARE
+from tuneyard.server.limits import MAX_GPU_MEMORY_GB, MAX_RESPONSE_BYTES, MIN_GPU_SHARE
 from tuneyard.server.spec import MAX_SEED
 from tuneyard.v1 import service_pb2 as pb
 
@@ -176,16 +177,51 @@ def alternatives(count: int, width: int, overlap: bool = False) -> list[dict[str
     return space
 
 
-def test_many_alternatives_validate_and_overlapping_ones_are_refused(stub):
-    """1000 parameters sharing one name with disjoint 360-value conditions took 18.7 s (every pair
-    compared); now each is checked against the values taken so far."""
+@pytest.fixture(scope="module")
+def own_stub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A server of this module's own: its large studies would slow every other test's listings."""
+    from tuneyard.server.app import start_server
+    from tuneyard.v1 import service_pb2_grpc
+
+    handle = start_server(data_dir=tmp_path_factory.mktemp("large-specs"), devices="cpu", cpu_slots=1)
+    with grpc.insecure_channel(handle.address) as channel:
+        yield service_pb2_grpc.TrainingServiceStub(channel)
+    handle.stop()
+
+
+def test_many_alternatives_validate_and_overlapping_ones_are_refused(own_stub):
+    """1000 parameters sharing one name with disjoint 360-value conditions (3.8 MiB) took 18.7 s to
+    validate (every pair compared): such a spec is now refused by its size at once, and one of 450
+    (1.7 MiB) is checked against the values taken so far, in linear time."""
+    details = refused(own_stub, tiny_spec(search_space=alternatives(999, 360)))
+    assert details.startswith("spec: ") and "at most 2097152" in details, details
     started = time.perf_counter()
-    study = create(stub, tiny_spec(search_space=alternatives(999, 360)))
-    took = time.perf_counter() - started
-    cancel(stub, study.study_id)
-    print(f"999 alternatives x 360 values validated in {took:.2f} s")
-    details = refused(stub, tiny_spec(search_space=alternatives(5, 10, overlap=True)))
+    study = create(own_stub, tiny_spec(search_space=alternatives(450, 360)))
+    print(f"450 alternatives x 360 values validated and stored in {time.perf_counter() - started:.2f} s")
+    cancel(own_stub, study.study_id)
+    details = refused(own_stub, tiny_spec(search_space=alternatives(5, 10, overlap=True)))
     assert details.startswith("spec.search_space[2].name:") and "disjoint" in details, details
+
+
+def test_large_studies_are_listed_in_pages_every_client_can_receive(own_stub):
+    """Studies near the spec cap once made ListStudies' answer larger than the 4 MiB a gRPC client
+    takes by default, so no client could list any study; now a page holds what fits."""
+    ids = set()
+    for _ in range(3):
+        study = create(own_stub, tiny_spec(search_space=alternatives(500, 360)))
+        cancel(own_stub, study.study_id)
+        ids.add(study.study_id)
+    pages, token = [], ""
+    while True:
+        page = own_stub.ListStudies(pb.ListStudiesRequest(page_size=50, page_token=token))
+        assert page.ByteSize() <= MAX_RESPONSE_BYTES
+        pages.append([s.study_id for s in page.studies])
+        token = page.next_page_token
+        if not token:
+            break
+    listed = [study_id for page in pages for study_id in page]
+    assert len(listed) == len(set(listed)) and ids <= set(listed)
+    assert len(pages) >= 2
 
 
 @pytest.mark.parametrize(("searcher", "option"), [("tpe", "n_ei_candidates"), ("cmaes", "popsize")])
