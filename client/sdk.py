@@ -27,13 +27,9 @@ from tuneyard.v1 import service_pb2, service_pb2_grpc, spec_pb2
 __all__ = ["Client", "RunResult", "DEFAULT_ADDRESS", "TERMINAL_STATES", "is_terminal", "parse_state"]
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
-TERMINAL_STATES = frozenset(
-    {service_pb2.STUDY_COMPLETED, service_pb2.STUDY_FAILED, service_pb2.STUDY_CANCELLED}
-)
+TERMINAL_STATES = frozenset({service_pb2.STUDY_COMPLETED, service_pb2.STUDY_FAILED, service_pb2.STUDY_CANCELLED})
 # Codes after which a watch stream is re-opened from the last seen sequence.
-_RETRYABLE_WATCH = frozenset(
-    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL}
-)
+_RETRYABLE_WATCH = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL})
 
 
 def default_address() -> str:
@@ -62,9 +58,7 @@ def parse_state(state: str | int | None) -> int:
         if candidate in service_pb2.StudyState.keys():
             return service_pb2.StudyState.Value(candidate)
     choices = ", ".join(k.removeprefix("STUDY_").lower() for k in service_pb2.StudyState.keys()[1:])
-    raise TuneyardError(
-        grpc.StatusCode.INVALID_ARGUMENT, f"unknown study state {state!r} (one of: {choices})"
-    )
+    raise TuneyardError(grpc.StatusCode.INVALID_ARGUMENT, f"unknown study state {state!r} (one of: {choices})")
 
 
 @dataclass
@@ -161,9 +155,7 @@ class Client:
         The request id makes retries safe (the server returns the first study
         for a repeated id), so one UNAVAILABLE is retried with the same id.
         """
-        request = service_pb2.CreateStudyRequest(
-            spec=load_spec(spec), request_id=request_id or str(uuid.uuid4())
-        )
+        request = service_pb2.CreateStudyRequest(spec=load_spec(spec), request_id=request_id or str(uuid.uuid4()))
         try:
             return self._call("CreateStudy", request)
         except TuneyardError as err:
@@ -175,9 +167,7 @@ class Client:
     def get_study(self, study_id: str) -> service_pb2.Study:
         return self._call("GetStudy", service_pb2.GetStudyRequest(study_id=study_id))
 
-    def list_studies(
-        self, state: str | int | None = None, page_size: int = 50
-    ) -> Iterator[service_pb2.Study]:
+    def list_studies(self, state: str | int | None = None, page_size: int = 50) -> Iterator[service_pb2.Study]:
         """All studies (optionally only those in ``state``), fetched page by page."""
         request = service_pb2.ListStudiesRequest(page_size=page_size, state=parse_state(state))
         while True:
@@ -222,9 +212,7 @@ class Client:
         last = after_sequence
         failures = 0
         while True:
-            call = self._stub.WatchStudy(
-                service_pb2.WatchStudyRequest(study_id=study_id, after_sequence=last)
-            )
+            call = self._stub.WatchStudy(service_pb2.WatchStudyRequest(study_id=study_id, after_sequence=last))
             cause: TuneyardError | None = None
             received = 0
             try:

@@ -141,9 +141,13 @@ def integer_parameters(spec: spec_pb2.StudySpec) -> set[str]:
         domain = param.WhichOneof("domain")
         if domain == "int_range":
             names.add(param.name)
-        elif domain == "choice" and param.choice.values and all(
-            v.WhichOneof("kind") == "number_value" and float(v.number_value).is_integer()
-            for v in param.choice.values
+        elif (
+            domain == "choice"
+            and param.choice.values
+            and all(
+                v.WhichOneof("kind") == "number_value" and float(v.number_value).is_integer()
+                for v in param.choice.values
+            )
         ):
             names.add(param.name)
     return names

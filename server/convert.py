@@ -145,8 +145,13 @@ def study_to_proto(study: StudyRecord) -> pb.Study:
         spec=spec_from_dict(study.spec),
         state=study_state_to_proto(study.state),
         trial_counts=pb.TrialCounts(
-            pending=c.pending, running=c.running, completed=c.completed,
-            failed=c.failed, pruned=c.pruned, cancelled=c.cancelled, infeasible=c.infeasible,
+            pending=c.pending,
+            running=c.running,
+            completed=c.completed,
+            failed=c.failed,
+            pruned=c.pruned,
+            cancelled=c.cancelled,
+            infeasible=c.infeasible,
         ),  # fmt: skip
         test_metrics=study.test_metrics,
         error=study.error,

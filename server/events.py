@@ -35,9 +35,7 @@ class EventHub:
                 lambda: self._closed or self._latest.get(study_id, after) > after, timeout=timeout
             )
 
-    def follow(
-        self, study_id: str, after: int, active: Callable[[], bool] = lambda: True
-    ) -> Iterator[EventRecord]:
+    def follow(self, study_id: str, after: int, active: Callable[[], bool] = lambda: True) -> Iterator[EventRecord]:
         """The study's stored events after `after`, then each new one as it is stored, until the
         terminal one (or at once, for a reader already past it). Raises Unavailable when the hub
         closes; stops when `active()` turns false.

@@ -234,8 +234,11 @@ class RayPool(PooledWorkers):
         """The cluster's nodes as GetServerInfo reports them."""
         return [
             {
-                "node_id": node["NodeID"], "address": node["NodeManagerAddress"], "alive": bool(node["Alive"]),
-                "cpus": float(node["Resources"].get("CPU", 0)), "gpus": float(node["Resources"].get("GPU", 0)),
+                "node_id": node["NodeID"],
+                "address": node["NodeManagerAddress"],
+                "alive": bool(node["Alive"]),
+                "cpus": float(node["Resources"].get("CPU", 0)),
+                "gpus": float(node["Resources"].get("GPU", 0)),
                 "memory_bytes": int(node["Resources"].get("memory", 0)),
             }  # fmt: skip
             for node in _ray().nodes()

@@ -26,7 +26,11 @@ def test_example_yaml_and_json_twin_are_the_same_spec() -> None:
     assert from_yaml.budget.max_trials == 8 and from_yaml.budget.max_concurrent_trials == 2
     names = [p.name for p in from_yaml.search_space]
     assert names[:5] == [
-        "model.num_conv_layers", "model.num_filters", "model.filter_size", "optimizer.name", "optimizer.lr",
+        "model.num_conv_layers",
+        "model.num_filters",
+        "model.filter_size",
+        "optimizer.name",
+        "optimizer.lr",
     ]
     filters = from_yaml.search_space[1]
     assert filters.WhichOneof("domain") == "int_range"
@@ -41,12 +45,14 @@ def test_the_packaged_example_is_readable_through_importlib_resources() -> None:
 
 
 def test_dict_with_duration_enum_and_struct_options() -> None:
-    spec = load_spec({
-        "name": "s",
-        "training": {"optimizer": {"name": "sgd", "options": {"lr": 0.1, "nesterov": True}}},
-        "budget": {"max_trials": 3, "max_duration": "7200s"},
-        "objective": {"metric": "val_loss", "mode": "MINIMIZE"},
-    })
+    spec = load_spec(
+        {
+            "name": "s",
+            "training": {"optimizer": {"name": "sgd", "options": {"lr": 0.1, "nesterov": True}}},
+            "budget": {"max_trials": 3, "max_duration": "7200s"},
+            "objective": {"metric": "val_loss", "mode": "MINIMIZE"},
+        }
+    )
     assert spec.budget.max_duration.seconds == 7200
     assert spec.objective.mode == spec_pb2.Objective.MINIMIZE
     assert spec.training.optimizer.options["nesterov"] is True
@@ -109,20 +115,31 @@ def test_config_to_dict_restores_integer_parameters() -> None:
     spec = load_spec(EXAMPLES / "digits.yaml")
     assert integer_parameters(spec) == {"model.num_conv_layers", "model.num_filters", "model.filter_size"}
     config = struct_pb2.Struct()
-    config.update({
-        "model.num_conv_layers": 2, "model.num_filters": 64, "model.filter_size": 5,
-        "optimizer.name": "sgd", "optimizer.lr": 0.01, "optimizer.momentum": 0.9,
-    })
+    config.update(
+        {
+            "model.num_conv_layers": 2,
+            "model.num_filters": 64,
+            "model.filter_size": 5,
+            "optimizer.name": "sgd",
+            "optimizer.lr": 0.01,
+            "optimizer.momentum": 0.9,
+        }
+    )
     plain = config_to_dict(config, spec)
     assert plain == {
-        "model.num_conv_layers": 2, "model.num_filters": 64, "model.filter_size": 5,
-        "optimizer.name": "sgd", "optimizer.lr": 0.01, "optimizer.momentum": 0.9,
+        "model.num_conv_layers": 2,
+        "model.num_filters": 64,
+        "model.filter_size": 5,
+        "optimizer.name": "sgd",
+        "optimizer.lr": 0.01,
+        "optimizer.momentum": 0.9,
     }
     assert all(type(plain[k]) is int for k in integer_parameters(spec))
     assert type(plain["optimizer.lr"]) is float
     # a mapping works too, and a float that is not whole is left alone
     assert config_to_dict({"model.num_filters": 64.5, "other": 1.0}, spec) == {
-        "model.num_filters": 64.5, "other": 1.0,
+        "model.num_filters": 64.5,
+        "other": 1.0,
     }
 
 

@@ -55,9 +55,7 @@ def served(tree: Path) -> Iterator[Any]:
     from tuneyard.server.app import start_server
 
     # The data root is given explicitly, and is also the default (<data dir>/datasets).
-    handle = start_server(
-        data_dir=tree / "data", devices="cpu", cpu_slots=1, data_root=str(tree / "data" / "datasets")
-    )
+    handle = start_server(data_dir=tree / "data", devices="cpu", cpu_slots=1, data_root=str(tree / "data" / "datasets"))
     yield handle
     handle.stop()
 
