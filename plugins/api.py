@@ -79,6 +79,9 @@ def resolve_data_path(root: str | os.PathLike[str], value: str) -> Path:
     link anywhere along it that points out); also when ``root`` is "" (no data root configured).
     Only where the path finally leads counts: an absolute path through a link elsewhere that lands
     inside ``root`` is accepted.
+
+    The one confinement rule: the server's validation and the built-in datasets and models (when a
+    trial opens the files) all call it, so a value is accepted or refused alike at both times.
     """
     if "\x00" in value:
         raise ValueError(f"{value!r} contains a NUL byte")
@@ -98,8 +101,8 @@ def resolve_data_path(root: str | os.PathLike[str], value: str) -> Path:
     except (OSError, RuntimeError) as exc:  # RuntimeError: a symbolic-link loop (Python < 3.13)
         raise ValueError(f"{value!r} cannot be resolved: {type(exc).__name__}") from None
     if not _inside(base, target):
-        raise ValueError(f"{value!r} follows a symbolic link out of the data root" if on_paper else
-                         f"{value!r} escapes the data root")  # fmt: skip
+        reason = "follows a symbolic link out of the data root" if on_paper else "escapes the data root"
+        raise ValueError(f"{value!r} {reason}")
     return target
 
 

@@ -228,3 +228,97 @@ def test_a_data_root_reached_through_a_link_accepts_absolute_paths_under_either_
 def test_without_a_data_root_every_path_is_refused(tmp_path: Path):
     with pytest.raises(ValueError, match="no data root"):
         resolve_data_path("", "images")
+
+
+# ---- at trial time: the plugins confine with the same function ----
+
+# A trial's dataset gets the server's data root as `root`; the finetune model reads it from
+# TUNEYARD_DATA_ROOT, which the server's workers set. Each refuses what CreateStudy refuses, for
+# the same reason, and says nothing of where the server keeps its files beyond what was sent.
+TRIAL_PLUGINS = ["image_folder", "mnist", "finetune"]
+
+
+@pytest.fixture(scope="module")
+def registry() -> Any:
+    from tuneyard.plugins.manager import PluginRegistry
+
+    return PluginRegistry.load()
+
+
+def open_in_trial(registry: Any, monkeypatch: pytest.MonkeyPatch, tree: Path, plugin: str, value: str) -> None:
+    """What a trial's worker does with `value` (the spec having been accepted, or never checked)."""
+    root = str(tree / "data" / "datasets")
+    if plugin == "finetune":
+        monkeypatch.setenv("TUNEYARD_DATA_ROOT", root)
+        registry.create("model", "finetune", {"weights_file": value}, input_shape=(3, 8, 8), num_classes=2)
+    else:
+        options = {"path": value, "size": 8} if plugin == "image_folder" else {"path": value}
+        registry.create("dataset", plugin, options, root=root)
+
+
+def assert_names_no_server_path(message: str, sent: str, tree: Path) -> None:
+    assert str(tree) not in message.replace(sent, ""), message
+    assert str(Path.cwd()) not in message.replace(sent, ""), message
+
+
+@pytest.mark.parametrize("plugin", TRIAL_PLUGINS)
+@pytest.mark.parametrize(("label", "build", "value", "field", "reason"), ESCAPES, ids=[e[0] for e in ESCAPES])
+def test_a_trial_refuses_what_create_study_refuses(
+    registry, monkeypatch, tree, plugin, label, build, value, field, reason
+):
+    sent = fill(value, tree)
+    with pytest.raises(ValueError) as refused:
+        open_in_trial(registry, monkeypatch, tree, plugin, sent)
+    message = str(refused.value)
+    option = "weights_file" if plugin == "finetune" else "path"
+    assert message.startswith(f"option {option!r}: ") and reason in message, message
+    assert_names_no_server_path(message, sent, tree)
+
+
+@pytest.mark.parametrize("plugin", TRIAL_PLUGINS)
+@pytest.mark.parametrize("value", ["../../outside/images", "images/../images", "out/../../outside", "../datasets"])
+def test_dot_dot_is_refused_at_trial_time_even_where_it_stays_inside(registry, monkeypatch, tree, plugin, value):
+    with pytest.raises(ValueError, match="escapes the data root|has a '..' component") as refused:
+        open_in_trial(registry, monkeypatch, tree, plugin, value)
+    assert_names_no_server_path(str(refused.value), value, tree)
+
+
+def test_a_file_found_under_a_folder_that_links_out_is_named_inside_the_data_root(registry, tmp_path):
+    """`imgs/b -> <outside>/b`: a class folder whose images lie outside the data root."""
+    from PIL import Image
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    for folder in (root / "imgs" / "a", outside / "b"):
+        folder.mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (4, 4), (i, 0, 0)).save(folder / f"{i}.png")
+    os.symlink(outside / "b", root / "imgs" / "b")
+    with pytest.raises(ValueError, match="symbolic link out of the data root") as refused:
+        registry.create("dataset", "image_folder", {"path": "imgs", "size": 8}, root=str(root))
+    assert "'imgs/b/0.png'" in str(refused.value)
+    assert str(tmp_path) not in str(refused.value)
+
+
+# Values CreateStudy accepts; the trial may still fail (an empty folder, a file that is not a state
+# dict), but never because the path leaves the data root. (The data root itself is left out: the
+# link `out` in it makes the files found under it leave the root, which the trial rightly refuses.)
+TRIAL_ALLOWED = [a for a in ALLOWED if a[0] != "the data root itself"]
+
+
+@pytest.mark.parametrize(("label", "build", "value"), TRIAL_ALLOWED, ids=[a[0] for a in TRIAL_ALLOWED])
+def test_a_trial_accepts_what_create_study_accepts(registry, monkeypatch, tree, label, build, value):
+    plugin = "finetune" if build is weights_file else "image_folder"
+    try:
+        open_in_trial(registry, monkeypatch, tree, plugin, fill(value, tree))
+    except (ValueError, FileNotFoundError) as exc:
+        assert "data root" not in str(exc), exc
+
+
+def test_finetune_outside_a_trial_refuses_dot_dot_too(registry, monkeypatch, tree):
+    """Called from Python with no data root, the working directory stands in for it, under the same rule."""
+    monkeypatch.delenv("TUNEYARD_DATA_ROOT", raising=False)
+    monkeypatch.chdir(tree / "data" / "datasets")
+    for value in ("../../outside/secret.pt", f"{tree}/data/../outside/secret.pt"):
+        with pytest.raises(ValueError, match="'..' component|escapes") as refused:
+            registry.create("model", "finetune", {"weights_file": value}, input_shape=(3, 8, 8), num_classes=2)
+        assert_names_no_server_path(str(refused.value), value, tree)

@@ -14,31 +14,28 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from tuneyard.plugins.api import DatasetSplits
+from tuneyard.plugins.api import DatasetSplits, resolve_data_path
 
 # ---- paths ----
 
 
-def resolve_inside(root: str, path: str, option: str = "path") -> Path:
-    """``Path(root) / path`` resolved (symlinks followed); ValueError naming ``option`` when it
-    leaves the data root (``..``, an absolute path elsewhere, a symlink pointing out)."""
-    if not root:
-        raise ValueError(f"option {option!r}: the server has no data root (--data-root) to read {path!r} from")
-    base = Path(root).resolve()
-    target = (base / path).resolve()
-    if not is_inside(base, target):
-        raise ValueError(f"option {option!r}: {path!r} resolves to {target}, outside the data root {base}")
-    return target
+def confine(root: str, value: str, option: str) -> Path:
+    """``value`` resolved inside the data root by `resolve_data_path`, the rule the server's validation
+    applies, so a trial refuses exactly what CreateStudy refuses; ValueError naming ``option`` and the
+    value as sent, never a resolved location."""
+    try:
+        return resolve_data_path(root, value)
+    except ValueError as exc:
+        raise ValueError(f"option {option!r}: {exc}; nothing outside the data root is read") from None
 
 
-def is_inside(base: Path, target: Path) -> bool:
-    return target == base or base in target.parents
+def check_file_inside(root: str, file: Path, option: str) -> None:
+    """A file found under an option's folder must not be a symbolic link out of the data root.
 
-
-def check_file_inside(base: Path, file: Path, option: str) -> None:
-    """A file found under an option's folder must not be a symlink to somewhere outside the data root."""
-    if not is_inside(base, file.resolve()):
-        raise ValueError(f"option {option!r}: {file} is a link to {file.resolve()}, outside the data root {base}")
+    ``file`` lies under a folder `confine` returned; it is checked (and named in the error) by its
+    path relative to the data root, which reveals nothing about the server's own layout.
+    """
+    confine(root, str(file.relative_to(Path(root).resolve())), option)
 
 
 # ---- splits and statistics ----
@@ -153,8 +150,7 @@ def load_torchvision(
 
     check_fraction("val_fraction", val_fraction)
     class_name, files = TORCHVISION[name]
-    base = Path(root).resolve() if root else Path()
-    folder = resolve_inside(root, path)
+    folder = confine(root, path, "path")
     if download:
         folder.mkdir(parents=True, exist_ok=True)
     else:
@@ -167,7 +163,7 @@ def load_torchvision(
             )
     for f in files:
         if (folder / f).exists():
-            check_file_inside(base, folder / f, "path")
+            check_file_inside(root, folder / f, "path")
     cls = getattr(torchvision.datasets, class_name)
     if download:
         try:
@@ -261,8 +257,7 @@ def load_image_folder(
         raise ValueError(f"channels must be 0 (auto), 1 or 3, got {channels}")
     check_fraction("val_fraction", val_fraction, allow_zero=True)
     check_fraction("test_fraction", test_fraction, allow_zero=True)
-    base = Path(root).resolve() if root else Path()
-    folder = resolve_inside(root, path)
+    folder = confine(root, path, "path")
     if not folder.is_dir():
         raise FileNotFoundError(f"dataset 'image_folder': folder {folder} (option 'path' = {path!r}) not found")
 
@@ -283,7 +278,7 @@ def load_image_folder(
             raise ValueError(f"dataset 'image_folder': class {unknown[0]!r} in {layout[split]} has no training images")
         for files in per_class.values():
             for file in files:
-                check_file_inside(base, file, "path")
+                check_file_inside(root, file, "path")
 
     def flatten(per_class: dict[str, list[Path]]) -> tuple[list[Path], np.ndarray]:
         files = [f for c in classes for f in per_class.get(c, [])]

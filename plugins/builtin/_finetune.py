@@ -10,35 +10,30 @@ import math
 import os
 import urllib.parse
 from collections.abc import Iterator
-from pathlib import Path, PurePath
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from tuneyard.plugins.builtin._dataset_files import confine
 from tuneyard.plugins.builtin._torchvision_models import build, family, replace_stem_conv, set_module, stages
 
 DATA_ROOT_ENV = "TUNEYARD_DATA_ROOT"  # set by the server in trial workers to its --data-root
 
 
 def resolve_weights_file(path: str) -> Path:
-    """The weight file ``path`` names, checked to lie inside the data root.
+    """The weight file ``path`` names, confined by `resolve_data_path` as CreateStudy confines it.
 
-    ``..`` components are refused. With ``TUNEYARD_DATA_ROOT`` set, a relative path is taken
-    inside it and an absolute one (after resolving symbolic links) must lie inside it; without
-    it, a relative path is taken from the working directory.
+    In a trial the root is the server's data root (its workers set ``TUNEYARD_DATA_ROOT``), so a trial
+    refuses exactly what validation refuses. A direct call from Python (no ``TUNEYARD_DATA_ROOT``) has
+    no data root: a relative path is taken from the working directory and an absolute one may lie
+    anywhere, under the same rules otherwise (no ``..``). Errors name ``path`` as given, never a
+    resolved location.
     """
-    if ".." in PurePath(path).parts or ".." in path.replace("\\", "/").split("/"):
-        raise ValueError(f"weights_file {path!r} must not contain '..' components")
-    root = os.environ.get(DATA_ROOT_ENV, "")
-    if root:
-        base = Path(root).resolve()
-        resolved = (base / path).resolve()  # an absolute `path` replaces `base`
-        if not resolved.is_relative_to(base):
-            raise ValueError(f"weights_file {path!r} lies outside the data root {str(base)!r}")
-    else:
-        resolved = Path(path).resolve()
+    root = os.environ.get(DATA_ROOT_ENV, "") or (os.sep if os.path.isabs(path) else os.getcwd())
+    resolved = confine(root, path, "weights_file")
     if not resolved.is_file():
-        raise FileNotFoundError(f"weights_file {path!r} not found (looked for {str(resolved)!r})")
+        raise FileNotFoundError(f"weights_file {path!r} not found in the data root")
     return resolved
 
 
@@ -70,12 +65,16 @@ def cached_weights_path(backbone: str, weights: str) -> Path:
     return path
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from ``path``: plain, or under a "state_dict" / "model_state_dict" / "model" key."""
+def read_state_dict(path: Path, shown: str = "") -> dict[str, torch.Tensor]:
+    """A state dict from ``path``: plain, or under a "state_dict" / "model_state_dict" / "model" key.
+
+    Errors call the file ``shown`` (e.g. the option as the user wrote it) rather than its resolved path.
+    """
+    shown = shown or repr(str(path))
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ValueError(f"cannot read weights from {str(path)!r}: {type(exc).__name__}: {exc}") from None
+        raise ValueError(f"cannot read weights from {shown}: {type(exc).__name__}: {exc}") from None
     if isinstance(obj, dict):
         for key in ("state_dict", "model_state_dict", "model"):
             if isinstance(obj.get(key), dict):
@@ -86,7 +85,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         and obj
         and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
     ):
-        raise ValueError(f"{str(path)!r} does not hold a state dict (parameter names mapped to tensors)")
+        raise ValueError(f"{shown} does not hold a state dict (parameter names mapped to tensors)")
     if all(k.startswith("module.") for k in obj):  # saved from DataParallel / DistributedDataParallel
         obj = {k[len("module.") :]: v for k, v in obj.items()}
     return dict(obj)
@@ -237,7 +236,7 @@ def build_finetune(
         raise ValueError("set weights or weights_file, not both")
     state = None
     if weights_file:
-        state = read_state_dict(resolve_weights_file(weights_file))
+        state = read_state_dict(resolve_weights_file(weights_file), f"weights_file {weights_file!r}")
     elif weights:
         state = read_state_dict(cached_weights_path(backbone, weights))
     patch = 0
