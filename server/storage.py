@@ -40,7 +40,6 @@ from tuneyard.server.domain import (
     StoreDamaged,
     StudyRecord,
     StudyState,
-    TrialCounts,
     TrialRecord,
     TrialState,
 )
@@ -142,6 +141,18 @@ _OWN_TABLES = frozenset(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", SCHEMA))
 _MAX_ROW = 2**63 - 1  # SQLite's INTEGER is signed 64-bit: no row id, hence no page token, lies beyond
 _TOKEN_TEXT = re.compile(r"r(0|[1-9][0-9]{0,18})")
 _MAX_TOKEN_CHARS = 32  # encode_token(_MAX_ROW) has 28
+
+
+_CHUNK = 500  # ids bound per query, well below SQLite's limit on variables
+
+
+def _chunks(items: list[Any]) -> Iterator[list[Any]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+def _marks(chunk: list[Any]) -> str:
+    return ", ".join("?" * len(chunk))
 
 
 def encode_token(row: int) -> str:
@@ -294,45 +305,56 @@ class Storage:
         row = self._db.execute("SELECT * FROM studies WHERE id = ?", (study_id,)).fetchone()
         if row is None:
             raise NotFound(f"study {study_id!r} not found")
-        study = StudyRecord(
-            study_id=row["id"],
-            spec=json.loads(row["spec"]),
-            state=StudyState(row["state"]),
-            request_id=row["request_id"] or "",
-            error=row["error"],
-            test_metrics=json.loads(row["test_metrics"]),
-            best_trial_id=row["best_trial_id"],
-            pareto_ids=json.loads(row["pareto"]),
-            create_time=row["create_time"],
-            start_time=row["start_time"],
-            end_time=row["end_time"],
-        )
-        counts = TrialCounts()
-        for r in self._db.execute(
-            "SELECT state, COUNT(*) AS n FROM trials WHERE study_id = ? GROUP BY state", (study_id,)
-        ):
-            setattr(counts, r["state"].lower(), r["n"])
-        study.counts = counts
-        spent = self._db.execute(
-            "SELECT COALESCE(SUM(epochs_completed), 0) AS n FROM trials WHERE study_id = ?", (study_id,)
-        ).fetchone()
-        study.epochs_spent = spent["n"]
-        if study.best_trial_id is not None:
-            study.best_trial = self._trial(study_id, study.best_trial_id)
-        study.pareto_front = [self._trial(study_id, t) for t in study.pareto_ids]
-        return study
+        return self._studies([row])[0]
+
+    def _studies(self, rows: list[sqlite3.Row]) -> list[StudyRecord]:
+        """Study records for `rows` of the studies table: one query counts every study's trials, and
+        two more per study read its best trial and Pareto front (not a query per trial)."""
+        studies = [
+            StudyRecord(
+                study_id=row["id"],
+                spec=json.loads(row["spec"]),
+                state=StudyState(row["state"]),
+                request_id=row["request_id"] or "",
+                error=row["error"],
+                test_metrics=json.loads(row["test_metrics"]),
+                best_trial_id=row["best_trial_id"],
+                pareto_ids=json.loads(row["pareto"]),
+                create_time=row["create_time"],
+                start_time=row["start_time"],
+                end_time=row["end_time"],
+            )
+            for row in rows
+        ]
+        by_id = {study.study_id: study for study in studies}
+        for chunk in _chunks(list(by_id)):
+            for r in self._db.execute(
+                "SELECT study_id, state, COUNT(*) AS n, COALESCE(SUM(epochs_completed), 0) AS epochs FROM trials "
+                f"WHERE study_id IN ({_marks(chunk)}) GROUP BY study_id, state",
+                chunk,
+            ):
+                study = by_id[r["study_id"]]
+                setattr(study.counts, r["state"].lower(), r["n"])
+                study.epochs_spent += r["epochs"]
+        for study in studies:
+            best = [] if study.best_trial_id is None else [study.best_trial_id]
+            trials = self._trials(study.study_id, best + study.pareto_ids)
+            if best:
+                study.best_trial = trials[0]
+            study.pareto_front = trials[len(best) :]
+        return studies
 
     def list_studies(
         self, page_size: int, page_token: str, state: StudyState | None = None
     ) -> tuple[list[StudyRecord], str]:
         after = decode_token(page_token)
         with self._lock:
-            query, args = "SELECT row, id FROM studies WHERE row > ?", [after]
+            query, args = "SELECT * FROM studies WHERE row > ?", [after]
             if state is not None:
                 query += " AND state = ?"
                 args.append(state.value)
             rows = self._db.execute(query + " ORDER BY row LIMIT ?", (*args, page_size + 1)).fetchall()
-            studies = [self._study(r["id"]) for r in rows[:page_size]]
+            studies = self._studies(rows[:page_size])
         token = encode_token(rows[page_size - 1]["row"]) if len(rows) > page_size else ""
         return studies, token
 
@@ -422,21 +444,35 @@ class Storage:
             raise NotFound(f"study {study_id!r} not found")
 
     def _trial(self, study_id: str, trial_id: int) -> TrialRecord:
-        row = self._db.execute(
-            "SELECT * FROM trials WHERE study_id = ? AND trial_id = ?", (study_id, trial_id)
-        ).fetchone()
-        if row is None:
-            raise NotFound(f"trial {trial_id} of study {study_id!r} not found")
-        epochs = [
-            EpochRecord(epoch=r["epoch"], values=json.loads(r["vals"]), time=r["time"])
+        return self._trials(study_id, [trial_id])[0]
+
+    def _trials(self, study_id: str, trial_ids: list[int]) -> list[TrialRecord]:
+        """Trials of one study with their epochs, in the order asked: two queries per _CHUNK of them."""
+        rows: dict[int, sqlite3.Row] = {}
+        epochs: dict[int, list[EpochRecord]] = {t: [] for t in trial_ids}
+        for chunk in _chunks(sorted(set(trial_ids))):
+            marks = _marks(chunk)
+            for row in self._db.execute(
+                f"SELECT * FROM trials WHERE study_id = ? AND trial_id IN ({marks})", (study_id, *chunk)
+            ):
+                rows[row["trial_id"]] = row
             for r in self._db.execute(
-                "SELECT epoch, vals, time FROM metrics WHERE study_id = ? AND trial_id = ? ORDER BY epoch",
-                (study_id, trial_id),
-            )
-        ]
+                "SELECT trial_id, epoch, vals, time FROM metrics "
+                f"WHERE study_id = ? AND trial_id IN ({marks}) ORDER BY trial_id, epoch",
+                (study_id, *chunk),
+            ):
+                epochs[r["trial_id"]].append(
+                    EpochRecord(epoch=r["epoch"], values=json.loads(r["vals"]), time=r["time"])
+                )
+        missing = next((t for t in trial_ids if t not in rows), None)
+        if missing is not None:
+            raise NotFound(f"trial {missing} of study {study_id!r} not found")
+        return [self._trial_record(study_id, rows[t], epochs[t]) for t in trial_ids]
+
+    def _trial_record(self, study_id: str, row: sqlite3.Row, epochs: list[EpochRecord]) -> TrialRecord:
         return TrialRecord(
             study_id=study_id,
-            trial_id=trial_id,
+            trial_id=row["trial_id"],
             state=TrialState(row["state"]),
             config=json.loads(row["config"]),
             device=row["device"],
@@ -476,7 +512,7 @@ class Storage:
                 "SELECT trial_id FROM trials WHERE study_id = ? AND trial_id > ? ORDER BY trial_id LIMIT ?",
                 (study_id, after, page_size + 1),
             ).fetchall()
-            trials = [self._trial(study_id, r["trial_id"]) for r in rows[:page_size]]
+            trials = self._trials(study_id, [r["trial_id"] for r in rows[:page_size]])
         token = encode_token(rows[page_size - 1]["trial_id"]) if len(rows) > page_size else ""
         return trials, token
 
