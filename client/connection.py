@@ -10,7 +10,6 @@ The token is kept only inside that interceptor: it is never part of a ``repr``, 
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import warnings
 from collections import namedtuple
@@ -21,6 +20,7 @@ from typing import Any
 import grpc
 
 from tuneyard.client.errors import TuneyardError
+from tuneyard.common.addresses import is_loopback  # re-exported: part of this module's API
 
 __all__ = [
     "InsecureTokenWarning",
@@ -94,27 +94,6 @@ def resolve_token(token: str | None) -> str | None:
             grpc.StatusCode.INVALID_ARGUMENT, "the bearer token may only hold printable ASCII without spaces"
         )
     return token
-
-
-def is_loopback(address: str) -> bool:
-    """True when ``address`` (``host:port``, ``[::1]:port``, ``dns:///host:port``, ``unix:...``) is local."""
-    target = address
-    if target.startswith("unix:"):
-        return True
-    for scheme in ("dns:///", "dns:", "ipv4:", "ipv6:"):
-        target = target.removeprefix(scheme)
-    if target.startswith("["):
-        host = target[1:].partition("]")[0]
-    elif target.count(":") == 1:
-        host = target.partition(":")[0]
-    else:
-        host = target
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def open_channel(address: str, credentials: grpc.ChannelCredentials | None, token: str | None) -> grpc.Channel:

@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 from tuneyard import __version__
-from tuneyard.client.connection import is_loopback
+from tuneyard.common.addresses import is_loopback
 from tuneyard.server.domain import StoreError
 from tuneyard.server.security import SecurityConfigError, TlsFiles, Token, check_bind, load_tokens
 

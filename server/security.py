@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 
-from tuneyard.client.connection import is_loopback  # one notion of "local" for client and server
+from tuneyard.common.addresses import is_loopback  # one notion of "local" for client and server
 
 log = logging.getLogger(__name__)
 MIN_TOKEN_LENGTH = 16
