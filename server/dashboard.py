@@ -2,7 +2,7 @@
 
 `tuneyard serve --dashboard-port 8080` serves it beside the gRPC API, on the same host (loopback by
 default), with the same TLS certificate and the same bearer tokens: a browser sends the token once as
-`/?token=...`, which sets an HttpOnly cookie. Pages are the offline report (`client.report`) rendered
+`/?token=...`, which sets an HttpOnly cookie. Pages are the offline report (`common.report_html`) rendered
 from the store; a study page follows the study's event stream (`/studies/ID/events`, server-sent
 events replayed from the store like `WatchStudy`) and redraws itself after each event.
 """
@@ -18,7 +18,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tuneyard.client.report import ReportData, build_html, objectives_of
+from tuneyard.common.report_data import ReportData, objectives_of
+from tuneyard.common.report_html import build_html
 from tuneyard.server import convert
 from tuneyard.server.domain import DomainError, NotFound, Unavailable
 from tuneyard.server.events import EventHub

@@ -23,7 +23,8 @@ from support import TINY_SPEC, tiny_spec
 
 from tuneyard.client import Client, TuneyardError
 from tuneyard.client.cli import _serve_args, build_parser, main
-from tuneyard.client.connection import InsecureTokenWarning, is_loopback
+from tuneyard.client.connection import InsecureTokenWarning
+from tuneyard.common.addresses import is_loopback
 from tuneyard.server.security import Authenticator, AuthInterceptor, TlsFiles, Token
 from tuneyard.v1 import service_pb2 as pb
 from tuneyard.v1 import service_pb2_grpc

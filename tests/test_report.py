@@ -12,6 +12,7 @@ from support import tiny_spec, to_proto, watch_all
 
 from tuneyard.client import report
 from tuneyard.client.cli import main
+from tuneyard.common import report_data, report_html
 from tuneyard.v1 import service_pb2 as pb
 from tuneyard.v1 import service_pb2_grpc
 
@@ -133,15 +134,15 @@ def test_png_option_without_matplotlib_says_how_to_get_it(server, single, tmp_pa
 
 def test_importance_is_the_normalised_share_of_variance_between_groups():
     # the objective follows `a` exactly and ignores `b`: all importance goes to `a`
-    assert report.variance_share(["x", "x", "y", "y"], [1.0, 1.0, 3.0, 3.0]) == 1.0
-    assert report.variance_share(["x", "y", "x", "y"], [1.0, 1.0, 3.0, 3.0]) == 0.0
-    assert report.variance_share([1, 2, 3], [2.0, 2.0, 2.0]) == 0.0  # no variance: nothing to explain
+    assert report_data.variance_share(["x", "x", "y", "y"], [1.0, 1.0, 3.0, 3.0]) == 1.0
+    assert report_data.variance_share(["x", "y", "x", "y"], [1.0, 1.0, 3.0, 3.0]) == 0.0
+    assert report_data.variance_share([1, 2, 3], [2.0, 2.0, 2.0]) == 0.0  # no variance: nothing to explain
 
 
 def test_best_so_far_honours_the_direction():
     points = [(1, 0.5), (2, 0.3), (3, 0.7), (4, 0.6)]
-    assert report.best_so_far(points, maximize=True) == [(1, 0.5), (2, 0.5), (3, 0.7), (4, 0.7)]
-    assert report.best_so_far(points, maximize=False) == [(1, 0.5), (2, 0.3), (3, 0.3), (4, 0.3)]
+    assert report_data.best_so_far(points, maximize=True) == [(1, 0.5), (2, 0.5), (3, 0.7), (4, 0.7)]
+    assert report_data.best_so_far(points, maximize=False) == [(1, 0.5), (2, 0.3), (3, 0.3), (4, 0.3)]
 
 
 def test_a_study_without_results_still_renders_every_section():
@@ -157,8 +158,8 @@ def test_a_study_without_results_still_renders_every_section():
     running.config.update({"optimizer.name": "sgd", "optimizer.momentum": 0.9})
     running.start_time.FromSeconds(101)
     for trials in ([], [failed, running]):
-        data = report.ReportData(pb.Study(study_id="st-x", spec=spec), trials, report.objectives_of(spec))
-        page = report.build_html(data)
+        data = report_data.ReportData(pb.Study(study_id="st-x", spec=spec), trials, report_data.objectives_of(spec))
+        page = report_html.build_html(data)
         assert all(f'<section id="{sid}">' in page for sid in SECTIONS)
         assert "<b>" not in page
     assert "FAILED (oom): OOM &lt;b&gt;" in page
