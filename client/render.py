@@ -18,6 +18,7 @@ from rich.text import Text
 
 from tuneyard.client.sdk import RunResult
 from tuneyard.client.specfile import config_to_dict
+from tuneyard.common.trials import last_line, number, trial_label
 from tuneyard.v1 import service_pb2, spec_pb2
 
 _FINISHED = ("completed", "failed", "pruned", "cancelled", "infeasible")
@@ -42,21 +43,6 @@ def study_state(state: int) -> str:
     return service_pb2.StudyState.Name(state).removeprefix("STUDY_")
 
 
-def trial_state(state: int) -> str:
-    """``TRIAL_PRUNED`` -> ``PRUNED``."""
-    return service_pb2.TrialState.Name(state).removeprefix("TRIAL_")
-
-
-def trial_label(trial: service_pb2.Trial, *, retries: bool = True) -> str:
-    """The state with its cause: ``FAILED (oom)``, ``COMPLETED after 1 retry``, ``INFEASIBLE``."""
-    label = trial_state(trial.state)
-    if trial.failure_reason:
-        label += f" ({trial.failure_reason})"
-    if retries and trial.retries:
-        label += f" after {trial.retries} {'retry' if trial.retries == 1 else 'retries'}"
-    return label
-
-
 def state_style(state: int) -> str:
     """The rich style of a trial state: green completed, red failed, yellow infeasible."""
     return _STATE_STYLE.get(state, "")
@@ -70,12 +56,6 @@ def exit_text(trial: service_pb2.Trial) -> str:
     return trial.exit_signal
 
 
-def last_line(text: str) -> str:
-    """The last non-blank line: a traceback's ``SomeError: message``."""
-    lines = [line for line in text.splitlines() if line.strip()]
-    return lines[-1].strip() if lines else ""
-
-
 def _why(trial: service_pb2.Trial) -> str:
     """``error: <last line>`` (``reason:`` for an infeasible trial), else the stderr tail's last line."""
     if trial.error:
@@ -84,13 +64,6 @@ def _why(trial: service_pb2.Trial) -> str:
     if trial.stderr_tail and trial.state == service_pb2.TRIAL_FAILED:
         return f"stderr: {last_line(trial.stderr_tail)}"
     return ""
-
-
-def number(value: Any) -> str:
-    """Short form of a metric or parameter value: 4 significant digits for floats."""
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
 
 
 def metrics_text(metrics: Mapping[str, float], first: str = "") -> str:

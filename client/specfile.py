@@ -19,9 +19,10 @@ from typing import Any, Union
 
 import grpc
 import yaml
-from google.protobuf import descriptor_pool, json_format, struct_pb2
+from google.protobuf import descriptor_pool, json_format
 
 from tuneyard.client.errors import TuneyardError
+from tuneyard.common.trials import config_to_dict, integer_parameters
 from tuneyard.v1 import spec_pb2
 
 __all__ = ["SpecSource", "load_spec", "parse_spec_text", "config_to_dict", "integer_parameters"]
@@ -128,47 +129,3 @@ def _field_names(full_name: str) -> list[str]:
         return [f.name for f in descriptor_pool.Default().FindMessageTypeByName(full_name).fields]
     except KeyError:
         return []
-
-
-def integer_parameters(spec: spec_pb2.StudySpec) -> set[str]:
-    """Names of searched parameters whose values are integers.
-
-    ``int_range`` parameters, and ``choice`` parameters whose values are all
-    whole numbers (``filter_size: [3, 5]``, ``batch_size: [32, 64]``).
-    """
-    names: set[str] = set()
-    for param in spec.search_space:
-        domain = param.WhichOneof("domain")
-        if domain == "int_range":
-            names.add(param.name)
-        elif (
-            domain == "choice"
-            and param.choice.values
-            and all(
-                v.WhichOneof("kind") == "number_value" and float(v.number_value).is_integer()
-                for v in param.choice.values
-            )
-        ):
-            names.add(param.name)
-    return names
-
-
-def config_to_dict(config: struct_pb2.Struct | Mapping[str, Any], spec: spec_pb2.StudySpec) -> dict[str, Any]:
-    """A trial's config as a plain dict, with integer parameters as ``int`` again.
-
-    ``google.protobuf.Struct`` stores every number as a double, so a searched
-    ``num_filters`` of 64 arrives as ``64.0``; the spec says which parameters
-    are integers, and this restores them (used by the SDK and the CLI alike).
-    Keys follow the order of ``spec.search_space``.
-    """
-    if isinstance(config, struct_pb2.Struct):
-        values: dict[str, Any] = json_format.MessageToDict(config)
-    else:
-        values = dict(config)
-    for name in integer_parameters(spec):
-        value = values.get(name)
-        if isinstance(value, float) and value.is_integer():
-            values[name] = int(value)
-    # Struct keys come back in no useful order; list them as the search space does.
-    order = {param.name: i for i, param in enumerate(spec.search_space)}
-    return dict(sorted(values.items(), key=lambda item: (order.get(item[0], len(order)), item[0])))
