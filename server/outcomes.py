@@ -1,15 +1,17 @@
-"""How a trial's run ended, from the worker's last message: the state and the forensics to store.
+"""How a trial's run ended, from the task's final message (`messages.Final`): the state and the
+forensics to store.
 
-Workers end a task with ("done", key, result), ("error", key, traceback, forensics),
-("infeasible", key, reason) or ("crashed", key, why, forensics). A failure is classified as
-"crash" (the process died), "timeout" (it stopped sending heartbeats and was killed), "oom" (out
-of GPU memory) or "error" (the training code raised).
+A failure is classified as "crash" (the process died), "timeout" (it stopped sending heartbeats
+and was killed), "stopped" (killed after ignoring a stop request), "oom" (out of GPU memory) or
+"error" (the training code raised).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+from tuneyard.server.messages import Crashed, Done, Error, Final, Infeasible
 
 OOM_MARKS = ("OutOfMemoryError", "CUDA out of memory")
 
@@ -18,7 +20,7 @@ def is_oom(text: str) -> bool:
     return any(mark in text for mark in OOM_MARKS)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Ending:
     """A trial run's end as the runner sees it."""
 
@@ -26,7 +28,9 @@ class Ending:
     result: dict[str, Any] = field(default_factory=dict)  # of a "done" run
     error: str = ""
     reason: str = ""  # crash | timeout | oom | error | stopped (killed after a stop request)
-    forensics: dict[str, Any] = field(default_factory=dict)
+    exit_code: int | None = None
+    exit_signal: str = ""
+    stderr_tail: str = ""
 
     @property
     def failed(self) -> bool:
@@ -42,23 +46,25 @@ class Ending:
         return {
             "error": self.error,
             "failure_reason": self.reason,
-            "exit_code": self.forensics.get("exit_code"),
-            "exit_signal": self.forensics.get("exit_signal", ""),
-            "stderr_tail": self.forensics.get("stderr_tail", ""),
+            "exit_code": self.exit_code,
+            "exit_signal": self.exit_signal,
+            "stderr_tail": self.stderr_tail,
         }
 
 
-def ending_of(msg: tuple[Any, ...]) -> Ending:
-    """Reads a worker's final message."""
-    kind = msg[0]
-    if kind == "done":
-        return Ending(kind, result=dict(msg[2]))
-    if kind == "infeasible":
-        return Ending(kind, error=str(msg[2]))
-    forensics = dict(msg[3]) if len(msg) > 3 else {}
-    if kind == "error":
-        return Ending(kind, error=str(msg[2]), reason="oom" if is_oom(str(msg[2])) else "error", forensics=forensics)
-    reason = forensics.get("reason", "crash")
-    if reason == "crash" and is_oom(forensics.get("stderr_tail", "")):
-        reason = "oom"  # the CUDA allocator aborted the process
-    return Ending("crashed", error=str(msg[2]), reason=reason, forensics=forensics)
+def ending_of(msg: Final) -> Ending:
+    """Reads a task's final message."""
+    match msg:
+        case Done(result=result):
+            return Ending("done", result=dict(result))
+        case Infeasible(reason=reason):
+            return Ending("infeasible", error=str(reason))
+        case Error(traceback=text, stderr_tail=tail):
+            return Ending("error", error=str(text), reason="oom" if is_oom(str(text)) else "error", stderr_tail=tail)
+        case Crashed(why=why, reason=reason, exit_code=code, exit_signal=signame, stderr_tail=tail):
+            if reason == "crash" and is_oom(tail):
+                reason = "oom"  # the CUDA allocator aborted the process
+            return Ending(
+                "crashed", error=str(why), reason=reason, exit_code=code, exit_signal=signame, stderr_tail=tail
+            )
+    raise TypeError(f"not a final message: {msg!r}")

@@ -4,9 +4,10 @@ The same interface as the local `WorkerPool`: the device scheduler asks for a wo
 share and gets a `RayWorker`, which the runner drives exactly like a local worker. Each actor
 requests `num_gpus` equal to the trial's share of a GPU (fractional included) — or a share of a CPU
 on a cluster without GPUs — imports torch once, and runs trial after trial, streaming its
-messages back through a Ray streaming generator (`worker.run_task` produces them, as in a local
-worker process). An actor that dies — its process killed, its node lost, Ray's memory monitor —
-ends its task "crashed" (or "oom") with Ray's explanation, and a fresh actor takes its place.
+messages (`messages`) back through a Ray streaming generator (`worker.run_task` produces them, as
+in a local worker process). An actor that dies — its process killed, its node lost, Ray's memory
+monitor — ends its task `Crashed` (reason "oom" for the memory monitor) with Ray's explanation,
+and a fresh actor takes its place.
 
 The cluster's devices are its GPUs (or CPU slots) counted from `ray.cluster_resources()`; Ray
 decides which node and GPU an actor lands on. Checkpoints must live on a path every node sees
@@ -20,17 +21,27 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from tuneyard.server.devices import Device
+from tuneyard.server.messages import (
+    FINAL,
+    Crashed,
+    Done,
+    Epoch,
+    Error,
+    FromWorker,
+    Infeasible,
+    Request,
+    Sink,
+    TaskMessage,
+)
 from tuneyard.server.worker import make_trainer, run_task
 from tuneyard.server.workers import PooledWorkers
 
 log = logging.getLogger(__name__)
-Sink = Callable[[tuple[Any, ...]], None]
-FINAL = ("done", "error", "infeasible")
 RAY_TOKEN_FILE = Path.home() / ".ray" / "auth_token"
 
 
@@ -55,17 +66,18 @@ class TrialActor:
     def stop(self, key: Any) -> None:
         self._stops.add(key)
 
-    def run(self, op: str, key: Any, task: dict[str, Any]) -> Iterator[tuple[Any, ...]]:
+    def run(self, request: Request) -> Iterator[FromWorker]:
         """Runs the task in a thread (so `stop` can arrive meanwhile) and yields its messages."""
+        key = request.key
         self._stops.discard(key)
-        messages: queue.Queue[tuple[Any, ...]] = queue.Queue()
+        messages: queue.Queue[FromWorker] = queue.Queue()
         threading.Thread(
-            target=run_task, args=(self.trainer, op, key, task, messages.put, lambda: key in self._stops), daemon=True
+            target=run_task, args=(self.trainer, request, messages.put, lambda: key in self._stops), daemon=True
         ).start()
         while True:
             msg = messages.get()
             yield msg
-            if msg[0] in FINAL:
+            if isinstance(msg, FINAL):
                 return
 
 
@@ -122,31 +134,32 @@ class RayWorker:
     def silent_for(self) -> float:
         return time.monotonic() - self.last_beat if self._task is not None else 0.0
 
-    def submit(self, op: str, key: Any, task: dict[str, Any], sink: Sink) -> None:
+    def submit(self, request: Request, sink: Sink) -> None:
         with self._lock:
-            self._task = (key, sink)
+            self._task = (request.key, sink)
             self.last_beat = time.monotonic()
-            stream = self._actor.run.options(num_returns="streaming").remote(op, key, task)
-        threading.Thread(target=self._read, args=(key, stream), name=f"ray-{self.device.name}", daemon=True).start()
+            stream = self._actor.run.options(num_returns="streaming").remote(request)
+        threading.Thread(
+            target=self._read, args=(request.key, stream), name=f"ray-{self.device.name}", daemon=True
+        ).start()
 
     def _read(self, key: Any, stream: Any) -> None:
         ray = _ray()
         try:
             for ref in stream:
-                msg = ray.get(ref)
+                msg: FromWorker = ray.get(ref)
                 self.last_beat = time.monotonic()
-                if msg[0] == "epoch":
-                    self._deliver(key, msg, final=False)
-                elif msg[0] in FINAL:
-                    self.tasks_done += 1
-                    if msg[0] == "error":
-                        msg = (*msg, {"reason": "error", "stderr_tail": ""})
-                    self._deliver(key, msg, final=True)
-                    return
+                match msg:
+                    case Epoch():
+                        self._deliver(key, msg, final=False)
+                    case Done() | Error() | Infeasible():  # an Error has no stderr tail here: Ray keeps the logs
+                        self.tasks_done += 1
+                        self._deliver(key, msg, final=True)
+                        return
         except Exception as exc:  # noqa: BLE001 - the actor died: its task crashed
             self._on_death(key, exc)
 
-    def _deliver(self, key: Any, msg: tuple[Any, ...], final: bool) -> None:
+    def _deliver(self, key: Any, msg: TaskMessage, final: bool) -> None:
         with self._lock:
             sink = self._task[1] if self._task and self._task[0] == key else None
             if final and sink is not None:
@@ -162,14 +175,13 @@ class RayWorker:
         why = f"Ray actor on {self.device.name} died: {type(exc).__name__}: {text.splitlines()[0] if text else ''}"
         log.warning("%s; starting a new one", why)
         tail = "\n".join(text.splitlines()[-50:])
-        forensics = {"reason": reason, "exit_code": None, "exit_signal": "", "stderr_tail": tail}
         with self._lock:
             task, self._task = self._task, None
         self.restarts += 1
         if not self._closing:
             self._start_actor()
         if task is not None and task[0] == key:
-            task[1](("crashed", key, why, forensics))
+            task[1](Crashed(key, why, reason, exit_code=None, exit_signal="", stderr_tail=tail))
 
     def stop(self, key: Any) -> None:
         with self._lock:

@@ -21,12 +21,27 @@ import queue
 import socket
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 from tuneyard.plugins.api import Choice, Decision
 from tuneyard.plugins.manager import PluginRegistry
 from tuneyard.server.domain import StoreError, StudyState, TrialRecord, TrialState, trial_to_dict
 from tuneyard.server.events import EventHub
+from tuneyard.server.messages import (
+    Crashed,
+    Done,
+    Epoch,
+    Error,
+    Evaluate,
+    Inbox,
+    Infeasible,
+    Peer,
+    Request,
+    TaskMessage,
+    Train,
+    Wake,
+)
 from tuneyard.server.outcomes import Ending, ending_of
 from tuneyard.server.pareto import pareto_front
 from tuneyard.server.scheduler import Allocation, DeviceScheduler
@@ -99,7 +114,7 @@ class StudyRunner(threading.Thread):
         self._tasks: dict[int, dict[str, Any]] = {}
         self._peers_pending: dict[int, int] = {}
         self._rank0_result: dict[int, dict[str, Any]] = {}
-        self._inbox: queue.Queue[tuple[Any, ...]] = queue.Queue()
+        self._inbox: queue.Queue[Inbox] = queue.Queue()
         self._cancelled = threading.Event()
         self._halted = threading.Event()
         self._running: dict[int, Allocation] = {}
@@ -120,7 +135,7 @@ class StudyRunner(threading.Thread):
 
     def cancel(self) -> None:
         self._cancelled.set()
-        self._inbox.put(("wake",))
+        self._inbox.put(Wake())
 
     def halt(self) -> None:
         """Server shutdown: stop trials and return, leaving the study unfinished in storage.
@@ -129,10 +144,10 @@ class StudyRunner(threading.Thread):
         start resumes it.
         """
         self._halted.set()
-        self._inbox.put(("wake",))
+        self._inbox.put(Wake())
 
     def _wake(self) -> None:
-        self._inbox.put(("wake",))
+        self._inbox.put(Wake())
 
     def _publish(self, kind: str, payload: dict[str, Any]) -> None:
         self.hub.publish(self.study_id, kind, payload)
@@ -310,7 +325,7 @@ class StudyRunner(threading.Thread):
             self._running[trial_id] = alloc
             self.storage.update_trial(self.study_id, trial_id, device=alloc.name)
             task = {**self._tasks[trial_id], **placement(alloc, self._memory_gb), "resume": True}
-            self._submit("train", trial_id, task, alloc)
+            self._submit(Train(trial_id, task), alloc)
 
     def _max_epochs(self) -> int:
         """The most epochs any trial may train: training.epochs, or the top of its searched range."""
@@ -388,38 +403,42 @@ class StudyRunner(threading.Thread):
             self._publish("trial_started", {"trial": trial_to_dict(trial)})
         self.registry.on_trial_start(self.study_id, trial_id, dict(config))
         self._tasks[trial_id] = task
-        self._submit("train", trial_id, {**task, **placement(alloc, self._memory_gb)}, alloc)
+        self._submit(Train(trial_id, {**task, **placement(alloc, self._memory_gb)}), alloc)
 
-    def _submit(self, op: str, key: Any, task: dict[str, Any], alloc: Allocation) -> None:
+    def _submit(self, request: Request, alloc: Allocation) -> None:
         """Sends the task to every rank; ranks after the first report only how they end."""
-        world = len(alloc.workers)
+        key, world = request.key, len(alloc.workers)
         port = free_port() if world > 1 else 0
         self._peers_pending[key] = world - 1
         for rank, worker in enumerate(alloc.workers):
-            ranked = {**task, "rank": rank, "world_size": world, "dist_port": port}
-            sink = self._inbox.put if rank == 0 else (lambda msg, key=key: self._inbox.put(("peer", key, msg)))
-            worker.submit(op, key, ranked, sink)
+            ranked = replace(request, task={**request.task, "rank": rank, "world_size": world, "dist_port": port})
+            sink = self._inbox.put if rank == 0 else (lambda msg, key=key: self._inbox.put(Peer(key, msg)))
+            worker.submit(ranked, sink)
 
     # ---- messages from workers ----
 
-    def _handle(self, msg: tuple[Any, ...]) -> None:
-        kind = msg[0]
-        if kind == "wake":
-            return
-        trial_id = msg[1]
-        if trial_id not in self._running:
-            return  # a late message of a trial already ended (e.g. another rank of a failed one)
-        if kind == "peer":
-            kind, msg = self._peer_message(trial_id, msg[2])
-            if kind is None:
+    def _handle(self, msg: Inbox) -> None:
+        match msg:
+            case Wake():
                 return
-        elif kind == "done" and self._peers_pending.get(trial_id):
-            self._rank0_result[trial_id] = msg[2]
-            return
-        if kind == "epoch":
-            self._on_epoch(trial_id, msg[2], msg[3])
-        else:
-            self._on_end(trial_id, ending_of(msg))
+            case _ if msg.key not in self._running:
+                return  # a late message of a trial already ended (e.g. another rank of a failed one)
+            case Peer(key=trial_id, message=peer):
+                folded = self._peer_message(trial_id, peer)
+                if folded is not None:
+                    self._on_message(folded)
+            case Done(key=trial_id, result=result) if self._peers_pending.get(trial_id):
+                self._rank0_result[trial_id] = result
+            case _:
+                self._on_message(msg)
+
+    def _on_message(self, msg: TaskMessage) -> None:
+        """An epoch or the end of a running trial (of its first rank, or folded from all ranks)."""
+        match msg:
+            case Epoch(key=trial_id, epoch=epoch, metrics=metrics):
+                self._on_epoch(trial_id, epoch, metrics)
+            case Done() | Error() | Infeasible() | Crashed():
+                self._on_end(msg.key, ending_of(msg))
 
     def _tell_stopper(self, trial_id: int, epoch: int, metrics: dict[str, float]) -> bool:
         """Reports an epoch to the early stopper once; True when it says STOP."""
@@ -444,18 +463,21 @@ class StudyRunner(threading.Thread):
         if stop:
             self._stop_trial(trial_id, "pruned")
 
-    def _peer_message(self, trial_id: int, msg: tuple[Any, ...]) -> tuple[str | None, tuple[Any, ...]]:
+    def _peer_message(self, trial_id: int, msg: TaskMessage) -> TaskMessage | None:
         """Folds another rank's message into the trial: its failure fails the trial; the last
-        rank to finish releases rank 0's result."""
-        if msg[0] in ("error", "crashed"):
-            return msg[0], (msg[0], trial_id, f"rank of a distributed trial failed: {msg[2]}", *msg[3:])
-        if msg[0] == "infeasible":
-            return msg[0], msg
-        if msg[0] == "done":
-            self._peers_pending[trial_id] -= 1
-            if self._peers_pending[trial_id] == 0 and trial_id in self._rank0_result:
-                return "done", ("done", trial_id, self._rank0_result[trial_id])
-        return None, msg
+        rank to finish releases rank 0's result; None when the trial learns nothing yet."""
+        match msg:
+            case Error(traceback=text):
+                return replace(msg, key=trial_id, traceback=f"rank of a distributed trial failed: {text}")
+            case Crashed(why=text):
+                return replace(msg, key=trial_id, why=f"rank of a distributed trial failed: {text}")
+            case Infeasible():
+                return msg
+            case Done():
+                self._peers_pending[trial_id] -= 1
+                if self._peers_pending[trial_id] == 0 and trial_id in self._rank0_result:
+                    return Done(trial_id, self._rank0_result[trial_id])
+        return None
 
     def _on_end(self, trial_id: int, ending: Ending) -> None:
         alloc = self._running.pop(trial_id)
@@ -582,7 +604,7 @@ class StudyRunner(threading.Thread):
                 **placement(alloc, self._memory_gb),
             }
             worker = alloc.workers[0]
-            worker.submit("evaluate", "test", task, self._inbox.put)
+            worker.submit(Evaluate("test", task), self._inbox.put)
             while not self._halted.is_set():
                 if self._cancelled.is_set():
                     self._drop_evaluation(worker)
@@ -590,17 +612,15 @@ class StudyRunner(threading.Thread):
                     return None
                 if self.heartbeat_timeout and worker.silent_for() > self.heartbeat_timeout:
                     worker.kill("timeout")
-                msg = self._next_message()
-                if msg is None:
-                    continue
-                if msg[0] == "done" and msg[1] == "test":
-                    return dict(msg[2])
-                if msg[0] in ("error", "crashed") and msg[1] == "test":
-                    self._set_state(
-                        StudyState.FAILED, error=f"test evaluation of trial {best.trial_id} failed: {msg[2]}",
-                        end_time=time.time(),
-                    )  # fmt: skip
-                    return None
+                match self._next_message():
+                    case Done(key="test", result=result):
+                        return dict(result)
+                    case Error(key="test", traceback=text) | Crashed(key="test", why=text):
+                        self._set_state(
+                            StudyState.FAILED, error=f"test evaluation of trial {best.trial_id} failed: {text}",
+                            end_time=time.time(),
+                        )  # fmt: skip
+                        return None
             return None
         finally:
             self.scheduler.withdraw(self.study_id)
@@ -610,12 +630,12 @@ class StudyRunner(threading.Thread):
         """The test score is no longer wanted: let a nearly done evaluation end, else kill it."""
         until = time.monotonic() + STOP_GRACE_S
         while time.monotonic() < until:
-            msg = self._next_message()
-            if msg is not None and msg[1] == "test" and msg[0] in ("done", "error", "crashed"):
-                return
+            match self._next_message():
+                case Done(key="test") | Error(key="test") | Crashed(key="test"):
+                    return
         worker.kill("stopped")
 
-    def _next_message(self) -> tuple[Any, ...] | None:
+    def _next_message(self) -> Inbox | None:
         try:
             return self._inbox.get(timeout=POLL_S)
         except queue.Empty:

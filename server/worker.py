@@ -1,9 +1,8 @@
 """The worker process: imports torch once, then runs trials sent over its pipe, one after another.
 
-Messages from the server: ("train", key, task), ("evaluate", key, task), ("stop", key), ("shutdown",).
-Messages to the server: ("ready", pid), ("beat", key) at most every HEARTBEAT_S while a task makes
-progress, ("epoch", key, epoch, metrics), ("done", key, result), ("error", key, traceback_text),
-("infeasible", key, reason).
+It receives `Train`, `Evaluate`, `Stop` and `Shutdown` and sends `Ready`, `Beat` (at most every
+HEARTBEAT_S while a task makes progress), `Epoch` and one final `Done`, `Error` or `Infeasible` per
+task: the protocol of `messages`, shared with the Ray executor through `run_task`.
 
 The process writes its stderr to its own log file (the server quotes a failed trial's part of
 it), dumps a Python traceback there on a fatal signal, and dies with the server.
@@ -22,6 +21,21 @@ import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
+
+from tuneyard.server.messages import (
+    Beat,
+    Done,
+    Epoch,
+    Error,
+    Evaluate,
+    FromWorker,
+    Infeasible,
+    Ready,
+    Request,
+    Shutdown,
+    Stop,
+    Train,
+)
 
 HEARTBEAT_S = 1.0
 PARENT_CHECK_S = 0.5  # where the kernel cannot end this process with the server (not Linux)
@@ -90,43 +104,44 @@ def make_trainer(device: str, threads: int, data_root: str) -> Any:
 
 
 def run_task(
-    trainer: Any, op: str, key: Any, task: dict[str, Any], send: Callable[[tuple[Any, ...]], None],
-    stop_requested: Callable[[], bool],
-) -> None:  # fmt: skip
+    trainer: Any, request: Request, send: Callable[[FromWorker], None], stop_requested: Callable[[], bool]
+) -> None:
     """Runs one task, sending its messages (beats, epochs, and one final message) through `send`.
 
     Shared by the local worker process and the Ray actor, so both executors report alike.
     """
-    from tuneyard.plugins.api import Infeasible
+    from tuneyard.plugins.api import Infeasible as InfeasibleConfig
 
+    key = request.key
     last_beat = [0.0]
 
     def beat() -> None:
         now = time.monotonic()
         if now - last_beat[0] >= HEARTBEAT_S:
             last_beat[0] = now
-            send(("beat", key))
+            send(Beat(key))
 
     def should_stop() -> bool:
         beat()
         return stop_requested()
 
     def report(epoch: int, metrics: dict[str, float]) -> None:
-        send(("epoch", key, epoch, metrics))
+        send(Epoch(key, epoch, metrics))
 
     trainer.heartbeat = beat
     try:
-        if op == "train":
-            result: Any = trainer.train(task, report, should_stop)
-        else:
-            result = trainer.evaluate(task)
-        send(("done", key, result))
+        match request:
+            case Train(task=task):
+                result: Any = trainer.train(task, report, should_stop)
+            case Evaluate(task=task):
+                result = trainer.evaluate(task)
+        send(Done(key, result))
     except SystemExit:
         raise
-    except Infeasible as exc:
-        send(("infeasible", key, str(exc) or type(exc).__name__))
+    except InfeasibleConfig as exc:
+        send(Infeasible(key, str(exc) or type(exc).__name__))
     except BaseException:  # noqa: BLE001 - the trial fails, the worker lives on
-        send(("error", key, traceback.format_exc(limit=20)))
+        send(Error(key, traceback.format_exc(limit=20)))
 
 
 def worker_main(conn: Connection, slot: dict[str, Any]) -> None:
@@ -137,31 +152,32 @@ def worker_main(conn: Connection, slot: dict[str, Any]) -> None:
         _redirect_stderr(slot["log_path"])
     os.environ["CUDA_VISIBLE_DEVICES"] = slot["cuda_visible"]
     trainer = make_trainer(slot["device"], slot["threads"], slot.get("data_root", ""))
-    conn.send(("ready", os.getpid()))
+    conn.send(Ready(os.getpid()))
     pending_stop: set[Any] = set()
 
     def drain() -> None:
         while conn.poll():
-            msg = conn.recv()
-            if msg[0] == "stop":
-                pending_stop.add(msg[1])
-            elif msg[0] == "shutdown":
-                raise SystemExit(0)
+            match conn.recv():
+                case Stop(key=key):
+                    pending_stop.add(key)
+                case Shutdown():
+                    raise SystemExit(0)
 
     while True:
         try:
             msg = conn.recv()
         except EOFError:
             return
-        if msg[0] == "shutdown":
-            return
-        if msg[0] == "stop":
-            continue  # the trial already ended
-        op, key, task = msg
-        pending_stop.discard(key)
+        match msg:
+            case Shutdown():
+                return
+            case Train() | Evaluate():
+                pending_stop.discard(msg.key)
 
-        def stop_requested(key: Any = key) -> bool:
-            drain()
-            return key in pending_stop
+                def stop_requested(key: Any = msg.key) -> bool:
+                    drain()
+                    return key in pending_stop
 
-        run_task(trainer, op, key, task, conn.send, stop_requested)
+                run_task(trainer, msg, conn.send, stop_requested)
+            case _:
+                continue  # a Stop of a task that already ended

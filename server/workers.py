@@ -3,13 +3,13 @@
 Each worker imports torch once and runs trials one after another, so a trial costs a pipe
 message, not a process start. A device gets one worker at start and more on demand when trials
 are packed onto it (fractional `gpus_per_trial`). A reader thread per worker forwards its
-messages to the sink given with the current task; when the process dies mid-task the sink gets
-("crashed", key, why, forensics) and a fresh process takes its place. With `max_trials_per_worker` a
-worker is recycled (a fresh process) after that many tasks.
+messages (`messages.Epoch` and the task's final message) to the sink given with the current task;
+when the process dies mid-task the sink gets `messages.Crashed` and a fresh process takes its
+place. With `max_trials_per_worker` a worker is recycled (a fresh process) after that many tasks.
 
-Each process writes its stderr to `<log_dir>/<worker>.log`; a task's failure ("error", "crashed")
-carries forensics: the reason ("crash", "timeout", "error"), exit code and signal of a dead
-process, and the last STDERR_LINES lines written to stderr during the task. `last_beat` is when
+Each process writes its stderr to `<log_dir>/<worker>.log`; a task's failure (`Error`, `Crashed`)
+carries forensics: the last STDERR_LINES lines written to stderr during the task, and for a dead
+process the reason ("crash", "timeout", "stopped"), exit code and signal. `last_beat` is when
 the current task last showed progress; the runner kills a worker whose task went quiet.
 
 Every process is started from one thread (`Spawner`), so Linux ends each with the server (see
@@ -29,17 +29,30 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import replace
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
 from tuneyard.server.devices import Device
+from tuneyard.server.messages import (
+    Beat,
+    Crashed,
+    Done,
+    Epoch,
+    Error,
+    FromWorker,
+    Infeasible,
+    Ready,
+    Request,
+    Shutdown,
+    Sink,
+    Stop,
+)
 from tuneyard.server.worker import worker_main
 
 log = logging.getLogger(__name__)
-Sink = Callable[[tuple[Any, ...]], None]
 STDERR_LINES = 50
 TAIL_BYTES = 64 * 1024  # enough for 50 long lines; the tail is read from the end of the log
 LOG_ROTATE_BYTES = 16 * 1024 * 1024
@@ -174,14 +187,14 @@ class Worker:
             return 0.0
         return time.monotonic() - self.last_beat
 
-    def submit(self, op: str, key: Any, task: dict[str, Any], sink: Sink) -> None:
+    def submit(self, request: Request, sink: Sink) -> None:
         """Sends a task; its messages go to `sink`. The worker must be idle (the scheduler ensures it)."""
         with self._lock:
-            self._task = (key, sink)
+            self._task = (request.key, sink)
             self._log_offset = self._log_size()
             self.last_beat = time.monotonic()
             try:
-                self._conn.send((op, key, task))
+                self._conn.send(request)
             except (BrokenPipeError, OSError):
                 pass  # the reader sees the death and reports the task as crashed
 
@@ -190,7 +203,7 @@ class Worker:
         with self._lock:
             if self._task and self._task[0] == key:
                 try:
-                    self._conn.send(("stop", key))
+                    self._conn.send(Stop(key))
                 except (BrokenPipeError, OSError):
                     pass
 
@@ -228,41 +241,49 @@ class Worker:
     def _read_loop(self) -> None:
         while True:
             try:
-                msg = self._conn.recv()
+                msg: FromWorker = self._conn.recv()
             except (EOFError, OSError):
                 if self._closing:
                     return
                 self._on_death()
                 continue
-            kind = msg[0]
-            if kind == "ready":
-                self._ready, self.last_beat = True, time.monotonic()
-                continue
-            key = msg[1]
-            if kind in ("beat", "epoch"):
-                with self._lock:
-                    current = self._task is not None and self._task[0] == key
-                    sink = self._task[1] if current and self._task else None
-                if current:
-                    self.last_beat = time.monotonic()
-                if sink and kind == "epoch":
-                    sink(msg)
-            elif kind in ("done", "error", "infeasible"):
-                if kind == "error":
-                    msg = (*msg, {"reason": "error", "stderr_tail": self._stderr_tail()})
-                self.tasks_done += 1
-                self._tasks_this_process += 1
-                if self._max_tasks and self._tasks_this_process >= self._max_tasks:
-                    self._recycle()
-                sink = self._finish(key)
-                if sink:
-                    sink(msg)
+            match msg:
+                case Ready():
+                    self._ready, self.last_beat = True, time.monotonic()
+                case Beat(key=key):
+                    self._progress(key)
+                case Epoch(key=key):
+                    sink = self._progress(key)
+                    if sink:
+                        sink(msg)
+                case Error():
+                    self._end_task(replace(msg, stderr_tail=self._stderr_tail()))
+                case Done() | Infeasible():
+                    self._end_task(msg)
+
+    def _progress(self, key: Any) -> Sink | None:
+        """Notes that task `key` showed progress; its sink, or None when `key` is not the current task."""
+        with self._lock:
+            current = self._task is not None and self._task[0] == key
+            sink = self._task[1] if current and self._task else None
+        if current:
+            self.last_beat = time.monotonic()
+        return sink
+
+    def _end_task(self, msg: Done | Error | Infeasible) -> None:
+        self.tasks_done += 1
+        self._tasks_this_process += 1
+        if self._max_tasks and self._tasks_this_process >= self._max_tasks:
+            self._recycle()
+        sink = self._finish(msg.key)
+        if sink:
+            sink(msg)
 
     def _recycle(self) -> None:
         """Replaces the process after `max_trials_per_worker` tasks, before the next task arrives."""
         old, old_conn = self.process, self._conn
         try:
-            old_conn.send(("shutdown",))
+            old_conn.send(Shutdown())
         except (BrokenPipeError, OSError):
             pass
         old.join(10)
@@ -283,13 +304,13 @@ class Worker:
         log.warning("%s on %s; starting a new one", why, self.device.name)
         with self._lock:
             task, self._task = self._task, None
-        forensics = {"reason": reason, "exit_code": code, "exit_signal": signame, "stderr_tail": self._stderr_tail()}
+        tail = self._stderr_tail()  # before the new process writes to the log
         self.restarts += 1
         self._conn.close()
         self._start_process()
         if task:
             key, sink = task
-            sink(("crashed", key, why, forensics))
+            sink(Crashed(key, why, reason, exit_code=code, exit_signal=signame, stderr_tail=tail))
 
     @property
     def closed(self) -> bool:
@@ -298,7 +319,7 @@ class Worker:
     def close(self, timeout: float = 5.0) -> None:
         self._closing = True
         try:
-            self._conn.send(("shutdown",))
+            self._conn.send(Shutdown())
         except (BrokenPipeError, OSError):
             pass
         self.process.join(timeout)

@@ -1,0 +1,145 @@
+"""The worker protocol: every message between the server and a worker, in both directions.
+
+One module, so the local executor (`workers`), the Ray executor (`ray_executor`), the worker
+process (`worker`) and the study runner agree on what a message holds; each side dispatches with
+`match`. Messages cross a multiprocessing pipe (pickle) and Ray (cloudpickle), so they hold plain
+data only. A task's key is its trial id, or "test" for the best trial's test evaluation.
+
+To a worker: `Train` or `Evaluate` (a task), `Stop` (end task `key` at its next batch boundary),
+`Shutdown`. From a worker: `Ready` once torch is imported, `Beat` at most every `worker.HEARTBEAT_S`
+while a task makes progress, `Epoch` per finished epoch, and one final message per task: `Done`,
+`Error` (the training code raised), `Infeasible` (the configuration cannot run). The executor adds
+`Crashed` when the process running a task died or was killed, and the stderr tail to an `Error`.
+The runner's own inbox also carries `Wake` (look again at the loop's conditions) and `Peer`
+(a message of a data-parallel trial's rank after the first).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+# ---- to the worker ----
+
+
+@dataclass(frozen=True, slots=True)
+class Train:
+    """Train (or resume, with task["resume"]) a trial: settings, checkpoint path, objective, placement."""
+
+    key: Any
+    task: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluate:
+    """Score a trained checkpoint on the test split."""
+
+    key: Any
+    task: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """End task `key` at its next batch boundary; ignored when that task already ended."""
+
+    key: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown:
+    """Exit the worker process."""
+
+
+# ---- from the worker ----
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """The process has imported torch and loaded the plugins: from now on a quiet task is its own fault."""
+
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Beat:
+    """Task `key` is making progress (the executor's heartbeat clock)."""
+
+    key: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Epoch:
+    """Task `key` finished `epoch` with these validation metrics."""
+
+    key: Any
+    epoch: int
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """Task `key` ended normally: a training result (final_metrics, stopped, ...) or test metrics."""
+
+    key: Any
+    result: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    """The training code raised; `stderr_tail` is what the process wrote to stderr during the task
+    (added by the local executor, which owns the log)."""
+
+    key: Any
+    traceback: str
+    stderr_tail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Infeasible:
+    """The configuration cannot run (a plugin raised `Infeasible`); not a failure."""
+
+    key: Any
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Crashed:
+    """The process running task `key` died or was killed; sent by the executor, never the worker.
+
+    `reason` is "crash" (it died), "timeout" (killed: no heartbeat in time), "stopped" (killed: it
+    ignored a stop) or "oom" (Ray's memory monitor); `exit_code` and `exit_signal` are a local
+    process's, `stderr_tail` its last stderr lines (Ray: the actor's death explanation)."""
+
+    key: Any
+    why: str
+    reason: str = "crash"
+    exit_code: int | None = None
+    exit_signal: str = ""
+    stderr_tail: str = ""
+
+
+# ---- the runner's inbox ----
+
+
+@dataclass(frozen=True, slots=True)
+class Wake:
+    """Nothing happened to a trial; the runner should look at its loop's conditions again."""
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """`message` came from a rank after the first of data-parallel trial `key`."""
+
+    key: Any
+    message: TaskMessage
+
+
+ToWorker = Train | Evaluate | Stop | Shutdown
+Request = Train | Evaluate
+Final = Done | Error | Infeasible | Crashed  # the one message that ends a task
+TaskMessage = Epoch | Final  # what a task's sink receives
+FromWorker = Ready | Beat | Epoch | Done | Error | Infeasible
+Inbox = TaskMessage | Peer | Wake  # what the study runner reads
+Sink = Callable[[TaskMessage], None]
+FINAL = (Done, Error, Infeasible, Crashed)  # for isinstance
