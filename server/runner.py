@@ -615,7 +615,11 @@ class StudyRunner(threading.Thread):
                 match self._next_message():
                     case Done(key="test", result=result):
                         return dict(result)
-                    case Error(key="test", traceback=text) | Crashed(key="test", why=text):
+                    case (
+                        Error(key="test", traceback=text)
+                        | Crashed(key="test", why=text)
+                        | Infeasible(key="test", reason=text)
+                    ):  # an evaluation that cannot run ends the study: waiting would never end
                         self._set_state(
                             StudyState.FAILED, error=f"test evaluation of trial {best.trial_id} failed: {text}",
                             end_time=time.time(),
@@ -631,7 +635,7 @@ class StudyRunner(threading.Thread):
         until = time.monotonic() + STOP_GRACE_S
         while time.monotonic() < until:
             match self._next_message():
-                case Done(key="test") | Error(key="test") | Crashed(key="test"):
+                case Done(key="test") | Error(key="test") | Crashed(key="test") | Infeasible(key="test"):
                     return
         worker.kill("stopped")
 

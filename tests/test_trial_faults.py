@@ -195,6 +195,17 @@ def test_cancel_stops_running_trials_promptly_and_keeps_their_results(stub, faul
     assert again.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
+def test_a_best_trial_whose_test_evaluation_is_infeasible_fails_the_study(stub, tmp_path):
+    """The model could be built for training but not for the test split: the study ends FAILED
+    saying so (it once waited for an answer that never came)."""
+    spec = faulty_spec(epochs=2, fault="infeasible_later", at_epoch=2, once_marker=str(tmp_path / "now-infeasible"))
+    study, trials, events = run(stub, spec)
+    assert [t.state for t in trials] == [pb.TRIAL_COMPLETED]
+    assert study.state == pb.STUDY_FAILED
+    assert "test evaluation of trial 1 failed: the model cannot be built any more" in study.error, study.error
+    assert events[-1].study_state.state == pb.STUDY_FAILED
+
+
 def test_server_survived_every_fault(stub, fault_server):
     assert fault_server.proc.poll() is None
     study, _, _ = run(stub, faulty_spec())

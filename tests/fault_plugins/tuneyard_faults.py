@@ -22,7 +22,7 @@ from torch import nn
 from tuneyard.plugins import hookimpl
 from tuneyard.plugins.api import Decision, Infeasible
 
-FAULTS = ("none", "crash", "exit", "segfault", "hang", "raise", "oom", "infeasible")
+FAULTS = ("none", "crash", "exit", "segfault", "hang", "raise", "oom", "infeasible", "infeasible_later")
 
 
 class FaultyModel(nn.Module):
@@ -65,6 +65,8 @@ class FaultyModel(nn.Module):
             time.sleep(3600)
         elif self.fault == "raise":
             raise RuntimeError(f"fault injected at epoch {epoch}")
+        elif self.fault == "infeasible_later":  # from now on the model cannot be built (e.g. for the test split)
+            Path(self.once_marker).write_text(str(os.getpid()))
         elif self.fault == "oom":
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (simulated)")
 
@@ -89,7 +91,8 @@ def faulty(
     """A linear model that crashes, exits, segfaults, hangs, raises or runs out of memory on request.
 
     Args:
-        fault: none, crash (SIGKILL), exit (exit code 3), segfault, hang, raise, oom, infeasible.
+        fault: none, crash (SIGKILL), exit (exit code 3), segfault, hang, raise, oom, infeasible, or
+            infeasible_later (writes `once_marker` at `at_epoch`; a model built after that is infeasible).
         at_epoch: the epoch whose start fires the fault.
         once_marker: a file path; when given, the fault fires only if the file does not exist yet.
         epoch_sleep: seconds to sleep at the start of every epoch (slow trials for the tests).
@@ -101,6 +104,8 @@ def faulty(
         raise ValueError(f"fault must be one of {', '.join(FAULTS)}; got {fault!r}")
     if fault == "infeasible" or width == 0:
         raise Infeasible(f"width {width} cannot build this model")
+    if fault == "infeasible_later" and Path(once_marker).exists():
+        raise Infeasible("the model cannot be built any more")
     inputs = 1
     for dim in input_shape:
         inputs *= int(dim)
