@@ -14,7 +14,7 @@ import grpc
 import pytest
 from support import tiny_spec, to_proto
 
-from tuneyard.server.limits import MAX_GPU_MEMORY_GB, MAX_RESPONSE_BYTES, MIN_GPU_SHARE
+from tuneyard.server.limits import MAX_GPU_MEMORY_GB, MIN_GPU_SHARE
 from tuneyard.server.spec import MAX_SEED
 from tuneyard.v1 import service_pb2 as pb
 
@@ -203,18 +203,23 @@ def test_many_alternatives_validate_and_overlapping_ones_are_refused(own_stub):
     assert details.startswith("spec.search_space[2].name:") and "disjoint" in details, details
 
 
-def test_large_studies_are_listed_in_pages_every_client_can_receive(own_stub):
+def test_large_studies_are_listed_in_pages_every_client_can_receive(own_stub, monkeypatch):
     """Studies near the spec cap once made ListStudies' answer larger than the 4 MiB a gRPC client
-    takes by default, so no client could list any study; now a page holds what fits."""
+    takes by default, so no client could list any study; now a page holds what fits. (The budget is
+    lowered here so that small studies show it.)"""
+    from tuneyard.server import servicer
+
+    budget = 300_000
+    monkeypatch.setattr(servicer, "MAX_RESPONSE_BYTES", budget)
     ids = set()
-    for _ in range(3):
-        study = create(own_stub, tiny_spec(search_space=alternatives(500, 360)))
+    for _ in range(5):
+        study = create(own_stub, tiny_spec(search_space=alternatives(25, 360)))  # ~100 kB each
         cancel(own_stub, study.study_id)
         ids.add(study.study_id)
     pages, token = [], ""
     while True:
         page = own_stub.ListStudies(pb.ListStudiesRequest(page_size=50, page_token=token))
-        assert page.ByteSize() <= MAX_RESPONSE_BYTES
+        assert page.ByteSize() <= budget
         pages.append([s.study_id for s in page.studies])
         token = page.next_page_token
         if not token:
@@ -222,6 +227,8 @@ def test_large_studies_are_listed_in_pages_every_client_can_receive(own_stub):
     listed = [study_id for page in pages for study_id in page]
     assert len(listed) == len(set(listed)) and ids <= set(listed)
     assert len(pages) >= 2
+    trials = own_stub.ListTrials(pb.ListTrialsRequest(study_id=next(iter(ids)), page_size=50))
+    assert trials.ByteSize() <= budget
 
 
 @pytest.mark.parametrize(("searcher", "option"), [("tpe", "n_ei_candidates"), ("cmaes", "popsize")])
