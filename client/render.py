@@ -25,7 +25,7 @@ _FINISHED = ("completed", "failed", "pruned", "cancelled", "infeasible")
 STDERR_LINES = 50  # the server keeps this many; a longer tail is cut to it here as well
 # Per-epoch columns of `tuneyard trial` beside the objectives (all metrics are in "final metrics").
 _CURVE_METRICS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "lr")
-_STATE_STYLE = {
+_STATE_STYLE: dict[int, str] = {
     service_pb2.TRIAL_COMPLETED: "green",
     service_pb2.TRIAL_FAILED: "red",
     service_pb2.TRIAL_INFEASIBLE: "yellow",

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
@@ -47,12 +47,13 @@ def is_terminal(event: service_pb2.StudyEvent) -> bool:
     return event.WhichOneof("event") == "study_state" and event.study_state.state in TERMINAL_STATES
 
 
-def parse_state(state: str | int | None) -> int:
+def parse_state(state: str | int | None) -> service_pb2.StudyState:
     """A ``StudyState`` from ``None``, an enum number, or a name (``completed``, ``STUDY_COMPLETED``)."""
     if state is None or state == "":
         return service_pb2.STUDY_STATE_UNSPECIFIED
     if isinstance(state, int):
-        return state
+        # Protobuf enums are plain ints at runtime; the generated stubs type them as the enum class.
+        return cast(service_pb2.StudyState, state)
     name = state.strip().upper()
     for candidate in (name, f"STUDY_{name}"):
         if candidate in service_pb2.StudyState.keys():

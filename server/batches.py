@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
@@ -87,7 +87,8 @@ class Batches:
         if pipeline == "device" and not isinstance(data, TensorDataset):
             raise ValueError("data_pipeline 'device' needs an in-memory (tensor) dataset; use 'auto' or 'loader'")
         self.on_device = pipeline == "device" or (pipeline == "auto" and fits_on_device(data, device))
-        self.tensors = [t.to(device) for t in data.tensors] if self.on_device else None
+        # on_device implies a TensorDataset: the "device" pipeline checked it above, fits_on_device checks it.
+        self.tensors = [t.to(device) for t in cast(TensorDataset, data).tensors] if self.on_device else None
         self.loader = None if self.on_device else DataLoader(
             _Augmented(data, self.augmentations), batch_size=batch_size, shuffle=shuffle,
             generator=self.generator, num_workers=loader_workers, pin_memory=device.type == "cuda",

@@ -86,7 +86,7 @@ def spec_from_dict(spec: dict[str, Any]) -> spec_pb2.StudySpec:
         return msg
 
 
-def study_state_to_proto(state: StudyState) -> int:
+def study_state_to_proto(state: StudyState) -> pb.StudyState:
     return pb.StudyState.Value(f"STUDY_{state.value}")
 
 

@@ -463,6 +463,8 @@ class SpecValidator:
             if len({repr(v) for v in values}) != len(values):
                 raise InvalidArgument(f"{p}.values", "values must be distinct")
             return Choice(values=tuple(int(v) if isinstance(v, float) and v.is_integer() else v for v in values))
+        low: int | float
+        high: int | float
         if kind == "int_range":
             low = _int(body.get("low", 0), f"{p}.low")
             high = _int(body.get("high", 0), f"{p}.high")

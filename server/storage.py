@@ -349,7 +349,8 @@ class Storage:
     ) -> tuple[list[StudyRecord], str]:
         after = decode_token(page_token)
         with self._lock:
-            query, args = "SELECT * FROM studies WHERE row > ?", [after]
+            query = "SELECT * FROM studies WHERE row > ?"
+            args: list[int | str] = [after]
             if state is not None:
                 query += " AND state = ?"
                 args.append(state.value)

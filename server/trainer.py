@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 import torch.distributed as dist
@@ -84,6 +84,12 @@ class _Ranks:
             dist.destroy_process_group()
 
 
+class _EpochAware(Protocol):
+    """A model that changes between epochs (e.g. unfreezes layers); see the model hook in hookspecs."""
+
+    def on_epoch_start(self, epoch: int) -> None: ...
+
+
 class Trainer:
     """Builds dataset, augmentations, model, optimizer and schedule for a trial, and trains it."""
 
@@ -136,7 +142,8 @@ class Trainer:
         self, training: dict[str, Any], splits: DatasetSplits
     ) -> tuple[list[Transform], list[BatchTransform]]:
         """Per-sample augmentations (before normalisation) and batch-level ones (after it)."""
-        per_sample, per_batch = [], []
+        per_sample: list[Transform] = []
+        per_batch: list[BatchTransform] = []
         for aug in training["augmentations"]:
             made = self.registry.create(
                 "augmentation", aug["name"], aug["options"],
@@ -242,7 +249,7 @@ class Trainer:
         for epoch in range(done + 1, epochs + 1):
             started = time.perf_counter()
             if hasattr(core, "on_epoch_start"):
-                core.on_epoch_start(epoch)
+                cast(_EpochAware, core).on_epoch_start(epoch)
             counts = {  # after on_epoch_start, which may unfreeze layers
                 "params": float(sum(p.numel() for p in core.parameters())),
                 "trainable_params": float(sum(p.numel() for p in core.parameters() if p.requires_grad)),
@@ -272,7 +279,7 @@ class Trainer:
                 summed_loss += loss.detach() * len(y)
                 correct += (logits.argmax(1) == y).sum()
                 seen += len(y)
-            total_loss, correct = summed_loss.item(), int(correct.item())  # waits for the device
+            total_loss, n_correct = summed_loss.item(), int(correct.item())  # waits for the device
             train_seconds = time.perf_counter() - started
             if not math.isfinite(total_loss):
                 raise FloatingPointError(f"training loss diverged at epoch {epoch}")
@@ -287,7 +294,7 @@ class Trainer:
             metrics = {
                 "inference_latency_ms": self._latency_ms(evaluated, x[:1]),
                 "train_loss": total_loss / max(seen, 1),
-                "train_accuracy": correct / max(seen, 1),
+                "train_accuracy": n_correct / max(seen, 1),
                 "val_loss": val["loss"],
                 "val_accuracy": val["accuracy"],
                 "lr": float(optimizer.param_groups[0]["lr"]),

@@ -221,8 +221,8 @@ def _load_images(files: list[Path], size: int, mode: str) -> torch.Tensor:
     out = torch.empty((len(files), channels, size, size), dtype=torch.uint8)
     for i, file in enumerate(files):
         try:
-            with Image.open(file) as image:
-                image = image.convert(mode).resize((size, size), Image.Resampling.BILINEAR)
+            with Image.open(file) as opened:
+                image = opened.convert(mode).resize((size, size), Image.Resampling.BILINEAR)
                 array = np.asarray(image, dtype=np.uint8)
         except (OSError, UnidentifiedImageError, ValueError) as exc:
             raise ValueError(f"cannot read image {file}: {exc}") from None

@@ -11,6 +11,7 @@ import os
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -118,7 +119,7 @@ def load_backbone_weights(model: nn.Module, backbone: str, state: dict[str, torc
         if theirs.shape[0] == mine.shape[0]:
             kernel = tuple(theirs.shape[2:])
             if kernel != tuple(mine.shape[2:]) and fam.kind != "vit" and kernel[0] == kernel[1]:
-                stride = model.get_submodule(fam.stem).stride[0]
+                stride = cast(nn.Conv2d, model.get_submodule(fam.stem)).stride[0]
                 replace_stem_conv(model, backbone, mine.shape[1], kernel=kernel[0], stride=stride)
             if theirs.shape[1] != mine.shape[1]:
                 state[stem_key] = _adapt_input_channels(theirs, mine.shape[1])
@@ -156,7 +157,7 @@ def _few(keys: list[str], limit: int = 4) -> str:
 def add_head(model: nn.Module, backbone: str, num_classes: int, head_layers: int, head_width: int) -> None:
     """Replace the classifier with ``head_layers`` x (Linear(head_width) + ReLU) and a final Linear."""
     path = family(backbone).head
-    old = model.get_submodule(path)
+    old = cast(nn.Linear, model.get_submodule(path))  # every family's classifier ends in a Linear
     layers: list[nn.Module] = []
     features = old.in_features
     for _ in range(head_layers):

@@ -176,12 +176,12 @@ class OptunaSearcher:
             self._study.tell(trial, state=self._optuna.trial.TrialState.FAIL)
         for _ in range(100):  # the sampler keeps repeating itself: a random config not seen yet
             candidate = _space.build(self.space, lambda i, p, c: _space.sample(p.domain, self._rng))
-            config = self._enqueued(candidate)
-            if config is not None:
-                return self._accept(trial_id, *config)
+            enqueued = self._enqueued(candidate)
+            if enqueued is not None:
+                return self._accept(trial_id, *enqueued)
         left = self._seen.left()
-        config = self._enqueued(left[0]) if left else None
-        return self._accept(trial_id, *config) if config is not None else None
+        enqueued = self._enqueued(left[0]) if left else None
+        return self._accept(trial_id, *enqueued) if enqueued is not None else None
 
     def _accept(self, trial_id: int, trial: Any, config: Config) -> Config:
         self._pending[trial_id] = trial

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
 
@@ -72,7 +72,7 @@ def _conv_like(old: nn.Conv2d, in_channels: int, kernel: int, stride: int, paddi
 def replace_stem_conv(model: nn.Module, name: str, in_channels: int, kernel: int, stride: int) -> None:
     """Swap the first convolution for a fresh one with these input channels, kernel and stride."""
     fam = family(name)
-    old = model.get_submodule(fam.stem)
+    old = cast(nn.Conv2d, model.get_submodule(fam.stem))  # every family's stem is a convolution
     padding = 0 if fam.kind == "vit" else kernel // 2
     set_module(model, fam.stem, _conv_like(old, in_channels, kernel, stride, padding, fam.kind))
 
@@ -138,7 +138,7 @@ def stages(model: nn.Module, name: str) -> list[list[str]]:
     if kind == "resnet":
         return [["conv1", "bn1"], ["layer1"], ["layer2"], ["layer3"], ["layer4"]]
     if kind == "mobile":
-        return [[f"features.{i}"] for i in range(len(model.features))]
+        return [[f"features.{i}"] for i in range(len(cast(nn.Sequential, model.features)))]
     layers = model.get_submodule("encoder.layers")
     return [["conv_proj", "class_token", "encoder.pos_embedding"]] + [
         [f"encoder.layers.{child}"] for child, _ in layers.named_children()

@@ -22,7 +22,8 @@ every epoch. With a ``monitor``, the call is ``scheduler.step(metrics[monitor])`
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Literal, cast
 
 import torch
 from torch.optim.lr_scheduler import (
@@ -126,7 +127,7 @@ def onecycle(
         max_lr=peak,
         total_steps=max(1, epochs * steps_per_epoch),
         pct_start=pct_start,
-        anneal_strategy=anneal_strategy,
+        anneal_strategy=cast(Literal["cos", "linear"], anneal_strategy),  # checked above
         div_factor=div_factor,
         final_div_factor=final_div_factor,
         cycle_momentum=cycle_momentum,
@@ -170,7 +171,7 @@ def linear_warmup_cosine(
         raise ValueError(f"min_lr must be >= 0, got {min_lr}")
     total = max(1, epochs * steps_per_epoch)
     warmup = min(total, round(warmup_epochs * steps_per_epoch))
-    lambdas = []
+    lambdas: list[Callable[[int], float]] = []
     for group in optimizer.param_groups:
         base = group.get("initial_lr", group["lr"])
         lambdas.append(WarmupCosine(warmup, total, min_lr / base if base > 0 else 0.0))

@@ -95,7 +95,9 @@ def best_so_far(points: Sequence[tuple[int, float]], maximize: bool) -> list[tup
 
 def history_data(data: ReportData) -> tuple[list[tuple[int, float, int]], list[tuple[int, float]]]:
     """Dots ``(trial_id, objective, state)`` and the best-so-far steps over completed trials."""
-    dots = [(t.trial_id, v, t.state) for t in data.trials if (v := objective(t)) is not None]
+    dots: list[tuple[int, float, int]] = [
+        (t.trial_id, v, t.state) for t in data.trials if (v := objective(t)) is not None
+    ]
     done = [(i, v) for i, v, s in dots if s == service_pb2.TRIAL_COMPLETED]
     return dots, best_so_far(done, data.maximize)
 
@@ -107,6 +109,11 @@ class Axis:
     name: str
     position: Callable[[Any], float | None]
     ticks: list[tuple[float, str]]
+
+
+def _categorical(where: dict[str, float]) -> Callable[[Any], float | None]:
+    """A categorical axis' position: each value's place by its text, None for one the axis lacks."""
+    return lambda v: where.get(str(v))
 
 
 def _numeric_axis(name: str, values: list[float], log: bool) -> Axis:
@@ -147,7 +154,7 @@ def parallel_data(data: ReportData) -> tuple[list[Axis], list[tuple[int, list[fl
             cats = sorted({str(v) for v in values})
             step = 1 / (len(cats) - 1) if len(cats) > 1 else 0.0
             where = {c: (i * step if len(cats) > 1 else 0.5) for i, c in enumerate(cats)}
-            axes.append(Axis(param.name, lambda v, w=where: w.get(str(v)), [(p, c) for c, p in where.items()]))
+            axes.append(Axis(param.name, _categorical(where), [(p, c) for c, p in where.items()]))
     scored = {t.trial_id: v for t in data.trials if (v := objective(t)) is not None}
     if scored:
         obj = _numeric_axis(data.metric, list(scored.values()), False)

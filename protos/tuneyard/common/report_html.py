@@ -29,7 +29,7 @@ __all__ = ["PALETTE", "STATE_COLOURS", "build_html", "colour"]
 
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
            "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")  # fmt: skip
-STATE_COLOURS = {
+STATE_COLOURS: dict[int, str] = {
     service_pb2.TRIAL_COMPLETED: "#2ca02c",
     service_pb2.TRIAL_FAILED: "#d62728",
     service_pb2.TRIAL_PRUNED: "#7f7f7f",
