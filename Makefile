@@ -27,8 +27,17 @@ test: $(STAMP) chromium
 test-load: $(STAMP)
 	$(PY) -m pytest -m load -s tests/test_load.py
 
+# mypy cannot follow setuptools' package-dir mapping, so lint links the import package's tree under
+# build/mypy (pyproject's [tool.mypy] mypy_path) and type-checks it there.
+MYPY_TREE := build/mypy/tuneyard
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check --extend-exclude '*.md' .
+	rm -rf $(MYPY_TREE) && mkdir -p $(MYPY_TREE)
+	for f in __init__.py py.typed v1 common; do ln -s $(CURDIR)/protos/tuneyard/$$f $(MYPY_TREE)/$$f || exit 1; done
+	for d in server plugins client examples; do ln -s $(CURDIR)/$$d $(MYPY_TREE)/$$d || exit 1; done
+	$(VENV)/bin/mypy
 
 protos: $(STAMP)
 	$(PY) -m grpc_tools.protoc -I protos --python_out=protos --pyi_out=protos --grpc_python_out=protos protos/tuneyard/v1/*.proto
