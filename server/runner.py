@@ -529,7 +529,8 @@ class StudyRunner(threading.Thread):
             if trial.state == TrialState.COMPLETED and len(self.plan.objectives) > 1:
                 self._update_pareto(trial)
             if trial.state == TrialState.COMPLETED and trial.objective_value is not None:
-                if self._best is None or self.plan.objective.better(trial.objective_value, self._best.objective_value):
+                best_value = self._best.objective_value if self._best is not None else None
+                if best_value is None or self.plan.objective.better(trial.objective_value, best_value):
                     self._best = trial
                     self.storage.update_study(self.study_id, best_trial_id=trial_id)
                     self._publish("best_trial_changed", {"trial": trial_to_dict(trial)})

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tuneyard.server.devices import Device
-from tuneyard.server.workers import Worker, WorkerPool
+from tuneyard.server.executor import Executor, WorkerHandle
 
 EPS = 1e-9
 
@@ -29,7 +29,7 @@ class Allocation:
     study_id: str
     devices: tuple[Device, ...]
     share: float
-    workers: list[Worker]
+    workers: list[WorkerHandle]
     holder: str = ""
     memory_bytes: int = 0  # GPU memory reserved on each device (packed trials)
 
@@ -60,7 +60,7 @@ class _Usage:
 class DeviceScheduler:
     """Hands out device shares with workers; thread safe."""
 
-    def __init__(self, devices: list[Device], pool: WorkerPool) -> None:
+    def __init__(self, devices: list[Device], pool: Executor) -> None:
         self.devices = devices
         self.pool = pool
         self._lock = threading.Lock()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from tuneyard.plugins.api import Choice, FloatRange, IntRange, Parameter
@@ -178,7 +178,7 @@ def values_all(param: Parameter) -> list[Any]:
     return list(int_values(d))
 
 
-def enumerate_configs(space: Sequence[Parameter], values: Callable[[Parameter], list[Any]]) -> Iterator[Config]:
+def enumerate_configs(space: Sequence[Parameter], values: Callable[[Parameter], Iterable[Any]]) -> Iterator[Config]:
     """Every config of the space in a fixed order (first parameter slowest), conditions honoured."""
     config: Config = {}
 
