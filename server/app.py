@@ -163,7 +163,7 @@ def start_server(
         ],
     )
     servicer = TrainingServicer(
-        storage=storage, studies=studies, hub=hub, registry=registry, scheduler=scheduler, executor=pool.name,
+        storage=storage, studies=studies, hub=hub, registry=registry, scheduler=scheduler, executor=pool,
         authenticator=authenticator,
     )  # fmt: skip
     wire.add_training_service(servicer, server)

@@ -17,6 +17,7 @@ from tuneyard.server import convert
 from tuneyard.server.domain import InvalidArgument, ResourceExhausted
 from tuneyard.server.errors import streaming, unary
 from tuneyard.server.events import EventHub
+from tuneyard.server.executor import Executor
 from tuneyard.server.limits import (
     MAX_ID_CHARS,
     MAX_RESPONSE_BYTES,
@@ -95,7 +96,7 @@ class TrainingServicer(service_pb2_grpc.TrainingServiceServicer):
         hub: EventHub,
         registry: PluginRegistry,
         scheduler: DeviceScheduler,
-        executor: str,
+        executor: Executor,
         authenticator: Authenticator | None = None,
     ) -> None:
         self.storage, self.studies, self.hub = storage, studies, hub
@@ -213,5 +214,5 @@ class TrainingServicer(service_pb2_grpc.TrainingServiceServicer):
             )  # fmt: skip
             for device, used, workers, busy, holders in self.scheduler.occupancy()
         ]
-        nodes = [pb.Node(**node) for node in self.scheduler.pool.nodes()]
-        return pb.ServerInfo(version=__version__, executor=self.executor, devices=devices, nodes=nodes)
+        nodes = [pb.Node(**node) for node in self.executor.nodes()]
+        return pb.ServerInfo(version=__version__, executor=self.executor.name, devices=devices, nodes=nodes)
