@@ -8,9 +8,11 @@ and was killed), "stopped" (killed after ignoring a stop request), "oom" (out of
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tuneyard.server.domain import TrialState
 from tuneyard.server.messages import Crashed, Done, Error, Final, Infeasible
 
 OOM_MARKS = ("OutOfMemoryError", "CUDA out of memory")
@@ -68,3 +70,57 @@ def ending_of(msg: Final) -> Ending:
                 "crashed", error=str(why), reason=reason, exit_code=code, exit_signal=signame, stderr_tail=tail
             )
     raise TypeError(f"not a final message: {msg!r}")
+
+
+# ---- what the runner does with an ending ----
+
+
+@dataclass(frozen=True)
+class RunAgain:
+    """The trial runs again from its last checkpoint, on `units` of a device. `retry`: it counts
+    against `budget.trial_retries` (a crash or hang); an OOM beside other trials does not."""
+
+    units: float
+    retry: bool
+
+
+@dataclass(frozen=True)
+class Finish:
+    """The trial ends with `ending` (a run killed after a stop request ends as the stopped run it was)."""
+
+    ending: Ending
+
+
+def decide(
+    ending: Ending, *, stop_reason: str | None, share: float, units: float, retries: int, max_retries: int,
+    kept_metrics: Callable[[], dict[str, float]],
+) -> RunAgain | Finish:  # fmt: skip
+    """How a trial run that ended goes on, the one place that decides it.
+
+    A packed trial out of GPU memory runs again on twice the share; a trial killed because it
+    ignored a stop request was stopped, with the metrics it had stored (`kept_metrics`); a crash or
+    hang runs again while retries remain; anything else finishes the trial.
+    """
+    if ending.kind == "error" and ending.reason == "oom" and share < 1 and not stop_reason:
+        return RunAgain(units=min(1.0, units * 2), retry=False)
+    if ending.kind == "crashed" and stop_reason:
+        return Finish(Ending("done", result={"final_metrics": kept_metrics(), "stopped": True}))
+    if ending.retryable and not stop_reason and retries < max_retries:
+        return RunAgain(units=units, retry=True)
+    return Finish(ending)
+
+
+def final_state(ending: Ending, stop_reason: str | None) -> TrialState:
+    """The state a finished trial is stored with. A run that stopped on request is PRUNED (the early
+    stopper), CANCELLED (a cancel, a server shutdown, or a deadline before its first epoch) or
+    COMPLETED (a deadline after it had metrics)."""
+    if ending.kind == "infeasible":
+        return TrialState.INFEASIBLE
+    if ending.kind != "done":
+        return TrialState.FAILED
+    reason = stop_reason if ending.result.get("stopped") else None
+    if reason == "pruned":
+        return TrialState.PRUNED
+    if reason in ("cancelled", "halted") or (reason == "deadline" and not ending.result.get("final_metrics")):
+        return TrialState.CANCELLED
+    return TrialState.COMPLETED

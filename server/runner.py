@@ -42,7 +42,7 @@ from tuneyard.server.messages import (
     Train,
     Wake,
 )
-from tuneyard.server.outcomes import Ending, ending_of
+from tuneyard.server.outcomes import Ending, Finish, RunAgain, decide, ending_of, final_state
 from tuneyard.server.pareto import pareto_front
 from tuneyard.server.scheduler import Allocation, DeviceScheduler
 from tuneyard.server.spec import StudyPlan
@@ -489,33 +489,35 @@ class StudyRunner(threading.Thread):
             for worker in alloc.workers:  # ranks still inside a collective would wait forever
                 worker.kill()
         self.scheduler.release(alloc)
-        if ending.kind == "error" and ending.reason == "oom" and alloc.share < 1 and not stop:
-            log.warning("trial %s ran out of GPU memory beside others; re-queued with more room", trial_id)
-            self._requeued.append((trial_id, min(1.0, alloc.units * 2)))
-            return
-        if ending.kind == "crashed" and stop:  # killed because it ignored the stop: it was stopped
-            kept = self.storage.get_trial(self.study_id, trial_id).final_metrics
-            ending = Ending("done", result={"final_metrics": kept, "stopped": True})
-        if ending.retryable and not stop and self._retries.get(trial_id, 0) < self.plan.trial_retries:
-            self._retries[trial_id] = self._retries.get(trial_id, 0) + 1
-            log.warning("trial %s/%s: %s; retry %d of %d from its last checkpoint", self.study_id, trial_id,
-                        ending.error, self._retries[trial_id], self.plan.trial_retries)  # fmt: skip
-            self.storage.update_trial(self.study_id, trial_id, retries=self._retries[trial_id])
-            self._requeued.append((trial_id, alloc.units))
-            return
-        self._finish_trial(trial_id, ending)
+        decision = decide(
+            ending, stop_reason=stop, share=alloc.share, units=alloc.units, retries=self._retries.get(trial_id, 0),
+            max_retries=self.plan.trial_retries,
+            kept_metrics=lambda: self.storage.get_trial(self.study_id, trial_id).final_metrics,
+        )  # fmt: skip
+        match decision:
+            case RunAgain(units=units, retry=False):
+                log.warning("trial %s ran out of GPU memory beside others; re-queued with more room", trial_id)
+                self._requeued.append((trial_id, units))
+            case RunAgain(units=units, retry=True):
+                self._retries[trial_id] = self._retries.get(trial_id, 0) + 1
+                log.warning("trial %s/%s: %s; retry %d of %d from its last checkpoint", self.study_id, trial_id,
+                            ending.error, self._retries[trial_id], self.plan.trial_retries)  # fmt: skip
+                self.storage.update_trial(self.study_id, trial_id, retries=self._retries[trial_id])
+                self._requeued.append((trial_id, units))
+            case Finish(ending=final):
+                self._finish_trial(trial_id, final)
 
     def _finish_trial(self, trial_id: int, ending: Ending) -> None:
         """Stores the trial's end with the search state and its events, in one transaction."""
-        fields: dict[str, Any] = {"end_time": time.time()}
+        state = final_state(ending, self._stop_reason.get(trial_id))
+        fields: dict[str, Any] = {"end_time": time.time(), "state": state}
         if ending.kind == "done":
-            fields.update(self._done_fields(trial_id, ending.result))
+            fields.update(self._objective_fields(ending.result["final_metrics"]))
         elif ending.kind == "infeasible":
-            fields.update(state=TrialState.INFEASIBLE, error=ending.error)
+            fields.update(error=ending.error)
         else:
             self._failures += 1
-            fields.update(state=TrialState.FAILED, **ending.failure_fields())
-        state = fields["state"]
+            fields.update(ending.failure_fields())
         value = fields.get("objective_value") if state in (TrialState.COMPLETED, TrialState.PRUNED) else None
         self._searcher.observe(trial_id, state.value, value)
         if self._stopper is not None:
@@ -536,18 +538,9 @@ class StudyRunner(threading.Thread):
                     self._publish("best_trial_changed", {"trial": trial_to_dict(trial)})
         self.registry.on_trial_end(self.study_id, trial_id, trial.state.value, dict(trial.final_metrics))
 
-    def _done_fields(self, trial_id: int, result: dict[str, Any]) -> dict[str, Any]:
-        metrics = result["final_metrics"]
-        reason = self._stop_reason.get(trial_id) if result.get("stopped") else None
-        if reason == "pruned":
-            state = TrialState.PRUNED
-        elif reason in ("cancelled", "halted") or (reason == "deadline" and not metrics):
-            state = TrialState.CANCELLED
-        else:
-            state = TrialState.COMPLETED
+    def _objective_fields(self, metrics: dict[str, float]) -> dict[str, Any]:
         values = [metrics[o.metric] for o in self.plan.objectives if o.metric in metrics]
         return {
-            "state": state,
             "objective_value": metrics.get(self.plan.objective.metric),
             "objective_values": values if len(self.plan.objectives) > 1 else [],
         }
