@@ -33,7 +33,7 @@ from tuneyard.plugins.api import (
     resolve_data_path,
 )
 from tuneyard.plugins.manager import PluginRegistry
-from tuneyard.plugins.schema import coerce_option
+from tuneyard.plugins.schema import MAX_EXACT_INT, coerce_option
 from tuneyard.server.domain import InvalidArgument
 from tuneyard.server.limits import (
     MAX_CHOICE_VALUES,
@@ -61,8 +61,6 @@ MAX_TRIAL_RETRIES = 100
 MAX_ACCUMULATION_STEPS = 1024
 # Seeds reach numpy's RandomState (through Optuna's samplers), which takes 0 .. 2**32 - 1.
 MAX_SEED = 2**32 - 1
-# Integers travel to clients in protobuf Structs (doubles): beyond 2**53 they are not exact.
-MAX_EXACT_INT = 2**53
 # The one definition of every plain training field, checked alike whether a spec fixes it or
 # searches it (`training.<field>`): type, bounds and, for strings, the allowed values.
 TRAINING_FIELDS: dict[str, ParamSpec] = {

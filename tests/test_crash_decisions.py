@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 import pytest
-from support import REPO, tiny_spec, to_proto, watch_all
+from support import REPO, cap_store_pages, tiny_spec, to_proto, watch_all
 
 from tuneyard.v1 import service_pb2 as pb
 
@@ -131,11 +131,8 @@ def _fill_store(storage: Any) -> int:
     """Makes the store full for real: no page may be added (SQLITE_FULL) and ballast takes the free
     room of existing pages. Returns the limit it had, to restore it."""
     with storage.atomic():
-        db = storage._db
-        before = db.execute("PRAGMA max_page_count").fetchone()[0]
-        db.execute("CREATE TABLE IF NOT EXISTS ballast (junk BLOB)")
-        pages = db.execute("PRAGMA page_count").fetchone()[0]
-        db.execute(f"PRAGMA max_page_count = {pages}")
+        storage._db.execute("CREATE TABLE IF NOT EXISTS ballast (junk BLOB)")
+    before = cap_store_pages(storage)
     for size in (4096, 512, 64, 8):
         try:
             while True:
@@ -177,8 +174,7 @@ def test_a_full_store_fails_the_study_once_writable_and_the_server_serves_on(tmp
             assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, refused.value.details()
             assert "full" in refused.value.details()
 
-            with handle.storage.atomic():
-                handle.storage._db.execute(f"PRAGMA max_page_count = {limit}")
+            cap_store_pages(handle.storage, limit)
             runner.join(60)
             assert not runner.is_alive()
             study = stub.GetStudy(pb.GetStudyRequest(study_id=sid))

@@ -23,7 +23,7 @@ from typing import Any
 
 import grpc
 import pytest
-from support import ServerProcess, tiny_spec, to_proto
+from support import ServerProcess, cap_store_pages, tiny_spec, to_proto
 
 from tuneyard.server.app import start_server
 from tuneyard.server.domain import StoreFull, StoreInvalid, StudyState, TrialState
@@ -272,17 +272,6 @@ def served_stub(served_store: Any) -> Iterator[service_pb2_grpc.TrainingServiceS
         yield service_pb2_grpc.TrainingServiceStub(channel)
 
 
-def _set_max_pages(storage: Storage, pages: int | None) -> int:
-    """Caps the running store's size at `pages` (None: at its size now), on its own connection; returns the cap
-    it had. SQLite then fails a write that needs a new page with SQLITE_FULL, as on a full disk."""
-    with storage._lock:
-        before = storage._db.execute("PRAGMA max_page_count").fetchone()[0]
-        if pages is None:
-            pages = storage._db.execute("PRAGMA page_count").fetchone()[0]
-        storage._db.execute(f"PRAGMA max_page_count = {pages}")
-    return before
-
-
 def _create_until_full(stub: service_pb2_grpc.TrainingServiceStub) -> grpc.RpcError:
     """CreateStudy until the store refuses (studies that fit are cancelled); the error it answered."""
     for _ in range(10):
@@ -298,7 +287,7 @@ def test_full_store_answers_resource_exhausted_until_space_is_freed(
     served_store: Any, served_stub: service_pb2_grpc.TrainingServiceStub
 ) -> None:
     listed = len(served_stub.ListStudies(pb.ListStudiesRequest(page_size=1000), timeout=30).studies)
-    cap = _set_max_pages(served_store.storage, None)
+    cap = cap_store_pages(served_store.storage)
     try:
         err = _create_until_full(served_stub)
         assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.details()
@@ -307,7 +296,7 @@ def test_full_store_answers_resource_exhausted_until_space_is_freed(
         # Reads go on, and the refused study left nothing behind.
         assert len(served_stub.ListStudies(pb.ListStudiesRequest(page_size=1000), timeout=30).studies) >= listed
     finally:
-        _set_max_pages(served_store.storage, cap)
+        cap_store_pages(served_store.storage, cap)
     study = served_stub.CreateStudy(pb.CreateStudyRequest(spec=to_proto(BIG_SPEC)), timeout=60)
     served_stub.CancelStudy(pb.CancelStudyRequest(study_id=study.study_id), timeout=60)
 
@@ -316,13 +305,13 @@ def test_storage_raises_store_full_and_works_again_once_space_is_freed(tmp_path:
     storage = Storage(tmp_path / "data")
     try:
         study, _ = storage.create_study(tiny_spec(), "")
-        cap = _set_max_pages(storage, None)
+        cap = cap_store_pages(storage)
         with pytest.raises(StoreFull, match="database or disk is full"):
             with storage.atomic():  # the runner journals this way
                 for n in range(200):
                     storage.append_event(study.study_id, "log", {"line": f"{n:03d} " + "x" * 200})
         assert storage.last_sequence(study.study_id) == (0, False)  # the transaction was rolled back whole
-        _set_max_pages(storage, cap)
+        cap_store_pages(storage, cap)
         assert storage.append_event(study.study_id, "log", {"line": "space again"}).sequence == 1
     finally:
         storage.close()
