@@ -108,8 +108,10 @@ def run_study(client: Client, label: str, spec: dict[str, Any]) -> StudyRun:
 
 
 def table(runs: list[StudyRun], target: float) -> str:
-    head = f"{'study':<12} {'trials':>6} {'done':>5} {'pruned':>6} {'epochs':>7} {'best acc':>9} " \
-           f"{'epochs to target':>17} {'wall s':>7}"  # fmt: skip
+    head = (
+        f"{'study':<12} {'trials':>6} {'done':>5} {'pruned':>6} {'epochs':>7} {'best acc':>9} "
+        f"{'epochs to target':>17} {'wall s':>7}"
+    )
     rows = [head, "-" * len(head)]
     for r in runs:
         to_target = r.epochs_to(target)

@@ -24,23 +24,57 @@ from tuneyard.server.app import start_server
 from tuneyard.v1 import service_pb2 as pb
 from tuneyard.v1 import service_pb2_grpc, spec_pb2
 
-BIG = {"name": "synthetic", "options": {"num_samples": 24000, "num_classes": 10, "channels": 3, "size": 32,
-                                         "val_fraction": 0.1, "test_fraction": 0.1}}  # fmt: skip
-SMALL = {"name": "synthetic", "options": {"num_samples": 12000, "num_classes": 10, "channels": 1, "size": 16,
-                                           "val_fraction": 0.1, "test_fraction": 0.1}}  # fmt: skip
+BIG = {
+    "name": "synthetic",
+    "options": {
+        "num_samples": 24000,
+        "num_classes": 10,
+        "channels": 3,
+        "size": 32,
+        "val_fraction": 0.1,
+        "test_fraction": 0.1,
+    },
+}
+SMALL = {
+    "name": "synthetic",
+    "options": {
+        "num_samples": 12000,
+        "num_classes": 10,
+        "channels": 1,
+        "size": 16,
+        "val_fraction": 0.1,
+        "test_fraction": 0.1,
+    },
+}
 
 
-def spec(dataset: dict, model: dict, *, epochs: int, batch: int, trials: int = 1, gpus: float = 1.0,
-         pipeline: str = "auto", concurrent: int = 1) -> dict[str, Any]:  # fmt: skip
+def spec(
+    dataset: dict,
+    model: dict,
+    *,
+    epochs: int,
+    batch: int,
+    trials: int = 1,
+    gpus: float = 1.0,
+    pipeline: str = "auto",
+    concurrent: int = 1,
+) -> dict[str, Any]:
     return {
-        "name": "gpu-check", "dataset": dataset, "model": model,
-        "training": {"epochs": epochs, "batch_size": batch, "seed": 0, "data_pipeline": pipeline,
-                     "optimizer": {"name": "sgd", "options": {"lr": 0.05, "momentum": 0.9}}},
+        "name": "gpu-check",
+        "dataset": dataset,
+        "model": model,
+        "training": {
+            "epochs": epochs,
+            "batch_size": batch,
+            "seed": 0,
+            "data_pipeline": pipeline,
+            "optimizer": {"name": "sgd", "options": {"lr": 0.05, "momentum": 0.9}},
+        },
         "search_space": [{"name": "training.seed", "int_range": {"low": 0, "high": 100000}}] if trials > 1 else [],
         "objective": {"metric": "val_accuracy", "mode": "MAXIMIZE"},
         "budget": {"max_trials": trials, "max_concurrent_trials": concurrent},
         "resources": {"gpus_per_trial": gpus},
-    }  # fmt: skip
+    }
 
 
 def run_study(stub, body: dict) -> tuple[float, list[pb.Trial]]:
@@ -66,8 +100,13 @@ def plain_loop(epochs: int, batch: int) -> float:
     splits = registry.create("dataset", BIG["name"], BIG["options"], root="")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
-    model = registry.create("model", "resnet18", {"small_input": True}, input_shape=tuple(splits.input_shape),
-                            num_classes=splits.num_classes).to(device, memory_format=torch.channels_last)  # fmt: skip
+    model = registry.create(
+        "model",
+        "resnet18",
+        {"small_input": True},
+        input_shape=tuple(splits.input_shape),
+        num_classes=splits.num_classes,
+    ).to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     x, y = (t.to(device) for t in splits.train.tensors)
     mean = torch.tensor(splits.mean, device=device).view(1, -1, 1, 1)
@@ -110,21 +149,25 @@ def main() -> None:
     try:
         stub = service_pb2_grpc.TrainingServiceStub(grpc.insecure_channel(handle.address))
         # (a) one trial vs the plain loop
-        _, (trial,) = run_study(stub, spec(BIG, {"name": "resnet18", "options": {"small_input": True}},
-                                           epochs=epochs, batch=256))  # fmt: skip
+        _, (trial,) = run_study(
+            stub, spec(BIG, {"name": "resnet18", "options": {"small_input": True}}, epochs=epochs, batch=256)
+        )
         ours = train_big / steady_epoch_s(trial)
         plain = train_big / plain_loop(epochs, 256)
         result["throughput_ratio"] = ours / plain
         verdict = "met" if ours / plain >= 0.95 else "missed"
-        rows += [("a", "tuneyard trial, resnet18 32px, samples/s", ours, ""),
-                 ("a", "plain PyTorch loop, samples/s", plain, ""),
-                 ("a", "ratio (target >= 0.95)", ours / plain, verdict)]  # fmt: skip
+        rows += [
+            ("a", "tuneyard trial, resnet18 32px, samples/s", ours, ""),
+            ("a", "plain PyTorch loop, samples/s", plain, ""),
+            ("a", "ratio (target >= 0.95)", ours / plain, verdict),
+        ]
         # (b) 8 small trials, whole GPU each vs four packed per GPU
         small_model = {"name": "simple_cnn", "options": {"num_filters": 32, "num_conv_layers": 2}}
         aggregate = {}
         for gpus in (1.0, 0.25):
-            wall, trials = run_study(stub, spec(SMALL, small_model, epochs=epochs, batch=128, trials=8, gpus=gpus,
-                                                concurrent=8))  # fmt: skip
+            wall, trials = run_study(
+                stub, spec(SMALL, small_model, epochs=epochs, batch=128, trials=8, gpus=gpus, concurrent=8)
+            )
             aggregate[gpus] = sum(train_small * t.epochs_completed for t in trials) / wall
             label = f"8 trials, gpus_per_trial {gpus:g}: aggregate samples/s"
             rows.append(("b", label, aggregate[gpus], f"{wall:.1f} s"))

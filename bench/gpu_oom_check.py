@@ -23,13 +23,17 @@ SPEC = {
     "name": "oom-requeue",
     "dataset": {"name": "synthetic", "options": {"num_samples": 4000, "num_classes": 10, "channels": 3, "size": 32}},
     "model": {"name": "resnet18", "options": {"small_input": True}},
-    "training": {"epochs": 2, "batch_size": 512, "precision": "fp16",
-                 "optimizer": {"name": "sgd", "options": {"lr": 0.05, "momentum": 0.9}}},
+    "training": {
+        "epochs": 2,
+        "batch_size": 512,
+        "precision": "fp16",
+        "optimizer": {"name": "sgd", "options": {"lr": 0.05, "momentum": 0.9}},
+    },
     "search_space": [{"name": "training.seed", "int_range": {"low": 0, "high": 1000}}],
     "objective": {"metric": "val_accuracy", "mode": "MAXIMIZE"},
     "budget": {"max_trials": 2, "max_concurrent_trials": 2},
     "resources": {"gpus_per_trial": 0.25, "gpu_memory_gb": 0.3},
-}  # fmt: skip
+}
 
 
 def main() -> None:
@@ -45,9 +49,11 @@ def main() -> None:
         print(f"study {pb.StudyState.Name(done.state)} in {time.perf_counter() - started:.1f} s {done.error}")
         for t in stub.ListTrials(pb.ListTrialsRequest(study_id=study.study_id)).trials:
             peak = t.final_metrics.get("peak_memory_gb", float("nan"))
-            print(f"trial {t.trial_id}: {pb.TrialState.Name(t.state)} on {t.device}, epochs {t.epochs_completed}, "
-                  f"val_accuracy {t.final_metrics.get('val_accuracy', float('nan')):.3f}, peak {peak:.2f} GB "
-                  f"{t.error.strip().splitlines()[-1] if t.error else ''}")  # fmt: skip
+            print(
+                f"trial {t.trial_id}: {pb.TrialState.Name(t.state)} on {t.device}, epochs {t.epochs_completed}, "
+                f"val_accuracy {t.final_metrics.get('val_accuracy', float('nan')):.3f}, peak {peak:.2f} GB "
+                f"{t.error.strip().splitlines()[-1] if t.error else ''}"
+            )
     finally:
         handle.stop()
 

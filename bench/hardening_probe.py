@@ -49,10 +49,27 @@ class Server:
 
     def __init__(self, data: Path) -> None:
         path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH", ""), FAULT_PLUGINS) if p)
-        cmd = [sys.executable, "-m", "tuneyard.client.cli", "serve", "--port", "0", "--data-dir", str(data),
-               "--devices", "cpu", "--cpu-slots", "1"]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     env=dict(os.environ, PYTHONPATH=path, PYTHONUNBUFFERED="1"))  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "tuneyard.client.cli",
+            "serve",
+            "--port",
+            "0",
+            "--data-dir",
+            str(data),
+            "--devices",
+            "cpu",
+            "--cpu-slots",
+            "1",
+        ]
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=dict(os.environ, PYTHONPATH=path, PYTHONUNBUFFERED="1"),
+        )
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             found = re.search(r"serving on (\S+)", line)
@@ -131,10 +148,13 @@ def simple_cases(stub: Any) -> list[tuple[str, str, str]]:
     row("1", "training.seed 2**53+1 (stored as)", f"{code} {answer.spec.training.seed}" if code == "OK" else code)
     row("5", "gpus_per_trial 2**-20", create_outcome(stub, spec(**{"resources.gpus_per_trial": 2**-20}), wait=False))
     many = [{"name": "model.num_filters", "choice": {"values": [4, 8]}}] + [
-        {"name": "optimizer.lr", "float_range": {"low": 1e-3, "high": 1e-1},
-         "condition": {"parent": "model.num_filters", "values": list(range(i * 360, i * 360 + 360))}}
+        {
+            "name": "optimizer.lr",
+            "float_range": {"low": 1e-3, "high": 1e-1},
+            "condition": {"parent": "model.num_filters", "values": list(range(i * 360, i * 360 + 360))},
+        }
         for i in range(999)
-    ]  # fmt: skip
+    ]
     started = time.perf_counter()
     code, _ = call(
         lambda: stub.CreateStudy(pb.CreateStudyRequest(spec=spec(search_space=many, **{"budget.max_trials": 1})))
@@ -143,16 +163,21 @@ def simple_cases(stub: Any) -> list[tuple[str, str, str]]:
     for token_number in (2**70, -5):
         token = base64.urlsafe_b64encode(f"r{token_number}".encode()).decode()
         for name, fn in (("ListStudies", stub.ListStudies), ("ListTrials", stub.ListTrials)):
-            request = pb.ListStudiesRequest(page_token=token) if name == "ListStudies" else pb.ListTrialsRequest(
-                study_id="st-000000000000", page_token=token)  # fmt: skip
+            request = (
+                pb.ListStudiesRequest(page_token=token)
+                if name == "ListStudies"
+                else pb.ListTrialsRequest(study_id="st-000000000000", page_token=token)
+            )
             code, answer = call(lambda fn=fn, request=request: fn(request))
             row("6", f"{name} page_token r{token_number if token_number < 0 else '2**70'}", f"{code}")
     cases = {
         "training.seed -1 (the searcher's seed)": {"training.seed": "-1"},
         "training.seed 2**40": {"training.seed": str(2**40), "searcher": {"name": "tpe"}},
         "tpe n_startup_trials -1": {"searcher": {"name": "tpe", "options": {"n_startup_trials": -1}}},
-        "grid num_points 0": {"searcher": {"name": "grid", "options": {"num_points": 0}},
-                              "search_space": [{"name": "optimizer.lr", "float_range": {"low": 0.001, "high": 0.1}}]},
+        "grid num_points 0": {
+            "searcher": {"name": "grid", "options": {"num_points": 0}},
+            "search_space": [{"name": "optimizer.lr", "float_range": {"low": 0.001, "high": 0.1}}],
+        },
         "asha grace_period 0": {"early_stopping": {"name": "asha", "options": {"grace_period": 0}}},
         "asha reduction_factor 1": {"early_stopping": {"name": "asha", "options": {"reduction_factor": 1}}},
         "gpu_memory_gb 1e308": {"resources.gpu_memory_gb": 1e308},
@@ -161,19 +186,24 @@ def simple_cases(stub: Any) -> list[tuple[str, str, str]]:
         "searched training.precision fp8": searched("training.precision", choice={"values": ["fp8"]}),
         "searched training.data_pipeline gpu": searched("training.data_pipeline", choice={"values": ["gpu"]}),
         "searched grad_accumulation_steps -3": searched("training.grad_accumulation_steps", choice={"values": [-3]}),
-    }  # fmt: skip
+    }
     for what, changes in cases.items():
         row("7", what, create_outcome(stub, spec(**changes)))
     return rows
 
 
 def slow(log_dir: Path, **extra: Any) -> spec_pb2.StudySpec:
-    return spec(**{
-        "model": {"name": "faulty", "options": {"epoch_sleep": 0.3, "epoch_log": str(log_dir)}},
-        "training.epochs": 4, "training.batch_size": 256,
-        "search_space": [{"name": "model.width", "choice": {"values": [1, 2]}}],
-        "searcher": {"name": "grid"}, "budget": {"max_trials": 2, "max_concurrent_trials": 1}, **extra,
-    })  # fmt: skip
+    return spec(
+        **{
+            "model": {"name": "faulty", "options": {"epoch_sleep": 0.3, "epoch_log": str(log_dir)}},
+            "training.epochs": 4,
+            "training.batch_size": 256,
+            "search_space": [{"name": "model.width", "choice": {"values": [1, 2]}}],
+            "searcher": {"name": "grid"},
+            "budget": {"max_trials": 2, "max_concurrent_trials": 1},
+            **extra,
+        }
+    )
 
 
 def wait_trials(stub: Any, study_id: str, ready: Any, timeout: float = 180) -> bool:
@@ -190,8 +220,13 @@ def pruned_before_kill(root: Path) -> str:
     trial ends (the stopper stalls the runner there); how trial 1 ends after the restart."""
     data, logs = root / "prune-data", root / "prune-epochs"
     logs.mkdir()
-    options = {"trial": 1, "step": 1, "once_marker": str(root / "said-stop"), "stall_marker": str(root / "stalled"),
-               "stall": 5.0}  # fmt: skip
+    options = {
+        "trial": 1,
+        "step": 1,
+        "once_marker": str(root / "said-stop"),
+        "stall_marker": str(root / "stalled"),
+        "stall": 5.0,
+    }
     server = Server(data)
     study = server.stub.CreateStudy(
         pb.CreateStudyRequest(spec=slow(logs, early_stopping={"name": "stop_at", "options": options}))
@@ -237,8 +272,10 @@ def main() -> None:
     finally:
         server.stop()
     if not args.skip_crashes:
-        for item, what, probe in (("2", "STOP said, server killed before the trial ended", pruned_before_kill),
-                                  ("4", "data dir moved after a SIGKILL", moved_data_dir)):  # fmt: skip
+        for item, what, probe in (
+            ("2", "STOP said, server killed before the trial ended", pruned_before_kill),
+            ("4", "data dir moved after a SIGKILL", moved_data_dir),
+        ):
             outcome = probe(root)
             rows.append((item, what, outcome))
             print(f"{item:>3}  {what:<46} {outcome}", flush=True)

@@ -48,7 +48,7 @@ SPEC = {
     "objective": {"metric": "val_accuracy", "mode": "MAXIMIZE"},
     "budget": {"max_trials": WORKERS, "max_concurrent_trials": WORKERS},
     "resources": {"gpus_per_trial": 0.5},
-}  # fmt: skip
+}
 
 
 PF_EXITING = 0x4  # <linux/sched.h>: the process has begun to exit; it runs no more user code
@@ -84,8 +84,20 @@ def worker_pids(server_pid: int) -> list[int]:
 
 def start_server(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
     """`tuneyard serve` on 2 CPU slots; returns the process and the address from its banner."""
-    cmd = [sys.executable, "-m", "tuneyard.client.cli", "serve", "--port", "0", "--data-dir", str(data_dir),
-           "--devices", "cpu", "--cpu-slots", "2"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "tuneyard.client.cli",
+        "serve",
+        "--port",
+        "0",
+        "--data-dir",
+        str(data_dir),
+        "--devices",
+        "cpu",
+        "--cpu-slots",
+        "2",
+    ]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     assert proc.stdout is not None
@@ -168,8 +180,14 @@ def one_run(condition: str, load: int, timeout_s: float) -> dict[str, Any]:
                 server.kill()
             server.wait()
     server_s = times.pop(server.pid)[1]
-    return {"condition": condition, "workers": len(pids), "loadavg": loadavg, "server_s": server_s,
-            "exiting": sorted(t[0] for t in times.values()), "gone": sorted(t[1] for t in times.values())}  # fmt: skip
+    return {
+        "condition": condition,
+        "workers": len(pids),
+        "loadavg": loadavg,
+        "server_s": server_s,
+        "exiting": sorted(t[0] for t in times.values()),
+        "gone": sorted(t[1] for t in times.values()),
+    }
 
 
 def ms(seconds: float) -> str:
@@ -181,13 +199,17 @@ def print_table(rows: list[dict[str, Any]], timeout_s: float) -> None:
         f"ms from the server's SIGKILL: server gone; workers exiting (run no more code) and gone "
         f"({WORKERS} workers a run; survived = still alive at {timeout_s:g} s)"
     )
-    print(f"{'condition':<10} {'run':>3} {'load1':>6} {'server':>7} {'exiting med':>11} {'exiting max':>11} "
-          f"{'gone med':>9} {'gone max':>9} {'gone after server':>17}")  # fmt: skip
+    print(
+        f"{'condition':<10} {'run':>3} {'load1':>6} {'server':>7} {'exiting med':>11} {'exiting max':>11} "
+        f"{'gone med':>9} {'gone max':>9} {'gone after server':>17}"
+    )
     for i, row in enumerate(rows):
         exiting, gone = row["exiting"], row["gone"]
-        print(f"{row['condition']:<10} {i:>3} {row['loadavg']:>6.1f} {ms(row['server_s']):>7} "
-              f"{ms(statistics.median(exiting)):>11} {ms(exiting[-1]):>11} {ms(statistics.median(gone)):>9} "
-              f"{ms(gone[-1]):>9} {ms(gone[-1] - row['server_s']):>17}")  # fmt: skip
+        print(
+            f"{row['condition']:<10} {i:>3} {row['loadavg']:>6.1f} {ms(row['server_s']):>7} "
+            f"{ms(statistics.median(exiting)):>11} {ms(exiting[-1]):>11} {ms(statistics.median(gone)):>9} "
+            f"{ms(gone[-1]):>9} {ms(gone[-1] - row['server_s']):>17}"
+        )
 
 
 def worst_ms(values: list[float]) -> float | None:

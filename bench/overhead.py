@@ -77,17 +77,32 @@ SEED = 0
 # One entry per workload: the synthetic dataset's options, the simple_cnn's and the batch size.
 WORKLOADS: dict[str, dict[str, int]] = {
     "trivial": {
-        "num_samples": 16, "num_classes": 4, "size": 4, "num_conv_layers": 1, "num_filters": 1, "batch_size": 16,
+        "num_samples": 16,
+        "num_classes": 4,
+        "size": 4,
+        "num_conv_layers": 1,
+        "num_filters": 1,
+        "batch_size": 16,
     },
     # 732 samples split 15%/15% leave exactly 512 training images
     "tiny_torch": {
-        "num_samples": 732, "num_classes": 4, "size": 8, "num_conv_layers": 2, "num_filters": 16, "batch_size": 64,
+        "num_samples": 732,
+        "num_classes": 4,
+        "size": 8,
+        "num_conv_layers": 2,
+        "num_filters": 16,
+        "batch_size": 64,
     },
     # 10,240 training images: one epoch of the tiny_torch model takes about a second
     "bookkeeping": {
-        "num_samples": 14628, "num_classes": 4, "size": 8, "num_conv_layers": 2, "num_filters": 16, "batch_size": 64,
+        "num_samples": 14628,
+        "num_classes": 4,
+        "size": 8,
+        "num_conv_layers": 2,
+        "num_filters": 16,
+        "batch_size": 64,
     },
-}  # fmt: skip
+}
 MAIN_WORKLOADS = ("trivial", "tiny_torch")
 SYSTEMS = ("tuneyard", "ray_tune", "ray_tune_reuse", "optuna", "optuna_inproc")
 LABELS = {
@@ -303,9 +318,14 @@ def peer_ray(trials: int, default_trials: int, bookkeeping_trials: int) -> dict[
     try:
         # address="local": always a fresh single-node instance, never someone else's running cluster.
         ray.init(
-            address="local", num_cpus=SLOTS, include_dashboard=False, _node_ip_address="127.0.0.1",
-            _temp_dir=str(tmp / "r"), log_to_driver=False, logging_level="ERROR",
-        )  # fmt: skip
+            address="local",
+            num_cpus=SLOTS,
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            _temp_dir=str(tmp / "r"),
+            log_to_driver=False,
+            logging_level="ERROR",
+        )
         out: dict[str, dict[str, Any]] = {"ray_tune": {}, "ray_tune_reuse": {}}
         trainables = {"trivial": ray_trivial, "tiny_torch": ray_tiny_torch}
         for system, reuse, count in (("ray_tune_reuse", True, trials), ("ray_tune", False, default_trials)):
@@ -376,9 +396,11 @@ def _optuna_journal(workload: str, trials: int, tmp: Path) -> dict[str, Any]:
     journal = str(tmp / f"journal-{workload}.log")
     name = f"overhead-{workload}"
     optuna.create_study(
-        study_name=name, storage=JournalStorage(JournalFileBackend(journal)), direction="maximize",
+        study_name=name,
+        storage=JournalStorage(JournalFileBackend(journal)),
+        direction="maximize",
         sampler=optuna.samplers.RandomSampler(SEED),
-    )  # fmt: skip
+    )
     ctx = mp.get_context("spawn")
     go = ctx.Event()
     shares = [trials // SLOTS + (1 if i < trials % SLOTS else 0) for i in range(SLOTS)]
@@ -516,8 +538,10 @@ def ensure_peers(allow_install: bool) -> Path | None:
         (PEERS_VENV / ".gitignore").write_text("*\n")  # as Python 3.13's venv does: git ignores the venv
         purelib = subprocess.run(
             [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-            check=True, capture_output=True, text=True,
-        ).stdout.strip()  # fmt: skip
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
         pth = Path(purelib) / PTH_NAME
         pth.unlink(missing_ok=True)  # pip must not see the main venv's packages while resolving
         pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
@@ -834,9 +858,12 @@ def summarise(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> tuple
     summary: dict[str, Any] = {}
     for system in SYSTEMS:
         for key, name in (
-            ("overhead_s", "overhead_s"), ("trials_per_s", "trials_per_s"), ("wall_s", "wall_s"),
-            ("utilisation", "slot_utilisation"), ("work_utilisation", "work_utilisation"),
-        ):  # fmt: skip
+            ("overhead_s", "overhead_s"),
+            ("trials_per_s", "trials_per_s"),
+            ("wall_s", "wall_s"),
+            ("utilisation", "slot_utilisation"),
+            ("work_utilisation", "work_utilisation"),
+        ):
             if system in figs:
                 summary[f"{system}_{name}"] = {w: _r(f[key]) for w, f in figs[system].items()}
     summary["bookkeeping"] = bookkeeping
@@ -883,8 +910,10 @@ def _git_state() -> str:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no", "--", "server", "plugins"],
-            cwd=REPO, capture_output=True, text=True,
-        ).stdout.strip()  # fmt: skip
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
         return head.stdout.strip() + ("+dirty(server/plugins)" if dirty else "")
     except OSError:
         return "unknown"
@@ -910,17 +939,21 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="30 trials per workload and a short bookkeeping shape")
     parser.add_argument("--trials", type=int, default=0, help="trials per workload (default 100, --quick 30)")
     parser.add_argument(
-        "--bookkeeping-trials", type=int, default=-1,
+        "--bookkeeping-trials",
+        type=int,
+        default=-1,
         help="1-second trials of the bookkeeping shape (default 100; --quick: 20, tuneyard only); 0 skips it",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--systems", default="tuneyard,optuna,ray", help="comma-separated subset of tuneyard, optuna, ray"
     )
     parser.add_argument(
-        "--ray-default-trials", type=int, default=0,
+        "--ray-default-trials",
+        type=int,
+        default=0,
         help="trials per workload for Ray Tune's default mode (default: --trials; --quick: 10, as it runs "
         "one process per trial)",
-    )  # fmt: skip
+    )
     parser.add_argument("--no-install", action="store_true", help="do not install the peers; skip them if absent")
     parser.add_argument("--peer", help=argparse.SUPPRESS)
     parser.add_argument("--peer-out", help=argparse.SUPPRESS)

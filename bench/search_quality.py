@@ -115,12 +115,18 @@ PROBLEMS = (
     Problem(
         "branin",
         (Parameter("x1", FloatRange(-5.0, 10.0)), Parameter("x2", FloatRange(0.0, 15.0))),
-        Objective("value", "min"), 0.397887357729738, branin, _branin_optuna,
+        Objective("value", "min"),
+        0.397887357729738,
+        branin,
+        _branin_optuna,
     ),
     Problem(
         "hartmann6",
         tuple(Parameter(f"x{j}", FloatRange(0.0, 1.0)) for j in range(1, 7)),
-        Objective("value", "max"), 3.32236801141551, hartmann6, _hartmann_optuna,
+        Objective("value", "max"),
+        3.32236801141551,
+        hartmann6,
+        _hartmann_optuna,
     ),
     Problem(
         "conditional",
@@ -132,13 +138,17 @@ PROBLEMS = (
             Parameter("weight_decay", FloatRange(1e-6, 1e-2, log=True)),
             Parameter("dropout", FloatRange(0.0, 0.5)),
         ),
-        Objective("value", "min"), 0.0, conditional, _conditional_optuna,
+        Objective("value", "min"),
+        0.0,
+        conditional,
+        _conditional_optuna,
     ),
-)  # fmt: skip
+)
 
 
-def _drive(suggest: Callable[[int], Any], observe: Callable[[int, Any], float], problem: Problem,
-           trials: int, concurrency: int) -> float:  # fmt: skip
+def _drive(
+    suggest: Callable[[int], Any], observe: Callable[[int, Any], float], problem: Problem, trials: int, concurrency: int
+) -> float:
     """Run `trials` trials with up to `concurrency` pending; the best value's regret."""
     pending: deque[tuple[int, Any]] = deque()
     best: float | None = None
@@ -161,8 +171,9 @@ def _drive(suggest: Callable[[int], Any], observe: Callable[[int, Any], float], 
     return problem.regret(best)
 
 
-def run_ours(reg: PluginRegistry, name: str, options: dict[str, Any], problem: Problem, seed: int,
-             trials: int, concurrency: int) -> float:  # fmt: skip
+def run_ours(
+    reg: PluginRegistry, name: str, options: dict[str, Any], problem: Problem, seed: int, trials: int, concurrency: int
+) -> float:
     searcher = reg.create("searcher", name, options, space=problem.space, objective=problem.objective, seed=seed)
 
     def observe(trial_id: int, config: dict[str, Any]) -> float:

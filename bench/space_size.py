@@ -121,12 +121,17 @@ def main() -> None:
     parser.add_argument("--high", type=int, default=6 * 10**7, help="upper bound of the int range")
     args = parser.parse_args()
     result: dict[str, Any] = {"high": args.high, **in_process(args.high)}
-    print(f"random searcher, int_range [0, {args.high}] + choice: {result['build_s']} s, "
-          f"peak RSS +{result['build_peak_mib']} MiB", flush=True)  # fmt: skip
+    print(
+        f"random searcher, int_range [0, {args.high}] + choice: {result['build_s']} s, "
+        f"peak RSS +{result['build_peak_mib']} MiB",
+        flush=True,
+    )
     result.update(server(args.high))
-    print(f"server: CreateStudy {result['create_s']} s, slowest GetServerInfo {result['slowest_server_info_s']} s, "
-          f"RSS {result['rss_before_mib']} MiB + {result['rss_growth_mib']} MiB peak growth, "
-          f"study {result['study_state']}")  # fmt: skip
+    print(
+        f"server: CreateStudy {result['create_s']} s, slowest GetServerInfo {result['slowest_server_info_s']} s, "
+        f"RSS {result['rss_before_mib']} MiB + {result['rss_growth_mib']} MiB peak growth, "
+        f"study {result['study_state']}"
+    )
     print(json.dumps(result))
 
 

@@ -172,10 +172,13 @@ def result_yaml(result: RunResult) -> str:
         metrics = [o.metric for o in study.spec.objectives]
         out.append(f"# Pareto front over {', '.join(metrics)}: trials no other trial beats in every objective")
         front = [
-            {"trial": t.trial_id, **{m: round(v, 6) for m, v in zip(metrics, t.objective_values, strict=False)},
-             "config": config_to_dict(t.config, study.spec)}
+            {
+                "trial": t.trial_id,
+                **{m: round(v, 6) for m, v in zip(metrics, t.objective_values, strict=False)},
+                "config": config_to_dict(t.config, study.spec),
+            }
             for t in study.pareto_front
-        ]  # fmt: skip
+        ]
         out.append(_dump({"pareto_front": front}))
     if study.epochs_spent:
         out.append(f"# compute spent: {study.epochs_spent} epochs over all trials")
@@ -316,8 +319,15 @@ def devices_table(info: service_pb2.ServerInfo) -> Table:
     for device in info.devices:
         memory = f"{device.memory_bytes / 2**30:.1f} GiB" if device.memory_bytes else ""
         workers = f"{device.slots_busy}/{device.slots_total}"
-        _row(table, device.name, device.description or device.kind, f"{device.share_in_use:.0%}", workers, memory,
-             ", ".join(device.trials))  # fmt: skip
+        _row(
+            table,
+            device.name,
+            device.description or device.kind,
+            f"{device.share_in_use:.0%}",
+            workers,
+            memory,
+            ", ".join(device.trials),
+        )
     return table
 
 

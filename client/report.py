@@ -117,8 +117,11 @@ def _png_pareto(data: ReportData, ax: Any) -> bool | None:
 def _png_occupancy(data: ReportData, ax: Any) -> None:
     _, rows = occupancy_data(data)
     for k, (_device, bars) in enumerate(rows):
-        ax.broken_barh([(s, max(e - s, 0.01)) for _, s, e, _ in bars], (k - 0.4, 0.8),
-                       facecolors=[STATE_COLOURS.get(st, "#444") for *_, st in bars])  # fmt: skip
+        ax.broken_barh(
+            [(s, max(e - s, 0.01)) for _, s, e, _ in bars],
+            (k - 0.4, 0.8),
+            facecolors=[STATE_COLOURS.get(st, "#444") for *_, st in bars],
+        )
     ax.set_yticks(range(len(rows)), [d for d, _ in rows])
     ax.set(xlabel="seconds since the first trial started", title="device occupancy")
 

@@ -29,9 +29,12 @@ def pretrain(data_root: Path, epochs: int = 3, seed: int = 0) -> Path:
     registry = PluginRegistry.load()
     splits = registry.create("dataset", "synthetic", {"num_samples": 1024, "size": 8}, root=str(data_root))
     model = registry.create(
-        "model", "resnet18", {"small_input": True}, input_shape=tuple(splits.input_shape),
+        "model",
+        "resnet18",
+        {"small_input": True},
+        input_shape=tuple(splits.input_shape),
         num_classes=splits.num_classes,
-    )  # fmt: skip
+    )
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     x, y = splits.train.tensors
     mean, std = torch.tensor(splits.mean).view(1, -1, 1, 1), torch.tensor(splits.std).view(1, -1, 1, 1)

@@ -153,8 +153,11 @@ class Bounds:
 
     def describe(self) -> str:
         """The bounds as text for people, e.g. ">= 1, < 4294967296"; "" when there are none."""
-        parts = [f"{sign} {_number(v)}" for v, sign in
-                 ((self.ge, ">="), (self.gt, ">"), (self.le, "<="), (self.lt, "<")) if v is not None]  # fmt: skip
+        parts = [
+            f"{sign} {_number(v)}"
+            for v, sign in ((self.ge, ">="), (self.gt, ">"), (self.le, "<="), (self.lt, "<"))
+            if v is not None
+        ]
         return ", ".join(parts)
 
 

@@ -14,19 +14,19 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from tuneyard.plugins.manager import PluginRegistry
-from tuneyard.server import wire
-from tuneyard.server.dashboard import Dashboard
-from tuneyard.server.devices import plan_devices
-from tuneyard.server.domain import StoreError
-from tuneyard.server.events import EventHub
+from tuneyard.server.api import wire
+from tuneyard.server.api.dashboard import Dashboard
+from tuneyard.server.api.security import Authenticator, AuthInterceptor, TlsFiles, Token, check_bind
+from tuneyard.server.api.servicer import TrainingServicer
+from tuneyard.server.execution.devices import plan_devices
+from tuneyard.server.execution.local_pool import WorkerPool
+from tuneyard.server.execution.ray_pool import RayPool
+from tuneyard.server.execution.scheduler import DeviceScheduler
 from tuneyard.server.limits import DEFAULT_MAX_ACTIVE_STUDIES, MAX_MESSAGE_BYTES
-from tuneyard.server.ray_executor import RayPool
-from tuneyard.server.scheduler import DeviceScheduler
-from tuneyard.server.security import Authenticator, AuthInterceptor, TlsFiles, Token, check_bind
-from tuneyard.server.servicer import TrainingServicer
-from tuneyard.server.storage import Storage
-from tuneyard.server.studies import StudyManager
-from tuneyard.server.workers import WorkerPool
+from tuneyard.server.storage.sqlite import Storage
+from tuneyard.server.study.domain import StoreError
+from tuneyard.server.study.events import EventHub
+from tuneyard.server.study.manager import StudyManager
 from tuneyard.v1 import service_pb2
 
 log = logging.getLogger(__name__)
@@ -139,9 +139,11 @@ def start_server(
         pool = RayPool(ray_address, data_root=data_root, cpu_slots=cpu_slots)
     else:
         pool = WorkerPool(
-            plan_devices(devices, cpu_slots), data_root=data_root, max_trials_per_worker=max_trials_per_worker,
+            plan_devices(devices, cpu_slots),
+            data_root=data_root,
+            max_trials_per_worker=max_trials_per_worker,
             log_dir=data_dir / "logs",
-        )  # fmt: skip
+        )
     device_list = pool.devices
     if tensorboard_dir is not None:  # read by the built-in tensorboard_logger plugin when a trial starts
         os.environ["TUNEYARD_TENSORBOARD_DIR"] = str(Path(tensorboard_dir).resolve())
@@ -151,9 +153,14 @@ def start_server(
     hub = EventHub(storage)
     scheduler = DeviceScheduler(device_list, pool)
     studies = StudyManager(
-        storage=storage, hub=hub, scheduler=scheduler, registry=registry, heartbeat_timeout=trial_heartbeat_timeout,
-        data_root=data_root, max_active_studies=max_active_studies,
-    )  # fmt: skip
+        storage=storage,
+        hub=hub,
+        scheduler=scheduler,
+        registry=registry,
+        heartbeat_timeout=trial_heartbeat_timeout,
+        data_root=data_root,
+        max_active_studies=max_active_studies,
+    )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=RPC_THREADS, thread_name_prefix="rpc"),
         interceptors=[AuthInterceptor(authenticator)] if authenticator else None,
@@ -163,9 +170,14 @@ def start_server(
         ],
     )
     servicer = TrainingServicer(
-        storage=storage, studies=studies, hub=hub, registry=registry, scheduler=scheduler, executor=pool,
+        storage=storage,
+        studies=studies,
+        hub=hub,
+        registry=registry,
+        scheduler=scheduler,
+        executor=pool,
         authenticator=authenticator,
-    )  # fmt: skip
+    )
     wire.add_training_service(servicer, server)
     health_servicer = add_maintenance_services(server, [SERVICE_NAME])
     target = f"{host}:{port}"
@@ -186,9 +198,16 @@ def start_server(
     server.start()
     display_host = f"[{host}]" if ":" in host else host
     handle = ServerHandle(
-        address=f"{display_host}:{bound}", port=bound, grpc_server=server, storage=storage, hub=hub,
-        studies=studies, pool=pool, health=health_servicer, dashboard=dashboard,
-    )  # fmt: skip
+        address=f"{display_host}:{bound}",
+        port=bound,
+        grpc_server=server,
+        storage=storage,
+        hub=hub,
+        studies=studies,
+        pool=pool,
+        health=health_servicer,
+        dashboard=dashboard,
+    )
     try:
         for study_id in studies.resume_unfinished():
             log.info("resuming study %s", study_id)

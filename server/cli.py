@@ -11,8 +11,8 @@ from pathlib import Path
 
 from tuneyard import __version__
 from tuneyard.common.addresses import is_loopback
-from tuneyard.server.domain import StoreError
-from tuneyard.server.security import SecurityConfigError, TlsFiles, Token, check_bind, load_tokens
+from tuneyard.server.api.security import SecurityConfigError, TlsFiles, Token, check_bind, load_tokens
+from tuneyard.server.study.domain import StoreError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -23,31 +23,57 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default="", help="folder datasets are read from (default DATA_DIR/datasets)")
     p.add_argument("--devices", default=None, help="cpu, all, or cuda:0,cuda:2 (default: all GPUs, else CPU)")
     p.add_argument("--cpu-slots", type=int, default=None, help="trials at once without CUDA (default cores/2)")
-    p.add_argument("--executor", choices=("local", "ray"), default="local",
-                   help="local worker processes, or a Ray cluster (default local)")  # fmt: skip
+    p.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="local worker processes, or a Ray cluster (default local)",
+    )
     p.add_argument("--ray-address", default="", help="Ray cluster to join, HOST:PORT (default: start one on 127.0.0.1)")
-    p.add_argument("--checkpoint-dir", type=Path, default=None,
-                   help="where trials' checkpoints live; with --executor ray, a path every node sees "
-                   "(default DATA_DIR/studies)")  # fmt: skip
-    p.add_argument("--dashboard-port", type=int, default=None, metavar="PORT",
-                   help="serve the read-only web dashboard on this port of --host (default off)")  # fmt: skip
-    p.add_argument("--tensorboard-dir", type=Path, default=None,
-                   help="write each trial as a TensorBoard run under DIR/<study>/trial-<n> (default off)")  # fmt: skip
-    p.add_argument("--max-active-studies", type=int, default=64, metavar="N",
-                   help="refuse new studies while N are unfinished (default 64; 0: no limit)")  # fmt: skip
+    p.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        default=None,
+        help="where trials' checkpoints live; with --executor ray, a path every node sees (default DATA_DIR/studies)",
+    )
+    p.add_argument(
+        "--dashboard-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve the read-only web dashboard on this port of --host (default off)",
+    )
+    p.add_argument(
+        "--tensorboard-dir",
+        type=Path,
+        default=None,
+        help="write each trial as a TensorBoard run under DIR/<study>/trial-<n> (default off)",
+    )
+    p.add_argument(
+        "--max-active-studies",
+        type=int,
+        default=64,
+        metavar="N",
+        help="refuse new studies while N are unfinished (default 64; 0: no limit)",
+    )
     p.add_argument("--max-trials-per-worker", type=int, default=0, help="recycle a worker after N trials (0: never)")
     p.add_argument(
-        "--trial-heartbeat-timeout", type=float, default=600.0, metavar="SECONDS",
+        "--trial-heartbeat-timeout",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
         help="kill a trial's worker when the trial shows no progress for this long (default 600; 0: never)",
-    )  # fmt: skip
+    )
     p.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve TLS")
     p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
     p.add_argument("--tls-client-ca", type=Path, help="PEM CA: clients must present a certificate it signed (mTLS)")
     p.add_argument("--token-file", type=Path, help="bearer tokens, one per line ('TOKEN' or 'NAME TOKEN')")
     p.add_argument("--insecure", action="store_true", help="allow plaintext on a non-loopback address (not advised)")
-    p.add_argument("--check-store", action="store_true",
-                   help="run SQLite's integrity check on the store first and refuse to serve a damaged one "
-                   "(reads the whole file)")  # fmt: skip
+    p.add_argument(
+        "--check-store",
+        action="store_true",
+        help="run SQLite's integrity check on the store first and refuse to serve a damaged one (reads the whole file)",
+    )
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -75,27 +101,44 @@ def serve_main(argv: list[str]) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.insecure and tls is None and not is_loopback(args.host):
-        print(f"WARNING: --insecure: serving PLAINTEXT on {args.host}; anyone on the network can read and forge "
-              "every request" + ("" if tokens else ", and no token is required"), file=sys.stderr)  # fmt: skip
+        print(
+            f"WARNING: --insecure: serving PLAINTEXT on {args.host}; anyone on the network can read and forge "
+            "every request" + ("" if tokens else ", and no token is required"),
+            file=sys.stderr,
+        )
     from tuneyard.server.app import start_server
 
     try:
         handle = start_server(
-            data_dir=args.data_dir, host=args.host, port=args.port, devices=args.devices,
-            cpu_slots=args.cpu_slots, data_root=args.data_root, max_trials_per_worker=args.max_trials_per_worker,
-            trial_heartbeat_timeout=args.trial_heartbeat_timeout, tls=tls, tokens=tokens, insecure=args.insecure,
-            executor=args.executor, ray_address=args.ray_address, checkpoint_dir=args.checkpoint_dir,
-            max_active_studies=args.max_active_studies, tensorboard_dir=args.tensorboard_dir,
-            dashboard_port=args.dashboard_port, check_store=args.check_store,
-        )  # fmt: skip
+            data_dir=args.data_dir,
+            host=args.host,
+            port=args.port,
+            devices=args.devices,
+            cpu_slots=args.cpu_slots,
+            data_root=args.data_root,
+            max_trials_per_worker=args.max_trials_per_worker,
+            trial_heartbeat_timeout=args.trial_heartbeat_timeout,
+            tls=tls,
+            tokens=tokens,
+            insecure=args.insecure,
+            executor=args.executor,
+            ray_address=args.ray_address,
+            checkpoint_dir=args.checkpoint_dir,
+            max_active_studies=args.max_active_studies,
+            tensorboard_dir=args.tensorboard_dir,
+            dashboard_port=args.dashboard_port,
+            check_store=args.check_store,
+        )
     except (OSError, ValueError, StoreError) as exc:  # one line each, no traceback: the message says what to do
         print(f"error: {exc}", file=sys.stderr)
         return 2
     slots = ", ".join(d.name for d in handle.pool.devices)
     mode = ("mutual TLS" if args.tls_client_ca else "TLS") if tls else "plaintext"
     auth = f", {len(tokens)} tokens" if tokens else ""
-    print(f"tuneyard {__version__} serving on {handle.address} ({mode}{auth}; slots: {slots}; data: {args.data_dir})",
-          flush=True)  # fmt: skip
+    print(
+        f"tuneyard {__version__} serving on {handle.address} ({mode}{auth}; slots: {slots}; data: {args.data_dir})",
+        flush=True,
+    )
     if handle.dashboard is not None:
         print(f"dashboard: {handle.dashboard.address}", flush=True)
     done = threading.Event()

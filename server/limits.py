@@ -33,11 +33,26 @@ from __future__ import annotations
 from tuneyard.plugins.api import MAX_PATH_CHARS, MAX_PATH_PART_BYTES
 
 __all__ = [
-    "DEFAULT_MAX_ACTIVE_STUDIES", "MAX_CHOICE_VALUES", "MAX_GPU_MEMORY_GB", "MAX_GPUS_PER_TRIAL", "MAX_ID_CHARS",
-    "MAX_MESSAGE_BYTES", "MAX_NAME_CHARS", "MAX_NESTING", "MAX_PARAMETERS", "MAX_PATH_CHARS", "MAX_PATH_PART_BYTES",
-    "MAX_PRIORITY", "MAX_RESPONSE_BYTES", "MAX_SPEC_BYTES", "MAX_STRING_CHARS", "MAX_TRIALS", "MAX_WATCHERS",
-    "MAX_WATCHERS_PER_CLIENT", "MIN_GPU_SHARE",
-]  # fmt: skip
+    "DEFAULT_MAX_ACTIVE_STUDIES",
+    "MAX_CHOICE_VALUES",
+    "MAX_GPU_MEMORY_GB",
+    "MAX_GPUS_PER_TRIAL",
+    "MAX_ID_CHARS",
+    "MAX_MESSAGE_BYTES",
+    "MAX_NAME_CHARS",
+    "MAX_NESTING",
+    "MAX_PARAMETERS",
+    "MAX_PATH_CHARS",
+    "MAX_PATH_PART_BYTES",
+    "MAX_PRIORITY",
+    "MAX_RESPONSE_BYTES",
+    "MAX_SPEC_BYTES",
+    "MAX_STRING_CHARS",
+    "MAX_TRIALS",
+    "MAX_WATCHERS",
+    "MAX_WATCHERS_PER_CLIENT",
+    "MIN_GPU_SHARE",
+]
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # grpc's receive limit (server/app.py)
 # Every client's default receive limit is 4 MiB too: a page holds what fits in that (at least one item),

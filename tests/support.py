@@ -59,8 +59,21 @@ class ServerProcess:
 
     def __init__(self, data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
-        cmd = [sys.executable, "-m", "tuneyard.client.cli", "serve", "--port", "0", "--data-dir", str(data_dir),
-               "--devices", "cpu", "--cpu-slots", "1", *extra]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "tuneyard.client.cli",
+            "serve",
+            "--port",
+            "0",
+            "--data-dir",
+            str(data_dir),
+            "--devices",
+            "cpu",
+            "--cpu-slots",
+            "1",
+            *extra,
+        ]
         env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         self.output: list[str] = []

@@ -14,7 +14,7 @@ import pytest
 from support import TINY_SPEC, to_proto
 
 from tuneyard.server import limits
-from tuneyard.server.servicer import client_identity
+from tuneyard.server.api.servicer import client_identity
 from tuneyard.v1 import service_pb2 as pb
 from tuneyard.v1 import service_pb2_grpc
 
@@ -24,7 +24,7 @@ WATCHERS_PER_CLIENT = 2
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from tuneyard.server import servicer
+    from tuneyard.server.api import servicer
     from tuneyard.server.app import start_server
 
     with pytest.MonkeyPatch.context() as patch:
@@ -101,35 +101,87 @@ LONG_NAME = "n" * (limits.MAX_NAME_CHARS + 1)
 LONG_TEXT = "t" * (limits.MAX_STRING_CHARS + 1)
 
 SPEC_CAPS = [
-    ("search-space parameters", spec_with(search_space=[
-        {"name": f"model.p{i}", "int_range": {"low": 1, "high": 2}} for i in range(N_PARAMS)]),
-     "spec.search_space", f"more than {limits.MAX_PARAMETERS} parameters"),
-    ("choice values", spec_with(search_space=[choice(list(range(1, N_VALUES + 1)))]),
-     "spec.search_space[0].choice.values", f"more than {limits.MAX_CHOICE_VALUES} values"),
-    ("condition values", spec_with(search_space=[
-        {"name": "optimizer.name", "choice": {"values": ["sgd", "adam"]}},
-        {"name": "optimizer.momentum", "float_range": {"low": 0.1, "high": 0.9},
-         "condition": {"parent": "optimizer.name", "values": [f"v{i}" for i in range(N_VALUES)]}}]),
-     "spec.search_space[1].condition.values", f"more than {limits.MAX_CHOICE_VALUES} values"),
+    (
+        "search-space parameters",
+        spec_with(search_space=[{"name": f"model.p{i}", "int_range": {"low": 1, "high": 2}} for i in range(N_PARAMS)]),
+        "spec.search_space",
+        f"more than {limits.MAX_PARAMETERS} parameters",
+    ),
+    (
+        "choice values",
+        spec_with(search_space=[choice(list(range(1, N_VALUES + 1)))]),
+        "spec.search_space[0].choice.values",
+        f"more than {limits.MAX_CHOICE_VALUES} values",
+    ),
+    (
+        "condition values",
+        spec_with(
+            search_space=[
+                {"name": "optimizer.name", "choice": {"values": ["sgd", "adam"]}},
+                {
+                    "name": "optimizer.momentum",
+                    "float_range": {"low": 0.1, "high": 0.9},
+                    "condition": {"parent": "optimizer.name", "values": [f"v{i}" for i in range(N_VALUES)]},
+                },
+            ]
+        ),
+        "spec.search_space[1].condition.values",
+        f"more than {limits.MAX_CHOICE_VALUES} values",
+    ),
     ("study name", spec_with(name=LONG_NAME), "spec.name", f"longer than {limits.MAX_NAME_CHARS} characters"),
-    ("parameter name", spec_with(search_space=[{"name": LONG_NAME, "int_range": {"low": 1, "high": 2}}]),
-     "spec.search_space[0].name", f"longer than {limits.MAX_NAME_CHARS} characters"),
-    ("option key", spec_with(model={"name": "simple_cnn", "options": {LONG_NAME: 1}}),
-     "spec.model.options", f"has a key longer than {limits.MAX_NAME_CHARS} characters"),
-    ("option string", spec_with(training={**TINY_SPEC["training"], "augmentations": [
-        {"name": "autoaugment", "options": {"policy": LONG_TEXT}}]}),
-     "spec.training.augmentations[0].options.policy", f"longer than {limits.MAX_STRING_CHARS} characters"),
-    ("string inside a list option", spec_with(training={**TINY_SPEC["training"], "lr_scheduler": {
-        "name": "multistep", "options": {"milestones": [1, LONG_TEXT]}}}),
-     "spec.training.lr_scheduler.options.milestones[1]", f"longer than {limits.MAX_STRING_CHARS} characters"),
-    ("choice value string", spec_with(search_space=[
-        {"name": "training.precision", "choice": {"values": ["fp32", LONG_TEXT]}}]),
-     "spec.search_space[0].choice.values[1]", f"longer than {limits.MAX_STRING_CHARS} characters"),
-    ("plugin name", spec_with(model={"name": LONG_TEXT}), "spec.model.name",
-     f"longer than {limits.MAX_STRING_CHARS} characters"),
-    ("trials per study", spec_with(budget={"max_trials": limits.MAX_TRIALS + 1}), "spec.budget.max_trials",
-     f"between 1 and {limits.MAX_TRIALS}"),
-]  # fmt: skip
+    (
+        "parameter name",
+        spec_with(search_space=[{"name": LONG_NAME, "int_range": {"low": 1, "high": 2}}]),
+        "spec.search_space[0].name",
+        f"longer than {limits.MAX_NAME_CHARS} characters",
+    ),
+    (
+        "option key",
+        spec_with(model={"name": "simple_cnn", "options": {LONG_NAME: 1}}),
+        "spec.model.options",
+        f"has a key longer than {limits.MAX_NAME_CHARS} characters",
+    ),
+    (
+        "option string",
+        spec_with(
+            training={
+                **TINY_SPEC["training"],
+                "augmentations": [{"name": "autoaugment", "options": {"policy": LONG_TEXT}}],
+            }
+        ),
+        "spec.training.augmentations[0].options.policy",
+        f"longer than {limits.MAX_STRING_CHARS} characters",
+    ),
+    (
+        "string inside a list option",
+        spec_with(
+            training={
+                **TINY_SPEC["training"],
+                "lr_scheduler": {"name": "multistep", "options": {"milestones": [1, LONG_TEXT]}},
+            }
+        ),
+        "spec.training.lr_scheduler.options.milestones[1]",
+        f"longer than {limits.MAX_STRING_CHARS} characters",
+    ),
+    (
+        "choice value string",
+        spec_with(search_space=[{"name": "training.precision", "choice": {"values": ["fp32", LONG_TEXT]}}]),
+        "spec.search_space[0].choice.values[1]",
+        f"longer than {limits.MAX_STRING_CHARS} characters",
+    ),
+    (
+        "plugin name",
+        spec_with(model={"name": LONG_TEXT}),
+        "spec.model.name",
+        f"longer than {limits.MAX_STRING_CHARS} characters",
+    ),
+    (
+        "trials per study",
+        spec_with(budget={"max_trials": limits.MAX_TRIALS + 1}),
+        "spec.budget.max_trials",
+        f"between 1 and {limits.MAX_TRIALS}",
+    ),
+]
 
 
 @pytest.mark.parametrize(("label", "spec", "field", "reason"), SPEC_CAPS, ids=[c[0] for c in SPEC_CAPS])
@@ -177,9 +229,12 @@ def test_studies_past_the_active_cap_are_resource_exhausted_until_one_ends(rpc, 
     second = rpc.CreateStudy(create(long_running(), "active-2"), timeout=60)
     try:
         assert_create_refused(
-            rpc, create(long_running(), "active-3"), grpc.StatusCode.RESOURCE_EXHAUSTED, "",
+            rpc,
+            create(long_running(), "active-3"),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "",
             f"studies are unfinished on this server (at most {active_cap})",
-        )  # fmt: skip
+        )
         # A retry of a study that exists is no new study: it is answered as always.
         assert rpc.CreateStudy(create(long_running(), "active-1"), timeout=60).study_id == first.study_id
         # A bad spec is still told what is wrong with it.

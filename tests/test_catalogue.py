@@ -14,16 +14,43 @@ from tuneyard.v1 import service_pb2 as pb
 
 CATALOGUE = {
     "optimizer": ["sgd", "adagrad", "rmsprop", "adam", "adamw", "nadam", "radam"],
-    "lr_scheduler": ["constant", "step", "multistep", "cosine", "onecycle", "linear_warmup_cosine",
-                     "reduce_on_plateau"],
-    "augmentation": ["random_crop", "random_resized_crop", "horizontal_flip", "rotation", "color_jitter",
-                     "autoaugment", "randaugment", "trivialaugment", "random_erasing", "mixup", "cutmix"],
-    "model": ["simple_cnn", "convnet", "resnet18", "resnet34", "resnet50", "mobilenet_v3_small",
-              "efficientnet_b0", "vit_b_16", "finetune"],
+    "lr_scheduler": [
+        "constant",
+        "step",
+        "multistep",
+        "cosine",
+        "onecycle",
+        "linear_warmup_cosine",
+        "reduce_on_plateau",
+    ],
+    "augmentation": [
+        "random_crop",
+        "random_resized_crop",
+        "horizontal_flip",
+        "rotation",
+        "color_jitter",
+        "autoaugment",
+        "randaugment",
+        "trivialaugment",
+        "random_erasing",
+        "mixup",
+        "cutmix",
+    ],
+    "model": [
+        "simple_cnn",
+        "convnet",
+        "resnet18",
+        "resnet34",
+        "resnet50",
+        "mobilenet_v3_small",
+        "efficientnet_b0",
+        "vit_b_16",
+        "finetune",
+    ],
     "dataset": ["digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "image_folder", "synthetic"],
     "searcher": ["random", "grid", "sobol", "tpe", "cmaes", "evolution", "gp"],
     "early_stopper": ["median", "asha", "hyperband"],
-}  # fmt: skip
+}
 
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
 
@@ -43,8 +70,11 @@ def test_every_builtin_is_listed_with_documented_options(stub):
 def test_cli_plugins_shows_every_builtin_with_options(server):
     out = subprocess.run(
         [sys.executable, "-m", "tuneyard.client.cli", "--server", server.address, "plugins"],
-        capture_output=True, text=True, timeout=60, env={"COLUMNS": "400", "PATH": ""},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"COLUMNS": "400", "PATH": ""},
+    )
     assert out.returncode == 0, out.stderr
     for names in CATALOGUE.values():
         for name in names:

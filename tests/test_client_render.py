@@ -26,10 +26,18 @@ STDERR = "\n".join(f"stderr line {i} [cuda:0]" for i in range(1, 61))  # 60 line
 
 def _failed(**fields: object) -> pb.Trial:
     values = {
-        "study_id": "st-1", "trial_id": 3, "state": pb.TRIAL_FAILED, "device": "cuda:0", "epochs_completed": 2,
-        "failure_reason": "oom", "exit_code": -9, "exit_signal": "SIGKILL", "retries": 1,
-        "error": TRACEBACK, "stderr_tail": STDERR,
-    }  # fmt: skip
+        "study_id": "st-1",
+        "trial_id": 3,
+        "state": pb.TRIAL_FAILED,
+        "device": "cuda:0",
+        "epochs_completed": 2,
+        "failure_reason": "oom",
+        "exit_code": -9,
+        "exit_signal": "SIGKILL",
+        "retries": 1,
+        "error": TRACEBACK,
+        "stderr_tail": STDERR,
+    }
     values.update(fields)
     trial = pb.Trial(**values)
     trial.config.update({"model.num_filters": 64, "optimizer.name": "adam"})
@@ -40,8 +48,12 @@ def _failed(**fields: object) -> pb.Trial:
 
 
 def _infeasible() -> pb.Trial:
-    trial = pb.Trial(study_id="st-1", trial_id=4, state=pb.TRIAL_INFEASIBLE,
-                     error="Infeasible: convnet depth 6 halves an 8x8 input below 1 pixel")  # fmt: skip
+    trial = pb.Trial(
+        study_id="st-1",
+        trial_id=4,
+        state=pb.TRIAL_INFEASIBLE,
+        error="Infeasible: convnet depth 6 halves an 8x8 input below 1 pixel",
+    )
     trial.config.update({"model.num_filters": 16})
     return trial
 
@@ -169,11 +181,22 @@ def test_summary_without_failures_has_no_failure_hint() -> None:
 def test_trial_view_of_a_failed_trial_shows_everything() -> None:
     text = _text(render.trial_detail(_failed(), SPEC))
     for expected in (
-        "trial 3", "FAILED (oom)", "oom: out of GPU memory", "exit code -9 (SIGKILL)", "cuda:0",
-        "model.num_filters", "adam", "metrics per epoch", "val_accuracy", "final metrics",
-        'File "trainer.py", line 88, in train_epoch', "torch.OutOfMemoryError: CUDA out of memory",
-        "stderr (last 50 lines)", "stderr line 11 [cuda:0]", "stderr line 60 [cuda:0]",
-    ):  # fmt: skip
+        "trial 3",
+        "FAILED (oom)",
+        "oom: out of GPU memory",
+        "exit code -9 (SIGKILL)",
+        "cuda:0",
+        "model.num_filters",
+        "adam",
+        "metrics per epoch",
+        "val_accuracy",
+        "final metrics",
+        'File "trainer.py", line 88, in train_epoch',
+        "torch.OutOfMemoryError: CUDA out of memory",
+        "stderr (last 50 lines)",
+        "stderr line 11 [cuda:0]",
+        "stderr line 60 [cuda:0]",
+    ):
         assert expected in text, expected
     assert "stderr line 10 [cuda:0]" not in text  # only the last 50 lines
     retries = next(line for line in text.splitlines() if line.startswith("retries"))

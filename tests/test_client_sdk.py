@@ -300,8 +300,16 @@ def test_cli_trial_shows_a_failed_trials_reason_traceback_and_stderr(
 ) -> None:
     assert main(["--server", address, "trial", "s1", "2"]) == 0
     out = capsys.readouterr().out
-    for expected in ("FAILED (crash)", "the worker process died", "exit code -9 (SIGKILL)", "retries",
-                     "RuntimeError: worker died", "stderr (last 2 lines)", "loading data", "Killed"):  # fmt: skip
+    for expected in (
+        "FAILED (crash)",
+        "the worker process died",
+        "exit code -9 (SIGKILL)",
+        "retries",
+        "RuntimeError: worker died",
+        "stderr (last 2 lines)",
+        "loading data",
+        "Killed",
+    ):
         assert expected in out, (expected, out)
     assert main(["--server", address, "trial", "nope", "2"]) == 2
     assert "error: NOT_FOUND: study nope not found" in capsys.readouterr().err

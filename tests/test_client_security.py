@@ -25,7 +25,7 @@ from tuneyard.client import Client, TuneyardError
 from tuneyard.client.cli import _serve_args, build_parser, main
 from tuneyard.client.connection import InsecureTokenWarning
 from tuneyard.common.addresses import is_loopback
-from tuneyard.server.security import Authenticator, AuthInterceptor, TlsFiles, Token
+from tuneyard.server.api.security import Authenticator, AuthInterceptor, TlsFiles, Token
 from tuneyard.v1 import service_pb2 as pb
 from tuneyard.v1 import service_pb2_grpc
 
@@ -239,9 +239,17 @@ def test_a_token_sent_in_plaintext_off_this_machine_is_warned_about() -> None:
 
 @pytest.mark.parametrize(
     ("address", "local"),
-    [("127.0.0.1:1", True), ("localhost:1", True), ("[::1]:1", True), ("dns:///localhost:1", True),
-     ("unix:/tmp/s", True), ("gpu-box:50051", False), ("10.0.0.1:1", False), ("[2001:db8::1]:1", False)],
-)  # fmt: skip
+    [
+        ("127.0.0.1:1", True),
+        ("localhost:1", True),
+        ("[::1]:1", True),
+        ("dns:///localhost:1", True),
+        ("unix:/tmp/s", True),
+        ("gpu-box:50051", False),
+        ("10.0.0.1:1", False),
+        ("[2001:db8::1]:1", False),
+    ],
+)
 def test_loopback_addresses_are_recognised(address: str, local: bool) -> None:
     assert is_loopback(address) is local
 

@@ -58,10 +58,13 @@ def test_a_trial_pruned_just_before_a_kill_ends_pruned_after_the_restart(server_
     data, log_dir = tmp_path / "store", tmp_path / "epochs"
     log_dir.mkdir()
     options = {
-        "trial": 1, "step": 1, "once_marker": "" if replayable else str(tmp_path / "said-stop"),
+        "trial": 1,
+        "step": 1,
+        "once_marker": "" if replayable else str(tmp_path / "said-stop"),
         # The runner stalls 5 s between storing the verdict and ending the trial: the kill lands there.
-        "stall_marker": str(tmp_path / "stalled"), "stall": 5.0,
-    }  # fmt: skip
+        "stall_marker": str(tmp_path / "stalled"),
+        "stall": 5.0,
+    }
     spec = slow_spec(log_dir, 0.3, early_stopping={"name": "stop_at", "options": options})
     proc = server_process(data, env=FAULT_PLUGINS)
     stub = proc.stub()
@@ -116,7 +119,7 @@ def test_a_moved_data_directory_keeps_its_checkpoints(server_process, tmp_path):
 
 
 def test_absolute_checkpoint_paths_of_an_older_store_are_re_rooted(tmp_path):
-    from tuneyard.server.storage import Storage
+    from tuneyard.server.storage.sqlite import Storage
 
     storage = Storage(tmp_path / "now")
     study, _ = storage.create_study({"name": "s"}, "")

@@ -15,7 +15,7 @@ import grpc
 import pytest
 from support import tiny_spec, to_proto, watch_all
 
-from tuneyard.server.security import Token
+from tuneyard.server.api.security import Token
 from tuneyard.v1 import service_pb2 as pb
 from tuneyard.v1 import service_pb2_grpc
 
@@ -110,8 +110,9 @@ def test_dashboard_live_in_headless_chromium(dashboard_server, tmp_path):
         stub = service_pb2_grpc.TrainingServiceStub(channel)
         study = stub.CreateStudy(pb.CreateStudyRequest(spec=to_proto(slow_spec())))
         page = f"{base}studies/{study.study_id}"
-        opened = subprocess.run([*flags, "--virtual-time-budget=60000", "--dump-dom", page],
-                                capture_output=True, text=True, timeout=180)  # fmt: skip
+        opened = subprocess.run(
+            [*flags, "--virtual-time-budget=60000", "--dump-dom", page], capture_output=True, text=True, timeout=180
+        )
         events = watch_all(stub, study.study_id)
     dom = opened.stdout
     # The page asks only for events after those it was rendered with, so each redraw is a live one.

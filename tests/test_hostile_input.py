@@ -27,10 +27,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import watch_all
 
-from tuneyard.server import spec as server_spec
-from tuneyard.server.errors import MAX_DETAILS_CHARS, MalformedRequest
+from tuneyard.server.api.errors import MAX_DETAILS_CHARS, MalformedRequest
+from tuneyard.server.api.wire import SERVICE, tolerant_parser
 from tuneyard.server.limits import MAX_GPU_MEMORY_GB, MAX_GPUS_PER_TRIAL, MAX_PRIORITY, MAX_TRIALS, MIN_GPU_SHARE
-from tuneyard.server.wire import SERVICE, tolerant_parser
+from tuneyard.server.study import spec as server_spec
 from tuneyard.v1 import service_pb2 as pb
 from tuneyard.v1 import service_pb2_grpc, spec_pb2
 
@@ -137,13 +137,20 @@ STRUCT_LEAF = st.one_of(
     st.none(), st.booleans(), st.integers(-(2**64), 2**64), st.floats(), st.sampled_from(ODD_FLOATS), TEXT
 )
 STRUCT_VALUE = st.recursive(
-    STRUCT_LEAF, lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(TEXT, inner, max_size=3)),
+    STRUCT_LEAF,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(TEXT, inner, max_size=3)),
     max_leaves=8,
-)  # fmt: skip
+)
 SMALL_VALUE = st.one_of(
-    st.integers(-2, 6), st.floats(-1, 1), st.booleans(), st.none(), st.sampled_from(ODD_FLOATS), st.text(max_size=4),
-    st.lists(st.integers(0, 3), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(0, 3), max_size=2),
-)  # fmt: skip
+    st.integers(-2, 6),
+    st.floats(-1, 1),
+    st.booleans(),
+    st.none(),
+    st.sampled_from(ODD_FLOATS),
+    st.text(max_size=4),
+    st.lists(st.integers(0, 3), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.integers(0, 3), max_size=2),
+)
 
 PLUGINS = {
     "dataset": ["digits", "synthetic"],
@@ -159,10 +166,28 @@ KNOWN_OPTIONS = (
     "lr momentum num_filters num_conv_layers dropout batch_norm padding p alpha grace_period num_points val_fraction "
     "num_samples min_lr step_size"
 ).split()
-KNOWN_PATHS = ["optimizer.lr", "optimizer.name", "optimizer.momentum", "model.num_filters", "model.num_conv_layers",
-               "model.name", "model.dropout", "training.batch_size", "training.label_smoothing", "training.precision",
-               "training.deterministic", "augmentations.random_crop.padding", "dataset.name", "lr_scheduler.name",
-               "searcher.name", "training.nope", "model.", ".", "a.b.c.d", "augmentations.random_crop"]  # fmt: skip
+KNOWN_PATHS = [
+    "optimizer.lr",
+    "optimizer.name",
+    "optimizer.momentum",
+    "model.num_filters",
+    "model.num_conv_layers",
+    "model.name",
+    "model.dropout",
+    "training.batch_size",
+    "training.label_smoothing",
+    "training.precision",
+    "training.deterministic",
+    "augmentations.random_crop.padding",
+    "dataset.name",
+    "lr_scheduler.name",
+    "searcher.name",
+    "training.nope",
+    "model.",
+    ".",
+    "a.b.c.d",
+    "augmentations.random_crop",
+]
 METRICS = ["val_accuracy", "val_loss", "params", "vibes", ""]
 
 
@@ -214,10 +239,13 @@ def long_space(n: int) -> list[dict[str, Any]]:
     """n alternatives of one name under disjoint conditions: valid, and quadratic to check."""
     head = {"name": "model.num_conv_layers", "choice": {"values": list(range(1, n + 1))}}
     alternatives = [
-        {"name": "optimizer.lr", "float_range": {"low": 0.001, "high": 0.01},
-         "condition": {"parent": "model.num_conv_layers", "values": [i]}}
+        {
+            "name": "optimizer.lr",
+            "float_range": {"low": 0.001, "high": 0.01},
+            "condition": {"parent": "model.num_conv_layers", "values": [i]},
+        }
         for i in range(1, n + 1)
-    ]  # fmt: skip
+    ]
     return [head, *alternatives]
 
 
@@ -244,17 +272,32 @@ SEARCH_SPACE = st.one_of(
     ).map(alternatives),
 )
 OBJECTIVE = st.fixed_dictionaries(
-    {}, optional={"metric": st.one_of(st.sampled_from(METRICS), TEXT), "mode": st.sampled_from(
-        ["MAXIMIZE", "MINIMIZE", 0, 3, -1, 2**31 - 1])}
-)  # fmt: skip
+    {},
+    optional={
+        "metric": st.one_of(st.sampled_from(METRICS), TEXT),
+        "mode": st.sampled_from(["MAXIMIZE", "MINIMIZE", 0, 3, -1, 2**31 - 1]),
+    },
+)
 SMALL_COUNTS = st.sampled_from([-(2**31), -1, 0, 1, 2, 100_001, 2**31 - 1])
 TRAINING_FIELDS: dict[str, st.SearchStrategy[Any]] = {
-    "epochs": SMALL_COUNTS, "batch_size": INT32, "label_smoothing": DOUBLE, "precision": TEXT, "seed": INT64,
-    "grad_clip_norm": DOUBLE, "grad_accumulation_steps": INT32, "ema_decay": DOUBLE, "early_stop_patience": INT32,
-    "deterministic": st.booleans(), "data_pipeline": st.one_of(st.sampled_from(["auto", "device", "loader"]), TEXT),
-}  # fmt: skip
-BUDGET_FIELDS = {"max_trials": SMALL_COUNTS, "max_concurrent_trials": INT32, "max_failures": INT32,
-                 "trial_retries": INT32}  # fmt: skip
+    "epochs": SMALL_COUNTS,
+    "batch_size": INT32,
+    "label_smoothing": DOUBLE,
+    "precision": TEXT,
+    "seed": INT64,
+    "grad_clip_norm": DOUBLE,
+    "grad_accumulation_steps": INT32,
+    "ema_decay": DOUBLE,
+    "early_stop_patience": INT32,
+    "deterministic": st.booleans(),
+    "data_pipeline": st.one_of(st.sampled_from(["auto", "device", "loader"]), TEXT),
+}
+BUDGET_FIELDS = {
+    "max_trials": SMALL_COUNTS,
+    "max_concurrent_trials": INT32,
+    "max_failures": INT32,
+    "trial_retries": INT32,
+}
 RESOURCE_FIELDS = {"gpus_per_trial": DOUBLE, "priority": DOUBLE, "gpu_memory_gb": DOUBLE}
 
 
@@ -305,13 +348,17 @@ def mutated_specs(draw: st.DrawFn) -> dict[str, Any]:
 WILD_SPEC = st.fixed_dictionaries(
     {},
     optional={
-        "name": TEXT, "dataset": component("dataset"), "model": component("model"),
-        "training": st.fixed_dictionaries({}, optional=TRAINING_FIELDS), "search_space": SEARCH_SPACE,
-        "searcher": component("searcher"), "objective": OBJECTIVE,
+        "name": TEXT,
+        "dataset": component("dataset"),
+        "model": component("model"),
+        "training": st.fixed_dictionaries({}, optional=TRAINING_FIELDS),
+        "search_space": SEARCH_SPACE,
+        "searcher": component("searcher"),
+        "objective": OBJECTIVE,
         "budget": st.fixed_dictionaries({}, optional=BUDGET_FIELDS),
         "resources": st.fixed_dictionaries({}, optional=RESOURCE_FIELDS),
     },
-)  # fmt: skip
+)
 # Durations the JSON form cannot even express: out of range, or seconds and nanos of opposite signs.
 DURATION = st.one_of(
     st.none(),
@@ -411,10 +458,16 @@ def delimited(number: int, payload: bytes) -> bytes:
 
 PAYLOAD_OF = {VARINT: b"\x01", I64: bytes(8), LEN: b"\x01x", SGROUP: b"", EGROUP: b"", I32: bytes(4)}
 WIRE_TYPE_OF = {
-    FieldDescriptor.TYPE_DOUBLE: I64, FieldDescriptor.TYPE_FIXED64: I64, FieldDescriptor.TYPE_SFIXED64: I64,
-    FieldDescriptor.TYPE_FLOAT: I32, FieldDescriptor.TYPE_FIXED32: I32, FieldDescriptor.TYPE_SFIXED32: I32,
-    FieldDescriptor.TYPE_STRING: LEN, FieldDescriptor.TYPE_BYTES: LEN, FieldDescriptor.TYPE_MESSAGE: LEN,
-}  # fmt: skip
+    FieldDescriptor.TYPE_DOUBLE: I64,
+    FieldDescriptor.TYPE_FIXED64: I64,
+    FieldDescriptor.TYPE_SFIXED64: I64,
+    FieldDescriptor.TYPE_FLOAT: I32,
+    FieldDescriptor.TYPE_FIXED32: I32,
+    FieldDescriptor.TYPE_SFIXED32: I32,
+    FieldDescriptor.TYPE_STRING: LEN,
+    FieldDescriptor.TYPE_BYTES: LEN,
+    FieldDescriptor.TYPE_MESSAGE: LEN,
+}
 
 
 def request_class(method: MethodDescriptor) -> type[message.Message]:
@@ -430,8 +483,15 @@ def sample_request(method: MethodDescriptor, study_id: str) -> bytes:
         spec["resources"] = {"gpus_per_trial": 3}  # last field of the spec; the server has 2 devices
         request = pb.CreateStudyRequest(spec=json_format.ParseDict(spec, spec_pb2.StudySpec()), request_id="rq")
         return request.SerializeToString()
-    fields: dict[str, Any] = {"study_id": study_id, "trial_id": 1, "page_size": 3, "page_token": "t", "kind": "model",
-                              "state": 2, "after_sequence": 1}  # fmt: skip
+    fields: dict[str, Any] = {
+        "study_id": study_id,
+        "trial_id": 1,
+        "page_size": 3,
+        "page_token": "t",
+        "kind": "model",
+        "state": 2,
+        "after_sequence": 1,
+    }
     return cls(**{f.name: fields[f.name] for f in cls.DESCRIPTOR.fields}).SerializeToString()
 
 
@@ -475,8 +535,11 @@ def corrupt_requests(method: MethodDescriptor, study_id: str) -> list[tuple[str,
         ("valid then garbage", valid + b"\xff\xff"),
     ]
     if method.name == "CreateStudy":
-        cases += [("options nested 300 deep", _deep_struct(300)), ("options nested 40 deep", _deep_struct(40)),
-                  ("spec name with bad UTF-8", delimited(1, delimited(1, b"\xed\xa0\x80")))]  # fmt: skip
+        cases += [
+            ("options nested 300 deep", _deep_struct(300)),
+            ("options nested 40 deep", _deep_struct(40)),
+            ("spec name with bad UTF-8", delimited(1, delimited(1, b"\xed\xa0\x80"))),
+        ]
     return cases
 
 
@@ -508,9 +571,11 @@ def check_raw(channel: grpc.Channel, method: MethodDescriptor, data: bytes) -> s
 
 @pytest.mark.parametrize("method", METHODS, ids=[m.name for m in METHODS])
 def test_hand_made_corrupt_bytes_get_a_proper_status(
-    method: MethodDescriptor, hostile_channel: grpc.Channel, rpc: service_pb2_grpc.TrainingServiceStub,
+    method: MethodDescriptor,
+    hostile_channel: grpc.Channel,
+    rpc: service_pb2_grpc.TrainingServiceStub,
     stored_study: str,
-) -> None:  # fmt: skip
+) -> None:
     before = snapshot(rpc, stored_study)
     cases = corrupt_requests(method, stored_study)
     failures = [f"{label}: {why}" for label, data in cases if (why := check_raw(hostile_channel, method, data))]
@@ -602,32 +667,66 @@ def _milestones(depth: int) -> dict[str, Any]:
 
 REGRESSIONS = [
     ("NaN in a Struct option", _request(STORED_SPEC, _nan_option), "spec.model.options.num_filters", "NaN"),
-    ("infinity deep in a choice value",
-     _request(_with(search_space=[{"name": "model.filter_size", "choice": {"values": [[1, 2]]}}]), _infinite_choice),
-     "spec.search_space[0].choice.values[0][1]", "Infinity"),
-    ("duration out of range", _request(STORED_SPEC, _duration(315_576_000_001, 0)), "spec.budget.max_duration",
-     "Duration is not valid"),
-    ("duration with seconds and nanos of opposite signs", _request(STORED_SPEC, _duration(5, -1)),
-     "spec.budget.max_duration", "Sign mismatch"),
-    ("a list among a repeated name's condition values",
-     _request(_with(search_space=alternatives([["sgd"], [["adam"]]]))), "spec.search_space[2].condition.values[0]",
-     "got a list"),
-    ("an object as a condition value", _request(_with(search_space=alternatives([[{"a": 1}], ["adam"]]))),
-     "spec.search_space[1].condition.values[0]", "got a dict"),
-    ("a 100 kB plugin name (its echo outgrew the client's trailer limit: RESOURCE_EXHAUSTED)",
-     _request(_with(dataset={"name": "y" * 100_000})), "spec.dataset.name", "longer than 4096 characters"),
-    ("5000 two-byte characters in a plugin name", _request(_with(model={"name": "ü" * 5000})), "spec.model.name",
-     "longer than 4096 characters"),
-    ("an option nested deeper than clients can read back", _request(_with(training=_milestones(40))),
-     "spec.training.lr_scheduler.options.milestones[0]", "nested deeper than 32 levels"),
-]  # fmt: skip
+    (
+        "infinity deep in a choice value",
+        _request(_with(search_space=[{"name": "model.filter_size", "choice": {"values": [[1, 2]]}}]), _infinite_choice),
+        "spec.search_space[0].choice.values[0][1]",
+        "Infinity",
+    ),
+    (
+        "duration out of range",
+        _request(STORED_SPEC, _duration(315_576_000_001, 0)),
+        "spec.budget.max_duration",
+        "Duration is not valid",
+    ),
+    (
+        "duration with seconds and nanos of opposite signs",
+        _request(STORED_SPEC, _duration(5, -1)),
+        "spec.budget.max_duration",
+        "Sign mismatch",
+    ),
+    (
+        "a list among a repeated name's condition values",
+        _request(_with(search_space=alternatives([["sgd"], [["adam"]]]))),
+        "spec.search_space[2].condition.values[0]",
+        "got a list",
+    ),
+    (
+        "an object as a condition value",
+        _request(_with(search_space=alternatives([[{"a": 1}], ["adam"]]))),
+        "spec.search_space[1].condition.values[0]",
+        "got a dict",
+    ),
+    (
+        "a 100 kB plugin name (its echo outgrew the client's trailer limit: RESOURCE_EXHAUSTED)",
+        _request(_with(dataset={"name": "y" * 100_000})),
+        "spec.dataset.name",
+        "longer than 4096 characters",
+    ),
+    (
+        "5000 two-byte characters in a plugin name",
+        _request(_with(model={"name": "ü" * 5000})),
+        "spec.model.name",
+        "longer than 4096 characters",
+    ),
+    (
+        "an option nested deeper than clients can read back",
+        _request(_with(training=_milestones(40))),
+        "spec.training.lr_scheduler.options.milestones[0]",
+        "nested deeper than 32 levels",
+    ),
+]
 
 
 @pytest.mark.parametrize(("label", "request_", "field", "reason"), REGRESSIONS, ids=[r[0] for r in REGRESSIONS])
 def test_found_spec_is_invalid_argument_naming_the_field(
-    label: str, request_: pb.CreateStudyRequest, field: str, reason: str, rpc: service_pb2_grpc.TrainingServiceStub,
+    label: str,
+    request_: pb.CreateStudyRequest,
+    field: str,
+    reason: str,
+    rpc: service_pb2_grpc.TrainingServiceStub,
     hostile_channel: grpc.Channel,
-) -> None:  # fmt: skip
+) -> None:
     code, details, _ = outcome(lambda: rpc.CreateStudy(request_, timeout=CALL_TIMEOUT_S))
     assert code == grpc.StatusCode.INVALID_ARGUMENT, f"{code.name}: {details}"
     assert details.startswith(f"{field}: ") or details.startswith(f"{field}["), details
@@ -662,12 +761,18 @@ def test_nesting_within_the_limit_is_stored_and_lists_back(
 BOUNDARY_INTS = (-(2**63), -(2**63) + 1, -(2**31), -1, 0, 1, 2**31 - 1, 2**32 - 1, 2**32, 2**53, 2**53 + 1, 2**63 - 1)
 _INT32, _INT64 = (-(2**31), 2**31 - 1), (-(2**63), 2**63 - 1)
 WIRE_RANGE = {
-    FieldDescriptor.TYPE_INT32: _INT32, FieldDescriptor.TYPE_SINT32: _INT32, FieldDescriptor.TYPE_SFIXED32: _INT32,
+    FieldDescriptor.TYPE_INT32: _INT32,
+    FieldDescriptor.TYPE_SINT32: _INT32,
+    FieldDescriptor.TYPE_SFIXED32: _INT32,
     FieldDescriptor.TYPE_ENUM: _INT32,  # proto3 enums are open: any int32 travels
-    FieldDescriptor.TYPE_INT64: _INT64, FieldDescriptor.TYPE_SINT64: _INT64, FieldDescriptor.TYPE_SFIXED64: _INT64,
-    FieldDescriptor.TYPE_UINT32: (0, 2**32 - 1), FieldDescriptor.TYPE_FIXED32: (0, 2**32 - 1),
-    FieldDescriptor.TYPE_UINT64: (0, 2**64 - 1), FieldDescriptor.TYPE_FIXED64: (0, 2**64 - 1),
-}  # fmt: skip
+    FieldDescriptor.TYPE_INT64: _INT64,
+    FieldDescriptor.TYPE_SINT64: _INT64,
+    FieldDescriptor.TYPE_SFIXED64: _INT64,
+    FieldDescriptor.TYPE_UINT32: (0, 2**32 - 1),
+    FieldDescriptor.TYPE_FIXED32: (0, 2**32 - 1),
+    FieldDescriptor.TYPE_UINT64: (0, 2**64 - 1),
+    FieldDescriptor.TYPE_FIXED64: (0, 2**64 - 1),
+}
 # Their numbers are doubles (NullValue aside): the plugin-option cases below cover them.
 _JSON_TYPES = ("google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue")
 FieldPath = tuple[str | int, ...]
@@ -681,8 +786,14 @@ BOUNDARY_SPEC: dict[str, Any] = {
     "budget": {"max_trials": 1, "max_duration": "600s"},
 }
 # Values of a plain request's fields: valid against the stored study, so that the one edited field decides.
-PLAIN_FIELDS: dict[str, Any] = {"trial_id": 1, "page_size": 1, "page_token": "", "kind": "model", "state": 0,
-                                "after_sequence": 0}  # fmt: skip
+PLAIN_FIELDS: dict[str, Any] = {
+    "trial_id": 1,
+    "page_size": 1,
+    "page_token": "",
+    "kind": "model",
+    "state": 0,
+    "after_sequence": 0,
+}
 
 
 def boundary_values(field: FieldDescriptor) -> list[int]:
@@ -798,9 +909,12 @@ def call(stub: service_pb2_grpc.TrainingServiceStub, method: MethodDescriptor, r
 
 
 def _boundary_request_failure(
-    stub: service_pb2_grpc.TrainingServiceStub, method: MethodDescriptor, template: message.Message, path: FieldPath,
+    stub: service_pb2_grpc.TrainingServiceStub,
+    method: MethodDescriptor,
+    template: message.Message,
+    path: FieldPath,
     value: int,
-) -> str | None:  # fmt: skip
+) -> str | None:
     code, details, _ = outcome(lambda: call(stub, method, with_integer(template, path, value)))
     if code in FORBIDDEN:
         return f"{code.name}: {details}"
@@ -859,16 +973,42 @@ def _b64(text: str | bytes) -> str:
     return base64.urlsafe_b64encode(text.encode() if isinstance(text, str) else text).decode()
 
 
-FORGED_NUMBERS = [str(2**63), str(2**64), str(10**19), "9" * 40, "-1", str(-(2**63)), "-0", "+1", "01", " 1", "1 ",
-                  "1e3", "0x10", "1.0", "1_000", "abc", "", "\u0661", "1\x00"]  # fmt: skip
+FORGED_NUMBERS = [
+    str(2**63),
+    str(2**64),
+    str(10**19),
+    "9" * 40,
+    "-1",
+    str(-(2**63)),
+    "-0",
+    "+1",
+    "01",
+    " 1",
+    "1 ",
+    "1e3",
+    "0x10",
+    "1.0",
+    "1_000",
+    "abc",
+    "",
+    "\u0661",
+    "1\x00",
+]
 FORGED_TOKENS = [
     *((f"r{n!r}", _b64(f"r{n}")) for n in FORGED_NUMBERS),
-    ("a number without the r", _b64("5")), ("R5", _b64("R5")), ("r5 not encoded", "r5"),
-    ("a valid token with junk between its characters", "c!jU="), ("without padding", _b64("r1").rstrip("=")),
-    ("padding only", "===="), ("punctuation", "!!!!"), ("NUL", "\x00"), ("non-ASCII", "名前"),
-    ("raw bytes encoded", _b64(b"\xff\xfe\x00r1")), ("100,000 characters", "A" * 100_000),
+    ("a number without the r", _b64("5")),
+    ("R5", _b64("R5")),
+    ("r5 not encoded", "r5"),
+    ("a valid token with junk between its characters", "c!jU="),
+    ("without padding", _b64("r1").rstrip("=")),
+    ("padding only", "===="),
+    ("punctuation", "!!!!"),
+    ("NUL", "\x00"),
+    ("non-ASCII", "名前"),
+    ("raw bytes encoded", _b64(b"\xff\xfe\x00r1")),
+    ("100,000 characters", "A" * 100_000),
     ("r and 10,000 digits", _b64("r" + "1" * 10_000)),
-]  # fmt: skip
+]
 
 
 def test_forged_page_tokens_are_invalid_argument_naming_the_token(
@@ -901,15 +1041,22 @@ def test_forged_page_tokens_are_invalid_argument_naming_the_token(
 # cheap to build, and are what validation once let through to fail at construction; the models other
 # than the base spec's would make even a cancelled trial heavy.
 BOUND_SAMPLE: dict[str, tuple[str, ...] | None] = {
-    "searcher": None, "early_stopper": None, "optimizer": ("adam", "sgd"), "lr_scheduler": ("step", "onecycle"),
+    "searcher": None,
+    "early_stopper": None,
+    "optimizer": ("adam", "sgd"),
+    "lr_scheduler": ("step", "onecycle"),
     "model": ("simple_cnn",),
-}  # fmt: skip
+}
 # Where each kind sits in a spec; "training" stands for the plain training fields, which the server's own
 # table bounds and which (unlike searcher and stopper options) can be searched as well as fixed.
 COMPONENT_AT = {
-    "searcher": ("searcher",), "early_stopper": ("early_stopping",), "optimizer": ("training", "optimizer"),
-    "lr_scheduler": ("training", "lr_scheduler"), "model": ("model",), "training": ("training",),
-}  # fmt: skip
+    "searcher": ("searcher",),
+    "early_stopper": ("early_stopping",),
+    "optimizer": ("training", "optimizer"),
+    "lr_scheduler": ("training", "lr_scheduler"),
+    "model": ("model",),
+    "training": ("training",),
+}
 SEARCHABLE = ("optimizer", "lr_scheduler", "model", "training")
 BOUND_NAMES, _LOWER, _INCLUSIVE = ("ge", "gt", "le", "lt"), ("ge", "gt"), ("ge", "le")
 # Struct numbers are doubles: integers past 2**53 lose digits, so an int option refuses them whatever it declares.
@@ -1051,17 +1198,28 @@ def bound_cases(edge: Edge) -> Iterator[BoundCase]:
         label = f"{edge.label} = {number!r}"
         if _carried("training" if edge.kind == "training" else "options", number, edge.option):
             fixed_at = dotted(("spec", *at, edge.option))
-            yield BoundCase(f"{label}, fixed", bound_spec(edge, {edge.option: number}), admitted, fixed_at,
-                            functools.partial(_stored_fixed, edge), number)  # fmt: skip
+            yield BoundCase(
+                f"{label}, fixed",
+                bound_spec(edge, {edge.option: number}),
+                admitted,
+                fixed_at,
+                functools.partial(_stored_fixed, edge),
+                number,
+            )
         if edge.kind not in SEARCHABLE:
             continue
         for domain, field in (("choice", "choice.values[0]"), (ranged, near)):
             if not _carried(domain, number):
                 continue
             param = searched(edge, domain, value)
-            yield BoundCase(f"{label}, searched as {domain}", bound_spec(edge, {}, [param]), admitted,
-                            f"spec.search_space[0].{field}", _stored_parameter,
-                            json_format.ParseDict(param, spec_pb2.Parameter()))  # fmt: skip
+            yield BoundCase(
+                f"{label}, searched as {domain}",
+                bound_spec(edge, {}, [param]),
+                admitted,
+                f"spec.search_space[0].{field}",
+                _stored_parameter,
+                json_format.ParseDict(param, spec_pb2.Parameter()),
+            )
 
 
 def _carried(where: str, number: float, field: str = "") -> bool:
@@ -1122,7 +1280,7 @@ CAPS = [
     ("resources", "priority", MAX_PRIORITY, (math.nextafter(MAX_PRIORITY, math.inf), 1e308)),
     ("budget", "max_trials", MAX_TRIALS, (MAX_TRIALS + 1, 2**31 - 1)),
     ("budget", "trial_retries", server_spec.MAX_TRIAL_RETRIES, (server_spec.MAX_TRIAL_RETRIES + 1, 2**31 - 1)),
-]  # fmt: skip
+]
 PAST_CAPS = [(section, field, value) for section, field, _, past in CAPS for value in past]
 AT_CAPS = [(section, field, cap) for section, field, cap, _ in CAPS if cap is not None]
 
@@ -1191,8 +1349,11 @@ def _edge_run_failure(stub: service_pb2_grpc.TrainingServiceStub, spec: dict[str
         return f"refused: {code.name}: {details}"
     ended = settle(stub, study.study_id)
     trials = stub.ListTrials(pb.ListTrialsRequest(study_id=study.study_id), timeout=CALL_TIMEOUT_S).trials
-    bad = [f"trial {t.trial_id} {pb.TrialState.Name(t.state)}: {t.error}" for t in trials
-           if t.state not in (pb.TRIAL_COMPLETED, pb.TRIAL_PRUNED)]  # fmt: skip
+    bad = [
+        f"trial {t.trial_id} {pb.TrialState.Name(t.state)}: {t.error}"
+        for t in trials
+        if t.state not in (pb.TRIAL_COMPLETED, pb.TRIAL_PRUNED)
+    ]
     bad += [f"trial {t.trial_id}: {wrong}" for t in trials if (wrong := off_the_space(dict(t.config)))]
     if ended.state != pb.STUDY_COMPLETED or bad or not trials:
         return f"{pb.StudyState.Name(ended.state)} {ended.error!r}, {len(trials)} trials: {bad}"

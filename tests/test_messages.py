@@ -1,4 +1,4 @@
-"""The worker protocol (`server/messages.py`): every message survives the trip a real executor gives
+"""The worker protocol (`server/execution/messages.py`): every message survives the trip a real executor gives
 it (a multiprocessing pipe, Ray's cloudpickle), a task run reports in it, and each final message
 maps to the ending the runner stores."""
 
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tuneyard.plugins.api import Infeasible as InfeasibleConfig
-from tuneyard.server.messages import (
+from tuneyard.server.execution.messages import (
     Beat,
     Crashed,
     Done,
@@ -27,8 +27,8 @@ from tuneyard.server.messages import (
     Train,
     Wake,
 )
-from tuneyard.server.outcomes import Ending, ending_of
-from tuneyard.server.worker import run_task
+from tuneyard.server.study.outcomes import Ending, ending_of
+from tuneyard.server.worker.main import run_task
 
 EVERY_MESSAGE = [
     Train(3, {"trial_id": 3, "settings": {"training": {"epochs": 2}}, "checkpoint": "/c/3.pt", "rank": 0}),

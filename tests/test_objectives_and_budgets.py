@@ -8,7 +8,7 @@ import sys
 from google.protobuf.timestamp_pb2 import Timestamp
 from support import tiny_spec, to_proto, watch_all
 
-from tuneyard.server.pareto import dominates, pareto_front
+from tuneyard.server.study.pareto import dominates, pareto_front
 from tuneyard.v1 import service_pb2 as pb
 
 
@@ -47,8 +47,10 @@ def test_multi_objective_study_reports_its_pareto_front(stub, server):
     assert trials[0].final_metrics["inference_latency_ms"] > 0
     shown = subprocess.run(
         [sys.executable, "-m", "tuneyard.client.cli", "--server", server.address, "best", study.study_id],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert shown.returncode == 0, shown.stderr
     assert "pareto_front:" in shown.stdout and "compute spent: 8 epochs" in shown.stdout
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tuneyard.server.domain import TrialState
-from tuneyard.server.outcomes import Ending, Finish, RunAgain, decide, final_state
+from tuneyard.server.study.domain import TrialState
+from tuneyard.server.study.outcomes import Ending, Finish, RunAgain, decide, final_state
 
 DONE = Ending("done", result={"final_metrics": {"val_accuracy": 0.9}, "stopped": False})
 STOPPED = Ending("done", result={"final_metrics": {"val_accuracy": 0.8}, "stopped": True})
@@ -22,9 +22,14 @@ KEPT = {"val_accuracy": 0.7}
 
 def run(ending: Ending, stop: str | None = None, share: float = 1.0, retries: int = 0, max_retries: int = 0):
     return decide(
-        ending, stop_reason=stop, share=share, units=share, retries=retries, max_retries=max_retries,
+        ending,
+        stop_reason=stop,
+        share=share,
+        units=share,
+        retries=retries,
+        max_retries=max_retries,
         kept_metrics=lambda: dict(KEPT),
-    )  # fmt: skip
+    )
 
 
 @pytest.mark.parametrize(

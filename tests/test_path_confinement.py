@@ -112,13 +112,13 @@ ESCAPES = [
     ("NUL byte", weights_file, "weights.pt\x00.png", WEIGHTS, "NUL byte"),
     ("overlong component", image_folder, "a" * 256, DATASET, "longer than 255 bytes"),
     ("overlong path", weights_file, "a/" * 2049, WEIGHTS, "longer than 4096 characters"),
-]  # fmt: skip
+]
 
 SEARCHED_ESCAPES = [
     ("dataset path among choices", "dataset.path", ["images", "../../outside/images"], "escapes the data root"),
     ("weights file among choices", "model.weights_file", ["weights.pt", "stolen.pt"], "symbolic link out"),
     ("absolute path among choices", "model.weights_file", ["", "{outside}/secret.pt"], "escapes the data root"),
-]  # fmt: skip
+]
 
 ALLOWED = [
     ("relative folder", image_folder, "images"),

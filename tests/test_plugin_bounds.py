@@ -30,8 +30,16 @@ LIMITS = ("ge", "gt", "le", "lt")
 # ---- register(..., bounds=...) ----
 
 
-def patience(*, objective: Objective, max_epochs: int, patience: int = 2, factor: float = 0.5, label: str = "a",
-             limit: int, seed: int | None = None) -> tuple[int, float, int]:  # fmt: skip
+def patience(
+    *,
+    objective: Objective,
+    max_epochs: int,
+    patience: int = 2,
+    factor: float = 0.5,
+    label: str = "a",
+    limit: int,
+    seed: int | None = None,
+) -> tuple[int, float, int]:
     """A stand-in early stopper whose options cover every kind of declaration."""
     return patience, factor, limit
 
@@ -116,8 +124,12 @@ COMPANIONS: dict[tuple[str, str, str], dict[str, Any]] = {
 
 
 def test_every_numeric_builtin_option_declares_bounds() -> None:
-    unbounded = [(e.kind, e.name, p.name) for e in REGISTRY.entries() for p in e.parameters
-                 if p.type in ("int", "float") and p.bounds is None]  # fmt: skip
+    unbounded = [
+        (e.kind, e.name, p.name)
+        for e in REGISTRY.entries()
+        for p in e.parameters
+        if p.type in ("int", "float") and p.bounds is None
+    ]
     assert unbounded == []
     assert not REGISTRY.errors
 
@@ -219,19 +231,43 @@ def test_a_builtin_is_built_with_an_option_at_its_inclusive_bound(
 # ---- over gRPC: CreateStudy refuses, ListPlugins, grpcurl and the CLI show ----
 
 ISSUE_VALUES = [
-    ("asha grace_period 0", {"early_stopping": {"name": "asha", "options": {"grace_period": 0}}},
-     "spec.early_stopping.options.grace_period", "must be >= 1, got 0"),
-    ("asha reduction_factor 1", {"early_stopping": {"name": "asha", "options": {"reduction_factor": 1}}},
-     "spec.early_stopping.options.reduction_factor", "must be >= 2, got 1"),
-    ("tpe n_startup_trials -1", {"searcher": {"name": "tpe", "options": {"n_startup_trials": -1}}},
-     "spec.searcher.options.n_startup_trials", "must be >= 0, got -1"),
-    ("grid num_points 0", {"searcher": {"name": "grid", "options": {"num_points": 0}}},
-     "spec.searcher.options.num_points", "must be >= 1, got 0"),
-    ("adam beta2 1", {"training": {**tiny_spec()["training"], "optimizer": {"name": "adam", "options": {"beta2": 1}}}},
-     "spec.training.optimizer.options.beta2", "must be < 1, got 1"),
-    ("searched dropout up to 1", {"search_space": [{"name": "model.dropout", "float_range": {"low": 0, "high": 1}}]},
-     "spec.search_space[0].float_range.high", "must be < 1, got 1"),
-]  # fmt: skip
+    (
+        "asha grace_period 0",
+        {"early_stopping": {"name": "asha", "options": {"grace_period": 0}}},
+        "spec.early_stopping.options.grace_period",
+        "must be >= 1, got 0",
+    ),
+    (
+        "asha reduction_factor 1",
+        {"early_stopping": {"name": "asha", "options": {"reduction_factor": 1}}},
+        "spec.early_stopping.options.reduction_factor",
+        "must be >= 2, got 1",
+    ),
+    (
+        "tpe n_startup_trials -1",
+        {"searcher": {"name": "tpe", "options": {"n_startup_trials": -1}}},
+        "spec.searcher.options.n_startup_trials",
+        "must be >= 0, got -1",
+    ),
+    (
+        "grid num_points 0",
+        {"searcher": {"name": "grid", "options": {"num_points": 0}}},
+        "spec.searcher.options.num_points",
+        "must be >= 1, got 0",
+    ),
+    (
+        "adam beta2 1",
+        {"training": {**tiny_spec()["training"], "optimizer": {"name": "adam", "options": {"beta2": 1}}}},
+        "spec.training.optimizer.options.beta2",
+        "must be < 1, got 1",
+    ),
+    (
+        "searched dropout up to 1",
+        {"search_space": [{"name": "model.dropout", "float_range": {"low": 0, "high": 1}}]},
+        "spec.search_space[0].float_range.high",
+        "must be < 1, got 1",
+    ),
+]
 
 
 def _study_count(stub: Any) -> int:
@@ -278,10 +314,18 @@ def test_list_plugins_shows_the_declared_bounds(stub: Any) -> None:
 
 def test_grpcurl_list_plugins_shows_the_bounds_as_json(server: Any) -> None:
     proc = subprocess.run(
-        [grpcurl_binary(), "-plaintext", "-d", '{"kind": "early_stopper"}', server.address,
-         "tuneyard.v1.TrainingService/ListPlugins"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            grpcurl_binary(),
+            "-plaintext",
+            "-d",
+            '{"kind": "early_stopper"}',
+            server.address,
+            "tuneyard.v1.TrainingService/ListPlugins",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert '"name": "grace_period"' in proc.stdout and '"ge": 1' in proc.stdout, proc.stdout
     assert '"ge": 2' in proc.stdout  # reduction_factor
@@ -290,7 +334,10 @@ def test_grpcurl_list_plugins_shows_the_bounds_as_json(server: Any) -> None:
 def test_cli_plugins_shows_the_bounds(server: Any) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "tuneyard.client.cli", "--server", server.address, "plugins", "early_stopper"],
-        capture_output=True, text=True, timeout=60, env={"COLUMNS": "400", "PATH": ""},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"COLUMNS": "400", "PATH": ""},
+    )
     assert out.returncode == 0, out.stderr
     assert "grace_period:int=1 [>= 1]" in out.stdout and "reduction_factor:int=3 [>= 2]" in out.stdout, out.stdout

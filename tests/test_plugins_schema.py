@@ -46,12 +46,31 @@ def model_factory(
 def test_types_defaults_and_docs_from_a_future_annotations_factory() -> None:
     params = {p.name: p for p in derive_params(model_factory, "model")}
     assert list(params) == [
-        "width", "rate", "use_bias", "act", "sizes", "extra", "seed", "anything", "mode", "untyped", "depth"
-    ]  # fmt: skip
+        "width",
+        "rate",
+        "use_bias",
+        "act",
+        "sizes",
+        "extra",
+        "seed",
+        "anything",
+        "mode",
+        "untyped",
+        "depth",
+    ]
     assert {n: p.type for n, p in params.items()} == {
-        "width": "int", "rate": "float", "use_bias": "bool", "act": "str", "sizes": "list", "extra": "dict",
-        "seed": "int", "anything": "any", "mode": "str", "untyped": "float", "depth": "int",
-    }  # fmt: skip
+        "width": "int",
+        "rate": "float",
+        "use_bias": "bool",
+        "act": "str",
+        "sizes": "list",
+        "extra": "dict",
+        "seed": "int",
+        "anything": "any",
+        "mode": "str",
+        "untyped": "float",
+        "depth": "int",
+    }
     assert params["width"] == ParamSpec("width", "int", 64, "channels of every layer.")
     assert params["rate"].doc == "dropout rate."
     assert params["act"].doc == ""
@@ -80,8 +99,11 @@ def test_unresolvable_string_annotations_fall_back_to_their_text() -> None:
         """No Args section."""
 
     assert [(p.name, p.type) for p in derive_params(factory, "dataset")] == [
-        ("a", "int"), ("b", "float"), ("c", "any"), ("d", "list")
-    ]  # fmt: skip
+        ("a", "int"),
+        ("b", "float"),
+        ("c", "any"),
+        ("d", "list"),
+    ]
 
 
 def test_class_factories_are_read_from_init() -> None:

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from support import REPO, ServerProcess, tiny_spec, to_proto, watch_all
 
-from tuneyard.server.runner import free_port
+from tuneyard.server.study.runner import free_port
 from tuneyard.v1 import service_pb2 as pb
 
 # Ray's servers listen on every interface unless told otherwise; this keeps them on 127.0.0.1. It
@@ -38,9 +38,12 @@ if importlib.util.find_spec("ray") is None:
 RAY = str(Path(sys.executable).parent / "ray")
 FAULTS = str(REPO / "tests" / "fault_plugins")
 RAY_ENV = {
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": RAY_TOKEN,
-    "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": FAULTS,
-}  # fmt: skip
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_AUTH_MODE": "token",
+    "RAY_AUTH_TOKEN": RAY_TOKEN,
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "PYTHONPATH": FAULTS,
+}
 
 
 LOOPBACK = re.compile(r"(127\.0\.0\.1|\[::1\]|\[::ffff:127\.0\.0\.1\]):")
@@ -59,8 +62,16 @@ class RayCluster:
     def __init__(self, cpus: int) -> None:
         self.port = free_port()
         self.temp = Path(f"/tmp/ty-ray-{uuid.uuid4().hex[:6]}")  # short: Ray's socket paths have a length limit
-        ray("start", "--head", "--node-ip-address=127.0.0.1", f"--port={self.port}", f"--num-cpus={cpus}",
-            "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={self.temp}")  # fmt: skip
+        ray(
+            "start",
+            "--head",
+            "--node-ip-address=127.0.0.1",
+            f"--port={self.port}",
+            f"--num-cpus={cpus}",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            f"--temp-dir={self.temp}",
+        )
         self.address = f"127.0.0.1:{self.port}"
 
     def stop(self) -> None:
@@ -68,8 +79,16 @@ class RayCluster:
         shutil.rmtree(self.temp, ignore_errors=True)
 
 
-RAY_PROCESSES = ("raylet", "gcs_server", "ray::", "default_worker", "dashboard", "log_monitor", "runtime_env",
-                 "ray_client")  # fmt: skip
+RAY_PROCESSES = (
+    "raylet",
+    "gcs_server",
+    "ray::",
+    "default_worker",
+    "dashboard",
+    "log_monitor",
+    "runtime_env",
+    "ray_client",
+)
 
 
 def ray_listeners() -> list[str]:
@@ -117,9 +136,19 @@ def cluster() -> Iterator[RayCluster]:
 def ray_server(cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     shared = tmp_path_factory.mktemp("shared-checkpoints")
     proc = ServerProcess(
-        tmp_path_factory.mktemp("ray-store"), "--executor", "ray", "--ray-address", cluster.address,
-        "--checkpoint-dir", str(shared), "--cpu-slots", "2", "--trial-heartbeat-timeout", "60", env=RAY_ENV,
-    )  # fmt: skip
+        tmp_path_factory.mktemp("ray-store"),
+        "--executor",
+        "ray",
+        "--ray-address",
+        cluster.address,
+        "--checkpoint-dir",
+        str(shared),
+        "--cpu-slots",
+        "2",
+        "--trial-heartbeat-timeout",
+        "60",
+        env=RAY_ENV,
+    )
     yield proc
     assert proc.stop() == 0
 
@@ -172,8 +201,9 @@ def test_killed_ray_worker_is_retried_from_its_checkpoint(ray_server):
     spec = tiny_spec(
         model={"name": "faulty", "options": {"epoch_sleep": 0.5}},
         training={"epochs": 4, "batch_size": 256, "optimizer": {"name": "adam"}, "seed": 0},
-        search_space=[], budget={"max_trials": 1, "trial_retries": 1},
-    )  # fmt: skip
+        search_space=[],
+        budget={"max_trials": 1, "trial_retries": 1},
+    )
     study = stub.CreateStudy(pb.CreateStudyRequest(spec=to_proto(spec)))
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -204,8 +234,18 @@ def test_two_node_cluster_on_loopback(tmp_path):
     try:
         cluster.add_node(num_cpus=2)
         cluster.wait_for_nodes()
-        proc = ServerProcess(tmp_path / "store", "--executor", "ray", "--ray-address", cluster.address,
-                             "--checkpoint-dir", str(tmp_path / "shared"), "--cpu-slots", "3", env=RAY_ENV)  # fmt: skip
+        proc = ServerProcess(
+            tmp_path / "store",
+            "--executor",
+            "ray",
+            "--ray-address",
+            cluster.address,
+            "--checkpoint-dir",
+            str(tmp_path / "shared"),
+            "--cpu-slots",
+            "3",
+            env=RAY_ENV,
+        )
         try:
             stub = proc.stub()
             nodes = [n for n in stub.GetServerInfo(pb.GetServerInfoRequest()).nodes if n.alive]

@@ -146,11 +146,18 @@ def test_best_so_far_honours_the_direction():
 
 
 def test_a_study_without_results_still_renders_every_section():
-    spec = to_proto(tiny_spec(search_space=[
-        {"name": "optimizer.name", "choice": {"values": ["sgd", "adam"]}},
-        {"name": "optimizer.momentum", "float_range": {"low": 0.5, "high": 0.99},
-         "condition": {"parent": "optimizer.name", "values": ["sgd"]}},
-    ]))  # fmt: skip
+    spec = to_proto(
+        tiny_spec(
+            search_space=[
+                {"name": "optimizer.name", "choice": {"values": ["sgd", "adam"]}},
+                {
+                    "name": "optimizer.momentum",
+                    "float_range": {"low": 0.5, "high": 0.99},
+                    "condition": {"parent": "optimizer.name", "values": ["sgd"]},
+                },
+            ]
+        )
+    )
     failed = pb.Trial(trial_id=1, state=pb.TRIAL_FAILED, failure_reason="oom", error="Trace\nOOM <b>", device="gpu")
     failed.config.update({"optimizer.name": "adam"})
     failed.start_time.FromSeconds(100)

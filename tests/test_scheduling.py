@@ -9,9 +9,9 @@ import grpc
 import pytest
 from support import tiny_spec, to_proto, watch_all
 
-from tuneyard.server.devices import Device
-from tuneyard.server.scheduler import DeviceScheduler
-from tuneyard.server.workers import MAX_WORKERS_PER_DEVICE, PooledWorkers
+from tuneyard.server.execution.devices import Device
+from tuneyard.server.execution.local_pool import MAX_WORKERS_PER_DEVICE, PooledWorkers
+from tuneyard.server.execution.scheduler import DeviceScheduler
 from tuneyard.v1 import service_pb2 as pb
 from tuneyard.v1 import service_pb2_grpc
 
@@ -135,10 +135,16 @@ def test_data_parallel_trial_matches_a_single_process_run(stub):
     def run(gpus: float) -> pb.Trial:
         spec = tiny_spec(
             model={"name": "simple_cnn", "options": {"num_filters": 8, "batch_norm": False}},
-            training={"epochs": 2, "batch_size": 64, "seed": 3,
-                      "optimizer": {"name": "sgd", "options": {"lr": 0.05, "momentum": 0.9}}},
-            search_space=[], budget={"max_trials": 1}, resources={"gpus_per_trial": gpus},
-        )  # fmt: skip
+            training={
+                "epochs": 2,
+                "batch_size": 64,
+                "seed": 3,
+                "optimizer": {"name": "sgd", "options": {"lr": 0.05, "momentum": 0.9}},
+            },
+            search_space=[],
+            budget={"max_trials": 1},
+            resources={"gpus_per_trial": gpus},
+        )
         study = stub.CreateStudy(pb.CreateStudyRequest(spec=to_proto(spec)))
         events = watch_all(stub, study.study_id)
         assert events[-1].study_state.state == pb.STUDY_COMPLETED, events[-1]

@@ -85,8 +85,12 @@ def test_random_gives_up_on_a_degenerate_continuous_space(reg: PluginRegistry) -
 def test_grid_enumerates_in_order_with_conditions(reg: PluginRegistry) -> None:
     configs = take(make(reg, "grid", space=DISCRETE), 13)
     assert configs[-1] is None
-    assert configs[:4] == [{"a": "x", "n": 1, "m": 0}, {"a": "x", "n": 1, "m": 5}, {"a": "x", "n": 1, "m": 10},
-                           {"a": "x", "n": 2, "m": 0}]  # fmt: skip
+    assert configs[:4] == [
+        {"a": "x", "n": 1, "m": 0},
+        {"a": "x", "n": 1, "m": 5},
+        {"a": "x", "n": 1, "m": 10},
+        {"a": "x", "n": 2, "m": 0},
+    ]
     assert configs[9:12] == [{"a": "y", "n": 1}, {"a": "y", "n": 2}, {"a": "y", "n": 3}]
     assert take(make(reg, "grid", space=DISCRETE, seed=99), 13) == configs
 

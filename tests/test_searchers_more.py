@@ -46,8 +46,9 @@ def reg() -> PluginRegistry:
     return PluginRegistry.load(entry_points=False)
 
 
-def make(reg: PluginRegistry, name: str, space: Any = CONDITIONAL, seed: int = 0, mode: str = "max",
-         **options: Any) -> Searcher:  # fmt: skip
+def make(
+    reg: PluginRegistry, name: str, space: Any = CONDITIONAL, seed: int = 0, mode: str = "max", **options: Any
+) -> Searcher:
     merged = {**OPTIONS.get(name, {}), **options}
     searcher = reg.create("searcher", name, merged, space=space, objective=Objective("v", mode), seed=seed)
     assert isinstance(searcher, Searcher)
@@ -215,9 +216,19 @@ def best_after(searcher: Searcher, n: int) -> tuple[float, list[float]]:
 def test_tpe_beats_random_on_a_quadratic(reg: PluginRegistry) -> None:
     def median_best(name: str) -> float:
         return statistics.median(
-            best_after(make(reg, name, space=QUADRATIC, seed=s, mode="min", **({"n_startup_trials": 10}
-                       if name == "tpe" else {})), 40)[0] for s in range(3)
-        )  # fmt: skip
+            best_after(
+                make(
+                    reg,
+                    name,
+                    space=QUADRATIC,
+                    seed=s,
+                    mode="min",
+                    **({"n_startup_trials": 10} if name == "tpe" else {}),
+                ),
+                40,
+            )[0]
+            for s in range(3)
+        )
 
     assert median_best("tpe") < median_best("random") / 3
 
@@ -232,8 +243,13 @@ def test_evolution_improves_over_its_first_population(reg: PluginRegistry) -> No
 def test_sobol_uses_one_coordinate_per_name_and_covers_each_dimension(reg: PluginRegistry) -> None:
     plain = make(reg, "sobol", scramble=False)
     first = plain.suggest(1)
-    lows = {"optimizer.name": "sgd", "optimizer.lr": pytest.approx(1e-3), "optimizer.momentum": 0.0,
-            "model.layers": 1, "training.batch_size": 16}  # fmt: skip
+    lows = {
+        "optimizer.name": "sgd",
+        "optimizer.lr": pytest.approx(1e-3),
+        "optimizer.momentum": 0.0,
+        "model.layers": 1,
+        "training.batch_size": 16,
+    }
     assert first == lows  # the plain sequence starts at the lower corner
     searcher = make(reg, "sobol", space=QUADRATIC, seed=0)
     xs = sorted(searcher.suggest(i)["x"] for i in range(16))  # type: ignore[index]
@@ -241,8 +257,9 @@ def test_sobol_uses_one_coordinate_per_name_and_covers_each_dimension(reg: Plugi
 
 
 @pytest.mark.parametrize("name", ["tpe", "cmaes", "gp"])
-def test_optuna_searchers_say_how_to_install_optuna(reg: PluginRegistry, name: str,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_optuna_searchers_say_how_to_install_optuna(
+    reg: PluginRegistry, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setitem(sys.modules, "optuna", None)
     with pytest.raises(ImportError, match=r"pip install 'tuneyard\[optuna\]'"):
         make(reg, name)

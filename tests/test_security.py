@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from support import ServerProcess, grpcurl_binary, tiny_spec, to_proto
 
-from tuneyard.server.security import SecurityConfigError, TlsFiles, Token, load_tokens
+from tuneyard.server.api.security import SecurityConfigError, TlsFiles, Token, load_tokens
 from tuneyard.v1 import service_pb2 as pb
 from tuneyard.v1 import service_pb2_grpc
 
@@ -53,9 +53,10 @@ def start(tmp_path: Path, **security: Any) -> Any:
 @pytest.fixture(scope="module")
 def tls_server(tmp_path_factory: pytest.TempPathFactory, certs: Certs) -> Iterator[Any]:
     handle = start(
-        tmp_path_factory.mktemp("tls-store"), tls=TlsFiles(certs.server_cert, certs.server_key),
+        tmp_path_factory.mktemp("tls-store"),
+        tls=TlsFiles(certs.server_cert, certs.server_key),
         tokens=[Token("alice", TOKEN.encode())],
-    )  # fmt: skip
+    )
     yield handle
     handle.stop()
 
@@ -102,10 +103,22 @@ def test_plaintext_off_loopback_is_refused_before_anything_starts(tmp_path):
 
 def test_serve_cli_refuses_plaintext_off_loopback(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "tuneyard.client.cli", "serve", "--host", "0.0.0.0", "--port", "0",
-         "--data-dir", str(tmp_path / "store")],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "tuneyard.client.cli",
+            "serve",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "0",
+            "--data-dir",
+            str(tmp_path / "store"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert "refusing to serve plaintext on 0.0.0.0" in proc.stderr and "--insecure" in proc.stderr
     assert not (tmp_path / "store").exists()
@@ -242,23 +255,43 @@ def test_grpcurl_with_cacert_and_bearer_header(tls_server, certs):
     listed = grpcurl("-cacert", str(certs.ca), "-H", f"authorization: Bearer {TOKEN}", address, "list")
     assert listed.returncode == 0, listed.stderr
     assert "tuneyard.v1.TrainingService" in listed.stdout.split()
-    info = grpcurl("-cacert", str(certs.ca), "-H", f"authorization: Bearer {TOKEN}", address,
-                   "tuneyard.v1.TrainingService/GetServerInfo")  # fmt: skip
+    info = grpcurl(
+        "-cacert",
+        str(certs.ca),
+        "-H",
+        f"authorization: Bearer {TOKEN}",
+        address,
+        "tuneyard.v1.TrainingService/GetServerInfo",
+    )
     assert info.returncode == 0 and '"executor": "local"' in info.stdout
     refused = grpcurl("-cacert", str(certs.ca), address, "tuneyard.v1.TrainingService/GetServerInfo")
     assert refused.returncode != 0 and "Unauthenticated" in refused.stderr
     plaintext = grpcurl("-plaintext", "-H", f"authorization: Bearer {TOKEN}", address, "list")
     assert plaintext.returncode != 0
     # Reflection (how grpcurl learns the messages) needs the token; the health call itself does not.
-    health = grpcurl("-cacert", str(certs.ca), "-reflect-header", f"authorization: Bearer {TOKEN}", address,
-                     "grpc.health.v1.Health/Check")  # fmt: skip
+    health = grpcurl(
+        "-cacert",
+        str(certs.ca),
+        "-reflect-header",
+        f"authorization: Bearer {TOKEN}",
+        address,
+        "grpc.health.v1.Health/Check",
+    )
     assert health.returncode == 0 and "SERVING" in health.stdout, health.stderr
 
 
 def test_grpcurl_mutual_tls(mtls_server, certs):
     address = localhost(mtls_server.address)
-    with_cert = grpcurl("-cacert", str(certs.ca), "-cert", str(certs.client_cert), "-key", str(certs.client_key),
-                        address, "tuneyard.v1.TrainingService/ListStudies")  # fmt: skip
+    with_cert = grpcurl(
+        "-cacert",
+        str(certs.ca),
+        "-cert",
+        str(certs.client_cert),
+        "-key",
+        str(certs.client_key),
+        address,
+        "tuneyard.v1.TrainingService/ListStudies",
+    )
     assert with_cert.returncode == 0, with_cert.stderr
     without = grpcurl("-cacert", str(certs.ca), address, "tuneyard.v1.TrainingService/ListStudies")
     assert without.returncode != 0
@@ -271,9 +304,16 @@ def test_tokens_never_appear_in_logs_events_errors_or_server_info(tmp_path, cert
     tokens = tmp_path / "tokens"
     tokens.write_text(f"alice {TOKEN}\n")
     proc = ServerProcess(
-        tmp_path / "store", "--tls-cert", str(certs.server_cert), "--tls-key", str(certs.server_key),
-        "--token-file", str(tokens), "--log-level", "DEBUG",
-    )  # fmt: skip
+        tmp_path / "store",
+        "--tls-cert",
+        str(certs.server_cert),
+        "--tls-key",
+        str(certs.server_key),
+        "--token-file",
+        str(tokens),
+        "--log-level",
+        "DEBUG",
+    )
     try:
         assert "TLS, 1 tokens" in "".join(proc.output)
         with tls_channel(proc.address, certs) as channel:
@@ -321,8 +361,8 @@ class FakeContext:
 
 
 def test_per_client_limits_count_by_token_name_when_tokens_are_on():
-    from tuneyard.server.security import Authenticator
-    from tuneyard.server.servicer import client_identity
+    from tuneyard.server.api.security import Authenticator
+    from tuneyard.server.api.servicer import client_identity
 
     auth = Authenticator([Token("alice", TOKEN.encode())])
     assert client_identity(FakeContext(bearer(TOKEN)), auth) == "token alice"

@@ -73,8 +73,9 @@ def test_killed_worker_fails_its_trial_and_the_study_goes_on(server, stub):
         seen.append(event)
         if event.WhichOneof("event") == "trial_progress":
             break
-    victim = next(t for t in stub.ListTrials(pb.ListTrialsRequest(study_id=study.study_id)).trials
-                  if t.state == pb.TRIAL_RUNNING)  # fmt: skip
+    victim = next(
+        t for t in stub.ListTrials(pb.ListTrialsRequest(study_id=study.study_id)).trials if t.state == pb.TRIAL_RUNNING
+    )
     worker = next(w for w in server.pool.workers if w.device.name == victim.device and w.busy)
     os.kill(worker.pid, signal.SIGKILL)
     stream.cancel()

@@ -19,7 +19,7 @@ from google.protobuf import json_format
 from support import tiny_spec, to_proto
 
 from tuneyard.plugins.api import Choice, Condition, FloatRange, IntRange, Objective, Parameter, Searcher
-from tuneyard.plugins.builtin import _space
+from tuneyard.plugins.builtin.searchers import space as _space
 from tuneyard.plugins.manager import PluginRegistry
 from tuneyard.v1 import service_pb2 as pb
 

@@ -15,7 +15,7 @@ import pytest
 from support import tiny_spec, to_proto
 
 from tuneyard.server.limits import MAX_GPU_MEMORY_GB, MIN_GPU_SHARE
-from tuneyard.server.spec import MAX_SEED
+from tuneyard.server.study.spec import MAX_SEED
 from tuneyard.v1 import service_pb2 as pb
 
 
@@ -170,10 +170,13 @@ def alternatives(count: int, width: int, overlap: bool = False) -> list[dict[str
     for i in range(count):
         start = i * width - (1 if overlap and i else 0)
         values = list(range(start, start + width))
-        space.append({
-            "name": "optimizer.lr", "float_range": {"low": 1e-3, "high": 1e-1},
-            "condition": {"parent": "model.num_filters", "values": values},
-        })  # fmt: skip
+        space.append(
+            {
+                "name": "optimizer.lr",
+                "float_range": {"low": 1e-3, "high": 1e-1},
+                "condition": {"parent": "model.num_filters", "values": values},
+            }
+        )
     return space
 
 
@@ -207,7 +210,7 @@ def test_large_studies_are_listed_in_pages_every_client_can_receive(own_stub, mo
     """Studies near the spec cap once made ListStudies' answer larger than the 4 MiB a gRPC client
     takes by default, so no client could list any study; now a page holds what fits. (The budget is
     lowered here so that small studies show it.)"""
-    from tuneyard.server import servicer
+    from tuneyard.server.api import servicer
 
     budget = 300_000
     monkeypatch.setattr(servicer, "MAX_RESPONSE_BYTES", budget)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tuneyard.server.domain import TrialState
-from tuneyard.server.storage import Storage
+from tuneyard.server.storage.sqlite import Storage
+from tuneyard.server.study.domain import TrialState
 
 STUDIES, TRIALS, EPOCHS = 6, 40, 3
 
@@ -54,15 +54,16 @@ def test_listing_trials_takes_three_queries(storage):
     trials, token = storage.list_trials(study_id, 25, "")
     storage._db.set_trace_callback(None)
     assert [t.trial_id for t in trials] == list(range(1, 26)) and token
-    assert all(len(t.metrics) == EPOCHS and t.metrics[-1].values["val_accuracy"] == t.trial_id / 100 + EPOCHS
-               for t in trials)  # fmt: skip
+    assert all(
+        len(t.metrics) == EPOCHS and t.metrics[-1].values["val_accuracy"] == t.trial_id / 100 + EPOCHS for t in trials
+    )
     assert len(statements) <= 4, statements  # the study exists, the page, its trials, their epochs
     rest, _ = storage.list_trials(study_id, 100, token)
     assert [t.trial_id for t in rest] == list(range(26, TRIALS + 1))
 
 
 def test_a_missing_trial_is_still_not_found(storage):
-    from tuneyard.server.domain import NotFound
+    from tuneyard.server.study.domain import NotFound
 
     study_id = storage.list_studies(1, "")[0][0].study_id
     with pytest.raises(NotFound, match="trial 999"):

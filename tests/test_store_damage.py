@@ -26,8 +26,8 @@ import pytest
 from support import ServerProcess, cap_store_pages, tiny_spec, to_proto
 
 from tuneyard.server.app import start_server
-from tuneyard.server.domain import StoreFull, StoreInvalid, StudyState, TrialState
-from tuneyard.server.storage import APPLICATION_ID, SCHEMA, Storage, encode_token
+from tuneyard.server.storage.sqlite import APPLICATION_ID, SCHEMA, Storage, encode_token
+from tuneyard.server.study.domain import StoreFull, StoreInvalid, StudyState, TrialState
 from tuneyard.v1 import service_pb2 as pb
 from tuneyard.v1 import service_pb2_grpc
 
@@ -72,8 +72,21 @@ def _damage_page_holding(db: Path, marker: str) -> int:
 
 def _serve(data_dir: Path, *extra: str) -> tuple[int | None, list[str]]:
     """Runs `tuneyard serve`: (exit code, output lines), or (None, lines) when it started serving instead."""
-    cmd = [sys.executable, "-m", "tuneyard.client.cli", "serve", "--port", "0", "--data-dir", str(data_dir),
-           "--devices", "cpu", "--cpu-slots", "1", *extra]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "tuneyard.client.cli",
+        "serve",
+        "--port",
+        "0",
+        "--data-dir",
+        str(data_dir),
+        "--devices",
+        "cpu",
+        "--cpu-slots",
+        "1",
+        *extra,
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     lines = []

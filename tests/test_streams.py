@@ -134,8 +134,9 @@ def test_hundred_concurrent_watchers_each_receive_every_event_live_and_in_order(
         study = create(stub, busy_spec())
         gate = threading.Barrier(WATCHERS + 1)
         with ThreadPoolExecutor(WATCHERS, thread_name_prefix="watcher") as pool:
-            futures = [pool.submit(watch_after_gate, stubs[i % CHANNELS], study.study_id, gate)
-                       for i in range(WATCHERS)]  # fmt: skip
+            futures = [
+                pool.submit(watch_after_gate, stubs[i % CHANNELS], study.study_id, gate) for i in range(WATCHERS)
+            ]
             gate.wait(timeout=DEADLINE_S)
             # Every watcher is attached while the study has not started a trial: what follows is live.
             waiting = stub.GetStudy(pb.GetStudyRequest(study_id=study.study_id), timeout=60)
@@ -190,7 +191,7 @@ def test_watch_after_the_last_event_is_refused(stub):
 def test_streams_beyond_the_cap_are_told_to_come_back(tmp_path, monkeypatch):
     """Each open stream holds a server thread; past the cap a watcher gets RESOURCE_EXHAUSTED
     and every other RPC still answers."""
-    from tuneyard.server import servicer
+    from tuneyard.server.api import servicer
     from tuneyard.server.app import start_server
 
     monkeypatch.setattr(servicer, "MAX_WATCHERS", 2)
@@ -231,10 +232,14 @@ def test_stalled_watcher_does_not_hold_up_the_study_and_later_reads_everything(s
 def test_watchers_killed_mid_stream_do_not_hurt_the_server(server, stub):
     study = create(stub, busy_spec(trials=4, epochs=20))
     clients = [
-        subprocess.Popen([sys.executable, "-c", STALLED_CLIENT, server.address, study.study_id],
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", STALLED_CLIENT, server.address, study.study_id],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(3)
-    ]  # fmt: skip
+    ]
     try:
         for client in clients:
             assert client.stdout is not None and client.stdout.readline().strip() == "1"

@@ -10,7 +10,8 @@ from support import tiny_spec, to_proto, watch_all
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from tuneyard.plugins.builtin import _tfevents, tensorboard_logger
+from tuneyard.plugins.builtin import tensorboard_logger
+from tuneyard.plugins.builtin.tensorboard_logger import tfevents as _tfevents
 from tuneyard.plugins.manager import BUILTIN_MODULES, PluginRegistry
 from tuneyard.v1 import service_pb2 as pb
 from tuneyard.v1 import service_pb2_grpc

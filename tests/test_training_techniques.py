@@ -10,7 +10,7 @@ from torch import nn
 
 from tuneyard.plugins import hookimpl
 from tuneyard.plugins.manager import PluginRegistry
-from tuneyard.server.trainer import Trainer
+from tuneyard.server.worker.trainer import Trainer
 
 STEPS: list[int] = []
 EPOCHS_SEEN: list[int] = []
@@ -63,12 +63,21 @@ BASE = {
     "dataset": {"name": "digits", "options": {}},
     "model": {"name": "simple_cnn", "options": {"num_filters": 8, "num_conv_layers": 1}},
     "training": {
-        "epochs": 2, "batch_size": 64, "optimizer": {"name": "adam", "options": {"lr": 0.01}},
-        "lr_scheduler": None, "augmentations": [], "label_smoothing": 0.0, "precision": "auto", "seed": 0,
-        "grad_clip_norm": 0.0, "grad_accumulation_steps": 1, "ema_decay": 0.0, "early_stop_patience": 0,
+        "epochs": 2,
+        "batch_size": 64,
+        "optimizer": {"name": "adam", "options": {"lr": 0.01}},
+        "lr_scheduler": None,
+        "augmentations": [],
+        "label_smoothing": 0.0,
+        "precision": "auto",
+        "seed": 0,
+        "grad_clip_norm": 0.0,
+        "grad_accumulation_steps": 1,
+        "ema_decay": 0.0,
+        "early_stop_patience": 0,
         "deterministic": False,
     },
-}  # fmt: skip
+}
 
 
 def run(trainer, tmp_path, **training):
@@ -118,8 +127,12 @@ def test_ema_checkpoint_holds_the_averaged_weights(trainer, tmp_path):
     result, reports = run(trainer, tmp_path, ema_decay=0.9, epochs=2)
     state = torch.load(tmp_path / "ckpt.pt", weights_only=True)["model"]
     assert not any(k.startswith("module.") or k == "n_averaged" for k in state)
-    metrics = trainer.evaluate({"settings": {**BASE, "training": {**BASE["training"], "ema_decay": 0.9}},
-                                "checkpoint": str(tmp_path / "ckpt.pt")})  # fmt: skip
+    metrics = trainer.evaluate(
+        {
+            "settings": {**BASE, "training": {**BASE["training"], "ema_decay": 0.9}},
+            "checkpoint": str(tmp_path / "ckpt.pt"),
+        }
+    )
     assert 0.0 < metrics["test_accuracy"] <= 1.0
     assert result["epochs"] == 2 and reports[-1][1]["val_accuracy"] > 0.3
 
@@ -136,8 +149,9 @@ def test_parameter_counts_are_reported_and_epoch_hook_is_called(trainer, tmp_pat
     settings = copy.deepcopy(BASE)
     settings["model"] = settings_model
     reports = []
-    trainer.train({"settings": settings, "checkpoint": str(tmp_path / "c.pt")}, lambda e, m: reports.append(m),
-                  lambda: False)  # fmt: skip
+    trainer.train(
+        {"settings": settings, "checkpoint": str(tmp_path / "c.pt")}, lambda e, m: reports.append(m), lambda: False
+    )
     assert EPOCHS_SEEN == [1, 2]
     assert reports[0]["params"] == 64 * 10 + 10 == reports[0]["trainable_params"]
 
@@ -150,7 +164,7 @@ def test_both_data_pipelines_train_with_augmentations(trainer, tmp_path, pipelin
 
 
 def test_auto_pipeline_keeps_tensor_splits_on_the_device():
-    from tuneyard.server.batches import Batches
+    from tuneyard.server.worker.batches import Batches
 
     data = torch.utils.data.TensorDataset(torch.rand(10, 1, 4, 4), torch.arange(10))
     auto = Batches(data, 4, device=torch.device("cpu"), shuffle=True, seed=0)

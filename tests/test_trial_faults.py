@@ -25,9 +25,13 @@ HEARTBEAT_TIMEOUT_S = 8
 def fault_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     store = tmp_path_factory.mktemp("fault-store")
     proc = ServerProcess(
-        store, "--cpu-slots", "2", "--trial-heartbeat-timeout", str(HEARTBEAT_TIMEOUT_S),
+        store,
+        "--cpu-slots",
+        "2",
+        "--trial-heartbeat-timeout",
+        str(HEARTBEAT_TIMEOUT_S),
         env={"PYTHONPATH": str(REPO / "tests" / "fault_plugins")},
-    )  # fmt: skip
+    )
     yield proc
     assert proc.stop() == 0
 
@@ -143,8 +147,9 @@ def test_infeasible_configuration_is_its_own_state_not_a_failure(stub):
 def test_crashed_trial_is_retried_from_its_last_checkpoint(stub, tmp_path):
     log_dir = tmp_path / "epochs"
     log_dir.mkdir()
-    spec = faulty_spec(epochs=3, fault="crash", at_epoch=2, once_marker=str(tmp_path / "crash-once"),
-                       epoch_log=str(log_dir))  # fmt: skip
+    spec = faulty_spec(
+        epochs=3, fault="crash", at_epoch=2, once_marker=str(tmp_path / "crash-once"), epoch_log=str(log_dir)
+    )
     spec["budget"]["trial_retries"] = 1
     study, (trial,), events = run(stub, spec)
     assert trial.state == pb.TRIAL_COMPLETED and trial.retries == 1

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from support import REPO, tiny_spec, to_proto
 
-from tuneyard.server.devices import Device
-from tuneyard.server.workers import Worker, read_tail, signal_name
+from tuneyard.server.execution.devices import Device
+from tuneyard.server.execution.local_pool import Worker, read_tail, signal_name
 from tuneyard.v1 import service_pb2 as pb
 
 CPU = Device(0, "cpu:0", "cpu", "cpu", "", 1)
@@ -45,8 +45,8 @@ def test_worker_started_by_a_thread_that_ends_lives_on(tmp_path):
 
 SERVER_STAND_IN = """
 import sys, time
-from tuneyard.server.devices import Device
-from tuneyard.server.workers import Worker
+from tuneyard.server.execution.devices import Device
+from tuneyard.server.execution.local_pool import Worker
 worker = Worker(Device(0, "cpu:0", "cpu", "cpu", "", 1), "")
 print(worker.pid, flush=True)
 time.sleep(600)
@@ -57,8 +57,8 @@ time.sleep(600)
 # parent-death signal long before).
 READY_STAND_IN = """
 import time
-from tuneyard.server.devices import Device
-from tuneyard.server.workers import Worker
+from tuneyard.server.execution.devices import Device
+from tuneyard.server.execution.local_pool import Worker
 worker = Worker(Device(0, "cpu:0", "cpu", "cpu", "", 1), "")
 while not worker._ready:
     time.sleep(0.05)
@@ -126,8 +126,9 @@ def test_a_worker_wedged_holding_the_gil_mid_trial_dies_with_its_server(server_p
     server = server_process(tmp_path / "data", env={"PYTHONPATH": str(REPO / "tests" / "fault_plugins")})
     spec = tiny_spec(
         model={"name": "spinning", "options": {"pid_file": str(pid_file)}},
-        search_space=[], budget={"max_trials": 1},
-    )  # fmt: skip
+        search_space=[],
+        budget={"max_trials": 1},
+    )
     server.stub().CreateStudy(pb.CreateStudyRequest(spec=to_proto(spec)))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not pid_file.exists():

@@ -28,8 +28,17 @@ FAULTS = ("none", "crash", "exit", "segfault", "hang", "raise", "oom", "infeasib
 class FaultyModel(nn.Module):
     """A linear classifier that injects `fault` when epoch `at_epoch` starts."""
 
-    def __init__(self, inputs: int, classes: int, fault: str, at_epoch: int, once_marker: str,
-                 epoch_sleep: float, batch_sleep: float, epoch_log: Path | None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        inputs: int,
+        classes: int,
+        fault: str,
+        at_epoch: int,
+        once_marker: str,
+        epoch_sleep: float,
+        batch_sleep: float,
+        epoch_log: Path | None,
+    ) -> None:
         super().__init__()
         self.head = nn.Linear(inputs, classes)
         self.fault, self.at_epoch, self.once_marker = fault, at_epoch, once_marker
@@ -152,9 +161,15 @@ class StopAt:
 
 
 def stop_at(
-    *, objective: Any, max_epochs: int, trial: int = 1, step: int = 1, once_marker: str = "",
-    stall_marker: str = "", stall: float = 0.0,
-) -> StopAt:  # fmt: skip
+    *,
+    objective: Any,
+    max_epochs: int,
+    trial: int = 1,
+    step: int = 1,
+    once_marker: str = "",
+    stall_marker: str = "",
+    stall: float = 0.0,
+) -> StopAt:
     """An early stopper that prunes one given trial at one given step (for the recovery tests).
 
     Args:

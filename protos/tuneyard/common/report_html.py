@@ -27,8 +27,7 @@ from tuneyard.v1 import service_pb2
 
 __all__ = ["PALETTE", "STATE_COLOURS", "build_html", "colour"]
 
-PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
-           "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")  # fmt: skip
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 STATE_COLOURS: dict[int, str] = {
     service_pb2.TRIAL_COMPLETED: "#2ca02c",
     service_pb2.TRIAL_FAILED: "#d62728",
@@ -64,8 +63,10 @@ class Frame:
 
     def axes(self, xlabel: str, ylabel: str, xticks: Sequence[float] | None = None, yticks: bool = True) -> str:
         bottom, right = H - M["bottom"], W - M["right"]
-        parts = [f'<line class="axis" x1="{self.left}" y1="{bottom}" x2="{right}" y2="{bottom}"/>',
-                 f'<line class="axis" x1="{self.left}" y1="{M["top"]}" x2="{self.left}" y2="{bottom}"/>']  # fmt: skip
+        parts = [
+            f'<line class="axis" x1="{self.left}" y1="{bottom}" x2="{right}" y2="{bottom}"/>',
+            f'<line class="axis" x1="{self.left}" y1="{M["top"]}" x2="{self.left}" y2="{bottom}"/>',
+        ]
         for v in xticks if xticks is not None else _ticks(self.x0, self.x1):
             parts.append(f'<text x="{self.x(v):.1f}" y="{bottom + 16}" text-anchor="middle">{esc(number(v))}</text>')
         for v in _ticks(self.y0, self.y1) if yticks else []:
@@ -93,8 +94,10 @@ def _ticks(lo: float, hi: float, count: int = 9) -> list[float]:
 
 
 def svg(plot_id: str, body: str, title: str) -> str:
-    return (f'<svg id="{plot_id}-svg" class="plot" viewBox="0 0 {W} {H}" width="{W}" height="{H}" '
-            f'role="img" aria-label="{esc(title)}">{body}</svg>')  # fmt: skip
+    return (
+        f'<svg id="{plot_id}-svg" class="plot" viewBox="0 0 {W} {H}" width="{W}" height="{H}" '
+        f'role="img" aria-label="{esc(title)}">{body}</svg>'
+    )
 
 
 def empty_svg(plot_id: str, message: str) -> str:
@@ -114,8 +117,10 @@ def curves_svg(data: ReportData) -> str:
     body = [frame.axes("epoch", data.metric, epochs if len(epochs) <= 12 else None)]
     for trial_id, pts in curves:
         path = " ".join(f"{frame.x(e):.1f},{frame.y(v):.1f}" for e, v in pts)
-        body.append(f'<polyline class="curve" data-trial="{trial_id}" fill="none" stroke="{colour(trial_id)}" '
-                    f'stroke-width="2" points="{path}"><title>trial {trial_id}</title></polyline>')  # fmt: skip
+        body.append(
+            f'<polyline class="curve" data-trial="{trial_id}" fill="none" stroke="{colour(trial_id)}" '
+            f'stroke-width="2" points="{path}"><title>trial {trial_id}</title></polyline>'
+        )
     return svg("curves", "".join(body), f"learning curves: {data.metric} per epoch")
 
 
@@ -132,12 +137,16 @@ def history_svg(data: ReportData) -> str:
             pts += [(frame.x(i), frame.y(prev)), (frame.x(i), frame.y(v))]
         pts.append((frame.x(ids[-1]), frame.y(best[-1][1])))
         path = " ".join(f"{x:.1f},{y:.1f}" for x, y in pts)
-        body.append(f'<polyline id="best-so-far" fill="none" stroke="#d62728" stroke-width="2" points="{path}">'
-                    f'<title>best so far ({"max" if data.maximize else "min"})</title></polyline>')  # fmt: skip
+        body.append(
+            f'<polyline id="best-so-far" fill="none" stroke="#d62728" stroke-width="2" points="{path}">'
+            f"<title>best so far ({'max' if data.maximize else 'min'})</title></polyline>"
+        )
     for i, v, state in dots:
         fill = STATE_COLOURS.get(state, "#444")
-        body.append(f'<circle class="dot" data-trial="{i}" cx="{frame.x(i):.1f}" cy="{frame.y(v):.1f}" r="5" '
-                    f'fill="{fill}"><title>trial {i}: {esc(number(v))}</title></circle>')  # fmt: skip
+        body.append(
+            f'<circle class="dot" data-trial="{i}" cx="{frame.x(i):.1f}" cy="{frame.y(v):.1f}" r="5" '
+            f'fill="{fill}"><title>trial {i}: {esc(number(v))}</title></circle>'
+        )
     return svg("history", "".join(body), "optimisation history")
 
 
@@ -155,8 +164,10 @@ def parallel_svg(data: ReportData) -> str:
     for trial_id, row in lines:
         for (xa, a), (xb, b) in zip(zip(xs, row, strict=False), zip(xs[1:], row[1:], strict=False), strict=False):
             if a is not None and b is not None:
-                body.append(f'<line data-trial="{trial_id}" x1="{xa:.1f}" y1="{y(a):.1f}" x2="{xb:.1f}" '
-                            f'y2="{y(b):.1f}" stroke="{colour(trial_id)}" opacity="0.8"/>')  # fmt: skip
+                body.append(
+                    f'<line data-trial="{trial_id}" x1="{xa:.1f}" y1="{y(a):.1f}" x2="{xb:.1f}" '
+                    f'y2="{y(b):.1f}" stroke="{colour(trial_id)}" opacity="0.8"/>'
+                )
     for x, axis in zip(xs, axes, strict=False):
         body.append(f'<line class="axis" x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{bottom}"/>')
         body.append(f'<text x="{x:.1f}" y="{bottom + 30}" text-anchor="middle">{esc(axis.name)}</text>')
@@ -197,8 +208,10 @@ def pareto_svg(data: ReportData) -> str:
     for i, x, yv, on in points:
         cls, fill = ("pareto-point", "#d62728") if on else ("dominated-point", "#999")
         tip = f"trial {i}: {number(x)}, {number(yv)}"
-        body.append(f'<circle class="{cls}" data-trial="{i}" cx="{frame.x(x):.1f}" cy="{frame.y(yv):.1f}" r="6" '
-                    f'fill="{fill}"><title>{esc(tip)}</title></circle>')  # fmt: skip
+        body.append(
+            f'<circle class="{cls}" data-trial="{i}" cx="{frame.x(x):.1f}" cy="{frame.y(yv):.1f}" r="6" '
+            f'fill="{fill}"><title>{esc(tip)}</title></circle>'
+        )
     return svg("pareto", "".join(body), "Pareto front")
 
 
@@ -208,7 +221,7 @@ def _lanes(bars: Sequence[tuple[int, float, float, int]]) -> dict[int, int]:
     lanes = {}
     for trial_id, start, end, _ in sorted(bars, key=lambda b: b[1]):
         lane = next((k for k, e in enumerate(ends) if e <= start), len(ends))
-        ends[lane:lane + 1] = [end]  # fmt: skip
+        ends[lane : lane + 1] = [end]
         lanes[trial_id] = lane
     return lanes
 
@@ -229,10 +242,12 @@ def occupancy_svg(data: ReportData) -> str:
         for trial_id, start, end, state in bars:
             x0, x1, fill = frame.x(start), frame.x(end), STATE_COLOURS.get(state, "#444")
             top = y + 4 + lanes[trial_id] * lane_h
-            body.append(f'<rect class="bar" data-trial="{trial_id}" x="{x0:.1f}" y="{top + 1:.1f}" '
-                        f'width="{max(x1 - x0, 1):.1f}" height="{lane_h - 2:.1f}" fill="{fill}" '
-                        f'opacity="0.8"><title>trial {trial_id} {esc(service_pb2.TrialState.Name(state))}: '
-                        f'{start:.1f}s to {end:.1f}s</title></rect>')  # fmt: skip
+            body.append(
+                f'<rect class="bar" data-trial="{trial_id}" x="{x0:.1f}" y="{top + 1:.1f}" '
+                f'width="{max(x1 - x0, 1):.1f}" height="{lane_h - 2:.1f}" fill="{fill}" '
+                f'opacity="0.8"><title>trial {trial_id} {esc(service_pb2.TrialState.Name(state))}: '
+                f"{start:.1f}s to {end:.1f}s</title></rect>"
+            )
     return svg("occupancy", "".join(body), "device occupancy")
 
 
@@ -246,8 +261,15 @@ svg.plot{max-width:100%;height:auto;border:1px solid #eee}svg text{font-size:11p
 
 
 def trials_table(data: ReportData) -> str:
-    heads = ["trial", "state", "config", *(m for m, _ in data.objectives or [("objective", True)]),
-             "epochs", "device", "duration"]  # fmt: skip
+    heads = [
+        "trial",
+        "state",
+        "config",
+        *(m for m, _ in data.objectives or [("objective", True)]),
+        "epochs",
+        "device",
+        "duration",
+    ]
     rows = ["<tr>" + "".join(f"<th>{esc(h)}</th>" for h in heads) + "</tr>"]
     for t in data.trials:
         state = trial_label(t)
@@ -256,9 +278,15 @@ def trials_table(data: ReportData) -> str:
         values = list(t.objective_values) or ([v] if (v := objective(t)) is not None else [])
         values += [None] * (max(1, len(data.objectives)) - len(values))
         seconds_ = duration(t)
-        cells = [str(t.trial_id), state, " ".join(f"{k}={number(v)}" for k, v in data.config(t).items()),
-                 *("" if v is None else number(v) for v in values), str(t.epochs_completed), t.device,
-                 "" if seconds_ is None else f"{seconds_:.1f}s"]  # fmt: skip
+        cells = [
+            str(t.trial_id),
+            state,
+            " ".join(f"{k}={number(v)}" for k, v in data.config(t).items()),
+            *("" if v is None else number(v) for v in values),
+            str(t.epochs_completed),
+            t.device,
+            "" if seconds_ is None else f"{seconds_:.1f}s",
+        ]
         rows.append(f'<tr id="trial-{t.trial_id}">' + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>")
     return f'<table id="trial-table">{"".join(rows)}</table>'
 
@@ -289,16 +317,20 @@ def build_html(data: ReportData) -> str:
     """The whole report: one page, inline CSS and SVG, nothing fetched from anywhere."""
     study, name = data.study, data.spec.name or "unnamed"
     goals = ", ".join(f"{'maximise' if mx else 'minimise'} {m}" for m, mx in data.objectives)
-    summary = (f"study <code>{esc(study.study_id)}</code> &middot; "
-               f"{esc(service_pb2.StudyState.Name(study.state).removeprefix('STUDY_'))} &middot; "
-               f"{len(data.trials)} trials &middot; {esc(goals)}")  # fmt: skip
+    summary = (
+        f"study <code>{esc(study.study_id)}</code> &middot; "
+        f"{esc(service_pb2.StudyState.Name(study.state).removeprefix('STUDY_'))} &middot; "
+        f"{len(data.trials)} trials &middot; {esc(goals)}"
+    )
     if study.error:
         summary += f"<br>error: {esc(study.error)}"
     sections = "".join(
         f'<section id="{sid}"><h2>{esc(title)}</h2>{draw(data)}</section>' for sid, title, draw in SECTIONS
     )
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>tuneyard report: {esc(name)}</title>'
-            f"<style>{CSS}</style></head><body><h1>{esc(name)}</h1><p>{summary}</p>"
-            f"<p><small>Importance: each parameter's share of the objective's variance between groups of its "
-            f"values (eta squared over binned or categorical values), normalised to sum to 1.</small></p>"
-            f"{sections}</body></html>\n")  # fmt: skip
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>tuneyard report: {esc(name)}</title>'
+        f"<style>{CSS}</style></head><body><h1>{esc(name)}</h1><p>{summary}</p>"
+        f"<p><small>Importance: each parameter's share of the objective's variance between groups of its "
+        f"values (eta squared over binned or categorical values), normalised to sum to 1.</small></p>"
+        f"{sections}</body></html>\n"
+    )

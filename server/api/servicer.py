@@ -1,0 +1,218 @@
+"""The gRPC servicer: each handler validates, converts, delegates. Collaborators are injected."""
+
+from __future__ import annotations
+
+import threading
+import urllib.parse
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import grpc
+from google.protobuf.message import Message
+
+from tuneyard import __version__
+from tuneyard.plugins.api import KINDS
+from tuneyard.plugins.manager import PluginRegistry
+from tuneyard.server.api import convert
+from tuneyard.server.api.errors import streaming, unary
+from tuneyard.server.api.security import Authenticator
+from tuneyard.server.execution.protocol import Executor
+from tuneyard.server.execution.scheduler import DeviceScheduler
+from tuneyard.server.limits import (
+    MAX_ID_CHARS,
+    MAX_RESPONSE_BYTES,
+    MAX_SPEC_BYTES,
+    MAX_WATCHERS,
+    MAX_WATCHERS_PER_CLIENT,
+)
+from tuneyard.server.storage.sqlite import Storage, encode_token
+from tuneyard.server.study.domain import InvalidArgument, ResourceExhausted
+from tuneyard.server.study.events import EventHub
+from tuneyard.server.study.manager import StudyManager
+from tuneyard.v1 import service_pb2 as pb
+from tuneyard.v1 import service_pb2_grpc
+
+MAX_PAGE_SIZE = 1000
+DEFAULT_PAGE_SIZE = 50
+MAX_ID_LENGTH = MAX_ID_CHARS
+
+
+def client_identity(context: grpc.ServicerContext, authenticator: Authenticator | None = None) -> str:
+    """Who a request comes from, for per-client caps: the name of its token when the server
+    checks tokens, else the peer's host without its port.
+
+    "ipv4:127.0.0.1:54321" -> "127.0.0.1", "ipv6:[::1]:54321" -> "::1"; other peers (a unix
+    socket) as grpc names them.
+    """
+    if authenticator is not None:
+        name = authenticator.identify(context.invocation_metadata())
+        if name is not None:
+            return f"token {name}"
+    peer = context.peer() or ""
+    scheme, _, address = peer.partition(":")
+    if scheme in ("ipv4", "ipv6"):
+        host = urllib.parse.unquote(address).rpartition(":")[0]
+        return host.strip("[]") or peer
+    return peer
+
+
+def _page_size(value: int) -> int:
+    if value < 0:
+        raise InvalidArgument("page_size", f"must not be negative, got {value}")
+    return min(value or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def _fitting(messages: Sequence[Message]) -> int:
+    """How many of the leading messages fit in one response that any client can receive (gRPC's default
+    limit is 4 MiB), at least one: a page of large studies or trials is shorter, not refused."""
+    total = 0
+    for count, msg in enumerate(messages):
+        total += msg.ByteSize() + 16  # the field's tag and length
+        if total > MAX_RESPONSE_BYTES and count:
+            return count
+    return len(messages)
+
+
+def _study_id(value: str) -> str:
+    if not value:
+        raise InvalidArgument("study_id", "required")
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidArgument("study_id", f"longer than {MAX_ID_LENGTH} characters")
+    return value
+
+
+def _trial_id(value: int) -> int:
+    if value <= 0:
+        raise InvalidArgument("trial_id", f"must be positive, got {value}")
+    return value
+
+
+class TrainingServicer(service_pb2_grpc.TrainingServiceServicer):
+    def __init__(
+        self,
+        *,
+        storage: Storage,
+        studies: StudyManager,
+        hub: EventHub,
+        registry: PluginRegistry,
+        scheduler: DeviceScheduler,
+        executor: Executor,
+        authenticator: Authenticator | None = None,
+    ) -> None:
+        self.storage, self.studies, self.hub = storage, studies, hub
+        self.registry, self.scheduler, self.executor = registry, scheduler, executor
+        self.authenticator = authenticator
+        self._max_watchers, self._watchers_per_client = MAX_WATCHERS, MAX_WATCHERS_PER_CLIENT
+        self._watchers = threading.BoundedSemaphore(MAX_WATCHERS)
+        self._watching: dict[str, int] = {}  # client -> its open streams
+        self._watching_lock = threading.Lock()
+
+    @unary
+    def CreateStudy(self, request: pb.CreateStudyRequest, context: grpc.ServicerContext) -> pb.Study:
+        if not request.HasField("spec"):
+            raise InvalidArgument("spec", "required")
+        if len(request.request_id) > MAX_ID_LENGTH:
+            raise InvalidArgument("request_id", f"longer than {MAX_ID_LENGTH} characters")
+        size = request.spec.ByteSize()
+        if size > MAX_SPEC_BYTES:
+            raise InvalidArgument("spec", f"{size} bytes serialized; at most {MAX_SPEC_BYTES}")
+        study = self.studies.create(convert.spec_to_dict(request.spec), request.request_id)
+        return convert.study_to_proto(self.storage.get_study(study.study_id))
+
+    @unary
+    def GetStudy(self, request: pb.GetStudyRequest, context: grpc.ServicerContext) -> pb.Study:
+        return convert.study_to_proto(self.storage.get_study(_study_id(request.study_id)))
+
+    @unary
+    def ListStudies(self, request: pb.ListStudiesRequest, context: grpc.ServicerContext) -> pb.ListStudiesResponse:
+        if request.state not in pb.StudyState.values():
+            raise InvalidArgument("state", f"unknown state {request.state}")
+        state = convert.study_state_from_proto(request.state)
+        studies, token = self.storage.list_studies(_page_size(request.page_size), request.page_token, state)
+        messages = [convert.study_to_proto(s) for s in studies]
+        fit = _fitting(messages)
+        if fit < len(messages):
+            token = self.storage.study_page_token(studies[fit - 1].study_id)
+        return pb.ListStudiesResponse(studies=messages[:fit], next_page_token=token)
+
+    @unary
+    def CancelStudy(self, request: pb.CancelStudyRequest, context: grpc.ServicerContext) -> pb.Study:
+        return convert.study_to_proto(self.studies.cancel(_study_id(request.study_id)))
+
+    @streaming
+    def WatchStudy(self, request: pb.WatchStudyRequest, context: grpc.ServicerContext) -> Iterator[pb.StudyEvent]:
+        study_id = _study_id(request.study_id)
+        if request.after_sequence < 0:
+            raise InvalidArgument("after_sequence", f"must not be negative, got {request.after_sequence}")
+        after = request.after_sequence
+        last, _ = self.storage.last_sequence(study_id)
+        if after > last:
+            raise InvalidArgument("after_sequence", f"{after} is past the study's last event ({last})")
+        with self._watch_slot(client_identity(context, self.authenticator)):
+            for event in self.hub.follow(study_id, after, context.is_active):
+                yield convert.event_to_proto(event)
+
+    @contextmanager
+    def _watch_slot(self, client: str) -> Iterator[None]:
+        """Holds one of the server's stream places and one of `client`'s, or raises ResourceExhausted."""
+        with self._watching_lock:
+            held = self._watching.get(client, 0)
+            if held >= self._watchers_per_client:
+                raise ResourceExhausted(
+                    f"this client has {held} streams open (at most {self._watchers_per_client} per client); "
+                    "close one or reconnect later"
+                )
+            if not self._watchers.acquire(blocking=False):
+                raise ResourceExhausted(f"{self._max_watchers} streams are open on this server; reconnect later")
+            self._watching[client] = held + 1
+        try:
+            yield
+        finally:
+            with self._watching_lock:
+                self._watchers.release()
+                self._watching[client] -= 1
+                if not self._watching[client]:
+                    del self._watching[client]
+
+    @unary
+    def ListTrials(self, request: pb.ListTrialsRequest, context: grpc.ServicerContext) -> pb.ListTrialsResponse:
+        trials, token = self.storage.list_trials(
+            _study_id(request.study_id), _page_size(request.page_size), request.page_token
+        )
+        messages = [convert.trial_to_proto(t) for t in trials]
+        fit = _fitting(messages)
+        if fit < len(messages):
+            token = encode_token(trials[fit - 1].trial_id)
+        return pb.ListTrialsResponse(trials=messages[:fit], next_page_token=token)
+
+    @unary
+    def GetTrial(self, request: pb.GetTrialRequest, context: grpc.ServicerContext) -> pb.Trial:
+        trial = self.storage.get_trial(_study_id(request.study_id), _trial_id(request.trial_id))
+        return convert.trial_to_proto(trial)
+
+    @unary
+    def ListPlugins(self, request: pb.ListPluginsRequest, context: grpc.ServicerContext) -> pb.ListPluginsResponse:
+        if request.kind and request.kind not in KINDS:
+            raise InvalidArgument("kind", f"unknown plugin kind {request.kind!r} (known: {', '.join(KINDS)})")
+        return pb.ListPluginsResponse(
+            plugins=[convert.plugin_to_proto(e) for e in self.registry.entries(request.kind or None)],
+            load_errors=[convert.load_error_to_proto(e) for e in self.registry.errors],
+        )
+
+    @unary
+    def GetServerInfo(self, request: pb.GetServerInfoRequest, context: grpc.ServicerContext) -> pb.ServerInfo:
+        devices = [
+            pb.Device(
+                name=device.name,
+                kind=device.kind,
+                slots_total=workers,
+                slots_busy=busy,
+                memory_bytes=device.memory_bytes,
+                trials=holders,
+                description=device.description,
+                share_in_use=used,
+            )
+            for device, used, workers, busy, holders in self.scheduler.occupancy()
+        ]
+        nodes = [pb.Node(**node) for node in self.executor.nodes()]
+        return pb.ServerInfo(version=__version__, executor=self.executor.name, devices=devices, nodes=nodes)

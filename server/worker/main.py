@@ -1,0 +1,183 @@
+"""The worker process: imports torch once, then runs trials sent over its pipe, one after another.
+
+It receives `Train`, `Evaluate`, `Stop` and `Shutdown` and sends `Ready`, `Beat` (at most every
+HEARTBEAT_S while a task makes progress), `Epoch` and one final `Done`, `Error` or `Infeasible` per
+task: the protocol of `messages`, shared with the Ray executor through `run_task`.
+
+The process writes its stderr to its own log file (the server quotes a failed trial's part of
+it), dumps a Python traceback there on a fatal signal, and dies with the server.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import faulthandler
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+from tuneyard.server.execution.messages import (
+    Beat,
+    Done,
+    Epoch,
+    Error,
+    Evaluate,
+    FromWorker,
+    Infeasible,
+    Ready,
+    Request,
+    Shutdown,
+    Stop,
+    Train,
+)
+
+HEARTBEAT_S = 1.0
+PARENT_CHECK_S = 0.5  # where the kernel cannot end this process with the server (not Linux)
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _ask_kernel_to_kill_with_parent() -> bool:
+    """Asks Linux for SIGKILL when the thread that started this process ends; False where it cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _poll_parent(server_pid: int) -> None:
+    """The fallback: a thread that exits this process once its parent is no longer `server_pid`."""
+
+    def watch() -> None:
+        while os.getppid() == server_pid:
+            time.sleep(PARENT_CHECK_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _die_with_parent(server_pid: int) -> None:
+    """Ends this process when the server dies, even by SIGKILL, so an orphan never writes a
+    checkpoint the restarted server is resuming from.
+
+    On Linux the kernel sends the SIGKILL (PR_SET_PDEATHSIG), so it comes even while this process is
+    stopped, busy in native code or holding the GIL. The signal fires when the *thread* that started
+    the process ends, which is why every worker is started from one thread that lives as long as the
+    server (`workers.Spawner`). A server that died before the request was made sends nothing: then
+    the parent is already someone else, and this process exits at once. Elsewhere a thread polls.
+    """
+    by_kernel = _ask_kernel_to_kill_with_parent()
+    if os.getppid() != server_pid:
+        os._exit(0)
+    if not by_kernel:
+        _poll_parent(server_pid)
+
+
+def _redirect_stderr(path: str) -> None:
+    """Sends fd 2 (Python tracebacks, C libraries, faulthandler) to the worker's log file."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 2)
+    os.close(fd)
+    faulthandler.enable()
+
+
+def make_trainer(device: str, threads: int, data_root: str) -> Any:
+    """Imports torch and the plugins (once per process) and builds the trainer for `device`."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # lets deterministic trials run on CUDA
+    if data_root:
+        os.environ["TUNEYARD_DATA_ROOT"] = data_root  # where model plugins may read weight files
+    import torch
+
+    torch.set_num_threads(int(threads))
+    from tuneyard.plugins.manager import PluginRegistry
+    from tuneyard.server.worker.trainer import Trainer
+
+    return Trainer(PluginRegistry.load(), device, data_root)
+
+
+def run_task(
+    trainer: Any, request: Request, send: Callable[[FromWorker], None], stop_requested: Callable[[], bool]
+) -> None:
+    """Runs one task, sending its messages (beats, epochs, and one final message) through `send`.
+
+    Shared by the local worker process and the Ray actor, so both executors report alike.
+    """
+    from tuneyard.plugins.api import Infeasible as InfeasibleConfig
+
+    key = request.key
+    last_beat = [0.0]
+
+    def beat() -> None:
+        now = time.monotonic()
+        if now - last_beat[0] >= HEARTBEAT_S:
+            last_beat[0] = now
+            send(Beat(key))
+
+    def should_stop() -> bool:
+        beat()
+        return stop_requested()
+
+    def report(epoch: int, metrics: dict[str, float]) -> None:
+        send(Epoch(key, epoch, metrics))
+
+    trainer.heartbeat = beat
+    try:
+        match request:
+            case Train(task=task):
+                result: Any = trainer.train(task, report, should_stop)
+            case Evaluate(task=task):
+                result = trainer.evaluate(task)
+        send(Done(key, result))
+    except SystemExit:
+        raise
+    except InfeasibleConfig as exc:
+        send(Infeasible(key, str(exc) or type(exc).__name__))
+    except BaseException:  # noqa: BLE001 - the trial fails, the worker lives on
+        send(Error(key, traceback.format_exc(limit=20)))
+
+
+def worker_main(conn: Connection, slot: dict[str, Any]) -> None:
+    """Entry point of a spawned worker; `slot` holds the server's pid, device, CUDA_VISIBLE_DEVICES and
+    thread count."""
+    _die_with_parent(slot["server_pid"])
+    if slot.get("log_path"):
+        _redirect_stderr(slot["log_path"])
+    os.environ["CUDA_VISIBLE_DEVICES"] = slot["cuda_visible"]
+    trainer = make_trainer(slot["device"], slot["threads"], slot.get("data_root", ""))
+    conn.send(Ready(os.getpid()))
+    pending_stop: set[Any] = set()
+
+    def drain() -> None:
+        while conn.poll():
+            match conn.recv():
+                case Stop(key=key):
+                    pending_stop.add(key)
+                case Shutdown():
+                    raise SystemExit(0)
+
+    while True:
+        try:
+            msg = conn.recv()
+        except EOFError:
+            return
+        match msg:
+            case Shutdown():
+                return
+            case Train() | Evaluate():
+                pending_stop.discard(msg.key)
+
+                def stop_requested(key: Any = msg.key) -> bool:
+                    drain()
+                    return key in pending_stop
+
+                run_task(trainer, msg, conn.send, stop_requested)
+            case _:
+                continue  # a Stop of a task that already ended
