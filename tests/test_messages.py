@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from tuneyard.plugins.api import Infeasible as InfeasibleConfig
+from tuneyard.plugins.api import Objective
 from tuneyard.server.execution.messages import (
     Beat,
     Crashed,
@@ -19,20 +20,27 @@ from tuneyard.server.execution.messages import (
     Epoch,
     Error,
     Evaluate,
+    EvaluateTask,
     Infeasible,
     Peer,
+    Placement,
+    Rank,
     Ready,
     Shutdown,
     Stop,
     Train,
+    TrainTask,
     Wake,
 )
 from tuneyard.server.study.outcomes import Ending, ending_of
 from tuneyard.server.worker.main import run_task
 
+LOSS = Objective("val_loss", "min")
+TASK = TrainTask(7, {}, "c.pt", LOSS)
+
 EVERY_MESSAGE = [
-    Train(3, {"trial_id": 3, "settings": {"training": {"epochs": 2}}, "checkpoint": "/c/3.pt", "rank": 0}),
-    Evaluate("test", {"settings": {}, "checkpoint": "/c/3.pt"}),
+    Train(3, TrainTask(3, {"training": {"epochs": 2}}, "/c/3.pt", LOSS, Placement(2, 0.25), Rank(1, 2, 40000), True)),
+    Evaluate("test", EvaluateTask({}, "/c/3.pt", Placement(2))),
     Stop(3),
     Shutdown(),
     Ready(4242),
@@ -101,8 +109,8 @@ class StandInTrainer:
             raise InfeasibleConfig("too wide for this device")
         return {"final_metrics": {"val_loss": 0.5}, "stopped": False}
 
-    def evaluate(self, task: dict[str, Any]) -> dict[str, float]:
-        return {"test_loss": 0.75, "checkpoint": task["checkpoint"]}
+    def evaluate(self, task: EvaluateTask) -> dict[str, Any]:
+        return {"test_loss": 0.75, "checkpoint": task.checkpoint}
 
 
 def sent_by(outcome: str, request: Train | Evaluate) -> list[Any]:
@@ -112,7 +120,7 @@ def sent_by(outcome: str, request: Train | Evaluate) -> list[Any]:
 
 
 def test_a_training_task_reports_its_epochs_then_done() -> None:
-    assert sent_by("ok", Train(7, {})) == [
+    assert sent_by("ok", Train(7, TASK)) == [
         Epoch(7, 1, {"val_loss": 1.0}),
         Epoch(7, 2, {"val_loss": 0.5}),
         Done(7, {"final_metrics": {"val_loss": 0.5}, "stopped": False}),
@@ -120,19 +128,19 @@ def test_a_training_task_reports_its_epochs_then_done() -> None:
 
 
 def test_an_evaluation_task_ends_done_with_its_metrics() -> None:
-    assert sent_by("ok", Evaluate("test", {"checkpoint": "c.pt"})) == [
+    assert sent_by("ok", Evaluate("test", EvaluateTask({}, "c.pt"))) == [
         Done("test", {"test_loss": 0.75, "checkpoint": "c.pt"})
     ]
 
 
 def test_a_raising_task_ends_with_an_error_carrying_the_traceback() -> None:
-    final = sent_by("raise", Train(7, {}))[-1]
+    final = sent_by("raise", Train(7, TASK))[-1]
     assert isinstance(final, Error) and final.key == 7
     assert "ValueError: the model is broken" in final.traceback and final.stderr_tail == ""
 
 
 def test_an_infeasible_configuration_ends_infeasible_with_its_reason() -> None:
-    assert sent_by("infeasible", Train(7, {}))[-1] == Infeasible(7, "too wide for this device")
+    assert sent_by("infeasible", Train(7, TASK))[-1] == Infeasible(7, "too wide for this device")
 
 
 # ---- ending_of: the final message as the runner stores it ----

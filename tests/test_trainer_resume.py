@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 import torch
 
+from tuneyard.plugins.api import Objective
 from tuneyard.plugins.manager import PluginRegistry
+from tuneyard.server.execution.messages import TrainTask
 from tuneyard.server.worker.trainer import Trainer, resume_path
 
 TIMING = ("epoch_seconds", "train_seconds", "inference_latency_ms")
@@ -42,7 +44,7 @@ def trainer() -> Trainer:
 
 def train(trainer: Trainer, checkpoint: Path, stop_after_epoch: int = 0, resume: bool = False) -> tuple[Any, list]:
     reports: list[tuple[int, dict[str, float]]] = []
-    task = {"settings": copy.deepcopy(SETTINGS), "checkpoint": str(checkpoint), "resume": resume}
+    task = TrainTask(1, copy.deepcopy(SETTINGS), str(checkpoint), Objective("val_accuracy", "max"), resume=resume)
     result = trainer.train(
         task, lambda e, m: reports.append((e, m)), lambda: bool(reports) and reports[-1][0] >= stop_after_epoch > 0
     )

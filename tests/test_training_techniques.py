@@ -9,8 +9,12 @@ import torch
 from torch import nn
 
 from tuneyard.plugins import hookimpl
+from tuneyard.plugins.api import Objective
 from tuneyard.plugins.manager import PluginRegistry
+from tuneyard.server.execution.messages import EvaluateTask, TrainTask
 from tuneyard.server.worker.trainer import Trainer
+
+ACCURACY = Objective("val_accuracy", "max")
 
 STEPS: list[int] = []
 EPOCHS_SEEN: list[int] = []
@@ -84,7 +88,7 @@ def run(trainer, tmp_path, **training):
     settings = copy.deepcopy(BASE)
     settings["training"].update(training)
     reports = []
-    task = {"settings": settings, "checkpoint": str(tmp_path / "ckpt.pt")}
+    task = TrainTask(1, settings, str(tmp_path / "ckpt.pt"), ACCURACY)
     result = trainer.train(task, lambda e, m: reports.append((e, m)), lambda: False)
     return result, reports
 
@@ -128,10 +132,7 @@ def test_ema_checkpoint_holds_the_averaged_weights(trainer, tmp_path):
     state = torch.load(tmp_path / "ckpt.pt", weights_only=True)["model"]
     assert not any(k.startswith("module.") or k == "n_averaged" for k in state)
     metrics = trainer.evaluate(
-        {
-            "settings": {**BASE, "training": {**BASE["training"], "ema_decay": 0.9}},
-            "checkpoint": str(tmp_path / "ckpt.pt"),
-        }
+        EvaluateTask({**BASE, "training": {**BASE["training"], "ema_decay": 0.9}}, str(tmp_path / "ckpt.pt"))
     )
     assert 0.0 < metrics["test_accuracy"] <= 1.0
     assert result["epochs"] == 2 and reports[-1][1]["val_accuracy"] > 0.3
@@ -150,7 +151,7 @@ def test_parameter_counts_are_reported_and_epoch_hook_is_called(trainer, tmp_pat
     settings["model"] = settings_model
     reports = []
     trainer.train(
-        {"settings": settings, "checkpoint": str(tmp_path / "c.pt")}, lambda e, m: reports.append(m), lambda: False
+        TrainTask(1, settings, str(tmp_path / "c.pt"), ACCURACY), lambda e, m: reports.append(m), lambda: False
     )
     assert EPOCHS_SEEN == [1, 2]
     assert reports[0]["params"] == 64 * 10 + 10 == reports[0]["trainable_params"]

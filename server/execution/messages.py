@@ -20,15 +20,57 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from tuneyard.plugins.api import Objective
+
 # ---- to the worker ----
 
 
 @dataclass(frozen=True, slots=True)
+class Placement:
+    """What a worker may use of its share of a device: CPU threads (0: leave as is) and a cap on the
+    fraction of GPU memory (0: none)."""
+
+    threads: int = 0
+    memory_fraction: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Rank:
+    """This process's place in a data-parallel trial: rank 0 of 1 for an ordinary one."""
+
+    rank: int = 0
+    world_size: int = 1
+    dist_port: int = 0  # the loopback rendezvous port when world_size > 1
+
+
+@dataclass(frozen=True, slots=True)
+class TrainTask:
+    """One trial to train: its resolved settings, where its checkpoint lives, what it optimises."""
+
+    trial_id: int
+    settings: Any  # the trial's resolved settings (`study.settings.resolve`)
+    checkpoint: str
+    objective: Objective
+    placement: Placement = Placement()
+    rank: Rank = Rank()
+    resume: bool = False  # go on from the checkpoint, if there is one
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluateTask:
+    """A trained checkpoint to score on the test split."""
+
+    settings: Any
+    checkpoint: str
+    placement: Placement = Placement()
+
+
+@dataclass(frozen=True, slots=True)
 class Train:
-    """Train (or resume, with task["resume"]) a trial: settings, checkpoint path, objective, placement."""
+    """Train (or resume) a trial."""
 
     key: Any
-    task: dict[str, Any]
+    task: TrainTask
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +78,7 @@ class Evaluate:
     """Score a trained checkpoint on the test split."""
 
     key: Any
-    task: dict[str, Any]
+    task: EvaluateTask
 
 
 @dataclass(frozen=True, slots=True)

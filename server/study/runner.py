@@ -32,12 +32,15 @@ from tuneyard.server.execution.messages import (
     Epoch,
     Error,
     Evaluate,
+    EvaluateTask,
     Inbox,
     Infeasible,
     Peer,
-    Request,
+    Placement,
+    Rank,
     TaskMessage,
     Train,
+    TrainTask,
     Wake,
 )
 from tuneyard.server.execution.scheduler import Allocation, DeviceScheduler
@@ -76,7 +79,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def placement(alloc: Allocation, memory_gb: float) -> dict[str, Any]:
+def placement(alloc: Allocation, memory_gb: float) -> Placement:
     """What a worker needs to know of its share: threads to use and a GPU memory cap."""
     device = alloc.devices[0]
     memory_fraction = 0.0
@@ -84,7 +87,7 @@ def placement(alloc: Allocation, memory_gb: float) -> dict[str, Any]:
         memory_fraction = alloc.share
         if memory_gb and device.memory_bytes:
             memory_fraction = min(1.0, memory_gb * 2**30 / device.memory_bytes)
-    return {"threads": max(1, int(device.threads * alloc.share)), "memory_fraction": memory_fraction}
+    return Placement(threads=max(1, int(device.threads * alloc.share)), memory_fraction=memory_fraction)
 
 
 class StudyRunner(threading.Thread):
@@ -111,7 +114,7 @@ class StudyRunner(threading.Thread):
         self._memory_gb = float(resources.get("gpu_memory_gb") or 0.0)
         self._measured_gb = 0.0  # the largest peak GPU memory any trial of this study reported
         self._requeued: list[tuple[int, float]] = []  # (trial, units): trials waiting to run again
-        self._tasks: dict[int, dict[str, Any]] = {}
+        self._tasks: dict[int, TrainTask] = {}
         self._peers_pending: dict[int, int] = {}
         self._rank0_result: dict[int, dict[str, Any]] = {}
         self._inbox: queue.Queue[Inbox] = queue.Queue()
@@ -334,7 +337,7 @@ class StudyRunner(threading.Thread):
             alloc.holder = f"{self.study_id}/{trial_id}"
             self._running[trial_id] = alloc
             self.storage.update_trial(self.study_id, trial_id, device=alloc.name)
-            task = {**self._tasks[trial_id], **placement(alloc, self._memory_gb), "resume": True}
+            task = replace(self._tasks[trial_id], placement=placement(alloc, self._memory_gb), resume=True)
             self._submit(Train(trial_id, task), alloc)
 
     def _max_epochs(self) -> int:
@@ -396,10 +399,9 @@ class StudyRunner(threading.Thread):
             for worker in alloc.workers:
                 worker.kill(reason)
 
-    def _task(self, trial_id: int, config: dict[str, Any], checkpoint: str) -> dict[str, Any]:
-        objective = {"metric": self.plan.objective.metric, "mode": self.plan.objective.mode}
+    def _task(self, trial_id: int, config: dict[str, Any], checkpoint: str) -> TrainTask:
         settings = resolve(self.plan.spec, config, self.registry)
-        return {"trial_id": trial_id, "settings": settings, "checkpoint": checkpoint, "objective": objective}
+        return TrainTask(trial_id, settings, checkpoint, self.plan.objective)
 
     def _start_trial(self, trial_id: int, config: dict[str, Any], alloc: Allocation) -> None:
         # The store keeps the checkpoint's path relative to its checkpoint directory, so the data
@@ -417,15 +419,15 @@ class StudyRunner(threading.Thread):
             self._publish("trial_started", {"trial": trial_to_dict(trial)})
         self.registry.on_trial_start(self.study_id, trial_id, dict(config))
         self._tasks[trial_id] = task
-        self._submit(Train(trial_id, {**task, **placement(alloc, self._memory_gb)}), alloc)
+        self._submit(Train(trial_id, replace(task, placement=placement(alloc, self._memory_gb))), alloc)
 
-    def _submit(self, request: Request, alloc: Allocation) -> None:
+    def _submit(self, request: Train, alloc: Allocation) -> None:
         """Sends the task to every rank; ranks after the first report only how they end."""
         key, world = request.key, len(alloc.workers)
         port = free_port() if world > 1 else 0
         self._peers_pending[key] = world - 1
         for rank, worker in enumerate(alloc.workers):
-            ranked = replace(request, task={**request.task, "rank": rank, "world_size": world, "dist_port": port})
+            ranked = replace(request, task=replace(request.task, rank=Rank(rank, world, port)))
             sink = self._inbox.put if rank == 0 else (lambda msg, key=key: self._inbox.put(Peer(key, msg)))
             worker.submit(ranked, sink)
 
@@ -616,11 +618,8 @@ class StudyRunner(threading.Thread):
             self._next_message()
         try:
             alloc.holder = f"{self.study_id}/test"
-            task = {
-                "settings": resolve(self.plan.spec, best.config, self.registry),
-                "checkpoint": best.checkpoint,
-                **placement(alloc, self._memory_gb),
-            }
+            settings = resolve(self.plan.spec, best.config, self.registry)
+            task = EvaluateTask(settings, best.checkpoint, placement(alloc, self._memory_gb))
             worker = alloc.workers[0]
             worker.submit(Evaluate("test", task), self._inbox.put)
             while not self._halted.is_set():

@@ -31,6 +31,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from tuneyard.plugins.api import DatasetSplits
 from tuneyard.plugins.manager import PluginRegistry
+from tuneyard.server.execution.messages import EvaluateTask, Placement, TrainTask
 from tuneyard.server.worker.batches import Batches, Transform
 
 Report = Callable[[int, dict[str, float]], None]
@@ -49,12 +50,12 @@ def resume_path(checkpoint: Path) -> Path:
 class _Ranks:
     """The trial's process group (one rank per device of a data-parallel trial), or a single rank."""
 
-    def __init__(self, task: dict[str, Any], device: torch.device) -> None:
-        self.rank, self.world = int(task.get("rank", 0)), int(task.get("world_size", 1))
+    def __init__(self, task: TrainTask, device: torch.device) -> None:
+        self.rank, self.world = task.rank.rank, task.rank.world_size
         if self.world > 1:
             dist.init_process_group(
                 backend="nccl" if device.type == "cuda" else "gloo",
-                init_method=f"tcp://127.0.0.1:{task['dist_port']}",
+                init_method=f"tcp://127.0.0.1:{task.rank.dist_port}",
                 rank=self.rank,
                 world_size=self.world,
                 timeout=RENDEZVOUS_TIMEOUT,
@@ -169,13 +170,12 @@ class Trainer:
         enabled = self.device.type == "cuda" and precision in ("auto", "bf16", "fp16")
         return torch.autocast(self.device.type, dtype=dtype, enabled=enabled)
 
-    def _apply_placement(self, task: dict[str, Any]) -> None:
+    def _apply_placement(self, placement: Placement) -> None:
         """Threads for this trial's share of the device, and a memory cap when packed on a GPU."""
-        if task.get("threads"):
-            torch.set_num_threads(int(task["threads"]))
+        if placement.threads:
+            torch.set_num_threads(placement.threads)
         if self.device.type == "cuda":
-            fraction = float(task.get("memory_fraction") or 0.0)
-            torch.cuda.set_per_process_memory_fraction(fraction or 1.0, self.device)
+            torch.cuda.set_per_process_memory_fraction(placement.memory_fraction or 1.0, self.device)
 
     @staticmethod
     def _seed(seed: int, deterministic: bool) -> None:
@@ -201,12 +201,12 @@ class Trainer:
 
     # ---- training ----
 
-    def train(self, task: dict[str, Any], report: Report, should_stop: ShouldStop) -> dict[str, Any]:
+    def train(self, task: TrainTask, report: Report, should_stop: ShouldStop) -> dict[str, Any]:
         """Runs the trial's epochs; reports after each; stops early when `should_stop()` says so.
 
         A data-parallel trial runs this on every rank; rank 0 evaluates, reports and checkpoints.
         """
-        self._apply_placement(task)
+        self._apply_placement(task.placement)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         ranks = _Ranks(task, self.device)
@@ -215,8 +215,8 @@ class Trainer:
         finally:
             ranks.close()
 
-    def _train(self, task: dict[str, Any], ranks: _Ranks, report: Report, should_stop: ShouldStop) -> dict[str, Any]:
-        settings, training = task["settings"], task["settings"]["training"]
+    def _train(self, task: TrainTask, ranks: _Ranks, report: Report, should_stop: ShouldStop) -> dict[str, Any]:
+        settings, training = task.settings, task.settings["training"]
         seed = int(training["seed"])
         self._seed(seed, bool(training.get("deterministic", False)))
         splits = self._dataset(settings["dataset"])
@@ -249,14 +249,14 @@ class Trainer:
         scaler = torch.amp.GradScaler("cuda") if precision == "fp16" and self.device.type == "cuda" else None
         clip = float(training.get("grad_clip_norm", 0.0))
         loss_fn = nn.CrossEntropyLoss(label_smoothing=float(training["label_smoothing"]))
-        objective = task.get("objective") or {"metric": "val_accuracy", "mode": "max"}
+        objective = task.objective
         patience = int(training.get("early_stop_patience", 0))
-        checkpoint = Path(task["checkpoint"])
+        checkpoint = Path(task.checkpoint)
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
         parts = {"model": core, "optimizer": optimizer, "scheduler": scheduler, "ema": ema, "scaler": scaler}
         metrics: dict[str, float] = {}
         best, since_best, done = None, 0, 0
-        saved = self._resume(checkpoint, parts, train_batches) if task.get("resume") else None
+        saved = self._resume(checkpoint, parts, train_batches) if task.resume else None
         if saved is not None:
             done, metrics, best, since_best = saved["epoch"], saved["metrics"], saved["best"], saved["since_best"]
             report(done, metrics)  # the server keeps what it already has of this epoch
@@ -322,8 +322,8 @@ class Trainer:
             }
             if scheduler is not None and interval == "epoch":
                 scheduler.step(ranks.share(metrics[monitor])) if monitor else scheduler.step()
-            value = metrics.get(objective["metric"])
-            if value is not None and (best is None or (value > best if objective["mode"] == "max" else value < best)):
+            value = metrics.get(objective.metric)
+            if value is not None and (best is None or objective.better(value, best)):
                 best, since_best = value, 0
             else:
                 since_best += 1
@@ -426,13 +426,13 @@ class Trainer:
             torch.cuda.set_rng_state(rng["cuda"], self.device)
         return state
 
-    def evaluate(self, task: dict[str, Any]) -> dict[str, float]:
+    def evaluate(self, task: EvaluateTask) -> dict[str, float]:
         """Evaluates a trial's checkpoint on the test split."""
-        self._apply_placement(task)
-        settings = task["settings"]
+        self._apply_placement(task.placement)
+        settings = task.settings
         splits = self._dataset(settings["dataset"])
         model = self._model(settings, splits)
-        state = torch.load(task["checkpoint"], map_location=self.device, weights_only=True)
+        state = torch.load(task.checkpoint, map_location=self.device, weights_only=True)
         model.load_state_dict(state["model"])
         batches = self._batches(splits.test, EVAL_BATCH, settings["training"], splits, shuffle=False, seed=0)
         result = self._evaluate(model, batches, settings["training"]["precision"])
