@@ -15,7 +15,7 @@ import pytest
 from support import tiny_spec, to_proto
 
 from tuneyard.server.limits import MAX_GPU_MEMORY_GB, MIN_GPU_SHARE
-from tuneyard.server.study.spec import MAX_SEED
+from tuneyard.server.study.settings import MAX_SEED
 from tuneyard.v1 import service_pb2 as pb
 
 

@@ -13,28 +13,30 @@ import torch
 from tuneyard.plugins.api import Objective
 from tuneyard.plugins.manager import PluginRegistry
 from tuneyard.server.execution.messages import TrainTask
-from tuneyard.server.worker.trainer import Trainer, resume_path
+from tuneyard.server.study.settings import Component, TrainingSettings, TrialSettings
+from tuneyard.server.worker.checkpoints import resume_path
+from tuneyard.server.worker.trainer import Trainer
 
 TIMING = ("epoch_seconds", "train_seconds", "inference_latency_ms")
-SETTINGS = {
-    "dataset": {"name": "digits", "options": {}},
-    "model": {"name": "simple_cnn", "options": {"num_filters": 6, "num_conv_layers": 1, "dropout": 0.2}},
-    "training": {
-        "epochs": 4,
-        "batch_size": 64,
-        "optimizer": {"name": "sgd", "options": {"lr": 0.05, "momentum": 0.9}},
-        "lr_scheduler": {"name": "cosine", "options": {}},
-        "augmentations": [{"name": "random_crop", "options": {"padding": 1}}],
-        "label_smoothing": 0.1,
-        "precision": "auto",
-        "seed": 3,
-        "grad_clip_norm": 1.0,
-        "grad_accumulation_steps": 1,
-        "ema_decay": 0.5,
-        "early_stop_patience": 0,
-        "deterministic": True,
-    },
-}
+SETTINGS = TrialSettings(
+    dataset=Component("digits"),
+    model=Component("simple_cnn", {"num_filters": 6, "num_conv_layers": 1, "dropout": 0.2}),
+    training=TrainingSettings(
+        epochs=4,
+        batch_size=64,
+        optimizer=Component("sgd", {"lr": 0.05, "momentum": 0.9}),
+        lr_scheduler=Component("cosine"),
+        augmentations=(Component("random_crop", {"padding": 1}),),
+        label_smoothing=0.1,
+        precision="auto",
+        seed=3,
+        grad_clip_norm=1.0,
+        grad_accumulation_steps=1,
+        ema_decay=0.5,
+        early_stop_patience=0,
+        deterministic=True,
+    ),
+)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -12,7 +12,8 @@ from tuneyard.plugins import hookimpl
 from tuneyard.plugins.api import Objective
 from tuneyard.plugins.manager import PluginRegistry
 from tuneyard.server.execution.messages import EvaluateTask, TrainTask
-from tuneyard.server.worker.trainer import Trainer
+from tuneyard.server.study.settings import Component, TrainingSettings, TrialSettings
+from tuneyard.server.worker.trainer import Trainer, optimizer_step
 
 ACCURACY = Objective("val_accuracy", "max")
 
@@ -63,30 +64,15 @@ def trainer():
     return Trainer(registry, "cpu")
 
 
-BASE = {
-    "dataset": {"name": "digits", "options": {}},
-    "model": {"name": "simple_cnn", "options": {"num_filters": 8, "num_conv_layers": 1}},
-    "training": {
-        "epochs": 2,
-        "batch_size": 64,
-        "optimizer": {"name": "adam", "options": {"lr": 0.01}},
-        "lr_scheduler": None,
-        "augmentations": [],
-        "label_smoothing": 0.0,
-        "precision": "auto",
-        "seed": 0,
-        "grad_clip_norm": 0.0,
-        "grad_accumulation_steps": 1,
-        "ema_decay": 0.0,
-        "early_stop_patience": 0,
-        "deterministic": False,
-    },
-}
+BASE = TrialSettings(
+    dataset=Component("digits"),
+    model=Component("simple_cnn", {"num_filters": 8, "num_conv_layers": 1}),
+    training=TrainingSettings(epochs=2, batch_size=64, optimizer=Component("adam", {"lr": 0.01})),
+)
 
 
 def run(trainer, tmp_path, **training):
-    settings = copy.deepcopy(BASE)
-    settings["training"].update(training)
+    settings = replace(BASE, training=replace(BASE.training, **training))
     reports = []
     task = TrainTask(1, settings, str(tmp_path / "ckpt.pt"), ACCURACY)
     result = trainer.train(task, lambda e, m: reports.append((e, m)), lambda: False)
@@ -98,12 +84,12 @@ def test_gradient_clipping_bounds_the_update():
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     before = model.weight.detach().clone()
     model.weight.grad = torch.full_like(model.weight, 100.0)
-    Trainer._step(model, optimizer, None, clip=1.0)
+    optimizer_step(model, optimizer, None, clip=1.0)
     assert torch.linalg.vector_norm(model.weight.detach() - before).item() == pytest.approx(1.0, rel=1e-5)
 
 
 def test_gradient_accumulation_takes_one_step_per_group_of_batches(trainer, tmp_path):
-    optimizer = {"name": "counting_sgd", "options": {"lr": 0.05}}
+    optimizer = Component("counting_sgd", {"lr": 0.05})
     STEPS.clear()
     run(trainer, tmp_path, optimizer=optimizer, epochs=1, batch_size=100)
     plain = len(STEPS)
@@ -114,7 +100,7 @@ def test_gradient_accumulation_takes_one_step_per_group_of_batches(trainer, tmp_
 
 
 def test_early_stop_on_plateau_ends_the_trial(trainer, tmp_path):
-    frozen = {"name": "sgd", "options": {"lr": 0.0}}
+    frozen = Component("sgd", {"lr": 0.0})
     result, reports = run(trainer, tmp_path, optimizer=frozen, epochs=10, early_stop_patience=2)
     assert result["epochs"] == 3 and len(reports) == 3 and not result["stopped"]
 
@@ -132,7 +118,7 @@ def test_ema_checkpoint_holds_the_averaged_weights(trainer, tmp_path):
     state = torch.load(tmp_path / "ckpt.pt", weights_only=True)["model"]
     assert not any(k.startswith("module.") or k == "n_averaged" for k in state)
     metrics = trainer.evaluate(
-        EvaluateTask({**BASE, "training": {**BASE["training"], "ema_decay": 0.9}}, str(tmp_path / "ckpt.pt"))
+        EvaluateTask(replace(BASE, training=replace(BASE.training, ema_decay=0.9)), str(tmp_path / "ckpt.pt"))
     )
     assert 0.0 < metrics["test_accuracy"] <= 1.0
     assert result["epochs"] == 2 and reports[-1][1]["val_accuracy"] > 0.3
@@ -146,9 +132,7 @@ def test_every_precision_trains_on_cpu_in_fp32(trainer, tmp_path, precision):
 
 def test_parameter_counts_are_reported_and_epoch_hook_is_called(trainer, tmp_path):
     EPOCHS_SEEN.clear()
-    settings_model = {"name": "epoch_aware", "options": {}}
-    settings = copy.deepcopy(BASE)
-    settings["model"] = settings_model
+    settings = replace(BASE, model=Component("epoch_aware"))
     reports = []
     trainer.train(
         TrainTask(1, settings, str(tmp_path / "c.pt"), ACCURACY), lambda e, m: reports.append(m), lambda: False
@@ -159,7 +143,7 @@ def test_parameter_counts_are_reported_and_epoch_hook_is_called(trainer, tmp_pat
 
 @pytest.mark.parametrize("pipeline", ["device", "loader"])
 def test_both_data_pipelines_train_with_augmentations(trainer, tmp_path, pipeline):
-    augmentations = [{"name": "random_crop", "options": {"padding": 1}}, {"name": "rotation", "options": {}}]
+    augmentations = (Component("random_crop", {"padding": 1}), Component("rotation"))
     _, reports = run(trainer, tmp_path, data_pipeline=pipeline, augmentations=augmentations, epochs=2)
     assert reports[-1][1]["val_accuracy"] > 0.5
 

@@ -1,15 +1,127 @@
-"""Applies a trial's searched parameters to a validated spec, giving the trainer's settings."""
+"""A trial's settings, typed: what the trainer reads, built from a validated spec and a trial's config.
+
+`TrainingSettings` is the one declaration of every training field in Python: its type, its default
+(none means the spec must set it) and its bounds or allowed values, in `field(metadata=...)`. Spec
+validation derives its table of training fields from it (`TRAINING_FIELDS`), so a new field is the
+proto plus one dataclass field. Validation applies the defaults; `resolve` only writes a trial's
+searched values in, and the trainer reads attributes. Everything here is plain data, so settings
+cross a pipe (pickle) and Ray (cloudpickle) unchanged.
+"""
 
 from __future__ import annotations
 
 import copy
-from typing import Any
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, get_type_hints
 
+from tuneyard.plugins.api import REQUIRED, Bounds, ParamSpec
 from tuneyard.plugins.manager import PluginRegistry
-from tuneyard.server.study.spec import COMPONENTS
+from tuneyard.plugins.schema import MAX_EXACT_INT
+
+# Where a searched parameter `<head>.<...>` points: a component and its plugin kind.
+COMPONENTS = {"dataset": "dataset", "model": "model", "optimizer": "optimizer", "lr_scheduler": "lr_scheduler"}
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DATA_PIPELINES = ("auto", "device", "loader")
+MAX_EPOCHS = 100_000
+MAX_ACCUMULATION_STEPS = 1024
+# Seeds reach numpy's RandomState (through Optuna's samplers), which takes 0 .. 2**32 - 1.
+MAX_SEED = 2**32 - 1
 
 
-def _component(settings: dict[str, Any], head: str) -> dict[str, Any]:
+def _declared(default: Any = MISSING, bounds: Bounds | None = None, choices: tuple[str, ...] = ()) -> Any:
+    """A plain training field, settable fixed or searched as `training.<name>`."""
+    metadata = {"bounds": bounds, "choices": choices}
+    return field(metadata=metadata) if default is MISSING else field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True, slots=True)
+class Component:
+    """A plugin by name with its options (plain values, already checked against its parameters)."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrainingSettings:
+    """How a trial trains. The plain fields, in this order, are the spec's searchable training fields."""
+
+    epochs: int = _declared(bounds=Bounds(ge=1, le=MAX_EPOCHS))
+    batch_size: int = _declared(64, Bounds(ge=1, le=MAX_EXACT_INT))
+    label_smoothing: float = _declared(0.0, Bounds(ge=0, lt=1))
+    seed: int = _declared(0, Bounds(ge=0, le=MAX_SEED))
+    precision: str = _declared("auto", choices=PRECISIONS)
+    grad_clip_norm: float = _declared(0.0, Bounds(ge=0))
+    grad_accumulation_steps: int = _declared(1, Bounds(ge=1, le=MAX_ACCUMULATION_STEPS))
+    ema_decay: float = _declared(0.0, Bounds(ge=0, lt=1))
+    early_stop_patience: int = _declared(0, Bounds(ge=0, le=MAX_EPOCHS))  # 0: never stop on a plateau
+    deterministic: bool = _declared(False)
+    data_pipeline: str = _declared("auto", choices=DATA_PIPELINES)
+    optimizer: Component
+    lr_scheduler: Component | None = None
+    augmentations: tuple[Component, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TrialSettings:
+    """Everything a worker needs to build and train one trial."""
+
+    dataset: Component
+    model: Component
+    training: TrainingSettings
+
+
+def _plain_fields() -> tuple[ParamSpec, ...]:
+    hints = get_type_hints(TrainingSettings)
+    return tuple(
+        ParamSpec(
+            f.name,
+            hints[f.name].__name__,
+            default=REQUIRED if f.default is MISSING else f.default,
+            bounds=f.metadata["bounds"],
+        )
+        for f in fields(TrainingSettings)
+        if "bounds" in f.metadata
+    )
+
+
+# The spec's table of plain training fields, checked alike whether a spec fixes or searches one.
+TRAINING_FIELDS: dict[str, ParamSpec] = {spec.name: spec for spec in _plain_fields()}
+TRAINING_CHOICES: dict[str, tuple[str, ...]] = {
+    f.name: f.metadata["choices"] for f in fields(TrainingSettings) if f.metadata.get("choices")
+}
+# A fixed field left at its proto3 zero value takes its default ("" and 0 mean "not set").
+TRAINING_DEFAULTS: dict[str, Any] = {name: spec.default for name, spec in TRAINING_FIELDS.items() if not spec.required}
+_CASTS = {"int": int, "float": float, "bool": bool, "str": str}  # int64 fields may hold decimal strings
+
+
+def _component(raw: dict[str, Any] | None) -> Component | None:
+    if not raw or not raw.get("name"):
+        return None
+    return Component(raw["name"], dict(raw.get("options") or {}))
+
+
+def _typed(raw: dict[str, Any]) -> TrialSettings:
+    """The settings dict (validated, searched values written in) as typed settings."""
+    training = raw["training"]
+    plain = {name: _CASTS[spec.type](training[name]) for name, spec in TRAINING_FIELDS.items()}
+    optimizer = _component(training["optimizer"])
+    assert optimizer is not None  # validation names one (adam by default)
+    dataset, model = _component(raw["dataset"]), _component(raw["model"])
+    assert dataset is not None and model is not None  # validation requires both
+    return TrialSettings(
+        dataset=dataset,
+        model=model,
+        training=TrainingSettings(
+            **plain,
+            optimizer=optimizer,
+            lr_scheduler=_component(training.get("lr_scheduler")),
+            augmentations=tuple(Component(a["name"], dict(a["options"])) for a in training["augmentations"]),
+        ),
+    )
+
+
+def _component_dict(settings: dict[str, Any], head: str) -> dict[str, Any]:
     if head in ("optimizer", "lr_scheduler"):
         training = settings["training"]
         if training.get(head) is None:
@@ -18,8 +130,8 @@ def _component(settings: dict[str, Any], head: str) -> dict[str, Any]:
     return settings[head]
 
 
-def resolve(spec: dict[str, Any], config: dict[str, Any], registry: PluginRegistry) -> dict[str, Any]:
-    """Returns `{dataset, model, training}` with every searched value written in.
+def resolve(spec: dict[str, Any], config: dict[str, Any], registry: PluginRegistry) -> TrialSettings:
+    """A validated spec's settings with every searched value of `config` written in.
 
     Names are applied before options, and when a search switches a component to another
     plugin, base options that the new plugin does not accept are dropped.
@@ -40,7 +152,7 @@ def resolve(spec: dict[str, Any], config: dict[str, Any], registry: PluginRegist
                 if aug["name"] == parts[1]:
                     aug["options"][parts[2]] = value
         elif head in COMPONENTS:
-            component = _component(settings, head)
+            component = _component_dict(settings, head)
             if parts[1] == "name":
                 entry = registry.get(COMPONENTS[head], value)
                 accepted = {p.name for p in entry.parameters}
@@ -48,4 +160,4 @@ def resolve(spec: dict[str, Any], config: dict[str, Any], registry: PluginRegist
                 component["name"] = value
             else:
                 component["options"][parts[1]] = value
-    return settings
+    return _typed(settings)

@@ -1,0 +1,69 @@
+"""A trial's two files per epoch: the checkpoint and, beside it, the state to resume from.
+
+Imported only in worker processes (it imports torch). The checkpoint (`{"model", "epoch"}`) holds
+the weights a test run evaluates (the EMA weights when averaging). `resume.pt` holds all a run
+needs to go on after its last finished epoch: the progress (`epoch`, `metrics`, `best`,
+`since_best`), every part's state (model, optimizer, schedule, EMA, gradient scaler) and the
+random generators. Both are written atomically (a temporary file, then a rename).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tuneyard.server.worker.batches import Batches
+
+
+def resume_path(checkpoint: Path) -> Path:
+    """Where the state to resume a trial lives: beside its checkpoint."""
+    return checkpoint.with_name("resume.pt")
+
+
+def save_epoch(
+    path: Path,
+    evaluated: nn.Module,
+    parts: dict[str, Any],
+    batches: Batches,
+    progress: dict[str, Any],
+    device: torch.device,
+) -> None:
+    """Writes the epoch's resume state, then its checkpoint; `parts` maps a name to a part or None."""
+    rng = {"torch": torch.get_rng_state(), "python": random.getstate(), "shuffle": batches.generator.get_state()}
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    parts_state = {name: part.state_dict() for name, part in parts.items() if part is not None}
+    _write(resume_path(path), {**progress, "parts": parts_state, "rng": rng})
+    _write(path, {"model": evaluated.state_dict(), "epoch": progress["epoch"]})
+
+
+def _write(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_resume(path: Path, parts: dict[str, Any], batches: Batches, device: torch.device) -> dict[str, Any] | None:
+    """Restores the parts and generators from the trial's last epoch, when an earlier attempt left
+    its state; returns that state (with its progress), or None."""
+    saved = resume_path(path)
+    if not saved.exists():
+        return None
+    # Written by this trainer into the server's own data directory; it holds schedule objects
+    # that weights_only loading refuses.
+    state = torch.load(saved, map_location="cpu", weights_only=False)
+    for name, part_state in state["parts"].items():
+        if parts.get(name) is not None:
+            parts[name].load_state_dict(part_state)
+    rng = state["rng"]
+    torch.set_rng_state(rng["torch"])
+    random.setstate(rng["python"])
+    batches.generator.set_state(rng["shuffle"])
+    if "cuda" in rng and device.type == "cuda":
+        torch.cuda.set_rng_state(rng["cuda"], device)
+    return state
