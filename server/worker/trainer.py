@@ -1,14 +1,12 @@
 """Trains and evaluates one trial inside a worker process, building every part from the registry.
 
-Imported only in worker processes (it imports torch). Datasets are cached per worker, so
-consecutive trials on the same data skip loading it again. Training techniques (gradient
-clipping and accumulation, mixed precision, EMA of weights, early stop on plateau,
-deterministic seeding, channels_last on CUDA) are plain `training` settings, read as validation
-left them (`study.settings.TrainingSettings`): the trainer applies no defaults of its own.
-
-Every epoch ends with a checkpoint holding all a run needs to go on (see `checkpoints`), so a
-trial whose worker (or server) died resumes after its last finished epoch and trains the same
-number of epochs in all.
+Imported only in worker processes (it imports torch). Datasets are cached per worker, so consecutive
+trials on the same data skip loading it again. Training techniques (gradient clipping and
+accumulation, mixed precision, EMA of weights, early stop on plateau, deterministic seeding,
+channels_last on CUDA) are plain `training` settings, read as validation left them
+(`study.settings.TrainingSettings`): the trainer applies no defaults of its own. Every epoch ends
+with a checkpoint holding all a run needs to go on (`checkpoints`), so a trial whose worker (or
+server) died resumes after its last finished epoch and trains the same number of epochs in all.
 """
 
 from __future__ import annotations
