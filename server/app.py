@@ -96,6 +96,103 @@ class ServerHandle:
         self.grpc_server.wait_for_termination()
 
 
+def _local_pool(
+    devices: str | None, cpu_slots: int | None, data_root: str, max_trials_per_worker: int, *, log_dir: Path
+) -> WorkerPool:
+    """Worker processes on this machine, one slot per planned device."""
+    return WorkerPool(
+        plan_devices(devices, cpu_slots),
+        data_root=data_root,
+        max_trials_per_worker=max_trials_per_worker,
+        log_dir=log_dir,
+    )
+
+
+def _point_tensorboard_at(tensorboard_dir: Path | None) -> None:
+    """The built-in tensorboard_logger plugin reads this when a trial starts (in the worker process)."""
+    if tensorboard_dir is not None:
+        os.environ["TUNEYARD_TENSORBOARD_DIR"] = str(Path(tensorboard_dir).resolve())
+
+
+def _study_manager(
+    storage: Storage, pool: WorkerPool | RayPool, heartbeat_timeout: float, data_root: str, max_active_studies: int
+) -> StudyManager:
+    """The study side: the plugins (one that fails to load is logged and left out), events and device slots."""
+    registry = PluginRegistry.load()
+    for error in registry.errors:
+        log.warning("plugin not loaded: %s: %s", error.source, error.message)
+    return StudyManager(
+        storage=storage,
+        hub=EventHub(storage),
+        scheduler=DeviceScheduler(pool.devices, pool),
+        registry=registry,
+        heartbeat_timeout=heartbeat_timeout,
+        data_root=data_root,
+        max_active_studies=max_active_studies,
+    )
+
+
+def _grpc_server(
+    studies: StudyManager, pool: WorkerPool | RayPool, authenticator: Authenticator | None
+) -> tuple[grpc.Server, health.HealthServicer]:
+    """The gRPC server with the training and maintenance services, not yet bound or started."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=RPC_THREADS, thread_name_prefix="rpc"),
+        interceptors=[AuthInterceptor(authenticator)] if authenticator else None,
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES * 4),
+        ],
+    )
+    servicer = TrainingServicer(
+        storage=studies.storage,
+        studies=studies,
+        hub=studies.hub,
+        registry=studies.registry,
+        scheduler=studies.scheduler,
+        executor=pool,
+        authenticator=authenticator,
+    )
+    wire.add_training_service(servicer, server)
+    return server, add_maintenance_services(server, [SERVICE_NAME])
+
+
+def _listen(server: grpc.Server, host: str, port: int, credentials: grpc.ServerCredentials | None) -> int:
+    """Binds host:port (TLS with `credentials`) and returns the port bound; OSError when it cannot."""
+    target = f"{host}:{port}"
+    bound = server.add_secure_port(target, credentials) if credentials else server.add_insecure_port(target)
+    if bound == 0:
+        raise OSError(f"cannot listen on {host}:{port}")
+    return bound
+
+
+def _dashboard(
+    studies: StudyManager, host: str, port: int | None, authenticator: Authenticator | None, tls: TlsFiles | None
+) -> Dashboard | None:
+    """The read-only web dashboard on host:port, or None when no port is asked for."""
+    if port is None:
+        return None
+    try:
+        return Dashboard(studies.storage, studies.hub, host, port, authenticator, tls)
+    except OSError as exc:
+        raise OSError(f"dashboard cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+def _address(host: str, port: int) -> str:
+    """host:port as clients write it: an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _resume_unfinished(handle: ServerHandle) -> None:
+    """Runs on the studies a previous server left unfinished; damaged rows stop what started, and say so."""
+    try:
+        for study_id in handle.studies.resume_unfinished():
+            log.info("resuming study %s", study_id)
+    except StoreError:
+        handle.stop(grace=0)
+        raise
+
+
 def start_server(
     *,
     data_dir: Path,
@@ -134,85 +231,23 @@ def start_server(
     data_dir = Path(data_dir)
     data_root = data_root or str(data_dir / "datasets")
     storage = Storage(data_dir, checkpoint_dir, check_integrity=check_store)  # first: a bad store starts nothing
-    pool: WorkerPool | RayPool
     if executor == "ray":
-        pool = RayPool(ray_address, data_root=data_root, cpu_slots=cpu_slots)
+        pool: WorkerPool | RayPool = RayPool(ray_address, data_root=data_root, cpu_slots=cpu_slots)
     else:
-        pool = WorkerPool(
-            plan_devices(devices, cpu_slots),
-            data_root=data_root,
-            max_trials_per_worker=max_trials_per_worker,
-            log_dir=data_dir / "logs",
-        )
-    device_list = pool.devices
-    if tensorboard_dir is not None:  # read by the built-in tensorboard_logger plugin when a trial starts
-        os.environ["TUNEYARD_TENSORBOARD_DIR"] = str(Path(tensorboard_dir).resolve())
-    registry = PluginRegistry.load()
-    for error in registry.errors:
-        log.warning("plugin not loaded: %s: %s", error.source, error.message)
-    hub = EventHub(storage)
-    scheduler = DeviceScheduler(device_list, pool)
-    studies = StudyManager(
-        storage=storage,
-        hub=hub,
-        scheduler=scheduler,
-        registry=registry,
-        heartbeat_timeout=trial_heartbeat_timeout,
-        data_root=data_root,
-        max_active_studies=max_active_studies,
-    )
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=RPC_THREADS, thread_name_prefix="rpc"),
-        interceptors=[AuthInterceptor(authenticator)] if authenticator else None,
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES * 4),
-        ],
-    )
-    servicer = TrainingServicer(
-        storage=storage,
-        studies=studies,
-        hub=hub,
-        registry=registry,
-        scheduler=scheduler,
-        executor=pool,
-        authenticator=authenticator,
-    )
-    wire.add_training_service(servicer, server)
-    health_servicer = add_maintenance_services(server, [SERVICE_NAME])
-    target = f"{host}:{port}"
-    bound = server.add_secure_port(target, credentials) if credentials else server.add_insecure_port(target)
-    if bound == 0:
+        pool = _local_pool(devices, cpu_slots, data_root, max_trials_per_worker, log_dir=data_dir / "logs")
+    _point_tensorboard_at(tensorboard_dir)
+    studies = _study_manager(storage, pool, trial_heartbeat_timeout, data_root, max_active_studies)
+    server, checks = _grpc_server(studies, pool, authenticator)
+    try:
+        bound = _listen(server, host, port, credentials)
+        dashboard = _dashboard(studies, host, dashboard_port, authenticator, tls)
+    except OSError:
+        server.stop(0)
         pool.close()
         storage.close()
-        raise OSError(f"cannot listen on {host}:{port}")
-    dashboard = None
-    if dashboard_port is not None:
-        try:
-            dashboard = Dashboard(storage, hub, host, dashboard_port, authenticator, tls)
-        except OSError as exc:
-            server.stop(0)
-            pool.close()
-            storage.close()
-            raise OSError(f"dashboard cannot listen on {host}:{dashboard_port}: {exc.strerror}") from None
-    server.start()
-    display_host = f"[{host}]" if ":" in host else host
-    handle = ServerHandle(
-        address=f"{display_host}:{bound}",
-        port=bound,
-        grpc_server=server,
-        storage=storage,
-        hub=hub,
-        studies=studies,
-        pool=pool,
-        health=health_servicer,
-        dashboard=dashboard,
-    )
-    try:
-        for study_id in studies.resume_unfinished():
-            log.info("resuming study %s", study_id)
-    except StoreError:  # the unfinished studies' rows are damaged: stop what started, and say so
-        handle.stop(grace=0)
         raise
-    set_serving(health_servicer, [SERVICE_NAME])
+    server.start()
+    handle = ServerHandle(_address(host, bound), bound, server, storage, studies.hub, studies, pool, checks, dashboard)
+    _resume_unfinished(handle)
+    set_serving(checks, [SERVICE_NAME])
     return handle

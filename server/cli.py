@@ -64,11 +64,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="kill a trial's worker when the trial shows no progress for this long (default 600; 0: never)",
     )
-    p.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve TLS")
-    p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
-    p.add_argument("--tls-client-ca", type=Path, help="PEM CA: clients must present a certificate it signed (mTLS)")
-    p.add_argument("--token-file", type=Path, help="bearer tokens, one per line ('TOKEN' or 'NAME TOKEN')")
-    p.add_argument("--insecure", action="store_true", help="allow plaintext on a non-loopback address (not advised)")
+    _add_security_args(p)
     p.add_argument(
         "--check-store",
         action="store_true",
@@ -76,6 +72,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--log-level", default="INFO")
     return p
+
+
+def _add_security_args(p: argparse.ArgumentParser) -> None:
+    """TLS, mutual TLS, bearer tokens and the plaintext override: checked by `_security` before anything starts."""
+    p.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve TLS")
+    p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    p.add_argument("--tls-client-ca", type=Path, help="PEM CA: clients must present a certificate it signed (mTLS)")
+    p.add_argument("--token-file", type=Path, help="bearer tokens, one per line ('TOKEN' or 'NAME TOKEN')")
+    p.add_argument("--insecure", action="store_true", help="allow plaintext on a non-loopback address (not advised)")
 
 
 def _security(args: argparse.Namespace) -> tuple[TlsFiles | None, list[Token]]:

@@ -240,27 +240,11 @@ def _is_grayscale(file: Path) -> bool:
         raise ValueError(f"cannot read image {file}: {exc}") from None
 
 
-def load_image_folder(
-    *,
-    root: str,
-    path: str,
-    size: int,
-    channels: int,
-    val_fraction: float,
-    test_fraction: float,
-    split_seed: int,
-) -> DatasetSplits:
-    """Class-per-folder images from ``root/path``: ``train/`` (+ ``val/``, ``test/``) or one folder."""
-    if size < 1:
-        raise ValueError(f"size must be >= 1, got {size}")
-    if channels not in (0, 1, 3):
-        raise ValueError(f"channels must be 0 (auto), 1 or 3, got {channels}")
-    check_fraction("val_fraction", val_fraction, allow_zero=True)
-    check_fraction("test_fraction", test_fraction, allow_zero=True)
-    folder = confine(root, path, "path")
-    if not folder.is_dir():
-        raise FileNotFoundError(f"dataset 'image_folder': folder {folder} (option 'path' = {path!r}) not found")
+def _class_folders(root: str, folder: Path) -> dict[str, dict[str, list[Path]]]:
+    """split -> class -> image files: ``train/`` (+ ``val/``, ``test/``) when present, else ``folder`` as train.
 
+    Every split needs images, every class a training image, and no file may lead out of the data root.
+    """
     layout = {"train": folder}
     if (folder / "train").is_dir():
         layout = {split: folder / split for split in ("train", "val", "test") if (folder / split).is_dir()}
@@ -271,26 +255,58 @@ def load_image_folder(
                 f"dataset 'image_folder': no images in class subfolders of {layout[split]} "
                 f"(expected <class>/<image> with one of {', '.join(IMAGE_EXTENSIONS)})"
             )
-    classes = sorted(found["train"])
     for split, per_class in found.items():
-        unknown = sorted(set(per_class) - set(classes))
+        unknown = sorted(set(per_class) - set(found["train"]))
         if unknown:
             raise ValueError(f"dataset 'image_folder': class {unknown[0]!r} in {layout[split]} has no training images")
         for files in per_class.values():
             for file in files:
                 check_file_inside(root, file, "path")
+    return found
 
-    def flatten(per_class: dict[str, list[Path]]) -> tuple[list[Path], np.ndarray]:
-        files = [f for c in classes for f in per_class.get(c, [])]
-        labels = np.array([i for i, c in enumerate(classes) for _ in per_class.get(c, [])], dtype=np.int64)
-        return files, labels
 
-    all_files = [f for per_class in found.values() for files in per_class.values() for f in files]
+def _labelled(per_class: dict[str, list[Path]], classes: list[str]) -> tuple[list[Path], np.ndarray]:
+    """The files of ``per_class`` in class order, with each one's class index."""
+    files = [f for c in classes for f in per_class.get(c, [])]
+    labels = np.array([i for i, c in enumerate(classes) for _ in per_class.get(c, [])], dtype=np.int64)
+    return files, labels
+
+
+def _image_mode(channels: int, found: dict[str, dict[str, list[Path]]]) -> str:
+    """PIL's mode to load in: channels 0 picks grayscale only when every image of every split is."""
     if channels == 0:
-        channels = 1 if all(_is_grayscale(f) for f in all_files) else 3
-    mode = "L" if channels == 1 else "RGB"
+        files = (f for per_class in found.values() for class_files in per_class.values() for f in class_files)
+        channels = 1 if all(_is_grayscale(f) for f in files) else 3
+    return "L" if channels == 1 else "RGB"
 
-    train_files, train_labels = flatten(found["train"])
+
+def load_image_folder(
+    *,
+    root: str,
+    path: str,
+    size: int,
+    channels: int,
+    val_fraction: float,
+    test_fraction: float,
+    split_seed: int,
+) -> DatasetSplits:
+    """Class-per-folder images from ``root/path``: ``train/`` (+ ``val/``, ``test/``) or one folder.
+
+    A split without its own folder is carved out of the training images (seeded and stratified).
+    """
+    if size < 1:
+        raise ValueError(f"size must be >= 1, got {size}")
+    if channels not in (0, 1, 3):
+        raise ValueError(f"channels must be 0 (auto), 1 or 3, got {channels}")
+    check_fraction("val_fraction", val_fraction, allow_zero=True)
+    check_fraction("test_fraction", test_fraction, allow_zero=True)
+    folder = confine(root, path, "path")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"dataset 'image_folder': folder {folder} (option 'path' = {path!r}) not found")
+    found = _class_folders(root, folder)
+    classes = sorted(found["train"])
+    mode = _image_mode(channels, found)
+    train_files, train_labels = _labelled(found["train"], classes)
     carve = [s for s in ("val", "test") if s not in found]
     fractions = {"val": val_fraction, "test": test_fraction}
     if "val" in carve and val_fraction <= 0:
@@ -298,13 +314,10 @@ def load_image_folder(
     pieces = stratified_split(train_labels, [fractions[s] for s in carve], split_seed)
     train_images = _load_images(train_files, size, mode)
     splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    index = torch.from_numpy(pieces[0])
-    splits["train"] = (to_float(train_images[index]), torch.from_numpy(train_labels[pieces[0]]))
-    for split, piece in zip(carve, pieces[1:], strict=True):
-        index = torch.from_numpy(piece)
-        splits[split] = (to_float(train_images[index]), torch.from_numpy(train_labels[piece]))
+    for split, piece in zip(["train", *carve], pieces, strict=True):
+        splits[split] = (to_float(train_images[torch.from_numpy(piece)]), torch.from_numpy(train_labels[piece]))
     for split in ("val", "test"):
         if split in found:
-            files, labels = flatten(found[split])
+            files, labels = _labelled(found[split], classes)
             splits[split] = (to_float(_load_images(files, size, mode)), torch.from_numpy(labels))
     return make_splits(splits["train"], splits["val"], splits["test"], len(classes))
