@@ -1,0 +1,91 @@
+"""Issue 14's rule: the server process imports no torch; only server/worker/ does, inside worker processes.
+
+A real server starts in a fresh interpreter (so nothing this test session imported can hide an
+import), runs a tiny real study to completion through the SDK, and then reports which torch modules
+its own `sys.modules` holds. A finder placed first on `sys.meta_path` records which `tuneyard`
+modules were on the stack when torch was first looked up, so a failure names the importer.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from support import REPO, tiny_spec
+
+from tuneyard.v1 import service_pb2 as pb
+
+PROBE = """
+import json, sys
+from pathlib import Path
+
+importers = []  # the tuneyard modules on the stack when torch was first looked up
+
+
+class FirstTorchLookup:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in ("torch", "torchvision") and not importers:
+            frame = sys._getframe()
+            while frame is not None:
+                module = frame.f_globals.get("__name__", "")
+                if module.startswith("tuneyard.") and module not in importers:
+                    importers.append(module)
+                frame = frame.f_back
+            importers.append(name)
+        return None  # the ordinary finders go on to import it
+
+
+sys.meta_path.insert(0, FirstTorchLookup())
+
+from tuneyard.client import Client
+from tuneyard.server.app import start_server
+
+data_dir, spec = Path(sys.argv[1]), json.loads(sys.argv[2])
+handle = start_server(data_dir=data_dir, port=0, devices="cpu", cpu_slots=1)
+try:
+    with Client(handle.address, timeout=60) as client:
+        study = client.run(spec).study
+finally:
+    handle.stop()
+print(json.dumps({
+    "state": study.state,
+    "completed": study.trial_counts.completed,
+    "epochs_spent": study.epochs_spent,
+    "torch_modules": sorted(m for m in sys.modules if m.partition(".")[0] in ("torch", "torchvision")),
+    "first_torch_lookup": importers,
+}))
+"""
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """What the probe server said once its study had ended and it had stopped."""
+    spec = tiny_spec(training={"epochs": 1, "batch_size": 128, "optimizer": {"name": "sgd"}, "seed": 0})
+    spec["budget"] = {"max_trials": 1, "max_concurrent_trials": 1}
+    data_dir = tmp_path_factory.mktemp("no-torch-server")
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, str(data_dir), json.dumps(spec)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+def test_the_probe_study_really_trained_in_worker_processes(report: dict[str, Any]) -> None:
+    assert report["state"] == pb.STUDY_COMPLETED
+    assert report["completed"] == 1 and report["epochs_spent"] == 1
+
+
+# Not yet true: PluginRegistry.load() imports the built-in plugin modules in the server, and they import
+# torch at module level (server/execution/devices.py also imports it to count GPUs unless devices="cpu").
+# strict: once the server imports no torch this test passes, and the mark must go.
+@pytest.mark.xfail(strict=True, reason="built-in plugin modules import torch when the server loads its registry")
+def test_the_server_process_imports_no_torch(report: dict[str, Any]) -> None:
+    torch = report["torch_modules"]
+    assert not torch, f"{len(torch)} torch modules loaded; the first lookup came through {report['first_torch_lookup']}"
