@@ -24,6 +24,7 @@ from tuneyard.server.execution.ray_pool import RayPool
 from tuneyard.server.execution.scheduler import DeviceScheduler
 from tuneyard.server.limits import DEFAULT_MAX_ACTIVE_STUDIES, MAX_MESSAGE_BYTES
 from tuneyard.server.storage.sqlite import Storage
+from tuneyard.server.storage.store import Store
 from tuneyard.server.study.domain import StoreError
 from tuneyard.server.study.events import EventHub
 from tuneyard.server.study.manager import StudyManager
@@ -75,7 +76,7 @@ class ServerHandle:
     address: str
     port: int
     grpc_server: grpc.Server
-    storage: Storage
+    storage: Store
     hub: EventHub
     studies: StudyManager
     pool: WorkerPool | RayPool

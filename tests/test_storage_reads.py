@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tuneyard.server.storage.sqlite import Storage
-from tuneyard.server.study.domain import TrialState
+from tuneyard.server.study.domain import TrialEnd, TrialState
 
 STUDIES, TRIALS, EPOCHS = 6, 40, 3
 
@@ -22,8 +23,9 @@ def storage(tmp_path: Path) -> Iterator[Storage]:
             store.create_trial(study.study_id, t, {"x": t}, "cpu:0")
             for epoch in range(1, EPOCHS + 1):
                 store.add_epoch(study.study_id, t, epoch, {"val_accuracy": t / 100 + epoch})
-            store.update_trial(study.study_id, t, state=TrialState.COMPLETED, objective_value=t / 100)
-        store.update_study(study.study_id, best_trial_id=TRIALS, pareto=list(range(1, TRIALS + 1)))
+            store.end_trial(study.study_id, t, TrialEnd(TrialState.COMPLETED, time.time(), objective_value=t / 100))
+        store.set_best_trial(study.study_id, TRIALS)
+        store.set_pareto(study.study_id, list(range(1, TRIALS + 1)))
     yield store
     store.close()
 

@@ -26,8 +26,11 @@ import pytest
 from support import ServerProcess, cap_store_pages, tiny_spec, to_proto
 
 from tuneyard.server.app import start_server
-from tuneyard.server.storage.sqlite import APPLICATION_ID, SCHEMA, Storage, encode_token
-from tuneyard.server.study.domain import StoreFull, StoreInvalid, StudyState, TrialState
+from tuneyard.server.storage.schema import SCHEMA
+from tuneyard.server.storage.sqlite import Storage
+from tuneyard.server.storage.sqlite_file import APPLICATION_ID
+from tuneyard.server.storage.tokens import encode_token
+from tuneyard.server.study.domain import StoreFull, StoreInvalid, StudyState, TrialEnd, TrialState
 from tuneyard.v1 import service_pb2 as pb
 from tuneyard.v1 import service_pb2_grpc
 
@@ -47,8 +50,9 @@ def _write_store(data_dir: Path, studies: int = STUDIES) -> list[str]:
             study, _ = storage.create_study(tiny_spec(name=f"study-{i}"), f"request-{i}")
             storage.create_trial(study.study_id, 1, {"marker": _marker(i)}, "cpu")
             storage.add_epoch(study.study_id, 1, 1, {"val_accuracy": 0.5})
-            storage.update_trial(study.study_id, 1, state=TrialState.COMPLETED, objective_value=0.5)
-            storage.update_study(study.study_id, state=StudyState.COMPLETED, best_trial_id=1, end_time=time.time())
+            storage.end_trial(study.study_id, 1, TrialEnd(TrialState.COMPLETED, time.time(), objective_value=0.5))
+            storage.set_best_trial(study.study_id, 1)
+            storage.end_study(study.study_id, StudyState.COMPLETED, end_time=time.time())
             storage.append_event(study.study_id, "study_state", {"state": StudyState.COMPLETED.value})
             (data_dir / "studies" / study.study_id).mkdir(parents=True)
             ids.append(study.study_id)

@@ -22,7 +22,7 @@ from tuneyard.common.report_data import ReportData, objectives_of
 from tuneyard.common.report_html import build_html
 from tuneyard.server.api import convert
 from tuneyard.server.api.security import Authenticator, TlsFiles
-from tuneyard.server.storage.sqlite import Storage
+from tuneyard.server.storage.store import Store
 from tuneyard.server.study.domain import DomainError, NotFound, Unavailable
 from tuneyard.server.study.events import EventHub
 
@@ -51,7 +51,7 @@ class Dashboard:
 
     def __init__(
         self,
-        storage: Storage,
+        storage: Store,
         hub: EventHub,
         host: str,
         port: int,
@@ -76,7 +76,7 @@ class Dashboard:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    storage: Storage
+    storage: Store
     hub: EventHub
     auth: Authenticator | None
 

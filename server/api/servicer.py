@@ -25,7 +25,7 @@ from tuneyard.server.limits import (
     MAX_WATCHERS,
     MAX_WATCHERS_PER_CLIENT,
 )
-from tuneyard.server.storage.sqlite import Storage, encode_token
+from tuneyard.server.storage.store import Store
 from tuneyard.server.study.domain import InvalidArgument, ResourceExhausted
 from tuneyard.server.study.events import EventHub
 from tuneyard.server.study.manager import StudyManager
@@ -91,7 +91,7 @@ class TrainingServicer(service_pb2_grpc.TrainingServiceServicer):
     def __init__(
         self,
         *,
-        storage: Storage,
+        storage: Store,
         studies: StudyManager,
         hub: EventHub,
         registry: PluginRegistry,
@@ -182,7 +182,7 @@ class TrainingServicer(service_pb2_grpc.TrainingServiceServicer):
         messages = [convert.trial_to_proto(t) for t in trials]
         fit = _fitting(messages)
         if fit < len(messages):
-            token = encode_token(trials[fit - 1].trial_id)
+            token = self.storage.trial_page_token(trials[fit - 1].study_id, trials[fit - 1].trial_id)
         return pb.ListTrialsResponse(trials=messages[:fit], next_page_token=token)
 
     @unary

@@ -119,6 +119,22 @@ class TrialRecord:
     pruned_epoch: int = 0  # the epoch the early stopper said STOP at (0: it has not), journaled with it
 
 
+@dataclass(frozen=True)
+class TrialEnd:
+    """How a trial ended: the columns `Store.end_trial` writes, all at once (a field left at its default
+    stores the default, as for a trial that never had it)."""
+
+    state: TrialState
+    end_time: float
+    objective_value: float | None = None
+    objective_values: list[float] = field(default_factory=list)  # one per objective, for several objectives
+    error: str = ""
+    failure_reason: str = ""  # crash | timeout | oom | error, for FAILED trials
+    exit_code: int | None = None
+    exit_signal: str = ""
+    stderr_tail: str = ""
+
+
 @dataclass
 class TrialCounts:
     pending: int = 0

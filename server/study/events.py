@@ -6,7 +6,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from tuneyard.server.storage.sqlite import Storage
+from tuneyard.server.storage.store import Store
 from tuneyard.server.study.domain import EventRecord, Unavailable
 
 FOLLOW_POLL_S = 1.0
@@ -15,7 +15,7 @@ FOLLOW_POLL_S = 1.0
 class EventHub:
     """Watchers read from storage and sleep here until a newer event is stored."""
 
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: Store) -> None:
         self._storage = storage
         self._changed = threading.Condition()
         self._latest: dict[str, int] = {}

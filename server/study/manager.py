@@ -33,7 +33,7 @@ class StudyManager:
     def __init__(
         self,
         *,
-        storage: Storage,
+        storage: Storage,  # Store once the runner is typed against it
         hub: EventHub,
         scheduler: DeviceScheduler,
         registry: PluginRegistry,
@@ -123,7 +123,7 @@ class StudyManager:
                 error = f"cannot resume after the server restarted: {exc}"
                 log.warning("study %s: %s", study_id, error)
                 with self.storage.atomic():
-                    self.storage.update_study(study_id, state=StudyState.FAILED, error=error, end_time=time.time())
+                    self.storage.end_study(study_id, StudyState.FAILED, end_time=time.time(), error=error)
                     self.hub.publish(study_id, "study_state", {"state": StudyState.FAILED.value, "error": error})
                 continue
             with self._lock:
