@@ -123,9 +123,8 @@ def test_absolute_checkpoint_paths_of_an_older_store_are_re_rooted(tmp_path):
 
     storage = Storage(tmp_path / "now")
     study, _ = storage.create_study({"name": "s"}, "")
-    storage.create_trial(study.study_id, 1, {}, "cpu:0")
     stored = f"/gone/elsewhere/studies/{study.study_id}/trial-1/checkpoint.pt"
-    trial = storage.update_trial(study.study_id, 1, checkpoint=stored)
+    trial = storage.create_trial(study.study_id, 1, {}, "cpu:0", stored)
     assert trial.checkpoint == str(tmp_path / "now" / "studies" / study.study_id / "trial-1" / "checkpoint.pt")
     storage.close()
 
@@ -167,7 +166,7 @@ def test_a_full_store_fails_the_study_once_writable_and_the_server_serves_on(tmp
             limit = _fill_store(handle.storage)
             runner = handle.studies._runners[sid]
             deadline = time.monotonic() + 120
-            while time.monotonic() < deadline and runner._running:
+            while time.monotonic() < deadline and any(True for _ in runner._board.running()):
                 time.sleep(0.1)
             time.sleep(1.5)  # the runner has met the full store and retries storing the failure
             assert stub.GetStudy(pb.GetStudyRequest(study_id=sid)).state == pb.STUDY_RUNNING

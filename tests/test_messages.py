@@ -22,7 +22,6 @@ from tuneyard.server.execution.messages import (
     Evaluate,
     EvaluateTask,
     Infeasible,
-    Peer,
     Placement,
     Rank,
     Ready,
@@ -52,7 +51,6 @@ EVERY_MESSAGE = [
     Infeasible(3, "width 0 builds no model"),
     Crashed(3, "worker process 9 died (exit code -9, SIGKILL)", "crash", -9, "SIGKILL", "last line"),
     Wake(),
-    Peer(3, Crashed(3, "Ray actor on ray:gpu1 died", "oom", None, "", "memory monitor")),
 ]
 IDS = [type(m).__name__ for m in EVERY_MESSAGE]
 

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from support import REPO, ServerProcess, tiny_spec, to_proto, watch_all
 
-from tuneyard.server.study.runner import free_port
+from tuneyard.server.execution.gang import free_port
 from tuneyard.v1 import service_pb2 as pb
 
 # Ray's servers listen on every interface unless told otherwise; this keeps them on 127.0.0.1. It

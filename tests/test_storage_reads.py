@@ -20,7 +20,7 @@ def storage(tmp_path: Path) -> Iterator[Storage]:
     for s in range(STUDIES):
         study, _ = store.create_study({"name": f"s{s}"}, "")
         for t in range(1, TRIALS + 1):
-            store.create_trial(study.study_id, t, {"x": t}, "cpu:0")
+            store.create_trial(study.study_id, t, {"x": t}, "cpu:0", "")
             for epoch in range(1, EPOCHS + 1):
                 store.add_epoch(study.study_id, t, epoch, {"val_accuracy": t / 100 + epoch})
             store.end_trial(study.study_id, t, TrialEnd(TrialState.COMPLETED, time.time(), objective_value=t / 100))

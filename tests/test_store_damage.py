@@ -48,7 +48,7 @@ def _write_store(data_dir: Path, studies: int = STUDIES) -> list[str]:
     try:
         for i in range(studies):
             study, _ = storage.create_study(tiny_spec(name=f"study-{i}"), f"request-{i}")
-            storage.create_trial(study.study_id, 1, {"marker": _marker(i)}, "cpu")
+            storage.create_trial(study.study_id, 1, {"marker": _marker(i)}, "cpu", "")
             storage.add_epoch(study.study_id, 1, 1, {"val_accuracy": 0.5})
             storage.end_trial(study.study_id, 1, TrialEnd(TrialState.COMPLETED, time.time(), objective_value=0.5))
             storage.set_best_trial(study.study_id, 1)

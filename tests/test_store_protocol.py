@@ -220,7 +220,7 @@ def test_storage_offers_the_server_nothing_beyond_the_protocol():
     """Storage's other public methods: the integrity check it runs at open (and tests call), and the
     untyped updates the runner still uses until it moves to the typed ones."""
     public = {name for name, _ in inspect.getmembers(Storage, callable) if not name.startswith("_")}
-    assert public - _protocol_methods() <= {"check_integrity", "update_study", "update_trial"}
+    assert public - _protocol_methods() <= {"check_integrity"}
 
 
 def test_storage_satisfies_store_for_mypy(tmp_path):

@@ -10,8 +10,8 @@ To a worker: `Train` or `Evaluate` (a task), `Stop` (end task `key` at its next 
 while a task makes progress, `Epoch` per finished epoch, and one final message per task: `Done`,
 `Error` (the training code raised), `Infeasible` (the configuration cannot run). The executor adds
 `Crashed` when the process running a task died or was killed, and the stderr tail to an `Error`.
-The runner's own inbox also carries `Wake` (look again at the loop's conditions) and `Peer`
-(a message of a data-parallel trial's rank after the first).
+The runner's own inbox also carries `Wake` (look again at the loop's conditions). The ranks of a
+data-parallel trial are folded into one task's messages by the executor (`gang.Gang`).
 """
 
 from __future__ import annotations
@@ -169,19 +169,11 @@ class Wake:
     """Nothing happened to a trial; the runner should look at its loop's conditions again."""
 
 
-@dataclass(frozen=True, slots=True)
-class Peer:
-    """`message` came from a rank after the first of data-parallel trial `key`."""
-
-    key: Any
-    message: TaskMessage
-
-
 ToWorker = Train | Evaluate | Stop | Shutdown
 Request = Train | Evaluate
 Final = Done | Error | Infeasible | Crashed  # the one message that ends a task
 TaskMessage = Epoch | Final  # what a task's sink receives
 FromWorker = Ready | Beat | Epoch | Done | Error | Infeasible
-Inbox = TaskMessage | Peer | Wake  # what the study runner reads
+Inbox = TaskMessage | Wake  # what the study runner reads
 Sink = Callable[[TaskMessage], None]
 FINAL = (Done, Error, Infeasible, Crashed)  # for isinstance

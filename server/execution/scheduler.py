@@ -15,8 +15,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from tuneyard.server.execution.devices import Device
+from tuneyard.server.execution.gang import Gang
 from tuneyard.server.execution.protocol import Executor, WorkerHandle
 
 EPS = 1e-9
@@ -40,6 +42,11 @@ class Allocation:
     @property
     def name(self) -> str:
         return "+".join(d.name for d in self.devices)
+
+    @cached_property
+    def gang(self) -> Gang:
+        """The workers as one handle, the ranks of a data-parallel trial folded into one task."""
+        return Gang(self.workers)
 
 
 @dataclass

@@ -36,26 +36,6 @@ from tuneyard.server.study.domain import (
 
 __all__ = ["Storage"]
 
-# removed once the runner uses the typed methods
-_TRIAL_FIELDS = {
-    "state",
-    "device",
-    "final_metrics",
-    "objective_value",
-    "error",
-    "checkpoint",
-    "epochs_completed",
-    "start_time",
-    "end_time",
-    "objective_values",
-    "failure_reason",
-    "exit_code",
-    "exit_signal",
-    "stderr_tail",
-    "retries",
-    "pruned_epoch",
-}
-
 
 class Storage(StoreConnection):
     """The SQLite store: see `store.Store` for its contract, the module docstring for SQLite's part, and
@@ -153,29 +133,6 @@ class Storage(StoreConnection):
     def set_pareto(self, study_id: str, trial_ids: list[int]) -> None:
         self._set_study(study_id, {"pareto": json.dumps(list(trial_ids))})
 
-    # removed once the runner uses the typed methods
-    def update_study(self, study_id: str, **fields: Any) -> None:
-        allowed = {
-            "state",
-            "error",
-            "test_metrics",
-            "best_trial_id",
-            "searcher_state",
-            "stopper_state",
-            "start_time",
-            "end_time",
-            "pareto",
-        }
-        unknown = set(fields) - allowed
-        if unknown:
-            raise ValueError(f"cannot update {unknown}")
-        as_json = ("test_metrics", "searcher_state", "stopper_state", "pareto")
-        values = {k: (json.dumps(v) if k in as_json else v) for k, v in fields.items()}
-        values = {k: (v.value if isinstance(v, StudyState) else v) for k, v in values.items()}
-        with self._tx() as db:
-            sets = ", ".join(f"{k} = ?" for k in values)
-            db.execute(f"UPDATE studies SET {sets} WHERE id = ?", (*values.values(), study_id))
-
     def search_state(self, study_id: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         with self._lock:
             row = self._db.execute(
@@ -202,7 +159,7 @@ class Storage(StoreConnection):
         trial_id: int,
         config: dict[str, Any],
         device: str,
-        checkpoint: str = "",  # the default is removed once the runner uses the typed methods
+        checkpoint: str,
     ) -> TrialRecord:
         with self._tx() as db:
             db.execute(
@@ -235,24 +192,6 @@ class Storage(StoreConnection):
         }
         with self._tx():
             self._set_trial(study_id, trial_id, values)
-            return self._trial(study_id, trial_id)
-
-    # removed once the runner uses the typed methods
-    def update_trial(self, study_id: str, trial_id: int, **fields: Any) -> TrialRecord:
-        unknown = set(fields) - _TRIAL_FIELDS
-        if unknown:
-            raise ValueError(f"cannot update {unknown}")
-        json_fields = ("final_metrics", "objective_values")
-        values = {
-            k: (json.dumps(v) if k in json_fields else v.value if isinstance(v, TrialState) else v)
-            for k, v in fields.items()
-        }
-        with self._tx() as db:
-            sets = ", ".join(f"{k} = ?" for k in values)
-            db.execute(
-                f"UPDATE trials SET {sets} WHERE study_id = ? AND trial_id = ?",
-                (*values.values(), study_id, trial_id),
-            )
             return self._trial(study_id, trial_id)
 
     def add_epoch(self, study_id: str, trial_id: int, epoch: int, values: dict[str, float]) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 from tuneyard.plugins.manager import PluginRegistry
 from tuneyard.server.execution.scheduler import DeviceScheduler
 from tuneyard.server.limits import DEFAULT_MAX_ACTIVE_STUDIES
-from tuneyard.server.storage.sqlite import Storage
+from tuneyard.server.storage.store import Store
 from tuneyard.server.study.domain import InvalidArgument, ResourceExhausted, StudyRecord, StudyState, WrongState
 from tuneyard.server.study.events import EventHub
 from tuneyard.server.study.runner import StudyRunner
@@ -33,7 +33,7 @@ class StudyManager:
     def __init__(
         self,
         *,
-        storage: Storage,  # Store once the runner is typed against it
+        storage: Store,
         hub: EventHub,
         scheduler: DeviceScheduler,
         registry: PluginRegistry,
