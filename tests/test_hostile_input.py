@@ -31,6 +31,7 @@ from tuneyard.server.api.errors import MAX_DETAILS_CHARS, MalformedRequest
 from tuneyard.server.api.wire import SERVICE, tolerant_parser
 from tuneyard.server.limits import MAX_GPU_MEMORY_GB, MAX_GPUS_PER_TRIAL, MAX_PRIORITY, MAX_TRIALS, MIN_GPU_SHARE
 from tuneyard.server.study import spec as server_spec
+from tuneyard.server.study.settings import TRAINING_FIELDS as TRAINING_FIELDS_CHECKED
 from tuneyard.v1 import service_pb2 as pb
 from tuneyard.v1 import service_pb2_grpc, spec_pb2
 
@@ -850,7 +851,7 @@ def declared_verdict(path: FieldPath, value: int) -> bool | None:
     (other fields, and 0, which proto3 cannot tell from "not set")."""
     if path[:2] != ("spec", "training") or value == 0:
         return None
-    bounds = server_spec.TRAINING_FIELDS[str(path[2])].bounds
+    bounds = TRAINING_FIELDS_CHECKED[str(path[2])].bounds
     return abs(value) <= 2**53 and (bounds is None or bounds.problem(value) is None)
 
 
@@ -1121,7 +1122,7 @@ def plugin_edges(kind: str, plugin: pb.Plugin) -> Iterator[Edge]:
 
 def training_edges() -> Iterator[Edge]:
     """The training fields' bounds, from the server's one table of them (ListPlugins does not show those)."""
-    for field in server_spec.TRAINING_FIELDS.values():
+    for field in TRAINING_FIELDS_CHECKED.values():
         if field.bounds is not None:
             limits = [(name, getattr(field.bounds, name)) for name in BOUND_NAMES]
             yield from edges_of("training", "", field.name, field.type, [(n, b) for n, b in limits if b is not None])

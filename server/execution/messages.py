@@ -18,9 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuneyard.plugins.api import Objective
+
+if TYPE_CHECKING:  # the protocol carries settings; it does not need the module that makes them
+    from tuneyard.server.study.settings import TrialSettings
 
 # ---- to the worker ----
 
@@ -48,7 +51,7 @@ class TrainTask:
     """One trial to train: its resolved settings, where its checkpoint lives, what it optimises."""
 
     trial_id: int
-    settings: Any  # the trial's resolved settings (`study.settings.resolve`)
+    settings: TrialSettings  # the trial's resolved settings (`study.settings.resolve`)
     checkpoint: str
     objective: Objective
     placement: Placement = Placement()
@@ -60,7 +63,7 @@ class TrainTask:
 class EvaluateTask:
     """A trained checkpoint to score on the test split."""
 
-    settings: Any
+    settings: TrialSettings
     checkpoint: str
     placement: Placement = Placement()
 

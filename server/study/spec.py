@@ -24,15 +24,10 @@ from tuneyard.server.limits import (
     MIN_GPU_SHARE,
 )
 from tuneyard.server.study.domain import InvalidArgument
-from tuneyard.server.study.settings import TRAINING_FIELDS
 from tuneyard.server.study.spec_components import ComponentChecker
 from tuneyard.server.study.spec_space import SpaceChecker
 from tuneyard.server.study.spec_training import check_training
 from tuneyard.server.study.spec_values import check_shape, duration_s, to_float, to_int
-
-# TRAINING_FIELDS (declared by `settings.TrainingSettings`) is part of what this module offers:
-# the table of training fields with their bounds that spec validation enforces.
-__all__ = ["LOWER_IS_BETTER", "MAX_TRIAL_RETRIES", "METRICS", "TRAINING_FIELDS", "SpecValidator", "StudyPlan"]
 
 METRICS = (
     "val_accuracy",
