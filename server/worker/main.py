@@ -36,6 +36,7 @@ from tuneyard.server.execution.messages import (
     Stop,
     Train,
 )
+from tuneyard.server.worker.protocol import TaskTrainer
 
 HEARTBEAT_S = 1.0
 PARENT_CHECK_S = 0.5  # where the kernel cannot end this process with the server (not Linux)
@@ -89,7 +90,7 @@ def _redirect_stderr(path: str) -> None:
     faulthandler.enable()
 
 
-def make_trainer(device: str, threads: int, data_root: str) -> Any:
+def make_trainer(device: str, threads: int, data_root: str) -> TaskTrainer:
     """Imports torch and the plugins (once per process) and builds the trainer for `device`."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # lets deterministic trials run on CUDA
     if data_root:
@@ -104,7 +105,7 @@ def make_trainer(device: str, threads: int, data_root: str) -> Any:
 
 
 def run_task(
-    trainer: Any, request: Request, send: Callable[[FromWorker], None], stop_requested: Callable[[], bool]
+    trainer: TaskTrainer, request: Request, send: Callable[[FromWorker], None], stop_requested: Callable[[], bool]
 ) -> None:
     """Runs one task, sending its messages (beats, epochs, and one final message) through `send`.
 

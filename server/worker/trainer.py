@@ -32,10 +32,9 @@ from tuneyard.server.study.settings import Component, TrainingSettings, TrialSet
 from tuneyard.server.worker.batches import Batches, Transform
 from tuneyard.server.worker.checkpoints import load_resume, save_epoch
 from tuneyard.server.worker.measure import autocast, latency_ms, loss_and_accuracy, peak_memory
+from tuneyard.server.worker.protocol import Report, ShouldStop
 from tuneyard.server.worker.ranks import Ranks
 
-Report = Callable[[int, dict[str, float]], None]
-ShouldStop = Callable[[], bool]
 BatchTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 EVAL_BATCH = 512
 LOADER_WORKERS = 2  # DataLoader worker processes on the loader path
