@@ -23,7 +23,6 @@ SOURCE_DIRS = ("server", "plugins", "client", "protos/tuneyard/common", "example
 STILL_TOO_LONG = {
     "plugins/builtin/searchers/__init__.py",
     "server/execution/local_pool.py",
-    "server/study/runner.py",
 }
 
 
