@@ -277,11 +277,6 @@ class _PausingLock:
             self.resume.wait(10)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gang._Fold.receive calls the sink after releasing its lock, so an epoch rank 0 folded "
-    "before another rank's failure can reach the sink after that failure (the final message)",
-)
 def test_an_epoch_never_reaches_the_sink_after_a_concurrent_final_message() -> None:
     paused, resume = threading.Event(), threading.Event()
     lock = _PausingLock(paused, resume)

@@ -49,6 +49,8 @@ class _Fold:
         self._ended = False
 
     def receive(self, rank: int, msg: TaskMessage) -> None:
+        # The sink is called under the lock, so messages leave in the order they were folded (an epoch
+        # never after the final message); a sink only queues.
         with self._lock:
             if self._ended:
                 return  # a rank's message after the task's end (another rank of a failed trial)
@@ -56,7 +58,7 @@ class _Fold:
             if out is None:
                 return
             self._ended = not isinstance(out, Epoch)
-        self.sink(out)
+            self.sink(out)
         if not isinstance(out, Epoch | Done):
             self.gang.kill()
 
