@@ -258,8 +258,8 @@ def test_ranks_reporting_from_their_own_threads_fold_into_rank_0s_stream() -> No
 
 
 class _PausingLock:
-    """The fold's lock, made to pause the rank-0 thread just after it lets go (before the epoch it folded
-    reaches the sink) until another rank has ended the task."""
+    """The fold's lock, made to pause the rank-0 thread just after it lets go, until another rank has ended
+    the task: a fold that called the sink after letting go would deliver rank 0's epoch after that end."""
 
     def __init__(self, paused: threading.Event, resume: threading.Event) -> None:
         self._lock = threading.Lock()
