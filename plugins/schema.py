@@ -8,9 +8,11 @@ cannot drift apart.
 from __future__ import annotations
 
 import collections.abc
+import functools
 import inspect
 import math
 import re
+import sys
 import types
 import typing
 from collections.abc import Callable
@@ -136,12 +138,36 @@ def type_name(annotation: Any, default: Any = REQUIRED) -> str:
     return "any"
 
 
-def _hints(factory: Callable[..., Any]) -> dict[str, Any]:
-    target = factory.__init__ if inspect.isclass(factory) else factory
+def _namespace(factory: Callable[..., Any]) -> dict[str, Any]:
+    """The globals the factory's annotations are written in: its function's, else its module's."""
+    target: Any = factory
+    while isinstance(target, functools.partial):
+        target = target.func
+    target = inspect.unwrap(target.__init__ if inspect.isclass(target) else target)
+    found = getattr(target, "__globals__", None)
+    if isinstance(found, dict):
+        return found
+    module = sys.modules.get(getattr(target, "__module__", None) or "")
+    return vars(module) if module is not None else {}
+
+
+def _hint(annotation: Any, namespace: dict[str, Any]) -> Any:
+    """One parameter's annotation resolved on its own, as `get_type_hints` would resolve it.
+
+    Each is resolved alone so that a factory whose return or injected parameter names a type that is
+    imported only under TYPE_CHECKING (torch, in the built-ins) keeps the exact types of its options.
+    One that does not resolve stays as written (a string, for `_type_from_string`).
+    """
+    if annotation is inspect.Parameter.empty:
+        return annotation
+
+    def holder() -> None: ...
+
+    holder.__annotations__ = {"value": annotation}
     try:
-        return typing.get_type_hints(target, include_extras=True)
-    except Exception:  # unresolvable forward references, partials, builtins
-        return {}
+        return typing.get_type_hints(holder, globalns=namespace, include_extras=True)["value"]
+    except Exception:  # an unresolvable forward reference: parse the string instead
+        return annotation
 
 
 def derive_params(factory: Callable[..., Any], kind: str) -> tuple[ParamSpec, ...]:
@@ -153,14 +179,14 @@ def derive_params(factory: Callable[..., Any], kind: str) -> tuple[ParamSpec, ..
         signature = inspect.signature(factory)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"cannot read the signature of {factory!r}: {exc}") from None
-    hints, docs = _hints(factory), param_docs(factory)
+    namespace, docs = _namespace(factory), param_docs(factory)
     injected = INJECTED.get(kind, frozenset())
     specs = []
     for param in signature.parameters.values():
         if param.kind is not inspect.Parameter.KEYWORD_ONLY or param.name in injected:
             continue
         default = REQUIRED if param.default is inspect.Parameter.empty else param.default
-        annotation = hints.get(param.name, param.annotation)
+        annotation = _hint(param.annotation, namespace)
         specs.append(ParamSpec(param.name, type_name(annotation, default), default, docs.get(param.name, "")))
     return tuple(specs)
 

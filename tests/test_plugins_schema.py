@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional  # noqa: UP035 - Optional is what is being tested
+import typing
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional  # noqa: UP035 - Optional is what is being tested
 
 import pytest
 
 from tuneyard.plugins.api import REQUIRED, DataPath, ParamSpec
 from tuneyard.plugins.schema import coerce_option, derive_params, describe, param_docs, resolve_options, type_name
+
+if TYPE_CHECKING:  # as the built-ins import torch: for type checkers only, never at run time
+    from a_module_nobody_installed import Unimportable  # type: ignore[import-not-found]
 
 
 def model_factory(
@@ -104,6 +108,35 @@ def test_unresolvable_string_annotations_fall_back_to_their_text() -> None:
         ("c", "any"),
         ("d", "list"),
     ]
+
+
+def lazy_factory(
+    *,
+    input_shape: Unimportable,
+    num_classes: int,
+    mode: Literal["fast", "slow"] = "fast",
+    weights: DataPath = "",
+    width: Annotated[int, "channels"] = 8,
+    rate: float | None = None,
+    depth: int = 2,
+) -> Unimportable:
+    """A model whose return and injected `input_shape` name a type that exists only for type checkers."""
+    raise AssertionError("never called")
+
+
+def test_an_unresolvable_return_or_injected_annotation_leaves_the_options_exact_types() -> None:
+    with pytest.raises(NameError):  # resolving the whole signature at once fails on the return type
+        typing.get_type_hints(lazy_factory)
+    assert [(p.name, p.type, p.default) for p in derive_params(lazy_factory, "model")] == [
+        ("mode", "str", "fast"),
+        ("weights", "path", ""),
+        ("width", "int", 8),
+        ("rate", "float", None),
+        ("depth", "int", 2),
+    ]
+    # Not injected for another kind, the unresolvable parameter itself falls back to its text alone.
+    shape = next(p for p in derive_params(lazy_factory, "dataset") if p.name == "input_shape")
+    assert (shape.type, shape.required) == ("any", True)
 
 
 def test_class_factories_are_read_from_init() -> None:
