@@ -12,8 +12,12 @@ from pathlib import Path
 
 from support import REPO, tiny_spec, to_proto
 
+from tuneyard.server.execution import forensics
 from tuneyard.server.execution.devices import Device
-from tuneyard.server.execution.local_pool import Worker, read_tail, signal_name
+from tuneyard.server.execution.forensics import WorkerLog, read_tail, signal_name
+from tuneyard.server.execution.local_worker import Worker
+from tuneyard.server.execution.running_task import RunningTask, sink_for
+from tuneyard.server.execution.spawner import spawner
 from tuneyard.v1 import service_pb2 as pb
 
 CPU = Device(0, "cpu:0", "cpu", "cpu", "", 1)
@@ -46,7 +50,7 @@ def test_worker_started_by_a_thread_that_ends_lives_on(tmp_path):
 SERVER_STAND_IN = """
 import sys, time
 from tuneyard.server.execution.devices import Device
-from tuneyard.server.execution.local_pool import Worker
+from tuneyard.server.execution.local_worker import Worker
 worker = Worker(Device(0, "cpu:0", "cpu", "cpu", "", 1), "")
 print(worker.pid, flush=True)
 time.sleep(600)
@@ -58,7 +62,7 @@ time.sleep(600)
 READY_STAND_IN = """
 import time
 from tuneyard.server.execution.devices import Device
-from tuneyard.server.execution.local_pool import Worker
+from tuneyard.server.execution.local_worker import Worker
 worker = Worker(Device(0, "cpu:0", "cpu", "cpu", "", 1), "")
 while not worker._ready:
     time.sleep(0.05)
@@ -153,6 +157,40 @@ def test_stderr_tail_reads_only_this_task_and_at_most_fifty_lines(tmp_path):
     assert tail == [f"line {i}" for i in range(30, 80)]
     assert read_tail(log, log.stat().st_size) == ""
     assert read_tail(tmp_path / "missing.log", 0) == ""
+
+
+def test_worker_log_tails_only_the_current_task_and_empties_a_full_log_between_tasks(tmp_path, monkeypatch):
+    path = tmp_path / "worker.log"
+    path.write_text("earlier task\n")
+    worker_log = WorkerLog(path)
+    worker_log.start_task()
+    with path.open("a") as f:
+        f.write("this task\n")
+    assert worker_log.task_tail() == "this task"
+    monkeypatch.setattr(forensics, "LOG_ROTATE_BYTES", 10)
+    worker_log.start_task()  # the log is past 10 bytes now: emptied, and the next task starts at 0
+    assert path.read_bytes() == b""
+    with path.open("a") as f:
+        f.write("next task\n")
+    assert worker_log.task_tail() == "next task"
+    assert WorkerLog(None).task_tail() == ""
+
+
+def test_a_late_message_of_an_earlier_task_finds_no_sink():
+    received: list[object] = []
+    task = RunningTask("trial-2", received.append)
+    assert sink_for(task, "trial-2") is task.sink
+    assert sink_for(task, "trial-1") is None and sink_for(None, "trial-2") is None
+
+
+def test_one_spawner_thread_lives_on_after_the_threads_that_asked_for_it():
+    asked: list[object] = []
+    threads = [threading.Thread(target=lambda: asked.append(spawner())) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+        thread.join()
+    assert len(asked) == 3 and all(s is spawner() for s in asked)
+    assert [t.name for t in threading.enumerate()].count("worker-spawner") == 1
 
 
 def test_signal_names():

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneyard.server.execution.devices import Device
-from tuneyard.server.execution.local_pool import PooledWorkers
+from tuneyard.server.execution.forensics import STDERR_LINES
 from tuneyard.server.execution.messages import (
     FINAL,
     Crashed,
@@ -39,6 +39,8 @@ from tuneyard.server.execution.messages import (
     Sink,
     TaskMessage,
 )
+from tuneyard.server.execution.pooled import PooledWorkers
+from tuneyard.server.execution.running_task import RunningTask, sink_for
 from tuneyard.server.worker.main import make_trainer, run_task
 
 log = logging.getLogger(__name__)
@@ -94,12 +96,12 @@ def cluster_devices(resources: dict[str, float], cpu_slots: int | None = None) -
 
 
 class RayWorker:
-    """A `TrialActor` seen through the local worker's interface (see `workers.Worker`)."""
+    """A `TrialActor` seen through the local worker's interface (see `local_worker.Worker`)."""
 
     def __init__(self, device: Device, share: float, data_root: str) -> None:
         self.device, self.share, self._data_root = device, share, data_root
         self._lock = threading.Lock()
-        self._task: tuple[Any, Sink] | None = None
+        self._task: RunningTask | None = None
         self._kill_reason = ""
         self._closing = False
         self.last_beat = time.monotonic()
@@ -136,7 +138,7 @@ class RayWorker:
 
     def submit(self, request: Request, sink: Sink) -> None:
         with self._lock:
-            self._task = (request.key, sink)
+            self._task = RunningTask(request.key, sink)
             self.last_beat = time.monotonic()
             stream = self._actor.run.options(num_returns="streaming").remote(request)
         threading.Thread(
@@ -161,7 +163,7 @@ class RayWorker:
 
     def _deliver(self, key: Any, msg: TaskMessage, final: bool) -> None:
         with self._lock:
-            sink = self._task[1] if self._task and self._task[0] == key else None
+            sink = sink_for(self._task, key)
             if final and sink is not None:
                 self._task = None
         if sink is not None:
@@ -174,18 +176,18 @@ class RayWorker:
         self._kill_reason = ""
         why = f"Ray actor on {self.device.name} died: {type(exc).__name__}: {text.splitlines()[0] if text else ''}"
         log.warning("%s; starting a new one", why)
-        tail = "\n".join(text.splitlines()[-50:])
+        tail = "\n".join(text.splitlines()[-STDERR_LINES:])
         with self._lock:
             task, self._task = self._task, None
         self.restarts += 1
         if not self._closing:
             self._start_actor()
-        if task is not None and task[0] == key:
-            task[1](Crashed(key, why, reason, exit_code=None, exit_signal="", stderr_tail=tail))
+        if task is not None and task.key == key:
+            task.sink(Crashed(key, why, reason, exit_code=None, exit_signal="", stderr_tail=tail))
 
     def stop(self, key: Any) -> None:
         with self._lock:
-            if self._task and self._task[0] == key:
+            if sink_for(self._task, key) is not None:
                 self._actor.stop.remote(key)
 
     def kill(self, reason: str = "crash") -> None:
