@@ -52,7 +52,7 @@ class StudyManager:
     def create(self, spec: dict[str, Any], request_id: str) -> StudyRecord:
         """Validates, stores and starts a study; a repeated request_id returns the first study."""
         plan = self.validator.validate(spec)
-        why = self.scheduler.check(plan.spec["resources"]["gpus_per_trial"])
+        why = self.scheduler.check(plan.resources.gpus_per_trial)
         if why:
             raise InvalidArgument("spec.resources.gpus_per_trial", why)
         with self._lock:
@@ -116,7 +116,7 @@ class StudyManager:
             spec = self.storage.get_study(study_id).spec
             try:
                 plan = self.validator.validate(spec)
-                why = self.scheduler.check(plan.spec["resources"]["gpus_per_trial"])
+                why = self.scheduler.check(plan.resources.gpus_per_trial)
                 if why:
                     raise InvalidArgument("spec.resources.gpus_per_trial", why)
             except InvalidArgument as exc:

@@ -62,7 +62,8 @@ class Results:
         return True
 
     def joins_front(self, trial: TrialRecord) -> bool:
-        """Adds a completed trial to the Pareto front (several objectives); True when the front changed."""
+        """Offers a completed trial to the Pareto front (several objectives); True when the front was
+        recomputed with it (and is to be stored), whether or not the trial stayed on it."""
         objectives = self.plan.objectives
         if len(objectives) < 2 or trial.state != TrialState.COMPLETED or len(trial.objective_values) != len(objectives):
             return False

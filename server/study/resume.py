@@ -12,19 +12,11 @@ from tuneyard.server.study.results import Results
 from tuneyard.server.study.stopping import StopperLedger
 
 
-@dataclass(frozen=True)
-class Interrupted:
-    """A trial that was running when the server stopped, and how far the journaled stopper had seen it."""
-
-    trial: TrialRecord
-    reported: int
-
-
 @dataclass
 class Restored:
     next_id: int = 1  # the id the next new trial gets
     stored: int = 0  # trials in the store
-    interrupted: list[Interrupted] = field(default_factory=list)
+    interrupted: list[TrialRecord] = field(default_factory=list)  # running when the server stopped
 
 
 def restore(store: Store, study_id: str, searcher: Any, stopping: StopperLedger, results: Results) -> Restored:
@@ -33,7 +25,7 @@ def restore(store: Store, study_id: str, searcher: Any, stopping: StopperLedger,
     searcher_state, stopper_state = store.search_state(study_id)
     if searcher_state is not None:
         searcher.load_state_dict(searcher_state)
-    reported = stopping.restore(stopper_state)
+    stopping.restore(stopper_state)
     study = store.get_study(study_id)
     results.best = study.best_trial
     results.front = [(t.trial_id, t.objective_values) for t in study.pareto_front]
@@ -44,5 +36,5 @@ def restore(store: Store, study_id: str, searcher: Any, stopping: StopperLedger,
         if trial.state == TrialState.FAILED:
             results.failures += 1
         if not trial.state.terminal:
-            restored.interrupted.append(Interrupted(trial, int(reported.get(str(trial.trial_id), 0))))
+            restored.interrupted.append(trial)
     return restored

@@ -71,10 +71,9 @@ class StudyRunner(threading.Thread):
         self.study_id, self.plan = study_id, plan
         self.storage, self.hub, self.scheduler, self.registry = storage, hub, scheduler, registry
         self.heartbeat_timeout = heartbeat_timeout
-        resources = plan.spec["resources"]
-        self._units = float(resources["gpus_per_trial"]) or 1.0
-        self._priority = float(resources.get("priority") or 1.0)
-        self._memory_gb = float(resources.get("gpu_memory_gb") or 0.0)
+        self._units = plan.resources.units
+        self._priority = plan.resources.priority
+        self._memory_gb = plan.resources.gpu_memory_gb
         self._measured_gb = 0.0  # the largest peak GPU memory any trial of this study reported
         self._board = TaskBoard(study_id, heartbeat_timeout)
         self._journal = StudyJournal(study_id, storage, hub)
@@ -161,8 +160,8 @@ class StudyRunner(threading.Thread):
         """Rebuilds the runner from storage: search state, finished results, interrupted trials."""
         restored = restore(self.storage, self.study_id, self._searcher, self._stopping, self._results)
         self._next_id = restored.next_id
-        for interrupted in restored.interrupted:
-            self._restore_trial(interrupted.trial, interrupted.reported)
+        for trial in restored.interrupted:
+            self._restore_trial(trial)
         if restored.stored or self._results.best is not None:
             log.info(
                 "study %s resumes: %d trials stored, %d to run again from their checkpoints",
@@ -171,14 +170,13 @@ class StudyRunner(threading.Thread):
                 len(self._board.requeued),
             )
 
-    def _restore_trial(self, trial: TrialRecord, reported: int) -> None:
+    def _restore_trial(self, trial: TrialRecord) -> None:
         """An interrupted trial: replays the epochs the stopper had not journaled, then either ends it
         PRUNED (the stopper had said STOP) or queues it to run again from its checkpoint."""
         task = self._task(trial.trial_id, trial.config, trial.checkpoint)
         run = TrialRun(trial_id=trial.trial_id, task=task, units=self._units, epochs=trial.epochs_completed)
         run.retries = trial.retries
         self._board.trials[trial.trial_id] = run
-        self._stopping.reported[trial.trial_id] = reported
         replayed_stop = False
         for epoch in trial.metrics:  # reports the stopper had not journaled yet
             replayed_stop = self._stopping.tell(trial.trial_id, epoch.epoch, epoch.values) or replayed_stop

@@ -45,6 +45,20 @@ DEFAULT_SEARCHER = "random"
 
 
 @dataclass(frozen=True)
+class Resources:
+    """What each trial of a study asks of a device, validated."""
+
+    gpus_per_trial: float = 0.0  # 0: one slot (a whole device, or one CPU slot)
+    priority: float = 1.0
+    gpu_memory_gb: float = 0.0  # 0: not declared (measured on earlier trials instead)
+
+    @property
+    def units(self) -> float:
+        """The share of devices a trial takes: gpus_per_trial, or one slot."""
+        return self.gpus_per_trial or 1.0
+
+
+@dataclass(frozen=True)
 class StudyPlan:
     """A validated spec: the normalised dict plus the typed views the runner needs."""
 
@@ -58,6 +72,7 @@ class StudyPlan:
     max_duration_s: float | None
     seed: int
     trial_retries: int = 0
+    resources: Resources = Resources()
 
 
 class SpecValidator:
@@ -101,6 +116,7 @@ class SpecValidator:
         out["budget"] = budget
         out["resources"] = self._resources(spec.get("resources") or {})
         return StudyPlan(
+            resources=Resources(**out["resources"]),
             spec=out,
             space=space,
             objective=objectives[0],

@@ -49,9 +49,9 @@ class StopperLedger:
             return None
         return {"state": plain_state(self.stopper, "early stopper"), "reported": dict(self.reported)}
 
-    def restore(self, journaled: dict[str, Any] | None) -> dict[str, int]:
-        """Loads a journaled state; returns how far each trial had been reported then."""
+    def restore(self, journaled: dict[str, Any] | None) -> None:
+        """Loads a journaled state: the stopper's own, and how far each running trial had been reported."""
         if self.stopper is None or not journaled or journaled.get("state") is None:
-            return {}
+            return
         self.stopper.load_state_dict(journaled["state"])
-        return {str(k): int(v) for k, v in journaled.get("reported", {}).items()}
+        self.reported = {int(k): int(v) for k, v in journaled.get("reported", {}).items()}
