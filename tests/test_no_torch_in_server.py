@@ -82,10 +82,6 @@ def test_the_probe_study_really_trained_in_worker_processes(report: dict[str, An
     assert report["completed"] == 1 and report["epochs_spent"] == 1
 
 
-# Not yet true: PluginRegistry.load() imports the built-in plugin modules in the server, and they import
-# torch at module level (server/execution/devices.py also imports it to count GPUs unless devices="cpu").
-# strict: once the server imports no torch this test passes, and the mark must go.
-@pytest.mark.xfail(strict=True, reason="built-in plugin modules import torch when the server loads its registry")
 def test_the_server_process_imports_no_torch(report: dict[str, Any]) -> None:
     torch = report["torch_modules"]
     assert not torch, f"{len(torch)} torch modules loaded; the first lookup came through {report['first_torch_lookup']}"

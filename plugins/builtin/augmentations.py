@@ -14,16 +14,18 @@ Every returned object is picklable (data loader workers).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
-import torch
-from torchvision.transforms import v2
+from typing import TYPE_CHECKING, Any
 
 from tuneyard.plugins import hookimpl
 from tuneyard.plugins.api import Bounds
 
-Transform = Callable[[torch.Tensor], torch.Tensor]
+if TYPE_CHECKING:  # the server reads these factories' schemas without importing torch; workers call them
+    from collections.abc import Callable
+
+    import torch
+    from torchvision.transforms import v2
+
+    Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _check_probability(name: str, value: float) -> None:
@@ -55,6 +57,8 @@ def random_crop(*, input_shape: tuple[int, ...], padding: int = 1) -> Transform:
     Args:
         padding: pixels of zero padding added to each side before cropping.
     """
+    from torchvision.transforms import v2
+
     if padding < 0:
         raise ValueError(f"padding must be >= 0, got {padding}")
     return v2.RandomCrop(_size(input_shape), padding=padding)
@@ -76,6 +80,8 @@ def random_resized_crop(
         ratio_low: smallest aspect ratio (width / height) of the crop.
         ratio_high: largest aspect ratio (width / height) of the crop.
     """
+    from torchvision.transforms import v2
+
     _check_range("scale_low", scale_low, "scale_high", scale_high)
     if scale_high > 1.0:
         raise ValueError(f"scale_high must be <= 1, got {scale_high}")
@@ -91,6 +97,8 @@ def horizontal_flip(*, p: float = 0.5) -> Transform:
     Args:
         p: probability of flipping each sample.
     """
+    from torchvision.transforms import v2
+
     _check_probability("p", p)
     return v2.RandomHorizontalFlip(p=p)
 
@@ -101,6 +109,8 @@ def rotation(*, degrees: float = 15.0) -> Transform:
     Args:
         degrees: largest rotation angle, in degrees (0 to 180).
     """
+    from torchvision.transforms import v2
+
     if not 0.0 <= degrees <= 180.0:
         raise ValueError(f"degrees must be in [0, 180], got {degrees}")
     return v2.RandomRotation(degrees=degrees, interpolation=v2.InterpolationMode.BILINEAR, fill=0.0)
@@ -127,6 +137,8 @@ def color_jitter(
         saturation: saturation factor drawn from [1 - saturation, 1 + saturation] (RGB only; 0 disables it).
         hue: hue shift drawn from [-hue, hue], at most 0.5 (RGB only; 0 disables it).
     """
+    from torchvision.transforms import v2
+
     for name, value in (("brightness", brightness), ("contrast", contrast), ("saturation", saturation)):
         if value < 0:
             raise ValueError(f"{name} must be >= 0, got {value}")
@@ -139,11 +151,7 @@ def color_jitter(
     )
 
 
-_POLICIES = {
-    "imagenet": v2.AutoAugmentPolicy.IMAGENET,
-    "cifar10": v2.AutoAugmentPolicy.CIFAR10,
-    "svhn": v2.AutoAugmentPolicy.SVHN,
-}
+_POLICIES = {"imagenet": "IMAGENET", "cifar10": "CIFAR10", "svhn": "SVHN"}  # names of v2.AutoAugmentPolicy
 
 
 def autoaugment(*, policy: str = "cifar10") -> Transform:
@@ -152,9 +160,11 @@ def autoaugment(*, policy: str = "cifar10") -> Transform:
     Args:
         policy: which learned policy: imagenet, cifar10 or svhn.
     """
+    from torchvision.transforms import v2
+
     if policy not in _POLICIES:
         raise ValueError(f"policy must be one of {', '.join(_POLICIES)}, got {policy!r}")
-    return v2.AutoAugment(policy=_POLICIES[policy])
+    return v2.AutoAugment(policy=v2.AutoAugmentPolicy[_POLICIES[policy]])
 
 
 def randaugment(*, num_ops: int = 2, magnitude: int = 9, num_magnitude_bins: int = 31) -> Transform:
@@ -165,6 +175,8 @@ def randaugment(*, num_ops: int = 2, magnitude: int = 9, num_magnitude_bins: int
         magnitude: strength of every operation, from 0 to num_magnitude_bins - 1.
         num_magnitude_bins: number of strength levels.
     """
+    from torchvision.transforms import v2
+
     if num_ops < 0:
         raise ValueError(f"num_ops must be >= 0, got {num_ops}")
     if num_magnitude_bins < 2:
@@ -180,6 +192,8 @@ def trivialaugment(*, num_magnitude_bins: int = 31) -> Transform:
     Args:
         num_magnitude_bins: number of strength levels the magnitude is drawn from.
     """
+    from torchvision.transforms import v2
+
     if num_magnitude_bins < 2:
         raise ValueError(f"num_magnitude_bins must be >= 2, got {num_magnitude_bins}")
     return v2.TrivialAugmentWide(num_magnitude_bins=num_magnitude_bins)
@@ -204,6 +218,8 @@ def random_erasing(
         ratio_high: largest aspect ratio of the rectangle.
         value: the fill value, in [0, 1] (before normalisation).
     """
+    from torchvision.transforms import v2
+
     _check_probability("p", p)
     _check_range("scale_low", scale_low, "scale_high", scale_high)
     if scale_high > 1.0:
@@ -223,6 +239,8 @@ class BatchMix:
         self.transform, self.num_classes, self.p = transform, num_classes, p
 
     def __call__(self, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
         if inputs.dim() != 4:
             raise ValueError(f"expected a batch of images (N, C, H, W), got shape {tuple(inputs.shape)}")
         if self.p >= 1.0 or (self.p > 0.0 and float(torch.rand(())) < self.p):
@@ -250,6 +268,8 @@ def mixup(*, num_classes: int, alpha: float = 0.2, p: float = 1.0) -> BatchMix:
         alpha: Beta(alpha, alpha) concentration of the mixing weight (small: mostly one image).
         p: probability of mixing a batch (otherwise the labels only become one-hot).
     """
+    from torchvision.transforms import v2
+
     _check_mix(num_classes, alpha, p)
     return BatchMix(v2.MixUp(alpha=alpha, num_classes=num_classes), num_classes, p)
 
@@ -261,6 +281,8 @@ def cutmix(*, num_classes: int, alpha: float = 1.0, p: float = 1.0) -> BatchMix:
         alpha: Beta(alpha, alpha) concentration of the pasted area's share.
         p: probability of mixing a batch (otherwise the labels only become one-hot).
     """
+    from torchvision.transforms import v2
+
     _check_mix(num_classes, alpha, p)
     return BatchMix(v2.CutMix(alpha=alpha, num_classes=num_classes), num_classes, p)
 

@@ -23,26 +23,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, Literal, cast
-
-import torch
-from torch.optim.lr_scheduler import (
-    ConstantLR,
-    CosineAnnealingLR,
-    LambdaLR,
-    LRScheduler,
-    MultiStepLR,
-    OneCycleLR,
-    ReduceLROnPlateau,
-    StepLR,
-)
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from tuneyard.plugins import hookimpl
 from tuneyard.plugins.api import Bounds
 
+if TYPE_CHECKING:  # the server reads these factories' schemas without importing torch; workers call them
+    import torch
+    from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
+
 
 def constant(optimizer: torch.optim.Optimizer, *, epochs: int, steps_per_epoch: int) -> LRScheduler:
     """Keep the optimizer's learning rate unchanged."""
+    from torch.optim.lr_scheduler import ConstantLR
+
     return ConstantLR(optimizer, factor=1.0, total_iters=0)
 
 
@@ -55,6 +49,8 @@ def step(
         step_size: epochs between two drops of the learning rate.
         gamma: factor applied to the learning rate at each drop.
     """
+    from torch.optim.lr_scheduler import StepLR
+
     if step_size < 1:
         raise ValueError(f"step_size must be >= 1, got {step_size}")
     return StepLR(optimizer, step_size=step_size, gamma=gamma)
@@ -75,6 +71,8 @@ def multistep(
             default: half and three quarters of the trial's epochs.
         gamma: factor applied to the learning rate at each milestone.
     """
+    from torch.optim.lr_scheduler import MultiStepLR
+
     if milestones is None:
         milestones = sorted({max(1, epochs // 2), max(1, (3 * epochs) // 4)})
     bad = [m for m in milestones if isinstance(m, bool) or not isinstance(m, (int, float)) or m != int(m) or m < 1]
@@ -89,6 +87,8 @@ def cosine(optimizer: torch.optim.Optimizer, *, epochs: int, steps_per_epoch: in
     Args:
         min_lr: learning rate reached at the end of the trial's last epoch.
     """
+    from torch.optim.lr_scheduler import CosineAnnealingLR
+
     if min_lr < 0:
         raise ValueError(f"min_lr must be >= 0, got {min_lr}")
     return CosineAnnealingLR(optimizer, T_max=max(1, epochs), eta_min=min_lr)
@@ -117,6 +117,8 @@ def onecycle(
         cycle_momentum: also cycle momentum (or beta1) inversely, between 0.85 and 0.95; needs an
             optimizer with momentum or betas, and replaces its momentum setting.
     """
+    from torch.optim.lr_scheduler import OneCycleLR
+
     if not 0.0 < pct_start < 1.0:
         raise ValueError(f"pct_start must be between 0 and 1, got {pct_start}")
     if anneal_strategy not in ("cos", "linear"):
@@ -165,6 +167,8 @@ def linear_warmup_cosine(
         warmup_epochs: length of the warmup in epochs (fractions allowed; 0 disables it).
         min_lr: learning rate reached at the end of the trial's last epoch.
     """
+    from torch.optim.lr_scheduler import LambdaLR
+
     if warmup_epochs < 0:
         raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
     if min_lr < 0:
@@ -201,6 +205,8 @@ def reduce_on_plateau(
         cooldown: epochs to wait after a reduction before counting bad epochs again.
         min_lr: lower bound on the learning rate.
     """
+    from torch.optim.lr_scheduler import ReduceLROnPlateau
+
     if not 0.0 < factor < 1.0:
         raise ValueError(f"factor must be between 0 and 1, got {factor}")
     if patience < 0:

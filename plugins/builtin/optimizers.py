@@ -17,12 +17,13 @@ are passed to torch unchanged (one group, or the caller's groups).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from tuneyard.plugins import hookimpl
 from tuneyard.plugins.api import Bounds
+
+if TYPE_CHECKING:  # the server reads these factories' schemas without importing torch; workers call them
+    import torch
 
 
 def param_groups(params: Iterable[Any], weight_decay: float, no_decay_norm_and_bias: bool) -> list[Any]:
@@ -32,6 +33,8 @@ def param_groups(params: Iterable[Any], weight_decay: float, no_decay_norm_and_b
     off, ``weight_decay`` is 0, or the items are not plain tensors. Otherwise returns up to two
     groups, the decayed one first (``weight_decay`` set per group; empty groups are dropped).
     """
+    import torch
+
     items = list(params)
     if not no_decay_norm_and_bias or weight_decay == 0 or not all(isinstance(p, torch.Tensor) for p in items):
         return items
@@ -64,6 +67,8 @@ def sgd(
         weight_decay: L2 penalty added to the gradient.
         no_decay_norm_and_bias: exclude 1-D parameters (biases, normalisation-layer weights) from weight decay.
     """
+    import torch
+
     groups = param_groups(params, weight_decay, no_decay_norm_and_bias)
     return torch.optim.SGD(
         groups, lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov
@@ -88,6 +93,8 @@ def adagrad(
         weight_decay: L2 penalty added to the gradient.
         no_decay_norm_and_bias: exclude 1-D parameters (biases, normalisation-layer weights) from weight decay.
     """
+    import torch
+
     groups = param_groups(params, weight_decay, no_decay_norm_and_bias)
     return torch.optim.Adagrad(groups, lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay)
 
@@ -114,6 +121,8 @@ def rmsprop(
         weight_decay: L2 penalty added to the gradient.
         no_decay_norm_and_bias: exclude 1-D parameters (biases, normalisation-layer weights) from weight decay.
     """
+    import torch
+
     groups = param_groups(params, weight_decay, no_decay_norm_and_bias)
     return torch.optim.RMSprop(
         groups, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum, centered=centered
@@ -142,6 +151,8 @@ def adam(
         amsgrad: use the AMSGrad variant (the maximum of past second moments).
         no_decay_norm_and_bias: exclude 1-D parameters (biases, normalisation-layer weights) from weight decay.
     """
+    import torch
+
     groups = param_groups(params, weight_decay, no_decay_norm_and_bias)
     return torch.optim.Adam(groups, lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
 
@@ -168,6 +179,8 @@ def adamw(
         amsgrad: use the AMSGrad variant (the maximum of past second moments).
         no_decay_norm_and_bias: exclude 1-D parameters (biases, normalisation-layer weights) from weight decay.
     """
+    import torch
+
     groups = param_groups(params, weight_decay, no_decay_norm_and_bias)
     return torch.optim.AdamW(groups, lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
 
@@ -196,6 +209,8 @@ def nadam(
         decoupled_weight_decay: apply weight decay AdamW-style instead of adding it to the gradient.
         no_decay_norm_and_bias: exclude 1-D parameters (biases, normalisation-layer weights) from weight decay.
     """
+    import torch
+
     groups = param_groups(params, weight_decay, no_decay_norm_and_bias)
     return torch.optim.NAdam(
         groups,
@@ -230,6 +245,8 @@ def radam(
         decoupled_weight_decay: apply weight decay AdamW-style instead of adding it to the gradient.
         no_decay_norm_and_bias: exclude 1-D parameters (biases, normalisation-layer weights) from weight decay.
     """
+    import torch
+
     groups = param_groups(params, weight_decay, no_decay_norm_and_bias)
     return torch.optim.RAdam(
         groups,

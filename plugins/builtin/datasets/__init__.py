@@ -5,19 +5,21 @@ network. `mnist`, `fashion_mnist`, `cifar10`, `cifar100` read torchvision's on-d
 `image_folder` reads class-per-folder images, all from a folder inside the server's data root
 (``root``); paths that leave it are refused. Nothing is downloaded unless `download: true` is set.
 Statistics for normalisation are computed on the training split.
+
+The server reads these factories' schemas without importing torch: torch and the loaders in
+``files`` (which import it) are imported inside the factories, which only workers call.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
-import torch
-from torch.utils.data import TensorDataset
+from typing import TYPE_CHECKING, Any
 
 from tuneyard.plugins import hookimpl
 from tuneyard.plugins.api import Bounds, DataPath, DatasetSplits
-from tuneyard.plugins.builtin.datasets import files as files
+
+if TYPE_CHECKING:
+    import numpy as np
+    from torch.utils.data import TensorDataset
 
 
 def digits(*, root: str, val_fraction: float = 0.15, test_fraction: float = 0.15, split_seed: int = 0) -> DatasetSplits:
@@ -28,8 +30,11 @@ def digits(*, root: str, val_fraction: float = 0.15, test_fraction: float = 0.15
         test_fraction: share of the images in the test split.
         split_seed: seed of the split (the same seed always gives the same split).
     """
+    import numpy as np
+    import torch
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
+    from torch.utils.data import TensorDataset
 
     if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
         raise ValueError("val_fraction and test_fraction must be > 0 and sum to less than 1")
@@ -86,6 +91,10 @@ def synthetic(
         val_fraction: share of the images in the validation split.
         test_fraction: share of the images in the test split.
     """
+    import torch
+
+    from tuneyard.plugins.builtin.datasets import files
+
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     if num_samples < 3 * num_classes:
@@ -113,6 +122,8 @@ def synthetic(
 def _torchvision(
     name: str, root: str, path: str, download: bool, val_fraction: float, split_seed: int
 ) -> DatasetSplits:
+    from tuneyard.plugins.builtin.datasets import files
+
     return files.load_torchvision(
         name, root=root, path=path, download=download, val_fraction=val_fraction, split_seed=split_seed
     )
@@ -217,6 +228,8 @@ def image_folder(
             (0: an empty test split).
         split_seed: seed of the carved-out splits.
     """
+    from tuneyard.plugins.builtin.datasets import files
+
     return files.load_image_folder(
         root=root,
         path=path,

@@ -1,21 +1,23 @@
 """Built-in models: `simple_cnn`, the searchable `convnet`, torchvision families by name, `finetune`.
 
-This is the one plugin module that registers models; the private ``_convnet``,
-``_torchvision_models`` and ``_finetune`` modules hold their implementations.
+This is the one plugin module that registers models; ``convnet``, ``torchvision_models`` and
+``finetune`` hold their implementations. The server reads the factories' schemas without torch:
+torch is imported inside the factories, and ``convnet`` and ``finetune`` (which subclass
+``nn.Module``) only when a worker calls them.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from tuneyard.plugins import hookimpl
 from tuneyard.plugins.api import Bounds, DataPath
-from tuneyard.plugins.builtin.models.convnet import KERNEL_SIZES, MAX_DEPTH, ConvNet
-from tuneyard.plugins.builtin.models.finetune import build_finetune
+from tuneyard.plugins.builtin.models.convnet_space import KERNEL_SIZES, MAX_DEPTH
 from tuneyard.plugins.builtin.models.torchvision_models import FACTORIES as TORCHVISION_FACTORIES
 from tuneyard.plugins.builtin.models.torchvision_models import vit_b_16
+
+if TYPE_CHECKING:
+    from torch import nn
 
 # The head sees at most this many positions per side, so large inputs keep a small head.
 _HEAD_SIDE = 4
@@ -45,6 +47,8 @@ def simple_cnn(
         dropout: dropout probability before the linear head.
         batch_norm: normalise each convolution's output over the batch.
     """
+    from torch import nn
+
     if num_conv_layers < 1:
         raise ValueError(f"num_conv_layers must be >= 1, got {num_conv_layers}")
     if num_filters < 1 or filter_size < 1:
@@ -109,6 +113,8 @@ def convnet(
         pooling: downsampling between stages: "max", "avg" (2x2 pooling) or "none" (every stage
             keeps the input's size).
     """
+    from tuneyard.plugins.builtin.models.convnet import ConvNet
+
     return ConvNet(
         tuple(input_shape),
         num_classes,
@@ -166,6 +172,8 @@ def finetune(
         small_input: for inputs of at most 32 px, use the small-image stem (stride 1; ResNet
             also drops its max-pool).
     """
+    from tuneyard.plugins.builtin.models.finetune import build_finetune
+
     return build_finetune(
         tuple(input_shape),
         num_classes,

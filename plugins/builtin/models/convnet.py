@@ -13,12 +13,7 @@ import torch
 from torch import nn
 
 from tuneyard.plugins.api import Infeasible
-
-BLOCKS = ("plain", "residual", "inception")
-CONNECTIONS = ("serial", "parallel")
-POOLINGS = ("max", "avg", "none")
-KERNEL_SIZES = (3, 5, 7)
-MAX_DEPTH = 4
+from tuneyard.plugins.builtin.models.convnet_space import BLOCKS, CONNECTIONS, KERNEL_SIZES, MAX_DEPTH, POOLINGS
 
 
 def _norm(channels: int, enabled: bool) -> nn.Module:

@@ -6,16 +6,18 @@ to the input: any channel count (the first convolution takes C input channels), 
 and no max-pool; MobileNet / EfficientNet: a stride-1 first convolution; ViT: 4 px patches).
 ViT always takes ``image_size`` from the input (it must be square).
 
-torchvision is imported lazily so that loading the plugins (server start-up) stays fast.
+torch and torchvision are imported inside the functions that build, so that the server reads the
+factories' schemas (and starts up fast) without importing either.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
 SMALL_INPUT_MAX = 32  # inputs up to this many pixels per side get the small-image stem
 
@@ -59,6 +61,8 @@ def set_module(model: nn.Module, path: str, module: nn.Module) -> None:
 
 
 def _conv_like(old: nn.Conv2d, in_channels: int, kernel: int, stride: int, padding: int, kind: str) -> nn.Conv2d:
+    from torch import nn
+
     conv = nn.Conv2d(in_channels, old.out_channels, kernel, stride=stride, padding=padding, bias=old.bias is not None)
     if kind == "vit":  # torchvision's ViT initialisation of conv_proj
         nn.init.trunc_normal_(conv.weight, std=math.sqrt(1 / (in_channels * kernel * kernel)))
@@ -72,7 +76,7 @@ def _conv_like(old: nn.Conv2d, in_channels: int, kernel: int, stride: int, paddi
 def replace_stem_conv(model: nn.Module, name: str, in_channels: int, kernel: int, stride: int) -> None:
     """Swap the first convolution for a fresh one with these input channels, kernel and stride."""
     fam = family(name)
-    old = cast(nn.Conv2d, model.get_submodule(fam.stem))  # every family's stem is a convolution
+    old = cast("nn.Conv2d", model.get_submodule(fam.stem))  # every family's stem is a convolution
     padding = 0 if fam.kind == "vit" else kernel // 2
     set_module(model, fam.stem, _conv_like(old, in_channels, kernel, stride, padding, fam.kind))
 
@@ -89,6 +93,7 @@ def build(
     ``patch_size`` (ViT only): 0 picks 4 for small inputs (with ``small_input``) and 16 otherwise.
     """
     import torchvision.models as tvm
+    from torch import nn
 
     fam = family(name)
     if len(input_shape) != 3:
@@ -138,7 +143,7 @@ def stages(model: nn.Module, name: str) -> list[list[str]]:
     if kind == "resnet":
         return [["conv1", "bn1"], ["layer1"], ["layer2"], ["layer3"], ["layer4"]]
     if kind == "mobile":
-        return [[f"features.{i}"] for i in range(len(cast(nn.Sequential, model.features)))]
+        return [[f"features.{i}"] for i in range(len(cast("nn.Sequential", model.features)))]
     layers = model.get_submodule("encoder.layers")
     return [["conv_proj", "class_token", "encoder.pos_embedding"]] + [
         [f"encoder.layers.{child}"] for child, _ in layers.named_children()
