@@ -1,8 +1,15 @@
-"""The devices trials run on: CUDA GPUs picked with `--devices`, or CPU slots standing in for them."""
+"""The devices trials run on: CUDA GPUs picked with `--devices`, or CPU slots standing in for them.
+
+The server learns the GPUs from one short child interpreter at start-up, so that only worker
+processes ever import torch.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
 
 
@@ -25,19 +32,44 @@ def default_cpu_slots() -> int:
     return max(1, (os.cpu_count() or 1) // 2)
 
 
-def _cuda() -> list[tuple[str, int]]:
-    """(name, memory) of every visible CUDA device; empty without CUDA."""
-    try:
-        import torch
+# Run in a child interpreter: the server process itself never imports torch (only its workers do).
+# It prints [[name, memory_bytes], ...] for every visible CUDA device; no usable CUDA prints [].
+_PROBE = """
+import json
+try:
+    import torch
 
-        if not torch.cuda.is_available():
-            return []
-        return [
-            (torch.cuda.get_device_name(i), torch.cuda.get_device_properties(i).total_memory)
-            for i in range(torch.cuda.device_count())
-        ]
-    except Exception:  # noqa: BLE001 - no usable CUDA means CPU slots
-        return []
+    found = [
+        [torch.cuda.get_device_name(i), torch.cuda.get_device_properties(i).total_memory]
+        for i in range(torch.cuda.device_count())
+    ] if torch.cuda.is_available() else []
+except Exception:  # no torch or no usable CUDA: CPU slots
+    found = []
+print(json.dumps(found))
+"""
+PROBE_TIMEOUT_S = 120.0  # importing torch and initialising CUDA take seconds, not minutes
+
+
+def _cuda() -> list[tuple[str, int]]:
+    """(name, memory) of every visible CUDA device; empty without CUDA.
+
+    Asked of a short child process so the server never imports torch; RuntimeError when that child
+    hangs or dies, since then the devices are unknown rather than absent.
+    """
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"finding the CUDA devices took over {PROBE_TIMEOUT_S:g} s; try --devices cpu") from None
+    try:
+        found = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else None
+    except (IndexError, ValueError):
+        found = None
+    if not isinstance(found, list):
+        tail = (done.stderr or done.stdout).strip()[-500:]
+        raise RuntimeError(f"finding the CUDA devices failed (exit status {done.returncode}): {tail}")
+    return [(str(name), int(memory)) for name, memory in found]
 
 
 def plan_devices(devices: str | None, cpu_slots: int | None) -> list[Device]:
