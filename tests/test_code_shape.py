@@ -20,9 +20,7 @@ SOURCE_DIRS = ("server", "plugins", "client", "protos/tuneyard/common", "example
 # Modules ("path") and functions ("path:Qualified.name") still too long while issue 14 cuts them down.
 # This set must only ever shrink: add nothing to it; when you shorten one, remove its entry (the test
 # below fails until you do, so a fixed entry cannot linger).
-STILL_TOO_LONG = {
-    "plugins/builtin/searchers/__init__.py",
-}
+STILL_TOO_LONG: set[str] = set()
 
 
 def _sources() -> Iterator[Path]:

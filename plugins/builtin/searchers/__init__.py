@@ -6,199 +6,22 @@ parent) takes the active alternative's domain. No searcher suggests a config twi
 pending at the same time never share one. Each keeps its state in a JSON-friendly `state_dict`,
 so a restored study continues exactly where it stopped.
 
-`tpe`, `cmaes` and `gp` adapt Optuna's samplers (the `[optuna]` extra); the others are native.
+`tpe`, `cmaes` and `gp` adapt Optuna's samplers (the `[optuna]` extra); the others are native,
+each in its own module (`random_search`, `grid_search`, `sobol_search`, `evolution`). This module
+holds the factories, whose signatures are the searchers' schemas, and registers them.
 """
 
 from __future__ import annotations
 
-import itertools
-import math
-import random as _random
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from tuneyard.plugins import hookimpl
-from tuneyard.plugins.api import Bounds, Choice, FloatRange, IntRange, Objective, Parameter
-from tuneyard.plugins.builtin.searchers import space as _space
+from tuneyard.plugins.api import Bounds, Objective, Parameter
 from tuneyard.plugins.builtin.searchers.evolution import EvolutionSearcher
-from tuneyard.plugins.builtin.searchers.space import Config
-
-
-class RandomSearcher:
-    """Samples each active parameter independently; never repeats a config it has suggested."""
-
-    def __init__(self, space: Sequence[Parameter], seed: int, max_retries: int = 100) -> None:
-        self.space = _space.check_space(space)
-        self.max_retries = max(0, max_retries)
-        self._rng = _random.Random(seed)
-        self._seen = _space.Seen(self.space)
-
-    def _draw(self) -> Config:
-        return _space.build(self.space, lambda i, p, c: _space.sample(p.domain, self._rng))
-
-    def suggest(self, trial_id: int) -> Config | None:
-        if self._seen.exhausted:
-            return None
-        for _ in range(self.max_retries + 1):
-            config = self._draw()
-            if config not in self._seen:
-                return self._seen.add(config)
-        left = self._seen.left()  # nearly exhausted finite space: pick one of the configs left
-        return self._seen.add(left[self._rng.randrange(len(left))]) if left else None
-
-    def observe(self, trial_id: int, state: str, value: float | None) -> None:
-        """Random search ignores results."""
-
-    def state_dict(self) -> dict[str, Any]:
-        version, internal, gauss = self._rng.getstate()
-        return {"rng": [version, list(internal), gauss], "seen": list(self._seen.keys)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        version, internal, gauss = state["rng"]
-        self._rng.setstate((version, tuple(internal), gauss))
-        self._seen.load(state["seen"])
-
-
-_NOTHING = object()  # equal to no grid value
-
-
-def _grid_values(param: Parameter, num_points: int) -> Iterator[Any]:
-    """One parameter's grid values in order, each once; generated, so neither a long int range nor a
-    large ``num_points`` is ever held as a list."""
-    d = param.domain
-    if isinstance(d, Choice):
-        return iter(dict.fromkeys(d.values))
-    points = _int_points(d, num_points) if isinstance(d, IntRange) else _float_points(d, num_points)
-    return _without_repeats(points)
-
-
-def _int_points(d: IntRange, num_points: int) -> Iterator[int]:
-    """Every value, or `num_points` of them evenly spaced (geometrically when log), picked by index."""
-    grid = _space.int_values(d)  # a range: indexed, never listed
-    if len(grid) <= num_points:
-        yield from grid
-    elif num_points == 1:
-        yield grid[len(grid) // 2]
-    elif d.log:
-        for i in range(num_points):
-            target = d.low * (d.high / d.low) ** (i / (num_points - 1))
-            yield grid[min(len(grid) - 1, round((target - d.low) / d.step))]
-    else:
-        for i in range(num_points):
-            yield grid[round(i * (len(grid) - 1) / (num_points - 1))]
-
-
-def _float_points(d: FloatRange, num_points: int) -> Iterator[float]:
-    """`num_points` evenly spaced values (geometrically when log), both ends exact."""
-    low, high = float(d.low), float(d.high)
-    if low == high:
-        yield low
-    elif num_points == 1:
-        yield math.sqrt(low * high) if d.log else (low + high) / 2
-    else:
-        yield low
-        for i in range(1, num_points - 1):
-            yield low * (high / low) ** (i / (num_points - 1)) if d.log else low + (high - low) * i / (num_points - 1)
-        yield high
-
-
-def _without_repeats(points: Iterator[Any]) -> Iterator[Any]:
-    """Drops a value equal to the one before: the points are monotone, so this drops every repeat."""
-    previous: Any = _NOTHING
-    for point in points:
-        if point != previous:
-            yield point
-        previous = point
-
-
-class GridSearcher:
-    """Walks the cartesian product of the space in a fixed order; None once it is exhausted.
-
-    Choices are enumerated as given. A float range becomes ``num_points`` evenly spaced values
-    (geometrically spaced when log), both ends included. An int range gives every ``step``
-    value, or, when that is more than ``num_points``, ``num_points`` of them evenly spaced
-    (geometrically when log) including both ends, picked by index so a range of any length costs
-    nothing. Distinct paths through the conditions differ in an active value, so no config repeats.
-    """
-
-    def __init__(self, space: Sequence[Parameter], num_points: int = 5) -> None:
-        if num_points < 1:
-            raise ValueError(f"num_points must be >= 1, got {num_points}")
-        self.space = _space.check_space(space)
-        self.num_points = num_points
-        self._position = 0
-        self._iter: Iterator[Config] | None = None
-
-    def suggest(self, trial_id: int) -> Config | None:
-        if self._iter is None:
-            configs = _space.enumerate_configs(self.space, lambda p: _grid_values(p, self.num_points))
-            self._iter = itertools.islice(configs, self._position, None)
-        config = next(self._iter, None)
-        if config is not None:
-            self._position += 1
-        return config
-
-    def observe(self, trial_id: int, state: str, value: float | None) -> None:
-        """Grid search ignores results."""
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"position": self._position}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._position = int(state["position"])
-        self._iter = None
-
-
-class SobolSearcher:
-    """Quasi-random points of a (scrambled) Sobol sequence mapped onto the space.
-
-    One coordinate per distinct parameter name; alternatives share their name's coordinate and
-    map it onto the active alternative's domain; an inactive parameter's coordinate is unused.
-    Points that map onto a config suggested before (discrete spaces) are skipped.
-    """
-
-    def __init__(self, space: Sequence[Parameter], seed: int, scramble: bool, max_retries: int = 1000) -> None:
-        self.space = _space.check_space(space)
-        self.seed, self.scramble, self.max_retries = seed, scramble, max(0, max_retries)
-        self._slot = {name: i for i, name in enumerate(_space.names(self.space))}
-        self._draws = 0
-        self._seen = _space.Seen(self.space)
-        self._engine = self._new_engine()
-
-    def _new_engine(self) -> Any:
-        from torch.quasirandom import SobolEngine  # torch comes with the server extra
-
-        return SobolEngine(max(1, len(self._slot)), scramble=self.scramble, seed=self.seed)
-
-    def _draw(self) -> Config:
-        import torch
-
-        point = self._engine.draw(1, dtype=torch.float64)[0].tolist()
-        self._draws += 1
-        return _space.build(self.space, lambda i, p, c: _space.from_unit(p.domain, point[self._slot[p.name]]))
-
-    def suggest(self, trial_id: int) -> Config | None:
-        if self._seen.exhausted:
-            return None
-        for _ in range(self.max_retries + 1):
-            config = self._draw()
-            if config not in self._seen:
-                return self._seen.add(config)
-        left = self._seen.left()  # nearly exhausted finite space: the first config left
-        return self._seen.add(left[0]) if left else None
-
-    def observe(self, trial_id: int, state: str, value: float | None) -> None:
-        """Sobol points ignore results."""
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"draws": self._draws, "seen": list(self._seen.keys)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._engine = self._new_engine()
-        self._draws = int(state["draws"])
-        if self._draws:
-            self._engine.fast_forward(self._draws)
-        self._seen.load(state["seen"])
+from tuneyard.plugins.builtin.searchers.grid_search import GridSearcher
+from tuneyard.plugins.builtin.searchers.random_search import RandomSearcher
+from tuneyard.plugins.builtin.searchers.sobol_search import SobolSearcher
 
 
 def random(*, space: Sequence[Parameter], objective: Objective, seed: int, max_retries: int = 100) -> RandomSearcher:

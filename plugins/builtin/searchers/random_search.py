@@ -1,0 +1,46 @@
+"""`random`: each active parameter sampled independently, seeded, never repeating a suggested config."""
+
+from __future__ import annotations
+
+import random as _random
+from collections.abc import Sequence
+from typing import Any
+
+from tuneyard.plugins.api import Parameter
+from tuneyard.plugins.builtin.searchers import space as _space
+from tuneyard.plugins.builtin.searchers.space import Config
+
+
+class RandomSearcher:
+    """Samples each active parameter independently; never repeats a config it has suggested."""
+
+    def __init__(self, space: Sequence[Parameter], seed: int, max_retries: int = 100) -> None:
+        self.space = _space.check_space(space)
+        self.max_retries = max(0, max_retries)
+        self._rng = _random.Random(seed)
+        self._seen = _space.Seen(self.space)
+
+    def _draw(self) -> Config:
+        return _space.build(self.space, lambda i, p, c: _space.sample(p.domain, self._rng))
+
+    def suggest(self, trial_id: int) -> Config | None:
+        if self._seen.exhausted:
+            return None
+        for _ in range(self.max_retries + 1):
+            config = self._draw()
+            if config not in self._seen:
+                return self._seen.add(config)
+        left = self._seen.left()  # nearly exhausted finite space: pick one of the configs left
+        return self._seen.add(left[self._rng.randrange(len(left))]) if left else None
+
+    def observe(self, trial_id: int, state: str, value: float | None) -> None:
+        """Random search ignores results."""
+
+    def state_dict(self) -> dict[str, Any]:
+        version, internal, gauss = self._rng.getstate()
+        return {"rng": [version, list(internal), gauss], "seen": list(self._seen.keys)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        version, internal, gauss = state["rng"]
+        self._rng.setstate((version, tuple(internal), gauss))
+        self._seen.load(state["seen"])
