@@ -1,8 +1,9 @@
 """Issue 14's rule: the server process imports no torch; only server/worker/ does, inside worker processes.
 
 A real server starts in a fresh interpreter (so nothing this test session imported can hide an
-import), runs a tiny real study to completion through the SDK, and then reports which torch modules
-its own `sys.modules` holds. A finder placed first on `sys.meta_path` records which `tuneyard`
+import) with the default `--devices`, so it also looks for GPUs (in a child interpreter), runs a
+tiny real study to completion through the SDK, and then reports which torch modules its own
+`sys.modules` holds. A finder placed first on `sys.meta_path` records which `tuneyard`
 modules were on the stack when torch was first looked up, so a failure names the importer.
 """
 
@@ -44,7 +45,7 @@ from tuneyard.client import Client
 from tuneyard.server.app import start_server
 
 data_dir, spec = Path(sys.argv[1]), json.loads(sys.argv[2])
-handle = start_server(data_dir=data_dir, port=0, devices="cpu", cpu_slots=1)
+handle = start_server(data_dir=data_dir, port=0, cpu_slots=1)  # default devices: GPUs are looked for too
 try:
     with Client(handle.address, timeout=60) as client:
         study = client.run(spec).study
