@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Iterator
@@ -354,3 +355,17 @@ def test_finetune_named_weights_come_only_from_the_local_cache(
     (cache / "resnet18-f37072fd.pth").write_bytes(path.read_bytes())  # as torch hub would have stored it
     model = reg.create("model", "finetune", {"weights": "DEFAULT"}, input_shape=(3, 32, 32), num_classes=10)
     assert torch.equal(model.backbone.layer3[0].conv1.weight, state["layer3.0.conv1.weight"])
+
+
+def test_building_models_leaves_the_catalogue_whole(reg: PluginRegistry) -> None:
+    """Factories import their implementation modules when called; none of those may replace a factory.
+
+    (A submodule named like its factory, e.g. `models/convnet.py`, would: importing it sets the package
+    attribute `convnet` to the module, and the next registry would fail to register "convnet".)
+    """
+    for name in ("simple_cnn", "convnet", "finetune", "resnet18"):
+        reg.create("model", name, {}, input_shape=(3, 8, 8), num_classes=4)
+    again = PluginRegistry.load(entry_points=False)
+    assert again.errors == []
+    assert again.names("model") == reg.names("model")
+    assert all(inspect.isfunction(entry.factory) for entry in again.entries("model"))

@@ -1,9 +1,10 @@
 """Built-in models: `simple_cnn`, the searchable `convnet`, torchvision families by name, `finetune`.
 
-This is the one plugin module that registers models; ``convnet``, ``torchvision_models`` and
-``finetune`` hold their implementations. The server reads the factories' schemas without torch:
-torch is imported inside the factories, and ``convnet`` and ``finetune`` (which subclass
-``nn.Module``) only when a worker calls them.
+This is the one plugin module that registers models; ``convnet_model``, ``torchvision_models`` and
+``finetune_model`` hold their implementations. The server reads the factories' schemas without
+torch: torch is imported inside the factories, and ``convnet_model`` and ``finetune_model`` (which
+subclass ``nn.Module``) only when a worker calls them. No submodule may share a factory's name:
+importing it lazily would replace the factory with the module in this package's namespace.
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ def convnet(
         pooling: downsampling between stages: "max", "avg" (2x2 pooling) or "none" (every stage
             keeps the input's size).
     """
-    from tuneyard.plugins.builtin.models.convnet import ConvNet
+    from tuneyard.plugins.builtin.models.convnet_model import ConvNet
 
     return ConvNet(
         tuple(input_shape),
@@ -172,7 +173,7 @@ def finetune(
         small_input: for inputs of at most 32 px, use the small-image stem (stride 1; ResNet
             also drops its max-pool).
     """
-    from tuneyard.plugins.builtin.models.finetune import build_finetune
+    from tuneyard.plugins.builtin.models.finetune_model import build_finetune
 
     return build_finetune(
         tuple(input_shape),

@@ -1,6 +1,6 @@
 """The choices and limits of `convnet`'s options, apart from the network so the catalogue needs no torch.
 
-The server registers `convnet` with bounds taken from here; `convnet.py` (which imports torch, in
+The server registers `convnet` with bounds taken from here; `convnet_model.py` (which imports torch, in
 workers only) checks the same values when it builds a network.
 """
 
