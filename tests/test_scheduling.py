@@ -10,7 +10,8 @@ import pytest
 from support import tiny_spec, to_proto, watch_all
 
 from tuneyard.server.execution.devices import Device
-from tuneyard.server.execution.local_pool import MAX_WORKERS_PER_DEVICE, PooledWorkers
+from tuneyard.server.execution.pooled import MAX_WORKERS_PER_DEVICE, PooledWorkers
+from tuneyard.server.execution.protocol import WorkerCounts
 from tuneyard.server.execution.scheduler import DeviceScheduler
 from tuneyard.v1 import service_pb2 as pb
 from tuneyard.v1 import service_pb2_grpc
@@ -228,13 +229,13 @@ def test_a_device_never_gets_more_than_max_workers_and_a_trial_waits_for_one():
     scheduler = DeviceScheduler([device], pool)
     woken: list[str] = []
     held = [scheduler.try_acquire("a", 2**-20, lambda: woken.append("a")) for _ in range(MAX_WORKERS_PER_DEVICE)]
-    assert all(held) and pool.counts(device) == (MAX_WORKERS_PER_DEVICE, MAX_WORKERS_PER_DEVICE)
+    assert all(held) and pool.counts(device) == WorkerCounts(MAX_WORKERS_PER_DEVICE, MAX_WORKERS_PER_DEVICE)
     assert scheduler.try_acquire("a", 2**-20, lambda: woken.append("a")) is None
     assert scheduler.try_acquire("b", 2**-20, lambda: woken.append("b")) is None
     scheduler.release(held.pop())
     assert woken == ["a", "b"]
     again = scheduler.try_acquire("b", 2**-20, lambda: None)  # b holds less, so the slot is b's
-    assert again is not None and pool.counts(device) == (MAX_WORKERS_PER_DEVICE, MAX_WORKERS_PER_DEVICE)
+    assert again is not None and pool.counts(device) == WorkerCounts(MAX_WORKERS_PER_DEVICE, MAX_WORKERS_PER_DEVICE)
     assert len(pool.made) == MAX_WORKERS_PER_DEVICE  # the freed worker was reused, none started
 
 
@@ -247,5 +248,5 @@ def test_a_full_device_replaces_an_idle_worker_that_does_not_fit():
         scheduler.release(alloc)
     half = scheduler.try_acquire("a", 0.5, lambda: None)
     assert half is not None and half.workers[0].share == 0.5
-    assert pool.counts(device) == (MAX_WORKERS_PER_DEVICE, 1)
+    assert pool.counts(device) == WorkerCounts(MAX_WORKERS_PER_DEVICE, 1)
     assert sum(w.closed for w in pool.made) == 1

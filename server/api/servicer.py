@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import urllib.parse
 from collections.abc import Iterator, Sequence
@@ -203,16 +204,16 @@ class TrainingServicer(service_pb2_grpc.TrainingServiceServicer):
     def GetServerInfo(self, request: pb.GetServerInfoRequest, context: grpc.ServicerContext) -> pb.ServerInfo:
         devices = [
             pb.Device(
-                name=device.name,
-                kind=device.kind,
-                slots_total=workers,
-                slots_busy=busy,
-                memory_bytes=device.memory_bytes,
-                trials=holders,
-                description=device.description,
-                share_in_use=used,
+                name=row.device.name,
+                kind=row.device.kind,
+                slots_total=row.workers.workers,
+                slots_busy=row.workers.taken,
+                memory_bytes=row.device.memory_bytes,
+                trials=row.holders,
+                description=row.device.description,
+                share_in_use=row.share_in_use,
             )
-            for device, used, workers, busy, holders in self.scheduler.occupancy()
+            for row in self.scheduler.occupancy()
         ]
-        nodes = [pb.Node(**node) for node in self.executor.nodes()]
+        nodes = [pb.Node(**dataclasses.asdict(node)) for node in self.executor.nodes()]
         return pb.ServerInfo(version=__version__, executor=self.executor.name, devices=devices, nodes=nodes)

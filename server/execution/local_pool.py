@@ -11,14 +11,13 @@ import atexit
 import os
 import socket
 from pathlib import Path
-from typing import Any
 
 from tuneyard.server.execution.devices import Device
 from tuneyard.server.execution.local_worker import Worker
-from tuneyard.server.execution.pooled import MAX_WORKERS_PER_DEVICE, PooledWorkers
+from tuneyard.server.execution.pooled import PooledWorkers
+from tuneyard.server.execution.protocol import Node
 
 # tests/test_scheduling.py imports these two from here.
-__all__ = ["MAX_WORKERS_PER_DEVICE", "PooledWorkers", "WorkerPool"]
 
 
 class WorkerPool(PooledWorkers):
@@ -40,7 +39,7 @@ class WorkerPool(PooledWorkers):
     def _new(self, device: Device, share: float) -> Worker:
         return Worker(device, self._data_root, self._max_tasks, self._log_dir)
 
-    def nodes(self) -> list[dict[str, Any]]:
+    def nodes(self) -> list[Node]:
         """This machine, the only node of the local executor."""
         try:
             memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -48,16 +47,7 @@ class WorkerPool(PooledWorkers):
             memory = 0
         gpus = sum(1 for d in self.devices if d.kind == "cuda")
         host = socket.gethostname()
-        return [
-            {
-                "node_id": host,
-                "address": host,
-                "alive": True,
-                "cpus": float(os.cpu_count() or 1),
-                "gpus": float(gpus),
-                "memory_bytes": memory,
-            }
-        ]
+        return [Node(host, host, alive=True, cpus=float(os.cpu_count() or 1), gpus=float(gpus), memory_bytes=memory)]
 
     def close(self) -> None:
         for worker in self.workers:

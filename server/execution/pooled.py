@@ -6,6 +6,7 @@ import threading
 from typing import Any
 
 from tuneyard.server.execution.devices import Device
+from tuneyard.server.execution.protocol import WorkerCounts
 
 # Each worker is a process of its own (~0.8 GB with torch imported); with 1/16 the smallest share a
 # spec may ask for (limits.MIN_GPU_SHARE), 16 is what a full device of packed trials needs.
@@ -71,8 +72,7 @@ class PooledWorkers:
         with self._lock:
             self._taken.discard(id(worker))
 
-    def counts(self, device: Device) -> tuple[int, int]:
-        """(workers, taken workers) on a device."""
+    def counts(self, device: Device) -> WorkerCounts:
         with self._lock:
             workers = self._by_device[device.index]
-            return len(workers), sum(id(w) in self._taken for w in workers)
+            return WorkerCounts(len(workers), sum(id(w) in self._taken for w in workers))

@@ -2,17 +2,38 @@
 
 An `Executor` holds workers by device and hands one out per trial share (`take`), the scheduler
 asking `has_room` first; a `WorkerHandle` runs one task at a time and reports through the sink it
-was given. The local pool (`workers.WorkerPool`) and the Ray pool (`ray_executor.RayPool`) are the
+was given. The local pool (`local_pool.WorkerPool`) and the Ray pool (`ray_pool.RayPool`) are the
 two executors today; a new one (clients evaluating trials elsewhere, a fused group of trials) is a
 module implementing these.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from tuneyard.server.execution.devices import Device
 from tuneyard.server.execution.messages import Request, Sink
+
+
+@dataclass(frozen=True)
+class Node:
+    """A machine the executor runs trials on, as GetServerInfo reports it."""
+
+    node_id: str
+    address: str
+    alive: bool
+    cpus: float
+    gpus: float
+    memory_bytes: int
+
+
+@dataclass(frozen=True)
+class WorkerCounts:
+    """The workers an executor holds on one device, and how many of them are handed out."""
+
+    workers: int
+    taken: int
 
 
 class WorkerHandle(Protocol):
@@ -37,12 +58,12 @@ class Executor(Protocol):
 
     def has_room(self, device: Device) -> bool: ...
 
-    def take(self, device: Device, share: float = 1.0) -> Any: ...
+    def take(self, device: Device, share: float = 1.0) -> WorkerHandle: ...
 
-    def give_back(self, worker: Any) -> None: ...
+    def give_back(self, worker: WorkerHandle) -> None: ...
 
-    def counts(self, device: Device) -> tuple[int, int]: ...
+    def counts(self, device: Device) -> WorkerCounts: ...
 
-    def nodes(self) -> list[dict[str, Any]]: ...
+    def nodes(self) -> list[Node]: ...
 
     def close(self) -> None: ...

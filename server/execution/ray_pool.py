@@ -40,6 +40,7 @@ from tuneyard.server.execution.messages import (
     TaskMessage,
 )
 from tuneyard.server.execution.pooled import PooledWorkers
+from tuneyard.server.execution.protocol import Node
 from tuneyard.server.execution.running_task import RunningTask, sink_for
 from tuneyard.server.worker.main import make_trainer, run_task
 
@@ -244,17 +245,17 @@ class RayPool(PooledWorkers):
         """An actor holds the resources it was created with: only a trial of the same share fits."""
         return abs(worker.share - share) < 1e-9
 
-    def nodes(self) -> list[dict[str, Any]]:
+    def nodes(self) -> list[Node]:
         """The cluster's nodes as GetServerInfo reports them."""
         return [
-            {
-                "node_id": node["NodeID"],
-                "address": node["NodeManagerAddress"],
-                "alive": bool(node["Alive"]),
-                "cpus": float(node["Resources"].get("CPU", 0)),
-                "gpus": float(node["Resources"].get("GPU", 0)),
-                "memory_bytes": int(node["Resources"].get("memory", 0)),
-            }
+            Node(
+                node_id=node["NodeID"],
+                address=node["NodeManagerAddress"],
+                alive=bool(node["Alive"]),
+                cpus=float(node["Resources"].get("CPU", 0)),
+                gpus=float(node["Resources"].get("GPU", 0)),
+                memory_bytes=int(node["Resources"].get("memory", 0)),
+            )
             for node in _ray().nodes()
         ]
 

@@ -4,7 +4,7 @@ A trial asks for `units` of device: a fraction (0.5, 0.25: trials packed onto on
 with its own worker), one whole device, or several whole devices (a data-parallel trial, one
 rank per device). A packed trial on a GPU is admitted only while the memory it needs (declared,
 or measured on earlier trials of its study) fits beside its neighbours, and on any device only
-while the pool can give it a worker there (at most `workers.MAX_WORKERS_PER_DEVICE` per device).
+while the pool can give it a worker there (at most `pooled.MAX_WORKERS_PER_DEVICE` per device).
 Studies ask without blocking; one that got nothing is woken when capacity is released. Between
 waiting studies the scheduler keeps a weighted fair share: capacity goes to the study holding the
 least per unit of `priority`, so no study starves.
@@ -19,7 +19,7 @@ from functools import cached_property
 
 from tuneyard.server.execution.devices import Device
 from tuneyard.server.execution.gang import Gang
-from tuneyard.server.execution.protocol import Executor, WorkerHandle
+from tuneyard.server.execution.protocol import Executor, WorkerCounts, WorkerHandle
 
 EPS = 1e-9
 
@@ -47,6 +47,16 @@ class Allocation:
     def gang(self) -> Gang:
         """The workers as one handle, the ranks of a data-parallel trial folded into one task."""
         return Gang(self.workers)
+
+
+@dataclass(frozen=True)
+class Occupancy:
+    """One device now: the share of it in use, its workers, and who holds them (study/trial)."""
+
+    device: Device
+    share_in_use: float
+    workers: WorkerCounts
+    holders: list[str]
 
 
 @dataclass
@@ -178,8 +188,8 @@ class DeviceScheduler:
         for wake in wakes:
             wake()
 
-    def occupancy(self) -> list[tuple[Device, float, int, int, list[str]]]:
-        """Per device: (device, share in use, workers, busy workers, holders)."""
+    def occupancy(self) -> list[Occupancy]:
+        """How each device is used now, for GetServerInfo."""
         with self._lock:
             holders: dict[int, list[str]] = {d.index: [] for d in self.devices}
             for usage in self._usage.values():
@@ -187,8 +197,7 @@ class DeviceScheduler:
                     for device in alloc.devices:
                         holders[device.index].append(alloc.holder or alloc.study_id)
             used = dict(self._used)
-        rows = []
-        for device in self.devices:
-            workers, taken = self.pool.counts(device)
-            rows.append((device, used[device.index], workers, taken, holders[device.index]))
-        return rows
+        return [
+            Occupancy(device, used[device.index], self.pool.counts(device), holders[device.index])
+            for device in self.devices
+        ]

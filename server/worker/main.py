@@ -72,7 +72,7 @@ def _die_with_parent(server_pid: int) -> None:
     On Linux the kernel sends the SIGKILL (PR_SET_PDEATHSIG), so it comes even while this process is
     stopped, busy in native code or holding the GIL. The signal fires when the *thread* that started
     the process ends, which is why every worker is started from one thread that lives as long as the
-    server (`workers.Spawner`). A server that died before the request was made sends nothing: then
+    server (`execution.spawner.Spawner`). A server that died before the request was made sends nothing: then
     the parent is already someone else, and this process exits at once. Elsewhere a thread polls.
     """
     by_kernel = _ask_kernel_to_kill_with_parent()
