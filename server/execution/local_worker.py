@@ -40,6 +40,7 @@ from tuneyard.server.execution.messages import (
     Shutdown,
     Sink,
     Stop,
+    WorkerStart,
 )
 from tuneyard.server.execution.running_task import RunningTask, sink_for
 from tuneyard.server.execution.spawner import spawner
@@ -80,16 +81,16 @@ class Worker:
 
     def _start_process(self) -> None:
         parent, child = self._ctx.Pipe()
-        info = {
-            "server_pid": os.getpid(),
-            "device": self.device.torch_device,
-            "cuda_visible": self.device.cuda_visible,
-            "threads": self.device.threads,
-            "data_root": self._data_root,
-            "log_path": str(self._log.path) if self._log.path else "",
-        }
+        start = WorkerStart(
+            server_pid=os.getpid(),
+            device=self.device.torch_device,
+            cuda_visible=self.device.cuda_visible,
+            threads=self.device.threads,
+            data_root=self._data_root,
+            log_path=str(self._log.path) if self._log.path else "",
+        )
         self.process = self._ctx.Process(
-            target=worker_main, args=(child, info), name=f"tuneyard-worker-{self.device.name}", daemon=False
+            target=worker_main, args=(child, start), name=f"tuneyard-worker-{self.device.name}", daemon=False
         )
         self._ready = False  # until the process has imported torch and loaded the plugins
         spawner().start(self.process)

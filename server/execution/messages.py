@@ -29,6 +29,18 @@ if TYPE_CHECKING:  # the protocol carries settings; it does not need the module 
 
 
 @dataclass(frozen=True, slots=True)
+class WorkerStart:
+    """What a worker process is started with: whom to die with, its device, where it logs."""
+
+    server_pid: int
+    device: str  # torch's name for it: "cpu", "cuda:0"
+    cuda_visible: str  # CUDA_VISIBLE_DEVICES for the process
+    threads: int
+    data_root: str = ""
+    log_path: str = ""  # the process's stderr goes here; "" keeps the server's
+
+
+@dataclass(frozen=True, slots=True)
 class Placement:
     """What a worker may use of its share of a device: CPU threads (0: leave as is) and a cap on the
     fraction of GPU memory (0: none)."""

@@ -35,6 +35,7 @@ from tuneyard.server.execution.messages import (
     Shutdown,
     Stop,
     Train,
+    WorkerStart,
 )
 from tuneyard.server.worker.protocol import TaskTrainer
 
@@ -145,14 +146,13 @@ def run_task(
         send(Error(key, traceback.format_exc(limit=20)))
 
 
-def worker_main(conn: Connection, slot: dict[str, Any]) -> None:
-    """Entry point of a spawned worker; `slot` holds the server's pid, device, CUDA_VISIBLE_DEVICES and
-    thread count."""
-    _die_with_parent(slot["server_pid"])
-    if slot.get("log_path"):
-        _redirect_stderr(slot["log_path"])
-    os.environ["CUDA_VISIBLE_DEVICES"] = slot["cuda_visible"]
-    trainer = make_trainer(slot["device"], slot["threads"], slot.get("data_root", ""))
+def worker_main(conn: Connection, start: WorkerStart) -> None:
+    """Entry point of a spawned worker process."""
+    _die_with_parent(start.server_pid)
+    if start.log_path:
+        _redirect_stderr(start.log_path)
+    os.environ["CUDA_VISIBLE_DEVICES"] = start.cuda_visible
+    trainer = make_trainer(start.device, start.threads, start.data_root)
     conn.send(Ready(os.getpid()))
     pending_stop: set[Any] = set()
 
