@@ -183,8 +183,8 @@ class RayWorker:
         self.restarts += 1
         if not self._closing:
             self._start_actor()
-        if task is not None and task.key == key:
-            task.sink(Crashed(key, why, reason, exit_code=None, exit_signal="", stderr_tail=tail))
+        if task is not None:  # whatever task the actor held died with it, even one newer than this stream
+            task.sink(Crashed(task.key, why, reason, exit_code=None, exit_signal="", stderr_tail=tail))
 
     def stop(self, key: Any) -> None:
         with self._lock:
