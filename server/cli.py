@@ -12,6 +12,7 @@ from pathlib import Path
 from tuneyard import __version__
 from tuneyard.common.addresses import is_loopback
 from tuneyard.server.api.security import SecurityConfigError, TlsFiles, Token, check_bind, load_tokens
+from tuneyard.server.execution.devices import DeviceProbeError
 from tuneyard.server.study.domain import StoreError
 
 
@@ -134,7 +135,12 @@ def serve_main(argv: list[str]) -> int:
             dashboard_port=args.dashboard_port,
             check_store=args.check_store,
         )
-    except (OSError, ValueError, StoreError) as exc:  # one line each, no traceback: the message says what to do
+    except (
+        OSError,
+        ValueError,
+        StoreError,
+        DeviceProbeError,
+    ) as exc:  # one line each, no traceback: the message says what to do
         print(f"error: {exc}", file=sys.stderr)
         return 2
     slots = ", ".join(d.name for d in handle.pool.devices)

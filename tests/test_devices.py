@@ -14,7 +14,7 @@ import pytest
 from support import REPO
 
 from tuneyard.server.execution import devices
-from tuneyard.server.execution.devices import plan_devices
+from tuneyard.server.execution.devices import DeviceProbeError, plan_devices
 
 TWO_GPUS = 'print(\'[["Fake GPU A", 1024], ["Fake GPU B", 2048]]\')'
 
@@ -64,15 +64,26 @@ def test_no_gpu_means_cpu_slots_or_a_refused_all(monkeypatch: pytest.MonkeyPatch
 
 def test_a_probe_that_dies_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(devices, "_PROBE", "import sys; sys.stderr.write('driver exploded'); sys.exit(3)")
-    with pytest.raises(RuntimeError, match=r"failed \(exit status 3\): driver exploded"):
+    with pytest.raises(DeviceProbeError, match=r"failed \(exit status 3\): driver exploded"):
         plan_devices(None, None)
     monkeypatch.setattr(devices, "_PROBE", "print('not json')")
-    with pytest.raises(RuntimeError, match="finding the CUDA devices failed"):
+    with pytest.raises(DeviceProbeError, match="finding the CUDA devices failed"):
         plan_devices(None, None)
 
 
 def test_a_probe_that_hangs_times_out(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(devices, "_PROBE", "import time; time.sleep(60)")
     monkeypatch.setattr(devices, "PROBE_TIMEOUT_S", 0.5)
-    with pytest.raises(RuntimeError, match="took over 0.5 s; try --devices cpu"):
+    with pytest.raises(DeviceProbeError, match="took over 0.5 s; try --devices cpu"):
         plan_devices("all", None)
+
+
+def test_serve_says_in_one_line_that_the_devices_could_not_be_found(
+    monkeypatch: pytest.MonkeyPatch, tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tuneyard.server import cli
+
+    monkeypatch.setattr(devices, "_PROBE", "import sys; sys.stderr.write('driver exploded'); sys.exit(3)")
+    assert cli.serve_main(["--port", "0", "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: finding the CUDA devices failed") and "Traceback" not in err, err

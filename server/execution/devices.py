@@ -27,6 +27,10 @@ class Device:
     description: str = ""
 
 
+class DeviceProbeError(RuntimeError):
+    """The devices could not be found (the probe died or hung): the server cannot start as asked."""
+
+
 def default_cpu_slots() -> int:
     """One slot per two cores, at least one."""
     return max(1, (os.cpu_count() or 1) // 2)
@@ -53,7 +57,7 @@ PROBE_TIMEOUT_S = 120.0  # importing torch and initialising CUDA take seconds, n
 def _cuda() -> list[tuple[str, int]]:
     """(name, memory) of every visible CUDA device; empty without CUDA.
 
-    Asked of a short child process so the server never imports torch; RuntimeError when that child
+    Asked of a short child process so the server never imports torch; DeviceProbeError when that child
     hangs or dies, since then the devices are unknown rather than absent.
     """
     try:
@@ -61,14 +65,14 @@ def _cuda() -> list[tuple[str, int]]:
             [sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, check=False
         )
     except subprocess.TimeoutExpired:
-        raise RuntimeError(f"finding the CUDA devices took over {PROBE_TIMEOUT_S:g} s; try --devices cpu") from None
+        raise DeviceProbeError(f"finding the CUDA devices took over {PROBE_TIMEOUT_S:g} s; try --devices cpu") from None
     try:
         found = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else None
     except (IndexError, ValueError):
         found = None
     if not isinstance(found, list):
         tail = (done.stderr or done.stdout).strip()[-500:]
-        raise RuntimeError(f"finding the CUDA devices failed (exit status {done.returncode}): {tail}")
+        raise DeviceProbeError(f"finding the CUDA devices failed (exit status {done.returncode}): {tail}")
     return [(str(name), int(memory)) for name, memory in found]
 
 
