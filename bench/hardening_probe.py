@@ -31,6 +31,8 @@ from google.protobuf import json_format
 from tuneyard.v1 import service_pb2 as pb
 from tuneyard.v1 import service_pb2_grpc, spec_pb2
 
+LOOPBACK_CPU_ARGS = ("--port", "0", "--devices", "cpu", "--cpu-slots", "1")  # an ephemeral loopback port, one CPU slot
+
 REPO = Path(__file__).resolve().parents[1]
 FAULT_PLUGINS = str(REPO / "tests" / "fault_plugins")
 BASE: dict[str, Any] = {
@@ -49,20 +51,7 @@ class Server:
 
     def __init__(self, data: Path) -> None:
         path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH", ""), FAULT_PLUGINS) if p)
-        cmd = [
-            sys.executable,
-            "-m",
-            "tuneyard.client.cli",
-            "serve",
-            "--port",
-            "0",
-            "--data-dir",
-            str(data),
-            "--devices",
-            "cpu",
-            "--cpu-slots",
-            "1",
-        ]
+        cmd = [sys.executable, "-m", "tuneyard.client.cli", "serve", "--data-dir", str(data), *LOOPBACK_CPU_ARGS]
         self.proc = subprocess.Popen(
             cmd,
             stdout=subprocess.PIPE,

@@ -39,6 +39,7 @@ from tuneyard.v1 import service_pb2_grpc, spec_pb2
 
 TARGET_MS = 500.0  # "within half a second", what the README promised before issue 13
 WORKERS = 4
+TWO_CPU_SLOTS = ("--port", "0", "--devices", "cpu", "--cpu-slots", "2")  # an ephemeral loopback port
 SPEC = {
     "name": "orphans",
     "dataset": {"name": "digits"},
@@ -84,20 +85,7 @@ def worker_pids(server_pid: int) -> list[int]:
 
 def start_server(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
     """`tuneyard serve` on 2 CPU slots; returns the process and the address from its banner."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "tuneyard.client.cli",
-        "serve",
-        "--port",
-        "0",
-        "--data-dir",
-        str(data_dir),
-        "--devices",
-        "cpu",
-        "--cpu-slots",
-        "2",
-    ]
+    cmd = [sys.executable, "-m", "tuneyard.client.cli", "serve", "--data-dir", str(data_dir), *TWO_CPU_SLOTS]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     assert proc.stdout is not None

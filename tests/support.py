@@ -54,26 +54,20 @@ def watch_all(stub: service_pb2_grpc.TrainingServiceStub, study_id: str, after: 
     return list(stub.WatchStudy(pb.WatchStudyRequest(study_id=study_id, after_sequence=after), timeout=300))
 
 
+SERVE_FLAGS = ("--port", "0", "--devices", "cpu", "--cpu-slots", "1")
+
+
+def serve_command(data_dir: Path, *extra: str) -> list[str]:
+    """`tuneyard serve` as a subprocess command: an ephemeral loopback port, one CPU slot, `extra` flags."""
+    return [sys.executable, "-m", "tuneyard.client.cli", "serve", "--data-dir", str(data_dir), *SERVE_FLAGS, *extra]
+
+
 class ServerProcess:
     """`tuneyard serve` in a real subprocess, on a port the OS picks; address read from its banner."""
 
     def __init__(self, data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
-        cmd = [
-            sys.executable,
-            "-m",
-            "tuneyard.client.cli",
-            "serve",
-            "--port",
-            "0",
-            "--data-dir",
-            str(data_dir),
-            "--devices",
-            "cpu",
-            "--cpu-slots",
-            "1",
-            *extra,
-        ]
+        cmd = serve_command(data_dir, *extra)
         env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         self.output: list[str] = []

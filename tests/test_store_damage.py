@@ -14,7 +14,6 @@ import random
 import shutil
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import suppress
@@ -23,7 +22,7 @@ from typing import Any
 
 import grpc
 import pytest
-from support import ServerProcess, cap_store_pages, tiny_spec, to_proto
+from support import ServerProcess, cap_store_pages, serve_command, tiny_spec, to_proto
 
 from tuneyard.server.app import start_server
 from tuneyard.server.storage.schema import SCHEMA
@@ -76,21 +75,7 @@ def _damage_page_holding(db: Path, marker: str) -> int:
 
 def _serve(data_dir: Path, *extra: str) -> tuple[int | None, list[str]]:
     """Runs `tuneyard serve`: (exit code, output lines), or (None, lines) when it started serving instead."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "tuneyard.client.cli",
-        "serve",
-        "--port",
-        "0",
-        "--data-dir",
-        str(data_dir),
-        "--devices",
-        "cpu",
-        "--cpu-slots",
-        "1",
-        *extra,
-    ]
+    cmd = serve_command(data_dir, *extra)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     lines = []
