@@ -135,12 +135,7 @@ def serve_main(argv: list[str]) -> int:
             dashboard_port=args.dashboard_port,
             check_store=args.check_store,
         )
-    except (
-        OSError,
-        ValueError,
-        StoreError,
-        DeviceProbeError,
-    ) as exc:  # one line each, no traceback: the message says what to do
+    except (OSError, ValueError, StoreError, DeviceProbeError) as exc:  # one line, no traceback: it says what to do
         print(f"error: {exc}", file=sys.stderr)
         return 2
     slots = ", ".join(d.name for d in handle.pool.devices)
