@@ -24,6 +24,20 @@ from tuneyard.v1 import service_pb2_grpc, spec_pb2
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The built-in augmentations by where the trainer applies them: per sample (before normalisation), per batch.
+PER_SAMPLE_AUGMENTATIONS = (
+    "random_crop",
+    "random_resized_crop",
+    "horizontal_flip",
+    "rotation",
+    "color_jitter",
+    "autoaugment",
+    "randaugment",
+    "trivialaugment",
+    "random_erasing",
+)
+BATCH_AUGMENTATIONS = ("mixup", "cutmix")
+
 TINY_SPEC: dict[str, Any] = {
     "name": "tiny",
     "dataset": {"name": "digits"},

@@ -6,22 +6,11 @@ import pickle
 
 import pytest
 import torch
+from support import BATCH_AUGMENTATIONS, PER_SAMPLE_AUGMENTATIONS
 from torch import nn
 
 from tuneyard.plugins.manager import PluginRegistry
 
-PER_SAMPLE = [
-    "random_crop",
-    "random_resized_crop",
-    "horizontal_flip",
-    "rotation",
-    "color_jitter",
-    "autoaugment",
-    "randaugment",
-    "trivialaugment",
-    "random_erasing",
-]
-BATCH_LEVEL = ["mixup", "cutmix"]
 SHAPES = [(1, 8, 8), (3, 32, 32)]
 
 
@@ -35,10 +24,10 @@ def _make(reg: PluginRegistry, name: str, options: dict | None = None, shape=(3,
 
 
 def test_everything_is_registered_and_documented(reg: PluginRegistry) -> None:
-    assert set(PER_SAMPLE + BATCH_LEVEL) <= set(reg.names("augmentation"))
-    for name in PER_SAMPLE + BATCH_LEVEL:
+    assert set(PER_SAMPLE_AUGMENTATIONS + BATCH_AUGMENTATIONS) <= set(reg.names("augmentation"))
+    for name in PER_SAMPLE_AUGMENTATIONS + BATCH_AUGMENTATIONS:
         entry = reg.get("augmentation", name)
-        assert entry.batch_level == (name in BATCH_LEVEL), name
+        assert entry.batch_level == (name in BATCH_AUGMENTATIONS), name
         assert entry.description, name
         assert all(p.doc for p in entry.parameters), name
         assert not {"input_shape", "num_classes"} & {p.name for p in entry.parameters}, name
@@ -47,7 +36,7 @@ def test_everything_is_registered_and_documented(reg: PluginRegistry) -> None:
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=["1x8x8", "3x32x32"])
-@pytest.mark.parametrize("name", PER_SAMPLE)
+@pytest.mark.parametrize("name", PER_SAMPLE_AUGMENTATIONS)
 def test_per_sample_keeps_shape_range_and_changes_something(reg: PluginRegistry, name: str, shape) -> None:
     options = {"p": 1.0} if name == "random_erasing" else {}
     aug = _make(reg, name, options, shape)
@@ -129,7 +118,7 @@ def test_bad_options_are_refused(reg: PluginRegistry, name: str, options: dict) 
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=["1x8x8", "3x32x32"])
-@pytest.mark.parametrize("name", BATCH_LEVEL)
+@pytest.mark.parametrize("name", BATCH_AUGMENTATIONS)
 def test_batch_level_gives_soft_labels(reg: PluginRegistry, name: str, shape) -> None:
     mix = _make(reg, name, {"alpha": 1.0}, shape, num_classes=5)
     pickle.loads(pickle.dumps(mix))
@@ -147,7 +136,7 @@ def test_batch_level_gives_soft_labels(reg: PluginRegistry, name: str, shape) ->
     assert torch.allclose(soft2.sum(1), torch.ones(6))
 
 
-@pytest.mark.parametrize("name", BATCH_LEVEL)
+@pytest.mark.parametrize("name", BATCH_AUGMENTATIONS)
 def test_batch_level_with_p_zero_only_one_hot_encodes(reg: PluginRegistry, name: str) -> None:
     mix = _make(reg, name, {"p": 0.0}, num_classes=4)
     inputs, labels = torch.rand(3, 3, 32, 32), torch.tensor([3, 0, 1])
@@ -166,7 +155,7 @@ def _tiny_model(shape, num_classes: int) -> nn.Module:
     )
 
 
-@pytest.mark.parametrize("name", PER_SAMPLE + BATCH_LEVEL)
+@pytest.mark.parametrize("name", PER_SAMPLE_AUGMENTATIONS + BATCH_AUGMENTATIONS)
 def test_each_augmentation_in_a_training_step(reg: PluginRegistry, name: str) -> None:
     """Like the trainer: per-sample ones before normalisation, batch-level ones after, soft-target loss."""
     shape, num_classes = (3, 16, 16), 3

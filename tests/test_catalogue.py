@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import REPO
+from support import BATCH_AUGMENTATIONS, PER_SAMPLE_AUGMENTATIONS, REPO
 
 from tuneyard.client import load_spec
 from tuneyard.v1 import service_pb2 as pb
@@ -23,19 +23,7 @@ CATALOGUE = {
         "linear_warmup_cosine",
         "reduce_on_plateau",
     ],
-    "augmentation": [
-        "random_crop",
-        "random_resized_crop",
-        "horizontal_flip",
-        "rotation",
-        "color_jitter",
-        "autoaugment",
-        "randaugment",
-        "trivialaugment",
-        "random_erasing",
-        "mixup",
-        "cutmix",
-    ],
+    "augmentation": [*PER_SAMPLE_AUGMENTATIONS, *BATCH_AUGMENTATIONS],
     "model": [
         "simple_cnn",
         "convnet",
