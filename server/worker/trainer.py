@@ -149,14 +149,18 @@ class Trainer:
             )
         return self._datasets[key]
 
-    def _model(self, component: Component, splits: DatasetSplits) -> nn.Module:
-        model = self.registry.create(
-            "model",
+    def _sized(self, kind: str, component: Component, splits: DatasetSplits) -> Any:
+        """A plugin that is built for the dataset's input shape and class count (a model, an augmentation)."""
+        return self.registry.create(
+            kind,
             component.name,
             component.options,
             input_shape=tuple(splits.input_shape),
             num_classes=splits.num_classes,
-        ).to(self.device)
+        )
+
+    def _model(self, component: Component, splits: DatasetSplits) -> nn.Module:
+        model = self._sized("model", component, splits).to(self.device)
         if self.device.type == "cuda" and len(splits.input_shape) == 3:
             model = model.to(memory_format=torch.channels_last)
         return model
@@ -190,13 +194,7 @@ class Trainer:
         per_sample: list[Transform] = []
         per_batch: list[BatchTransform] = []
         for aug in training.augmentations:
-            made = self.registry.create(
-                "augmentation",
-                aug.name,
-                aug.options,
-                input_shape=tuple(splits.input_shape),
-                num_classes=splits.num_classes,
-            )
+            made = self._sized("augmentation", aug, splits)
             (per_batch if self.registry.get("augmentation", aug.name).batch_level else per_sample).append(made)
         return per_sample, per_batch
 
