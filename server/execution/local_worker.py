@@ -42,8 +42,9 @@ from tuneyard.server.execution.messages import (
     Stop,
     WorkerStart,
 )
-from tuneyard.server.execution.running_task import RunningTask, sink_for
+from tuneyard.server.execution.running_task import sink_for
 from tuneyard.server.execution.spawner import spawner
+from tuneyard.server.execution.task_holder import TaskHolder
 from tuneyard.server.worker.main import worker_main
 
 log = logging.getLogger(__name__)
@@ -58,23 +59,15 @@ def _log_path(device: Device, log_dir: Path | None) -> Path | None:
     return log_dir / f"worker-{device.name.replace(':', '')}-{next(_serial)}.log"
 
 
-class Worker:
+class Worker(TaskHolder):
     """One process bound to a device, its pipe, and the thread reading it."""
 
     def __init__(self, device: Device, data_root: str, max_tasks: int = 0, log_dir: Path | None = None) -> None:
-        self.device = device
+        super().__init__(device)
         self._data_root = data_root
         self._max_tasks = max_tasks
         self._ctx = mp.get_context("spawn")
-        self._lock = threading.Lock()
-        self._task: RunningTask | None = None
-        self._closing = False
-        self._kill_reason = ""
         self._log = WorkerLog(_log_path(device, log_dir))
-        self.last_beat = time.monotonic()
-        self.restarts = 0
-        self.tasks_done = 0
-        self.processes_started = 0
         self._start_process()
         self._reader = threading.Thread(target=self._read_loop, name=f"worker-{device.name}", daemon=True)
         self._reader.start()
@@ -103,14 +96,6 @@ class Worker:
     def pid(self) -> int | None:
         return self.process.pid
 
-    @property
-    def busy(self) -> bool:
-        return self._task is not None
-
-    @property
-    def closed(self) -> bool:
-        return self._closing
-
     def silent_for(self) -> float:
         """Seconds since the current task last showed progress; 0 when idle or still starting up
         (a fresh process importing torch is not the task's fault)."""
@@ -121,9 +106,8 @@ class Worker:
     def submit(self, request: Request, sink: Sink) -> None:
         """Sends a task; its messages go to `sink`. The worker must be idle (the scheduler ensures it)."""
         with self._lock:
-            self._task = RunningTask(request.key, sink)
+            self._hold(request, sink)
             self._log.start_task()
-            self.last_beat = time.monotonic()
             try:
                 self._conn.send(request)
             except (BrokenPipeError, OSError):
@@ -144,13 +128,6 @@ class Worker:
         if self.process.is_alive():
             self._kill_reason = reason
             self.process.kill()
-
-    def _finish(self, key: Any) -> Sink | None:
-        with self._lock:
-            sink = sink_for(self._task, key)
-            if sink is not None:
-                self._task = None
-            return sink
 
     def _read_loop(self) -> None:
         while True:
@@ -177,8 +154,7 @@ class Worker:
 
     def _progress(self, key: Any) -> Sink | None:
         """Notes that task `key` showed progress; its sink, or None when `key` is not the current task."""
-        with self._lock:
-            sink = sink_for(self._task, key)
+        sink = self._sink(key)
         if sink is not None:
             self.last_beat = time.monotonic()
         return sink
@@ -215,8 +191,7 @@ class Worker:
         if reason == "timeout":
             why = f"worker process {self.process.pid} killed: its trial sent no heartbeat in time"
         log.warning("%s on %s; starting a new one", why, self.device.name)
-        with self._lock:
-            task, self._task = self._task, None
+        task = self._drop()
         tail = self._log.task_tail()  # before the new process writes to the log
         self.restarts += 1
         self._conn.close()

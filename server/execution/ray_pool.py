@@ -41,7 +41,8 @@ from tuneyard.server.execution.messages import (
 )
 from tuneyard.server.execution.pooled import PooledWorkers
 from tuneyard.server.execution.protocol import Node
-from tuneyard.server.execution.running_task import RunningTask, sink_for
+from tuneyard.server.execution.running_task import sink_for
+from tuneyard.server.execution.task_holder import TaskHolder
 from tuneyard.server.worker.main import make_trainer, run_task
 
 log = logging.getLogger(__name__)
@@ -96,17 +97,12 @@ def cluster_devices(resources: dict[str, float], cpu_slots: int | None = None) -
     return [Device(i, f"ray:cpu{i}", "cpu", "cpu", "", 1, 0, "a CPU of the Ray cluster") for i in range(count)]
 
 
-class RayWorker:
+class RayWorker(TaskHolder):
     """A `TrialActor` seen through the local worker's interface (see `local_worker.Worker`)."""
 
     def __init__(self, device: Device, share: float, data_root: str) -> None:
-        self.device, self.share, self._data_root = device, share, data_root
-        self._lock = threading.Lock()
-        self._task: RunningTask | None = None
-        self._kill_reason = ""
-        self._closing = False
-        self.last_beat = time.monotonic()
-        self.restarts = self.tasks_done = self.processes_started = 0
+        super().__init__(device)
+        self.share, self._data_root = share, data_root
         self._start_actor()
 
     def _start_actor(self) -> None:
@@ -126,21 +122,12 @@ class RayWorker:
                 return None
         return self._pid
 
-    @property
-    def busy(self) -> bool:
-        return self._task is not None
-
-    @property
-    def closed(self) -> bool:
-        return self._closing
-
     def silent_for(self) -> float:
         return time.monotonic() - self.last_beat if self._task is not None else 0.0
 
     def submit(self, request: Request, sink: Sink) -> None:
         with self._lock:
-            self._task = RunningTask(request.key, sink)
-            self.last_beat = time.monotonic()
+            self._hold(request, sink)
             stream = self._actor.run.options(num_returns="streaming").remote(request)
         threading.Thread(
             target=self._read, args=(request.key, stream), name=f"ray-{self.device.name}", daemon=True
@@ -163,10 +150,7 @@ class RayWorker:
             self._on_death(key, exc)
 
     def _deliver(self, key: Any, msg: TaskMessage, final: bool) -> None:
-        with self._lock:
-            sink = sink_for(self._task, key)
-            if final and sink is not None:
-                self._task = None
+        sink = self._finish(key) if final else self._sink(key)
         if sink is not None:
             sink(msg)
 
@@ -178,8 +162,7 @@ class RayWorker:
         why = f"Ray actor on {self.device.name} died: {type(exc).__name__}: {text.splitlines()[0] if text else ''}"
         log.warning("%s; starting a new one", why)
         tail = "\n".join(text.splitlines()[-STDERR_LINES:])
-        with self._lock:
-            task, self._task = self._task, None
+        task = self._drop()
         self.restarts += 1
         if not self._closing:
             self._start_actor()
