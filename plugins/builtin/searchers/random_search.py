@@ -24,14 +24,7 @@ class RandomSearcher:
         return _space.build(self.space, lambda i, p, c: _space.sample(p.domain, self._rng))
 
     def suggest(self, trial_id: int) -> Config | None:
-        if self._seen.exhausted:
-            return None
-        for _ in range(self.max_retries + 1):
-            config = self._draw()
-            if config not in self._seen:
-                return self._seen.add(config)
-        left = self._seen.left()  # nearly exhausted finite space: pick one of the configs left
-        return self._seen.add(left[self._rng.randrange(len(left))]) if left else None
+        return self._seen.suggest_new(self._draw, self.max_retries + 1, self._rng.choice)
 
     def observe(self, trial_id: int, state: str, value: float | None) -> None:
         """Random search ignores results."""

@@ -42,14 +42,7 @@ class SobolSearcher:
         return _space.build(self.space, lambda i, p, c: _space.from_unit(p.domain, point[self._slot[p.name]]))
 
     def suggest(self, trial_id: int) -> Config | None:
-        if self._seen.exhausted:
-            return None
-        for _ in range(self.max_retries + 1):
-            config = self._draw()
-            if config not in self._seen:
-                return self._seen.add(config)
-        left = self._seen.left()  # nearly exhausted finite space: the first config left
-        return self._seen.add(left[0]) if left else None
+        return self._seen.suggest_new(self._draw, self.max_retries + 1, lambda left: left[0])
 
     def observe(self, trial_id: int, state: str, value: float | None) -> None:
         """Sobol points ignore results."""

@@ -236,3 +236,17 @@ class Seen:
     def load(self, keys: Sequence[str]) -> None:
         self.keys = list(keys)
         self._set = set(self.keys)
+
+    def suggest_new(
+        self, draw: Callable[[], Config], tries: int, pick_left: Callable[[list[Config]], Config]
+    ) -> Config | None:
+        """A config not suggested before: up to `tries` draws, then (a nearly exhausted finite space)
+        `pick_left` of the configs left; None once every config was suggested."""
+        if self.exhausted:
+            return None
+        for _ in range(tries):
+            config = draw()
+            if config not in self:
+                return self.add(config)
+        left = self.left()
+        return self.add(pick_left(left)) if left else None
