@@ -9,13 +9,17 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from support import REPO, tiny_spec, to_proto
 
+from tuneyard.plugins.api import Objective
 from tuneyard.server.execution import forensics
 from tuneyard.server.execution.devices import Device
 from tuneyard.server.execution.forensics import WorkerLog, read_tail, signal_name
 from tuneyard.server.execution.local_worker import Worker
+from tuneyard.server.execution.messages import Crashed, Train, TrainTask
+from tuneyard.server.execution.ray_pool import RayWorker
 from tuneyard.server.execution.running_task import RunningTask, sink_for
 from tuneyard.server.execution.spawner import spawner
 from tuneyard.v1 import service_pb2 as pb
@@ -196,3 +200,19 @@ def test_one_spawner_thread_lives_on_after_the_threads_that_asked_for_it():
 def test_signal_names():
     assert signal_name(-9) == "SIGKILL" and signal_name(-11) == "SIGSEGV"
     assert signal_name(3) == "" and signal_name(None) == ""
+
+
+class _ActorlessRayWorker(RayWorker):
+    """A Ray worker handle whose actor is never started: its handling of an actor's death, alone."""
+
+    def _start_actor(self) -> None:
+        self.actors_started = getattr(self, "actors_started", 0) + 1
+
+
+def test_a_dead_ray_actor_crashes_the_task_it_held_whichever_stream_noticed() -> None:
+    worker = _ActorlessRayWorker(CPU, 1.0, "")
+    received: list[Any] = []
+    worker._hold(Train(2, TrainTask(2, {}, "c.pt", Objective("val_loss", "min"))), received.append)
+    worker._on_death(1, RuntimeError("actor died"))  # the stream of an earlier task on the same actor noticed
+    assert [type(m) for m in received] == [Crashed] and received[0].key == 2 and received[0].reason == "crash"
+    assert "actor died" in received[0].why and not worker.busy and worker.restarts == 1 and worker.actors_started == 2
