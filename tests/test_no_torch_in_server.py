@@ -2,9 +2,11 @@
 
 A real server starts in a fresh interpreter (so nothing this test session imported can hide an
 import) with the default `--devices`, so it also looks for GPUs (in a child interpreter), runs a
-tiny real study to completion through the SDK, and then reports which torch modules its own
-`sys.modules` holds. A finder placed first on `sys.meta_path` records which `tuneyard`
-modules were on the stack when torch was first looked up, so a failure names the importer.
+tiny real study per searcher and early stopper that runs in the server (all but `sobol`, which
+draws from torch's Sobol engine, and `gp`, Optuna's torch-based GP) to completion through the SDK,
+and then reports which torch modules its own `sys.modules` holds. A finder placed first on
+`sys.meta_path` records which `tuneyard` modules were on the stack when torch was first looked up,
+so a failure names the importer.
 """
 
 from __future__ import annotations
@@ -44,31 +46,53 @@ sys.meta_path.insert(0, FirstTorchLookup())
 from tuneyard.client import Client
 from tuneyard.server.app import start_server
 
-data_dir, spec = Path(sys.argv[1]), json.loads(sys.argv[2])
+data_dir, specs = Path(sys.argv[1]), json.loads(sys.argv[2])
 handle = start_server(data_dir=data_dir, port=0, cpu_slots=1)  # default devices: GPUs are looked for too
 try:
     with Client(handle.address, timeout=60) as client:
-        study = client.run(spec).study
+        studies = [client.run(spec).study for spec in specs]
 finally:
     handle.stop()
 print(json.dumps({
-    "state": study.state,
-    "completed": study.trial_counts.completed,
-    "epochs_spent": study.epochs_spent,
+    "studies": [
+        {"name": s.spec.name, "state": s.state, "completed": s.trial_counts.completed, "epochs": s.epochs_spent}
+        for s in studies
+    ],
     "torch_modules": sorted(m for m in sys.modules if m.partition(".")[0] in ("torch", "torchvision")),
     "first_torch_lookup": importers,
 }))
 """
 
 
+def _spec(searcher: str, stopper: str | None = None) -> dict[str, Any]:
+    spec = tiny_spec(
+        name=f"no-torch-{searcher}-{stopper or 'none'}",
+        training={"epochs": 1, "batch_size": 128, "optimizer": {"name": "sgd"}, "seed": 0},
+        search_space=[{"name": "optimizer.lr", "float_range": {"low": 0.01, "high": 0.1, "log": True}}],
+        searcher={"name": searcher},
+        budget={"max_trials": 1, "max_concurrent_trials": 1},
+    )
+    if stopper:
+        spec["early_stopping"] = {"name": stopper}
+    return spec
+
+
+# Every searcher and early stopper the server itself runs, but `sobol` and `gp` (see the module docstring).
+SPECS = [
+    _spec("random"),
+    _spec("grid", "median"),
+    _spec("tpe", "asha"),
+    _spec("cmaes", "hyperband"),
+    _spec("evolution"),
+]
+
+
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """What the probe server said once its study had ended and it had stopped."""
-    spec = tiny_spec(training={"epochs": 1, "batch_size": 128, "optimizer": {"name": "sgd"}, "seed": 0})
-    spec["budget"] = {"max_trials": 1, "max_concurrent_trials": 1}
+    """What the probe server said once its studies had ended and it had stopped."""
     data_dir = tmp_path_factory.mktemp("no-torch-server")
     proc = subprocess.run(
-        [sys.executable, "-c", PROBE, str(data_dir), json.dumps(spec)],
+        [sys.executable, "-c", PROBE, str(data_dir), json.dumps(SPECS)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -78,9 +102,11 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return json.loads(proc.stdout.splitlines()[-1])
 
 
-def test_the_probe_study_really_trained_in_worker_processes(report: dict[str, Any]) -> None:
-    assert report["state"] == pb.STUDY_COMPLETED
-    assert report["completed"] == 1 and report["epochs_spent"] == 1
+def test_the_probe_studies_really_trained_in_worker_processes(report: dict[str, Any]) -> None:
+    assert [s["name"] for s in report["studies"]] == [s["name"] for s in SPECS]
+    for study in report["studies"]:
+        assert study["state"] == pb.STUDY_COMPLETED, study
+        assert study["completed"] == 1 and study["epochs"] == 1, study
 
 
 def test_the_server_process_imports_no_torch(report: dict[str, Any]) -> None:
