@@ -20,8 +20,8 @@ from tuneyard.server.execution.forensics import WorkerLog, read_tail, signal_nam
 from tuneyard.server.execution.local_worker import Worker
 from tuneyard.server.execution.messages import Crashed, Train, TrainTask
 from tuneyard.server.execution.ray_pool import RayWorker
-from tuneyard.server.execution.running_task import RunningTask, sink_for
 from tuneyard.server.execution.spawner import spawner
+from tuneyard.server.execution.task_holder import RunningTask, sink_for
 from tuneyard.v1 import service_pb2 as pb
 
 CPU = Device(0, "cpu:0", "cpu", "cpu", "", 1)

@@ -42,9 +42,8 @@ from tuneyard.server.execution.messages import (
     Stop,
     WorkerStart,
 )
-from tuneyard.server.execution.running_task import sink_for
 from tuneyard.server.execution.spawner import spawner
-from tuneyard.server.execution.task_holder import TaskHolder
+from tuneyard.server.execution.task_holder import TaskHolder, sink_for
 from tuneyard.server.worker.main import worker_main
 
 log = logging.getLogger(__name__)

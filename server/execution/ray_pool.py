@@ -41,8 +41,7 @@ from tuneyard.server.execution.messages import (
 )
 from tuneyard.server.execution.pooled import PooledWorkers
 from tuneyard.server.execution.protocol import Node
-from tuneyard.server.execution.running_task import sink_for
-from tuneyard.server.execution.task_holder import TaskHolder
+from tuneyard.server.execution.task_holder import TaskHolder, sink_for
 from tuneyard.server.worker.main import make_trainer, run_task
 
 log = logging.getLogger(__name__)

@@ -9,11 +9,25 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from tuneyard.server.execution.devices import Device
 from tuneyard.server.execution.messages import Request, Sink
-from tuneyard.server.execution.running_task import RunningTask, sink_for
+
+
+@dataclass(frozen=True, slots=True)
+class RunningTask:
+    """A task sent to a worker and not yet ended: its key, and where its messages go."""
+
+    key: Any
+    sink: Sink
+
+
+def sink_for(task: RunningTask | None, key: Any) -> Sink | None:
+    """The sink of `task` when it is task `key`; None when the worker is idle or runs another task
+    (a late message of an earlier task is dropped)."""
+    return task.sink if task is not None and task.key == key else None
 
 
 class TaskHolder:
