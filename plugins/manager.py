@@ -16,6 +16,7 @@ import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields, replace
+from pathlib import Path
 from typing import Any
 
 import pluggy
@@ -23,6 +24,7 @@ import pluggy
 import tuneyard
 from tuneyard.plugins import hookspecs
 from tuneyard.plugins.api import KINDS, REQUIRED, Bounds, LoadError, ParamSpec, PluginEntry
+from tuneyard.plugins.plugin_files import import_plugin_files
 from tuneyard.plugins.schema import accepted_kwargs, coerce_option, derive_params, describe, resolve_options
 
 log = logging.getLogger("tuneyard.plugins")
@@ -72,8 +74,9 @@ class PluginRegistry:
         self.errors: list[LoadError] = []
 
     @classmethod
-    def load(cls, *, entry_points: bool = True) -> PluginRegistry:
-        """Built-ins, then the entry points allowed by TUNEYARD_LOAD_PLUGINS, then check_pending()."""
+    def load(cls, *, entry_points: bool = True, plugins_dir: str = "") -> PluginRegistry:
+        """Built-ins, then the entry points allowed by TUNEYARD_LOAD_PLUGINS, then every `*.py` of
+        `plugins_dir` (`serve --plugins-dir`), then check_pending()."""
         reg = cls()
         if os.environ.get(TRACE_ENV, "") not in ("", "0"):
             reg._pm.add_hookcall_monitoring(_trace_before, _trace_after)
@@ -87,6 +90,8 @@ class PluginRegistry:
             reg.add_plugin(module, name=module_name, distribution="tuneyard", version=version)
         if entry_points:
             reg._load_entry_points()
+        if plugins_dir:
+            reg._load_plugins_dir(Path(plugins_dir))
         reg._pm.check_pending()  # every plugin was checked on arrival; this cannot fail now
         return reg
 
@@ -112,6 +117,18 @@ class PluginRegistry:
             self.add_plugin(plugin, name=ep.name, distribution=dist_name, version=dist_version)
         for missing in sorted((wanted or set()) - found):
             self._error(missing, f"{LOAD_ENV} names {missing!r} but no {ENTRY_POINT_GROUP!r} entry point has it")
+
+    def _load_plugins_dir(self, folder: Path) -> None:
+        if not folder.is_dir():
+            self._error("plugins-dir", f"the plugins directory {folder.name!r} does not exist or is not a directory")
+            return
+        for found in import_plugin_files(folder):
+            if found.module is None:
+                self._error(
+                    found.file_name, f"plugin file {found.file_name} (--plugins-dir) failed to import: {found.error}"
+                )
+            else:
+                self.add_plugin(found.module, name=found.module.__name__, distribution="plugins-dir", version="0")
 
     # ---- adding and removing plugins (built-ins, entry points and tests all come through here) ----
 

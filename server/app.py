@@ -97,16 +97,37 @@ class ServerHandle:
         self.grpc_server.wait_for_termination()
 
 
-def _local_pool(
-    devices: str | None, cpu_slots: int | None, data_root: str, max_trials_per_worker: int, *, log_dir: Path
-) -> WorkerPool:
-    """Worker processes on this machine, one slot per planned device."""
+def _executor(
+    kind: str,
+    ray_address: str,
+    devices: str | None,
+    cpu_slots: int | None,
+    data_root: str,
+    max_trials_per_worker: int,
+    *,
+    log_dir: Path,
+    plugins_dir: str,
+) -> WorkerPool | RayPool:
+    """The Ray cluster's actors, or worker processes on this machine (one slot per planned device)."""
+    if kind == "ray":
+        return RayPool(ray_address, data_root=data_root, cpu_slots=cpu_slots, plugins_dir=plugins_dir)
     return WorkerPool(
         plan_devices(devices, cpu_slots),
         data_root=data_root,
         max_trials_per_worker=max_trials_per_worker,
         log_dir=log_dir,
+        plugins_dir=plugins_dir,
     )
+
+
+def _plugins_folder(plugins_dir: Path | None) -> str:
+    """`--plugins-dir` as an absolute path the workers can load from too; "" without one."""
+    if plugins_dir is None:
+        return ""
+    folder = Path(plugins_dir).resolve()
+    if not folder.is_dir():
+        raise ValueError(f"--plugins-dir {plugins_dir}: not a directory")
+    return str(folder)
 
 
 def _point_tensorboard_at(tensorboard_dir: Path | None) -> None:
@@ -116,10 +137,15 @@ def _point_tensorboard_at(tensorboard_dir: Path | None) -> None:
 
 
 def _study_manager(
-    storage: Storage, pool: WorkerPool | RayPool, heartbeat_timeout: float, data_root: str, max_active_studies: int
+    storage: Storage,
+    pool: WorkerPool | RayPool,
+    heartbeat_timeout: float,
+    data_root: str,
+    max_active_studies: int,
+    plugins_dir: str,
 ) -> StudyManager:
     """The study side: the plugins (one that fails to load is logged and left out), events and device slots."""
-    registry = PluginRegistry.load()
+    registry = PluginRegistry.load(plugins_dir=plugins_dir)
     for error in registry.errors:
         log.warning("plugin not loaded: %s: %s", error.source, error.message)
     return StudyManager(
@@ -214,6 +240,7 @@ def start_server(
     tensorboard_dir: Path | None = None,
     dashboard_port: int | None = None,
     check_store: bool = False,
+    plugins_dir: Path | None = None,
 ) -> ServerHandle:
     """Starts a server on host:port (0 picks a free port) and returns once it is SERVING.
 
@@ -222,7 +249,8 @@ def start_server(
     needs one of them as a bearer token. `executor="ray"` runs trials on the Ray cluster at
     `ray_address` (a local one on loopback when empty); `checkpoint_dir` must then be a path every
     node sees. A store that is not a valid tuneyard store (or, with `check_store`, fails SQLite's
-    integrity check) raises a `StoreError` before any worker starts.
+    integrity check) raises a `StoreError` before any worker starts. `plugins_dir`: every `*.py` in it
+    is loaded as a plugin module, by the server and by every worker.
     """
     if executor not in ("local", "ray"):
         raise ValueError(f"unknown executor {executor!r}: local or ray")
@@ -231,13 +259,12 @@ def start_server(
     authenticator = Authenticator(tokens) if tokens else None
     data_dir = Path(data_dir)
     data_root = data_root or str(data_dir / "datasets")
+    plugins = _plugins_folder(plugins_dir)
     storage = Storage(data_dir, checkpoint_dir, check_integrity=check_store)  # first: a bad store starts nothing
-    if executor == "ray":
-        pool: WorkerPool | RayPool = RayPool(ray_address, data_root=data_root, cpu_slots=cpu_slots)
-    else:
-        pool = _local_pool(devices, cpu_slots, data_root, max_trials_per_worker, log_dir=data_dir / "logs")
+    logs, limit = data_dir / "logs", max_trials_per_worker
+    pool = _executor(executor, ray_address, devices, cpu_slots, data_root, limit, log_dir=logs, plugins_dir=plugins)
     _point_tensorboard_at(tensorboard_dir)
-    studies = _study_manager(storage, pool, trial_heartbeat_timeout, data_root, max_active_studies)
+    studies = _study_manager(storage, pool, trial_heartbeat_timeout, data_root, max_active_studies, plugins)
     server, checks = _grpc_server(studies, pool, authenticator)
     try:
         bound = _listen(server, host, port, credentials)

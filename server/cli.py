@@ -22,6 +22,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=50051, help="port to bind; 0 picks a free one (default 50051)")
     p.add_argument("--data-dir", type=Path, default=Path("tuneyard-data"), help="SQLite store and checkpoints")
     p.add_argument("--data-root", default="", help="folder datasets are read from (default DATA_DIR/datasets)")
+    p.add_argument("--plugins-dir", type=Path, default=None, help="load every *.py in this folder as a plugin module")
     p.add_argument("--devices", default=None, help="cpu, all, or cuda:0,cuda:2 (default: all GPUs, else CPU)")
     p.add_argument("--cpu-slots", type=int, default=None, help="trials at once without CUDA (default cores/2)")
     p.add_argument(
@@ -122,6 +123,7 @@ def serve_main(argv: list[str]) -> int:
             devices=args.devices,
             cpu_slots=args.cpu_slots,
             data_root=args.data_root,
+            plugins_dir=args.plugins_dir,
             max_trials_per_worker=args.max_trials_per_worker,
             trial_heartbeat_timeout=args.trial_heartbeat_timeout,
             tls=tls,

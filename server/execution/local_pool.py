@@ -26,9 +26,14 @@ class WorkerPool(PooledWorkers):
     name = "local"
 
     def __init__(
-        self, devices: list[Device], data_root: str = "", max_trials_per_worker: int = 0, log_dir: Path | None = None
+        self,
+        devices: list[Device],
+        data_root: str = "",
+        max_trials_per_worker: int = 0,
+        log_dir: Path | None = None,
+        plugins_dir: str = "",
     ) -> None:
-        self._data_root = data_root
+        self._data_root, self._plugins_dir = data_root, plugins_dir
         self._max_tasks = max_trials_per_worker
         self._log_dir = log_dir
         self._init_pool(devices, start_one=True)
@@ -37,7 +42,7 @@ class WorkerPool(PooledWorkers):
         atexit.register(self.close)
 
     def _new(self, device: Device, share: float) -> Worker:
-        return Worker(device, self._data_root, self._max_tasks, self._log_dir)
+        return Worker(device, self._data_root, self._max_tasks, self._log_dir, self._plugins_dir)
 
     def nodes(self) -> list[Node]:
         """This machine, the only node of the local executor."""

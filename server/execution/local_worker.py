@@ -61,9 +61,11 @@ def _log_path(device: Device, log_dir: Path | None) -> Path | None:
 class Worker(TaskHolder):
     """One process bound to a device, its pipe, and the thread reading it."""
 
-    def __init__(self, device: Device, data_root: str, max_tasks: int = 0, log_dir: Path | None = None) -> None:
+    def __init__(
+        self, device: Device, data_root: str, max_tasks: int = 0, log_dir: Path | None = None, plugins_dir: str = ""
+    ) -> None:
         super().__init__(device)
-        self._data_root = data_root
+        self._data_root, self._plugins_dir = data_root, plugins_dir
         self._max_tasks = max_tasks
         self._ctx = mp.get_context("spawn")
         self._log = WorkerLog(_log_path(device, log_dir))
@@ -80,6 +82,7 @@ class Worker(TaskHolder):
             threads=self.device.threads,
             data_root=self._data_root,
             log_path=str(self._log.path) if self._log.path else "",
+            plugins_dir=self._plugins_dir,
         )
         self.process = self._ctx.Process(
             target=worker_main, args=(child, start), name=f"tuneyard-worker-{self.device.name}", daemon=False

@@ -38,6 +38,7 @@ class WorkerStart:
     threads: int
     data_root: str = ""
     log_path: str = ""  # the process's stderr goes here; "" keeps the server's
+    plugins_dir: str = ""  # `serve --plugins-dir`: the worker loads the same plugin files as the server
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,8 +59,8 @@ def _ray() -> Any:
 class TrialActor:
     """Lives in a Ray worker process: the trainer, and the trial it runs now."""
 
-    def __init__(self, device: str, threads: int, data_root: str) -> None:
-        self.trainer = make_trainer(device, threads, data_root)
+    def __init__(self, device: str, threads: int, data_root: str, plugins_dir: str) -> None:
+        self.trainer = make_trainer(device, threads, data_root, plugins_dir)
         self._stops: set[Any] = set()
 
     def pid(self) -> int:
@@ -99,16 +99,17 @@ def cluster_devices(resources: dict[str, float], cpu_slots: int | None = None) -
 class RayWorker(TaskHolder):
     """A `TrialActor` seen through the local worker's interface (see `local_worker.Worker`)."""
 
-    def __init__(self, device: Device, share: float, data_root: str) -> None:
+    def __init__(self, device: Device, share: float, data_root: str, plugins_dir: str = "") -> None:
         super().__init__(device)
-        self.share, self._data_root = share, data_root
+        self.share, self._data_root, self._plugins_dir = share, data_root, plugins_dir
         self._start_actor()
 
     def _start_actor(self) -> None:
         ray = _ray()
         resources = {"num_gpus": self.share} if self.device.kind == "cuda" else {"num_cpus": self.share}
         actor_class = ray.remote(TrialActor).options(max_concurrency=4, max_restarts=0, **resources)
-        self._actor = actor_class.remote(self.device.torch_device, self.device.threads, self._data_root)
+        device = self.device
+        self._actor = actor_class.remote(device.torch_device, device.threads, self._data_root, self._plugins_dir)
         self._pid: int | None = None
         self.processes_started += 1
 
@@ -202,7 +203,9 @@ class RayPool(PooledWorkers):
         "a trial on the Ray executor uses at most one GPU (data-parallel trials need the local executor)"
     )
 
-    def __init__(self, address: str = "", data_root: str = "", cpu_slots: int | None = None) -> None:
+    def __init__(
+        self, address: str = "", data_root: str = "", cpu_slots: int | None = None, plugins_dir: str = ""
+    ) -> None:
         # Before Ray is imported: it reads these settings then.
         if address:
             _use_ray_token_if_any()
@@ -217,11 +220,11 @@ class RayPool(PooledWorkers):
         self._started_ray = not ray.is_initialized()
         if self._started_ray:
             ray.init(**options)
-        self._data_root = data_root
+        self._data_root, self._plugins_dir = data_root, plugins_dir  # on every node, as the data root
         self._init_pool(cluster_devices(ray.cluster_resources(), cpu_slots), start_one=False)
 
     def _new(self, device: Device, share: float) -> RayWorker:
-        return RayWorker(device, share, self._data_root)
+        return RayWorker(device, share, self._data_root, self._plugins_dir)
 
     def _fits(self, worker: RayWorker, share: float) -> bool:
         """An actor holds the resources it was created with: only a trial of the same share fits."""

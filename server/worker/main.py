@@ -91,7 +91,7 @@ def _redirect_stderr(path: str) -> None:
     faulthandler.enable()
 
 
-def make_trainer(device: str, threads: int, data_root: str) -> TaskTrainer:
+def make_trainer(device: str, threads: int, data_root: str, plugins_dir: str = "") -> TaskTrainer:
     """Imports torch and the plugins (once per process) and builds the trainer for `device`."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # lets deterministic trials run on CUDA
     if data_root:
@@ -102,7 +102,7 @@ def make_trainer(device: str, threads: int, data_root: str) -> TaskTrainer:
     from tuneyard.plugins.manager import PluginRegistry
     from tuneyard.server.worker.trainer import Trainer
 
-    return Trainer(PluginRegistry.load(), device, data_root)
+    return Trainer(PluginRegistry.load(plugins_dir=plugins_dir), device, data_root)
 
 
 def run_task(
@@ -152,7 +152,7 @@ def worker_main(conn: Connection, start: WorkerStart) -> None:
     if start.log_path:
         _redirect_stderr(start.log_path)
     os.environ["CUDA_VISIBLE_DEVICES"] = start.cuda_visible
-    trainer = make_trainer(start.device, start.threads, start.data_root)
+    trainer = make_trainer(start.device, start.threads, start.data_root, start.plugins_dir)
     conn.send(Ready(os.getpid()))
     pending_stop: set[Any] = set()
 
