@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", metavar="SPEC", help="study spec file, .yaml or .json")
     p.add_argument("--request-id", metavar="ID", help="idempotency key: resubmitting returns the same study")
     p.add_argument("--no-progress", action="store_true", help="one plain line per finished trial")
+    p.add_argument("--local", action="store_true", help="on an in-process server for one user (needs [server])")
+    p.add_argument("--plugins-dir", type=Path, help="with --local: load every *.py in this folder as a plugin")
+    p.add_argument("--data-dir", type=Path, help="with --local: where the server stores data (default: a temp dir)")
+    p.add_argument("--cpu-slots", type=int, metavar="N", help="with --local: trials run at once on CPU")
     p = add("watch", "stream a study's events, then print its result")
     p.add_argument("study_id", metavar="ID")
     p.add_argument("--after", metavar="N", type=int, default=0, help="only events after sequence N")
@@ -131,8 +135,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not out.is_terminal and "COLUMNS" not in os.environ:
         out = Console(highlight=False, width=200)  # piped: don't squeeze tables into 80 columns
     try:
-        if args.command == "demo":
-            return _demo(args, out)
+        if args.command == "demo" or (args.command == "run" and args.local):
+            return _run_local(args, out)
+        if args.command == "run" and (args.plugins_dir or args.data_dir or args.cpu_slots):
+            print("error: --plugins-dir, --data-dir and --cpu-slots go with --local", file=sys.stderr)
+            return 2
         with _connect(address, args) as client:
             return COMMANDS[args.command](client, args, out)
     except KeyboardInterrupt:
@@ -309,25 +316,37 @@ def _write_report(client: Client, args: argparse.Namespace, out: Console) -> int
     return 0
 
 
-def _demo(args: argparse.Namespace, out: Console) -> int:
+def _run_local(args: argparse.Namespace, out: Console) -> int:
+    """`demo` and `run --local`: the study on a server in this process, on loopback, gone when it ends."""
     try:
         from tuneyard.server.app import start_server
     except ImportError as exc:
         print(f"{SERVER_EXTRA}\n({exc})", file=sys.stderr)
         return 2
-    with as_file(files("tuneyard.examples") / "digits.yaml") as path:
-        spec = load_spec(path)
-    with tempfile.TemporaryDirectory(prefix="tuneyard-demo-", ignore_cleanup_errors=True) as tmp:
+    if args.command == "demo":
+        with as_file(files("tuneyard.examples") / "digits.yaml") as path:
+            spec = load_spec(path)
+    else:
+        spec = load_spec(args.spec)
+    plugins_dir = getattr(args, "plugins_dir", None)
+    with tempfile.TemporaryDirectory(prefix=f"tuneyard-{args.command}-", ignore_cleanup_errors=True) as tmp:
         data_dir = args.data_dir or Path(tmp)
-        handle = start_server(data_dir=data_dir, host="127.0.0.1", port=0, cpu_slots=args.cpu_slots)
         try:
-            out.print(f"tuneyard demo: server at {handle.address}, data in {data_dir}", markup=False)
-            with Client(handle.address, token="") as client:  # the demo server wants none
-                study = client.create_study(spec)
-                code, result = _follow(client, study, spec, out, live=True)
+            handle = start_server(
+                data_dir=data_dir, host="127.0.0.1", port=0, cpu_slots=args.cpu_slots, plugins_dir=plugins_dir
+            )
+        except (OSError, ValueError) as exc:  # a folder that is not there, a store that is not ours
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        try:
+            out.print(f"tuneyard {args.command}: server at {handle.address}, data in {data_dir}", markup=False)
+            with Client(handle.address, token="") as client:  # the in-process server wants none
+                study = client.create_study(spec, request_id=getattr(args, "request_id", None))
+                live = not getattr(args, "no_progress", False)
+                code, result = _follow(client, study, spec, out, live=live)
         finally:
             handle.stop()
-    if result is not None and "test_accuracy" in result.test_metrics:
+    if args.command == "demo" and result is not None and "test_accuracy" in result.test_metrics:
         out.print(f"test accuracy of the best configuration: {result.test_metrics['test_accuracy']:.4f}")
     return code
 

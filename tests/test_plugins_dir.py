@@ -6,6 +6,7 @@ the folder; the study completes, so its worker processes loaded the same file (t
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -90,3 +91,44 @@ def test_serve_refuses_a_plugins_dir_that_is_not_a_folder_in_one_line(tmp_path: 
     )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [f"error: --plugins-dir {tmp_path / 'nowhere'}: not a directory"]
+
+
+def test_run_local_trains_a_spec_on_an_in_process_server_with_the_plugins_folder(tmp_path: Path) -> None:
+    folder = plugins_folder(tmp_path, **{"models.py": MODEL_FILE})
+    spec = tiny_spec(
+        name="local-run",
+        model={"name": "folder_mlp", "options": {"width": 16}},
+        search_space=[],
+        training={"epochs": 1, "batch_size": 64, "optimizer": {"name": "adam", "options": {"lr": 0.01}}, "seed": 0},
+        budget={"max_trials": 1, "max_concurrent_trials": 1},
+    )
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(spec))
+    cmd = [sys.executable, "-m", "tuneyard.client.cli", "run", str(spec_file), "--local", "--no-progress"]
+    proc = subprocess.run(
+        [*cmd, "--plugins-dir", str(folder), "--cpu-slots", "1", "--data-dir", str(tmp_path / "data")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    printed = " ".join(proc.stdout.split())  # the console wraps long lines
+    assert "tuneyard run: server at 127.0.0.1:" in printed and f"data in {tmp_path / 'data'}" in printed
+    assert "COMPLETED" in printed and "test_accuracy:" in printed  # it trained, on the folder's model
+
+
+def test_run_refuses_local_only_flags_without_local(tmp_path: Path) -> None:
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(tiny_spec()))
+    proc = subprocess.run(
+        [sys.executable, "-m", "tuneyard.client.cli", "run", str(spec_file), "--plugins-dir", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (
+        proc.returncode == 2
+        and proc.stderr.strip() == "error: --plugins-dir, --data-dir and --cpu-slots go with --local"
+    )
