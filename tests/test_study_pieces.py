@@ -89,17 +89,17 @@ def test_a_crashed_trial_stores_its_forensics(plan: StudyPlan) -> None:
 
 def test_the_first_completed_trial_is_the_best_and_only_a_strictly_better_one_takes_over(plan: StudyPlan) -> None:
     results = Results(plan)
-    assert results.is_new_best(trial(1, 0.5))
-    assert not results.is_new_best(trial(2, 0.5))
-    assert not results.is_new_best(trial(3, 0.4))
-    assert results.is_new_best(trial(4, 0.6))
+    assert results.take_if_best(trial(1, 0.5))
+    assert not results.take_if_best(trial(2, 0.5))
+    assert not results.take_if_best(trial(3, 0.4))
+    assert results.take_if_best(trial(4, 0.6))
     assert results.best is not None and results.best.trial_id == 4
 
 
 def test_better_follows_the_objectives_mode(validator: SpecValidator) -> None:
     results = Results(validator.validate(tiny_spec(objective=LOSS)))
-    results.is_new_best(trial(1, 0.5))
-    assert not results.is_new_best(trial(2, 0.6)) and results.is_new_best(trial(3, 0.4))
+    results.take_if_best(trial(1, 0.5))
+    assert not results.take_if_best(trial(2, 0.6)) and results.take_if_best(trial(3, 0.4))
 
 
 @pytest.mark.parametrize(
@@ -110,28 +110,28 @@ def test_a_trial_that_did_not_complete_with_a_value_is_never_the_best(
     plan: StudyPlan, state: TrialState, value: float | None
 ) -> None:
     results = Results(plan)
-    assert not results.is_new_best(trial(1, value, state)) and results.best is None
+    assert not results.take_if_best(trial(1, value, state)) and results.best is None
 
 
 def test_a_single_objective_study_has_no_front(plan: StudyPlan) -> None:
     results = Results(plan)
-    assert not results.joins_front(trial(1, 0.9, objective_values=[0.9])) and results.front == []
+    assert not results.offer_to_front(trial(1, 0.9, objective_values=[0.9])) and results.front == []
 
 
 def test_the_front_keeps_the_completed_trials_nobody_dominates(two_objectives: StudyPlan) -> None:
     results = Results(two_objectives)
-    assert results.joins_front(trial(1, 0.9, objective_values=[0.9, 0.5]))
-    assert results.joins_front(trial(2, 0.8, objective_values=[0.8, 0.2]))
-    results.joins_front(trial(3, 0.7, objective_values=[0.7, 0.6]))  # dominated by both
+    assert results.offer_to_front(trial(1, 0.9, objective_values=[0.9, 0.5]))
+    assert results.offer_to_front(trial(2, 0.8, objective_values=[0.8, 0.2]))
+    results.offer_to_front(trial(3, 0.7, objective_values=[0.7, 0.6]))  # dominated by both
     assert results.front == [(1, [0.9, 0.5]), (2, [0.8, 0.2])]
-    assert results.joins_front(trial(4, 0.95, objective_values=[0.95, 0.1]))  # dominates both
+    assert results.offer_to_front(trial(4, 0.95, objective_values=[0.95, 0.1]))  # dominates both
     assert results.front == [(4, [0.95, 0.1])]
 
 
 def test_an_unfinished_or_short_trial_never_joins_the_front(two_objectives: StudyPlan) -> None:
     results = Results(two_objectives)
-    assert not results.joins_front(trial(1, 0.9, TrialState.PRUNED, objective_values=[0.9, 0.1]))
-    assert not results.joins_front(trial(2, 0.9, objective_values=[0.9]))
+    assert not results.offer_to_front(trial(1, 0.9, TrialState.PRUNED, objective_values=[0.9, 0.1]))
+    assert not results.offer_to_front(trial(2, 0.9, objective_values=[0.9]))
     assert results.front == []
 
 
@@ -142,7 +142,7 @@ def finished(plan: StudyPlan, *, failures: int = 0, best: bool = True) -> Result
     results = Results(plan)
     results.failures = failures
     if best:
-        results.is_new_best(trial(1, 0.9))
+        results.take_if_best(trial(1, 0.9))
     return results
 
 

@@ -51,7 +51,7 @@ class Results:
     def failures_exceeded(self) -> bool:
         return bool(self.plan.max_failures) and self.failures > self.plan.max_failures
 
-    def is_new_best(self, trial: TrialRecord) -> bool:
+    def take_if_best(self, trial: TrialRecord) -> bool:
         """Takes a finished trial as the best when it completed with a better objective value."""
         if trial.state != TrialState.COMPLETED or trial.objective_value is None:
             return False
@@ -61,7 +61,7 @@ class Results:
         self.best = trial
         return True
 
-    def joins_front(self, trial: TrialRecord) -> bool:
+    def offer_to_front(self, trial: TrialRecord) -> bool:
         """Offers a completed trial to the Pareto front (several objectives); True when the front was
         recomputed with it (and is to be stored), whether or not the trial stayed on it."""
         objectives = self.plan.objectives

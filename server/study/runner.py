@@ -70,7 +70,6 @@ class StudyRunner(threading.Thread):
         super().__init__(name=f"study-{study_id}", daemon=True)
         self.study_id, self.plan = study_id, plan
         self.storage, self.hub, self.scheduler, self.registry = storage, hub, scheduler, registry
-        self.heartbeat_timeout = heartbeat_timeout
         self._units = plan.resources.units
         self._priority = plan.resources.priority
         self._memory_gb = plan.resources.gpu_memory_gb
@@ -346,9 +345,9 @@ class StudyRunner(threading.Thread):
             trial = self.storage.end_trial(self.study_id, trial_id, end)
             self._journal.search_state(self._searcher, self._stopping)
             self._journal.publish("trial_finished", {"trial": trial_to_dict(trial)})
-            if self._results.joins_front(trial):
+            if self._results.offer_to_front(trial):
                 self.storage.set_pareto(self.study_id, [trial_id for trial_id, _ in self._results.front])
-            if self._results.is_new_best(trial):
+            if self._results.take_if_best(trial):
                 self.storage.set_best_trial(self.study_id, trial_id)
                 self._journal.publish("best_trial_changed", {"trial": trial_to_dict(trial)})
         self.registry.on_trial_end(self.study_id, trial_id, trial.state.value, dict(trial.final_metrics))
