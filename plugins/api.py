@@ -37,6 +37,8 @@ KINDS: tuple[str, ...] = (
     "dataset",
     "searcher",
     "early_stopper",
+    "trainable",
+    "task",
 )
 
 # Keyword arguments the framework supplies to a factory of each kind; they are not
@@ -49,7 +51,13 @@ INJECTED: dict[str, frozenset[str]] = {
     "dataset": frozenset({"root"}),
     "searcher": frozenset({"space", "objective", "seed"}),
     "early_stopper": frozenset({"objective", "max_epochs"}),
+    "trainable": frozenset({"trial", "epochs"}),
+    "task": frozenset({"num_classes", "label_smoothing"}),
 }
+
+# The task of a dataset that declares none, and the metric modes a task may declare.
+DEFAULT_TASK = "classification"
+METRIC_MODES = ("min", "max")
 
 
 # Longest DataPath value, and longest component of one (Linux's PATH_MAX and NAME_MAX).
@@ -112,6 +120,12 @@ def _inside(base: Path, target: Path) -> bool:
 
 class Infeasible(Exception):
     """Raised by a plugin (or the model it builds) when a configuration cannot run at all."""
+
+
+class Pruned(Exception):  # noqa: N818 - named for what happened to the trial, as `Infeasible` is
+    """Raised by `TrialContext.report` when the trial must end: the early stopper pruned it, the
+    study was cancelled, or its `max_duration` passed. A trainable may catch it to clean up; the
+    trial ends with the metrics it reported (PRUNED, or CANCELLED when the study was cancelled)."""
 
 
 class _Required:
@@ -185,6 +199,14 @@ class ParamSpec:
 
 
 @dataclass(frozen=True)
+class Metric:
+    """A metric a task declares: its name without the split prefix, and "min" or "max" (better)."""
+
+    name: str
+    mode: str
+
+
+@dataclass(frozen=True)
 class PluginEntry:
     """A registered plugin: what `ListPlugins` shows and what the trainer calls."""
 
@@ -202,6 +224,13 @@ class PluginEntry:
     interval: str = "epoch"
     # LR schedulers only: a metric name passed to `step(value)` (ReduceLROnPlateau), or "".
     monitor: str = ""
+    # Datasets only: the task of its targets ("classification", "regression", ...). A dataset with
+    # a `task` option takes its task from that option instead.
+    task: str = DEFAULT_TASK
+    # Tasks only: the metrics the task adds, each reported for the train and val splits as
+    # `train_<name>`, `val_<name>` (and `test_<name>` by the test evaluation), with whether lower
+    # or higher is better.
+    metrics: tuple[Metric, ...] = ()
 
     def param(self, name: str) -> ParamSpec | None:
         return next((p for p in self.parameters if p.name == name), None)
@@ -308,3 +337,83 @@ class DatasetSplits:
     # Per-channel statistics of the training split, for normalisation after augmentation.
     mean: tuple[float, ...] = field(default_factory=tuple)
     std: tuple[float, ...] = field(default_factory=tuple)
+    # What the targets are, which decides the built-in trainer's loss and metrics (a task plugin):
+    # "classification" (int labels, `num_classes` of them), "regression" (float targets of shape
+    # (num_classes,), `num_classes` being the number of targets) or "multilabel" (0/1 float
+    # targets of shape (num_classes,)). It must be the task the dataset registered.
+    task: str = DEFAULT_TASK
+
+
+class TrialContext(Protocol):
+    """What a trainable receives as its `trial` argument: where it runs, and the one way it talks to
+    the study.
+
+    `report(step, metrics)` stores the step's metrics (an event, and a heartbeat: a step longer than
+    the server's `--trial-heartbeat-timeout` needs a larger one), hands the objective's value to the
+    early stopper, and raises `Pruned` when the trial must end: the stopper pruned it, the study was
+    cancelled, or its `max_duration` passed. The stopper's verdict on a step reaches the trial while
+    it works on the next one, so `report` raises at the first report after it. `step` counts from 1
+    and is at most `training.epochs`; a run again (a retry, a server restart) may report a step it
+    reported before, and the study keeps the first.
+
+    `checkpoint_dir` is the trial's own folder: it persists across retries and server restarts, and
+    a trial run again (`resumed`) finds there what it saved.
+    """
+
+    @property
+    def device(self) -> str:
+        """torch's name for the trial's device: "cpu", "cuda:0"."""
+        ...
+
+    @property
+    def threads(self) -> int:
+        """The CPU threads the trial may use (torch is set to them already)."""
+        ...
+
+    @property
+    def seed(self) -> int:
+        """`training.seed`, searched or fixed."""
+        ...
+
+    @property
+    def study_id(self) -> str: ...
+
+    @property
+    def trial_id(self) -> int: ...
+
+    @property
+    def data_root(self) -> str:
+        """The server's `--data-root` ("" when it has none)."""
+        ...
+
+    @property
+    def checkpoint_dir(self) -> Path: ...
+
+    @property
+    def resumed(self) -> bool:
+        """True when this trial ran before (a retry, or a server restart): look in checkpoint_dir."""
+        ...
+
+    def report(self, step: int, metrics: dict[str, float]) -> None: ...
+
+
+class Task(Protocol):
+    """The built-in trainer's loss and metrics for one kind of target (`tuneyard_register_tasks`).
+
+    The trainer sums `sums(...)` over an epoch's batches on the device, reads the totals once, and
+    reports `metrics(totals, count)` of the train and val splits as `train_<name>` and `val_<name>`
+    (the test evaluation as `test_<name>`), beside `<split>_loss`.
+    """
+
+    def loss(self, outputs: Any, targets: Any) -> Any:
+        """The batch's mean loss (a 0-d tensor). Classification targets may be soft labels (N, C)
+        from a batch-level augmentation; other tasks get the dataset's targets."""
+        ...
+
+    def sums(self, outputs: Any, targets: Any) -> dict[str, Any]:
+        """Per-batch sums (0-d tensors on the outputs' device) from which `metrics` are computed."""
+        ...
+
+    def metrics(self, totals: dict[str, float], count: int) -> dict[str, float]:
+        """The metrics (names as registered, without a split prefix) of `count` samples' totals."""
+        ...

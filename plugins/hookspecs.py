@@ -149,6 +149,8 @@ def tuneyard_register_datasets(register: Register) -> None:
 
     Factory: ``(*, root: str, **options) -> tuneyard.plugins.api.DatasetSplits``.
     ``root`` is the server's ``--data-root`` folder; a dataset reads and writes only there.
+    Register with ``task="regression"`` (or another task plugin's name; "classification" by
+    default) to say what its targets are; the splits' ``task`` must say the same.
     """
 
 
@@ -172,6 +174,36 @@ def tuneyard_register_early_stoppers(register: Register) -> None:
     every epoch of every trial, interleaved across concurrent trials; on ``Decision.STOP`` the
     trial ends PRUNED with its last metrics. ``complete(trial_id, value)`` follows when any trial
     ends (value None when it failed).
+    """
+
+
+@hookspec
+def tuneyard_register_trainables(register: Register) -> None:
+    """Register trainables: a user's own training function, run in place of the built-in trainer.
+
+    Factory: ``(*, trial: tuneyard.plugins.api.TrialContext, **options) -> dict[str, float] | None``.
+    ``trial`` is injected, and so is ``epochs`` (``training.epochs``, the most steps a trial
+    reports) when the factory declares it; every other keyword-only parameter is a user option,
+    set in the spec's ``trainable.options`` and searched as ``trainable.<option>``. The function
+    trains on ``trial.device`` with ``trial.threads``, calls ``trial.report(step, metrics)`` after
+    each step (``tuneyard.plugins.api.Pruned`` ends it early), keeps what a resumed run needs in
+    ``trial.checkpoint_dir``, and returns the final metrics (None: the last reported). It runs in a
+    worker process, so it imports torch (or anything else) itself. Raise
+    ``tuneyard.plugins.api.Infeasible`` for a configuration that cannot run.
+    """
+
+
+@hookspec
+def tuneyard_register_tasks(register: Register) -> None:
+    """Register tasks: the built-in trainer's loss and metrics for one kind of target.
+
+    Factory: ``(*, num_classes: int, label_smoothing: float, **options) -> tuneyard.plugins.api.Task``
+    (both injected: the dataset's output width and ``training.label_smoothing``). Register with
+    ``metrics={"mse": "min", "r2": "max"}``: the metrics the task computes, without the split prefix,
+    and whether lower or higher is better; they decide which objectives a spec may name. A dataset
+    declares its task when it registers (``register("diabetes", factory, task="regression")``; a
+    dataset with a ``task`` option, such as ``csv``, takes it from there); the spec's optional
+    ``task {options}`` sets the task's options, searched as ``task.<option>``.
     """
 
 

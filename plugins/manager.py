@@ -11,11 +11,8 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import logging
-import math
 import os
-import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +20,10 @@ import pluggy
 
 import tuneyard
 from tuneyard.plugins import hookspecs
-from tuneyard.plugins.api import KINDS, REQUIRED, Bounds, LoadError, ParamSpec, PluginEntry
+from tuneyard.plugins.api import KINDS, Bounds, LoadError, PluginEntry
 from tuneyard.plugins.plugin_files import import_plugin_files
-from tuneyard.plugins.schema import accepted_kwargs, coerce_option, derive_params, describe, resolve_options
+from tuneyard.plugins.registration import bounded, check_registration, entry_flags
+from tuneyard.plugins.schema import accepted_kwargs, derive_params, describe, resolve_options
 
 log = logging.getLogger("tuneyard.plugins")
 
@@ -42,6 +40,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "tuneyard.plugins.builtin.datasets",
     "tuneyard.plugins.builtin.searchers",
     "tuneyard.plugins.builtin.early_stoppers",
+    "tuneyard.plugins.builtin.tasks",
     "tuneyard.plugins.builtin.tensorboard_logger",
 )
 
@@ -53,14 +52,9 @@ REGISTER_HOOKS: dict[str, str] = {
     "dataset": "tuneyard_register_datasets",
     "searcher": "tuneyard_register_searchers",
     "early_stopper": "tuneyard_register_early_stoppers",
+    "trainable": "tuneyard_register_trainables",
+    "task": "tuneyard_register_tasks",
 }
-_EXTRAS: dict[str, frozenset[str]] = {
-    "augmentation": frozenset({"batch_level"}),
-    "lr_scheduler": frozenset({"interval", "monitor"}),
-}
-# LR schedulers' register(interval=...): when the trainer calls scheduler.step().
-_INTERVALS: tuple[str, ...] = ("batch", "epoch")
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]*$")
 
 
 class PluginRegistry:
@@ -197,10 +191,10 @@ class PluginRegistry:
             bounds: Mapping[str, Bounds] | None = None,
             **extra: Any,
         ) -> None:
-            problem = _check_registration(kind, name, factory, description, extra)
+            problem = check_registration(kind, name, factory, description, extra)
             if problem is None:
                 try:
-                    params = _bounded(derive_params(factory, kind), bounds)
+                    params = bounded(derive_params(factory, kind), bounds)
                 except (TypeError, ValueError) as exc:
                     problem = str(exc)
             if problem is not None:
@@ -218,9 +212,7 @@ class PluginRegistry:
                     parameters=params,
                     distribution=distribution,
                     version=version,
-                    batch_level=bool(extra.get("batch_level", False)),
-                    interval=str(extra.get("interval", "epoch")),
-                    monitor=str(extra.get("monitor", "")),
+                    **entry_flags(kind, extra),
                 )
             )
 
@@ -295,86 +287,6 @@ class PluginRegistry:
 def _check_kind(kind: str) -> None:
     if kind not in KINDS:
         raise KeyError(f"unknown plugin kind {kind!r} (known: {', '.join(KINDS)})")
-
-
-def _check_registration(kind: str, name: Any, factory: Any, description: Any, extra: dict[str, Any]) -> str | None:
-    if not isinstance(name, str) or not _NAME.match(name):
-        return "a name is letters, digits, '_' and '-' (no dots or spaces)"
-    if not callable(factory):
-        return f"factory {factory!r} is not callable"
-    if not isinstance(description, str):
-        return "description must be a string"
-    unknown = sorted(set(extra) - _EXTRAS.get(kind, frozenset()))
-    if unknown:
-        return f"unknown register() argument {unknown[0]!r} for kind {kind}"
-    if kind == "lr_scheduler":
-        interval = extra.get("interval", "epoch")
-        if not isinstance(interval, str) or interval not in _INTERVALS:
-            return f"interval must be one of {', '.join(map(repr, _INTERVALS))}, got {interval!r}"
-        monitor = extra.get("monitor", "")
-        if not isinstance(monitor, str):
-            return f"monitor must be a metric name (a string, or '' for none), got {monitor!r}"
-    return None
-
-
-def _bounded(params: tuple[ParamSpec, ...], bounds: Mapping[str, Bounds] | None) -> tuple[ParamSpec, ...]:
-    """``params`` with the declared ``bounds`` stored in them.
-
-    A declaration the server could not enforce is refused here, at start-up, rather than met by a
-    user later: ValueError for an unknown or non-numeric option, a limit that is not a number, bounds
-    that admit no value, or a default that lies outside them.
-    """
-    if bounds is None:
-        return params
-    if not isinstance(bounds, Mapping):
-        raise ValueError(f"bounds must map option names to Bounds, got {type(bounds).__name__}")
-    by_name = {p.name: p for p in params}
-    for option, limits in bounds.items():
-        param = by_name.get(option) if isinstance(option, str) else None
-        if param is None:
-            known = ", ".join(by_name) or "none"
-            raise ValueError(f"bounds name {option!r}, which is not an option of the factory (options: {known})")
-        problem = _bounds_problem(param, limits)
-        if problem is not None:
-            raise ValueError(f"bounds of option {option!r}: {problem}")
-        by_name[option] = replace(param, bounds=limits)
-    return tuple(by_name.values())
-
-
-def _bounds_problem(param: ParamSpec, limits: Any) -> str | None:
-    """Why ``limits`` cannot bound ``param`` (None when they can)."""
-    if param.type not in ("int", "float"):
-        return f"only int and float options take bounds, and this one takes {param.type}"
-    if not isinstance(limits, Bounds):
-        return f"expected tuneyard.plugins.api.Bounds, got {limits!r}"
-    for limit in fields(Bounds):
-        value = getattr(limits, limit.name)
-        if value is not None and not _is_number(value):
-            return f"{limit.name} must be a number, got {value!r}"
-    if _empty(limits):
-        return f"{limits.describe()} admits no value"
-    if param.default is REQUIRED or param.default is None:
-        return None
-    try:
-        coerce_option(replace(param, bounds=limits), param.default)
-    except ValueError as exc:
-        return f"the default {param.default!r} is outside them ({exc})"
-    return None
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
-
-
-def _empty(limits: Bounds) -> bool:
-    """True when no number satisfies every limit at once (e.g. ``ge=5, le=1`` or ``gt=1, lt=1``)."""
-    lows = ((limits.ge, False), (limits.gt, True))  # (limit, exclusive)
-    highs = ((limits.le, False), (limits.lt, True))
-    return any(
-        low is not None and high is not None and (low > high or (low == high and (open_low or open_high)))
-        for low, open_low in lows
-        for high, open_high in highs
-    )
 
 
 def _why(exc: BaseException) -> str:

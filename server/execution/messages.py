@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from tuneyard.plugins.api import Objective
 
 if TYPE_CHECKING:  # the protocol carries settings; it does not need the module that makes them
-    from tuneyard.server.study.settings import TrialSettings
+    from tuneyard.server.study.settings import Settings, TrialSettings
 
 # ---- to the worker ----
 
@@ -64,17 +64,18 @@ class TrainTask:
     """One trial to train: its resolved settings, where its checkpoint lives, what it optimises."""
 
     trial_id: int
-    settings: TrialSettings  # the trial's resolved settings (`study.settings.resolve`)
-    checkpoint: str
+    settings: Settings  # the trial's resolved settings (`study.settings.resolve`): which trainer runs it
+    checkpoint: str  # the built-in trainer's file; a trainable keeps its own files in its folder
     objective: Objective
     placement: Placement = Placement()
     rank: Rank = Rank()
     resume: bool = False  # go on from the checkpoint, if there is one
+    study_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class EvaluateTask:
-    """A trained checkpoint to score on the test split."""
+    """A trained checkpoint to score on the test split (the built-in trainer's trials only)."""
 
     settings: TrialSettings
     checkpoint: str

@@ -91,6 +91,8 @@ def study_end(*, cancelled: bool, results: Results, evaluation: EvaluationRun | 
         return StudyEnd(StudyState.FAILED, f"{results.failures} trials failed (budget.max_failures is {allowed})")
     if results.best is None:
         return StudyEnd(StudyState.FAILED, f"no trial completed ({results.failures} failed)")
+    if results.plan.trainable:  # a trainable's study has no test split: its best trial is its result
+        return StudyEnd(StudyState.COMPLETED, test_metrics={})
     if evaluation is not None and evaluation.error:
         return StudyEnd(StudyState.FAILED, evaluation.error)
     if evaluation is not None and evaluation.test_metrics is not None:

@@ -43,7 +43,7 @@ from tuneyard.server.study.outcomes import Ending, Finish, RunAgain, decide, end
 from tuneyard.server.study.results import Results, study_end, trial_end
 from tuneyard.server.study.resume import restore
 from tuneyard.server.study.search import build_search
-from tuneyard.server.study.settings import resolve
+from tuneyard.server.study.settings import TrialSettings, resolve
 from tuneyard.server.study.spec import StudyPlan
 from tuneyard.server.study.stopping import StopperLedger
 from tuneyard.server.study.trial_runs import TEST, EvaluationRun, TaskBoard, TrialRun, placement
@@ -241,7 +241,7 @@ class StudyRunner(threading.Thread):
 
     def _task(self, trial_id: int, config: dict[str, Any], checkpoint: str) -> TrainTask:
         settings = resolve(self.plan.spec, config, self.registry)
-        return TrainTask(trial_id, settings, checkpoint, self.plan.objective)
+        return TrainTask(trial_id, settings, checkpoint, self.plan.objective, study_id=self.study_id)
 
     def _start_trial(self, trial_id: int, config: dict[str, Any], alloc: Allocation) -> None:
         # The store keeps the checkpoint's path relative to its checkpoint directory, so the data
@@ -358,7 +358,8 @@ class StudyRunner(threading.Thread):
         """Whether the study's last task, the best trial's test evaluation, is still to run or running;
         starts it when a slot is free."""
         best = self._results.best
-        if self._cancelled.is_set() or self._halted.is_set() or self._results.failures_exceeded() or best is None:
+        ended = self._cancelled.is_set() or self._halted.is_set() or self._results.failures_exceeded()
+        if ended or best is None or self.plan.trainable:  # a trainable has no test split to score
             return self._board.evaluation is not None and self._board.evaluation.alloc is not None
         if self._board.evaluation is None:
             self._board.evaluation = EvaluationRun(trial_id=best.trial_id)
@@ -370,6 +371,7 @@ class StudyRunner(threading.Thread):
             if alloc is not None:
                 self._board.hold(TEST, evaluation, alloc)
                 settings = resolve(self.plan.spec, best.config, self.registry)
+                assert isinstance(settings, TrialSettings)
                 task = EvaluateTask(settings, best.checkpoint, placement(alloc, self._memory_gb))
                 alloc.gang.submit(Evaluate(TEST, task), self._inbox.put)
         return True

@@ -14,12 +14,19 @@ import copy
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, get_type_hints
 
-from tuneyard.plugins.api import REQUIRED, Bounds, ParamSpec
+from tuneyard.plugins.api import DEFAULT_TASK, REQUIRED, Bounds, ParamSpec
 from tuneyard.plugins.manager import PluginRegistry
 from tuneyard.plugins.schema import MAX_EXACT_INT
 
 # Where a searched parameter `<head>.<...>` points: a component and its plugin kind.
-COMPONENTS = {"dataset": "dataset", "model": "model", "optimizer": "optimizer", "lr_scheduler": "lr_scheduler"}
+COMPONENTS = {
+    "dataset": "dataset",
+    "model": "model",
+    "optimizer": "optimizer",
+    "lr_scheduler": "lr_scheduler",
+    "task": "task",
+    "trainable": "trainable",
+}
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DATA_PIPELINES = ("auto", "device", "loader")
 MAX_EPOCHS = 100_000
@@ -64,11 +71,24 @@ class TrainingSettings:
 
 @dataclass(frozen=True, slots=True)
 class TrialSettings:
-    """Everything a worker needs to build and train one trial."""
+    """Everything the built-in trainer needs to build and train one trial."""
 
     dataset: Component
     model: Component
     training: TrainingSettings
+    task: Component = Component(DEFAULT_TASK)  # the dataset's task, with the spec's `task.options`
+
+
+@dataclass(frozen=True, slots=True)
+class TrainableSettings:
+    """A trial of a user's training function: the function with its options, its steps and seed."""
+
+    trainable: Component
+    epochs: int  # the most steps it reports (`training.epochs`)
+    seed: int
+
+
+Settings = TrialSettings | TrainableSettings  # what a trial runs: the built-in trainer's, or a trainable's
 
 
 def _plain_fields() -> tuple[ParamSpec, ...]:
@@ -101,17 +121,23 @@ def _component(raw: dict[str, Any] | None) -> Component | None:
     return Component(raw["name"], dict(raw.get("options") or {}))
 
 
-def _typed(raw: dict[str, Any]) -> TrialSettings:
+def _typed(raw: dict[str, Any]) -> Settings:
     """The settings dict (validated, searched values written in) as typed settings."""
     training = raw["training"]
+    trainable = _component(raw.get("trainable"))
+    if trainable is not None:
+        return TrainableSettings(trainable, epochs=int(training["epochs"]), seed=int(training["seed"]))
     plain = {name: _CASTS[spec.type](training[name]) for name, spec in TRAINING_FIELDS.items()}
     optimizer = _component(training["optimizer"])
     assert optimizer is not None  # validation names one (adam by default)
     dataset, model = _component(raw["dataset"]), _component(raw["model"])
     assert dataset is not None and model is not None  # validation requires both
+    task = _component(raw["task"])
+    assert task is not None  # validation names the dataset's task
     return TrialSettings(
         dataset=dataset,
         model=model,
+        task=task,
         training=TrainingSettings(
             **plain,
             optimizer=optimizer,
@@ -130,17 +156,14 @@ def _component_dict(settings: dict[str, Any], head: str) -> dict[str, Any]:
     return settings[head]
 
 
-def resolve(spec: dict[str, Any], config: dict[str, Any], registry: PluginRegistry) -> TrialSettings:
+def resolve(spec: dict[str, Any], config: dict[str, Any], registry: PluginRegistry) -> Settings:
     """A validated spec's settings with every searched value of `config` written in.
 
     Names are applied before options, and when a search switches a component to another
     plugin, base options that the new plugin does not accept are dropped.
     """
-    settings = {
-        "dataset": copy.deepcopy(spec["dataset"]),
-        "model": copy.deepcopy(spec["model"]),
-        "training": copy.deepcopy(spec["training"]),
-    }
+    heads = ("dataset", "model", "task", "trainable", "training")
+    settings: dict[str, Any] = {head: copy.deepcopy(spec.get(head)) for head in heads}
     ordered = sorted(config.items(), key=lambda kv: not kv[0].endswith(".name"))
     for name, value in ordered:
         parts = name.split(".")

@@ -25,21 +25,11 @@ from tuneyard.server.limits import (
 )
 from tuneyard.server.study.domain import InvalidArgument
 from tuneyard.server.study.spec_components import ComponentChecker
+from tuneyard.server.study.spec_objectives import ObjectiveChecker
 from tuneyard.server.study.spec_space import SpaceChecker
-from tuneyard.server.study.spec_training import check_training
+from tuneyard.server.study.spec_trainer import check_trainer
 from tuneyard.server.study.spec_values import check_shape, duration_s, to_float, to_int
 
-METRICS = (
-    "val_accuracy",
-    "val_loss",
-    "train_accuracy",
-    "train_loss",
-    "params",
-    "trainable_params",
-    "inference_latency_ms",
-    "epoch_seconds",
-)
-LOWER_IS_BETTER = ("val_loss", "train_loss", "params", "trainable_params", "inference_latency_ms", "epoch_seconds")
 MAX_TRIAL_RETRIES = 100
 DEFAULT_SEARCHER = "random"
 
@@ -74,6 +64,11 @@ class StudyPlan:
     trial_retries: int = 0
     resources: Resources = Resources()
 
+    @property
+    def trainable(self) -> bool:
+        """Whether the trials run a user's trainable (which has no test split to evaluate)."""
+        return "trainable" in self.spec
+
 
 class SpecValidator:
     """Checks a spec against the plugin registry; one instance serves every request.
@@ -87,6 +82,7 @@ class SpecValidator:
         self.data_root = data_root
         self.components = ComponentChecker(registry, data_root)
         self.space = SpaceChecker(self.components)
+        self.objectives = ObjectiveChecker(registry)
 
     def validate(self, spec: dict[str, Any]) -> StudyPlan:
         """The normalised spec (every default applied) and its typed views, or InvalidArgument."""
@@ -97,14 +93,12 @@ class SpecValidator:
         if len(out["name"]) > MAX_NAME_CHARS:
             raise InvalidArgument("spec.name", f"longer than {MAX_NAME_CHARS} characters")
         component = self.components.component
-        out["dataset"] = component("dataset", spec.get("dataset"), "spec.dataset")
-        out["model"] = component("model", spec.get("model"), "spec.model")
-        out["training"] = check_training(spec.get("training") or {}, self.components)
+        out.update(check_trainer(spec, self.components))
         out["searcher"] = component("searcher", spec.get("searcher"), "spec.searcher", default=DEFAULT_SEARCHER)
         stopper = component("early_stopper", spec.get("early_stopping"), "spec.early_stopping", optional=True)
         if stopper:
             out["early_stopping"] = stopper
-        objectives = self._objectives(spec)
+        objectives = self.objectives.check(spec, out)
         as_dict = [{"metric": o.metric, "mode": "MAXIMIZE" if o.mode == "max" else "MINIMIZE"} for o in objectives]
         out["objective"] = as_dict[0]
         if len(objectives) > 1:
@@ -128,32 +122,6 @@ class SpecValidator:
             seed=out["training"]["seed"],
             trial_retries=retries,
         )
-
-    def _objectives(self, spec: dict[str, Any]) -> tuple[Objective, ...]:
-        """`objective`, or several `objectives` (the first guides searchers and early stoppers)."""
-        many = spec.get("objectives") or []
-        if not isinstance(many, list):
-            raise InvalidArgument("spec.objectives", "must be a list")
-        if many and spec.get("objective"):
-            raise InvalidArgument("spec.objectives", "give either objective or objectives, not both")
-        if not many:
-            return (self._objective(spec.get("objective") or {}, "spec.objective"),)
-        objectives = tuple(self._objective(o, f"spec.objectives[{i}]") for i, o in enumerate(many))
-        metrics = [o.metric for o in objectives]
-        if len(set(metrics)) != len(metrics):
-            raise InvalidArgument("spec.objectives", "each metric may appear once")
-        return objectives
-
-    def _objective(self, objective: Any, path: str) -> Objective:
-        if not isinstance(objective, dict):
-            raise InvalidArgument(path, "must be an object")
-        metric = objective.get("metric") or "val_accuracy"
-        if metric not in METRICS:
-            raise InvalidArgument(f"{path}.metric", f"unknown metric {metric!r} (known: {', '.join(METRICS)})")
-        mode = objective.get("mode") or ("MINIMIZE" if metric in LOWER_IS_BETTER else "MAXIMIZE")
-        if mode not in ("MAXIMIZE", "MINIMIZE"):
-            raise InvalidArgument(f"{path}.mode", f"must be MAXIMIZE or MINIMIZE, got {mode!r}")
-        return Objective(metric=metric, mode="max" if mode == "MAXIMIZE" else "min")
 
     def _budget(self, budget: Any) -> tuple[int, int, int, float | None, int]:
         path = "spec.budget"

@@ -12,6 +12,7 @@ from tuneyard.server.limits import MAX_CHOICE_VALUES, MAX_NAME_CHARS, MAX_PARAME
 from tuneyard.server.study.domain import InvalidArgument
 from tuneyard.server.study.settings import COMPONENTS, TRAINING_FIELDS
 from tuneyard.server.study.spec_components import ComponentChecker
+from tuneyard.server.study.spec_trainer import check_searched
 from tuneyard.server.study.spec_training import check_training_value
 from tuneyard.server.study.spec_values import to_float, to_int
 
@@ -129,6 +130,7 @@ class SpaceChecker:
 
     def _check_target(self, param: Parameter, spec: dict[str, Any], names: dict[str, Parameter], path: str) -> None:
         """Resolves the parameter's address and checks its domain against the setting's type."""
+        check_searched(param, spec, self.components, path)
         parts = param.name.split(".")
         head = parts[0]
         where = f"{path}.name"
@@ -174,7 +176,7 @@ class SpaceChecker:
             if param.condition and param.condition.parent == chooser.name:
                 picked = [v for v in picked if v in param.condition.values]
             return [self.components.registry.get(kind, n) for n in picked]
-        base = spec["training"][head] if head in ("optimizer", "lr_scheduler") else spec[head]
+        base = spec["training"].get(head) if head in ("optimizer", "lr_scheduler") else spec.get(head)
         if base is None:
             raise InvalidArgument(f"{param.name}", f"spec has no {head} to set an option of")
         return [self.components.registry.get(kind, base["name"])]

@@ -289,6 +289,7 @@ class Trainer:
             ranks.close()
 
     def _train(self, task: TrainTask, ranks: Ranks, report: Report, should_stop: ShouldStop) -> dict[str, Any]:
+        assert isinstance(task.settings, TrialSettings)  # `main` hands trainables to their own runner
         parts = self._build(task.settings, ranks)
         patience = parts.training.early_stop_patience
         checkpoint = Path(task.checkpoint)
