@@ -190,6 +190,8 @@ class Storage(StoreConnection):
             "exit_signal": end.exit_signal,
             "stderr_tail": end.stderr_tail,
         }
+        if end.final_metrics is not None:
+            values["final_metrics"] = json.dumps(end.final_metrics)
         with self._tx():
             self._set_trial(study_id, trial_id, values)
             return self._trial(study_id, trial_id)

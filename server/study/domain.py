@@ -133,6 +133,7 @@ class TrialEnd:
     exit_code: int | None = None
     exit_signal: str = ""
     stderr_tail: str = ""
+    final_metrics: dict[str, float] | None = None  # None keeps the last epoch's; a trainable may return others
 
 
 @dataclass

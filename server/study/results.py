@@ -25,6 +25,7 @@ def trial_end(ending: Ending, state: TrialState, plan: StudyPlan) -> TrialEnd:
                 end_time=now,
                 objective_value=metrics.get(plan.objective.metric),
                 objective_values=values if len(plan.objectives) > 1 else [],
+                final_metrics=dict(metrics),
             )
         case "infeasible":
             return TrialEnd(state=state, end_time=now, error=ending.error)

@@ -28,6 +28,7 @@ from tuneyard.server.execution.messages import (
     Epoch,
     Error,
     Evaluate,
+    EvaluateTask,
     FromWorker,
     Infeasible,
     Ready,
@@ -35,9 +36,10 @@ from tuneyard.server.execution.messages import (
     Shutdown,
     Stop,
     Train,
+    TrainTask,
     WorkerStart,
 )
-from tuneyard.server.worker.protocol import TaskTrainer
+from tuneyard.server.worker.protocol import Report, ShouldStop, TaskTrainer
 
 HEARTBEAT_S = 1.0
 PARENT_CHECK_S = 0.5  # where the kernel cannot end this process with the server (not Linux)
@@ -91,8 +93,33 @@ def _redirect_stderr(path: str) -> None:
     faulthandler.enable()
 
 
+class Trainers:
+    """The worker's `TaskTrainer`: each task goes to the trainer its settings name, the built-in
+    trainer or a trainable's runner; the worker protocol is the same for both."""
+
+    def __init__(self, builtin: TaskTrainer, trainable: TaskTrainer) -> None:
+        self.builtin, self.trainable = builtin, trainable
+
+    @property
+    def heartbeat(self) -> Callable[[], None]:
+        return self.builtin.heartbeat
+
+    @heartbeat.setter
+    def heartbeat(self, beat: Callable[[], None]) -> None:
+        self.builtin.heartbeat = self.trainable.heartbeat = beat
+
+    def train(self, task: TrainTask, report: Report, should_stop: ShouldStop) -> dict[str, Any]:
+        from tuneyard.server.study.settings import TrainableSettings
+
+        chosen = self.trainable if isinstance(task.settings, TrainableSettings) else self.builtin
+        return chosen.train(task, report, should_stop)
+
+    def evaluate(self, task: EvaluateTask) -> dict[str, float]:
+        return self.builtin.evaluate(task)
+
+
 def make_trainer(device: str, threads: int, data_root: str, plugins_dir: str = "") -> TaskTrainer:
-    """Imports torch and the plugins (once per process) and builds the trainer for `device`."""
+    """Imports torch and the plugins (once per process) and builds the trainers for `device`."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # lets deterministic trials run on CUDA
     if data_root:
         os.environ["TUNEYARD_DATA_ROOT"] = data_root  # where model plugins may read weight files
@@ -100,9 +127,11 @@ def make_trainer(device: str, threads: int, data_root: str, plugins_dir: str = "
 
     torch.set_num_threads(int(threads))
     from tuneyard.plugins.manager import PluginRegistry
+    from tuneyard.server.worker.trainable import TrainableRunner
     from tuneyard.server.worker.trainer import Trainer
 
-    return Trainer(PluginRegistry.load(plugins_dir=plugins_dir), device, data_root)
+    registry = PluginRegistry.load(plugins_dir=plugins_dir)
+    return Trainers(Trainer(registry, device, data_root), TrainableRunner(registry, device, int(threads), data_root))
 
 
 def run_task(

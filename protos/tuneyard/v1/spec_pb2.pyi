@@ -142,7 +142,7 @@ class Resources(_message.Message):
     def __init__(self, gpus_per_trial: _Optional[float] = ..., priority: _Optional[float] = ..., gpu_memory_gb: _Optional[float] = ...) -> None: ...
 
 class StudySpec(_message.Message):
-    __slots__ = ("name", "dataset", "model", "training", "search_space", "searcher", "early_stopping", "objective", "budget", "resources", "objectives")
+    __slots__ = ("name", "dataset", "model", "training", "search_space", "searcher", "early_stopping", "objective", "budget", "resources", "objectives", "trainable", "task")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -154,6 +154,8 @@ class StudySpec(_message.Message):
     BUDGET_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     OBJECTIVES_FIELD_NUMBER: _ClassVar[int]
+    TRAINABLE_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
     name: str
     dataset: Component
     model: Component
@@ -165,4 +167,6 @@ class StudySpec(_message.Message):
     budget: Budget
     resources: Resources
     objectives: _containers.RepeatedCompositeFieldContainer[Objective]
-    def __init__(self, name: _Optional[str] = ..., dataset: _Optional[_Union[Component, _Mapping]] = ..., model: _Optional[_Union[Component, _Mapping]] = ..., training: _Optional[_Union[TrainingConfig, _Mapping]] = ..., search_space: _Optional[_Iterable[_Union[Parameter, _Mapping]]] = ..., searcher: _Optional[_Union[Component, _Mapping]] = ..., early_stopping: _Optional[_Union[Component, _Mapping]] = ..., objective: _Optional[_Union[Objective, _Mapping]] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., objectives: _Optional[_Iterable[_Union[Objective, _Mapping]]] = ...) -> None: ...
+    trainable: Component
+    task: Component
+    def __init__(self, name: _Optional[str] = ..., dataset: _Optional[_Union[Component, _Mapping]] = ..., model: _Optional[_Union[Component, _Mapping]] = ..., training: _Optional[_Union[TrainingConfig, _Mapping]] = ..., search_space: _Optional[_Iterable[_Union[Parameter, _Mapping]]] = ..., searcher: _Optional[_Union[Component, _Mapping]] = ..., early_stopping: _Optional[_Union[Component, _Mapping]] = ..., objective: _Optional[_Union[Objective, _Mapping]] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., objectives: _Optional[_Iterable[_Union[Objective, _Mapping]]] = ..., trainable: _Optional[_Union[Component, _Mapping]] = ..., task: _Optional[_Union[Component, _Mapping]] = ...) -> None: ...
