@@ -63,6 +63,10 @@ class _Augmented(Dataset):
 class Batches:
     """Yields (inputs, labels) on `device`, augmented per sample, then normalised.
 
+    Labels pass through as the dataset holds them: int class labels (N,), or float targets (N,) or
+    (N, T) of a regression or multilabel task (indexed on the device path, stacked by the loader's
+    collate on the loader path; a task casts them to the dtype it computes in).
+
     `shard=(rank, world_size)`: every rank walks the same batches and keeps its slice of each.
     """
 

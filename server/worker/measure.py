@@ -1,4 +1,4 @@
-"""What a trial measures on its device: loss and accuracy over batches, latency, peak memory.
+"""What a trial measures on its device: a split's loss and task metrics, latency, peak memory.
 
 Imported only in worker processes (it imports torch).
 """
@@ -11,7 +11,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from tuneyard.plugins.api import Task
 from tuneyard.server.worker.batches import Batches
+from tuneyard.server.worker.task_totals import TaskTotals
 
 
 def autocast(device: torch.device, precision: str) -> torch.autocast:
@@ -22,23 +24,26 @@ def autocast(device: torch.device, precision: str) -> torch.autocast:
 
 
 @torch.no_grad()
-def loss_and_accuracy(
-    model: nn.Module, batches: Batches, precision: str, device: torch.device, heartbeat: Callable[[], None]
+def evaluate_split(
+    model: nn.Module,
+    batches: Batches,
+    task: Task,
+    precision: str,
+    device: torch.device,
+    heartbeat: Callable[[], None],
 ) -> dict[str, float]:
-    """Mean cross-entropy and accuracy over `batches`; `heartbeat` is called per batch."""
+    """`loss` (the task's, per sample) and the task's metrics over `batches`; `heartbeat` per batch.
+
+    Val and test are measured alike, so a study's test metrics are the val metrics' names.
+    """
     model.eval()
-    loss_fn = nn.CrossEntropyLoss(reduction="sum")
-    total = 0
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    loss = torch.zeros((), device=device)
+    totals = TaskTotals(task, device)
     for x, y in batches:
         heartbeat()
         with autocast(device, precision):
-            logits = model(x)
-        loss += loss_fn(logits.float(), y)
-        correct += (logits.argmax(1) == y).sum()
-        total += len(y)
-    return {"loss": loss.item() / max(total, 1), "accuracy": correct.item() / max(total, 1)}
+            outputs = model(x)
+        totals.add(task.loss(outputs, y), outputs, y)
+    return totals.read()
 
 
 def peak_memory(device: torch.device) -> dict[str, float]:
@@ -50,7 +55,7 @@ def peak_memory(device: torch.device) -> dict[str, float]:
 
 @torch.no_grad()
 def latency_ms(model: nn.Module, sample: torch.Tensor, device: torch.device, repeats: int = 5) -> float:
-    """Median time to classify one input on the trial's device, in milliseconds."""
+    """Median time of the model on one input on the trial's device, in milliseconds."""
     model.eval()
     times = []
     for _ in range(repeats + 1):

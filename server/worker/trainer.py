@@ -7,6 +7,8 @@ channels_last on CUDA) are plain `training` settings, read as validation left th
 (`study.settings.TrainingSettings`): the trainer applies no defaults of its own. Every epoch ends
 with a checkpoint holding all a run needs to go on (`checkpoints`), so a trial whose worker (or
 server) died resumes after its last finished epoch and trains the same number of epochs in all.
+The loss and the metrics are the dataset's task's (a task plugin, `task_totals`): the trainer
+names no loss and no metric of its own.
 """
 
 from __future__ import annotations
@@ -31,11 +33,12 @@ from tuneyard.server.execution.messages import EvaluateTask, Placement, TrainTas
 from tuneyard.server.study.settings import Component, TrainingSettings, TrialSettings
 from tuneyard.server.worker.batches import Batches, Transform
 from tuneyard.server.worker.checkpoints import load_resume, save_epoch
-from tuneyard.server.worker.measure import autocast, latency_ms, loss_and_accuracy, peak_memory
+from tuneyard.server.worker.measure import autocast, evaluate_split, latency_ms, peak_memory
+from tuneyard.server.worker.parts import BatchTransform, TrialParts
 from tuneyard.server.worker.protocol import Report, ShouldStop
 from tuneyard.server.worker.ranks import Ranks
+from tuneyard.server.worker.task_totals import TaskTotals, build_task, prefixed
 
-BatchTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 EVAL_BATCH = 512
 LOADER_WORKERS = 2  # DataLoader worker processes on the loader path
 
@@ -46,47 +49,11 @@ class _EpochAware(Protocol):
     def on_epoch_start(self, epoch: int) -> None: ...
 
 
-@dataclass
-class _Parts:
-    """What one trial trains with, built once per run (torch objects, so not a frozen record)."""
-
-    training: TrainingSettings
-    core: nn.Module  # the model itself
-    model: nn.Module  # what the batches go through: `core`, or its DistributedDataParallel wrapper
-    optimizer: Any
-    scheduler: Any
-    interval: str  # when the schedule steps: "epoch" or "batch"
-    monitor: str  # the metric an epoch schedule steps on, "" for none
-    ema: AveragedModel | None
-    scaler: torch.amp.GradScaler | None
-    loss_fn: nn.Module
-    batch_augs: list[BatchTransform]
-    train_batches: Batches
-    val_batches: Batches
-
-    @property
-    def evaluated(self) -> nn.Module:
-        """The weights validation, the checkpoint and a test run use: the average when averaging."""
-        return self.ema.module if self.ema is not None else self.core
-
-    def stateful(self) -> dict[str, Any]:
-        """The parts whose state a resume restores (None where the trial has no such part)."""
-        return {
-            "model": self.core,
-            "optimizer": self.optimizer,
-            "scheduler": self.scheduler,
-            "ema": self.ema,
-            "scaler": self.scaler,
-        }
-
-
 @dataclass(frozen=True, slots=True)
 class _EpochSums:
     """One epoch's training totals, read from the device once."""
 
-    loss: float
-    correct: int
-    seen: int
+    train: dict[str, float]  # `loss` and the task's metrics, unprefixed
     last_input: torch.Tensor  # a sample for the latency measurement
     counts: dict[str, float]  # parameter counts after on_epoch_start
     started: float
@@ -117,16 +84,6 @@ def _track(objective: Objective, metrics: dict[str, float], best: Any, since_bes
     if value is not None and (best is None or objective.better(value, best)):
         return value, 0
     return best, since_best + 1
-
-
-def _schedule_epoch(parts: _Parts, ranks: Ranks, metrics: dict[str, float]) -> None:
-    """Steps an epoch schedule; a monitored one on rank 0's metric (the other ranks have none)."""
-    if parts.scheduler is None or parts.interval != "epoch":
-        return
-    if parts.monitor:
-        parts.scheduler.step(ranks.share(metrics[parts.monitor] if ranks.leader else 0.0))
-    else:
-        parts.scheduler.step()
 
 
 class Trainer:
@@ -227,11 +184,12 @@ class Trainer:
         torch.manual_seed(seed)
         torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
-    def _build(self, settings: TrialSettings, ranks: Ranks) -> _Parts:
+    def _build(self, settings: TrialSettings, ranks: Ranks) -> TrialParts:
         """Every part of a run, in a fixed order (the seeded generators are drawn from in this order)."""
         training = settings.training
         self._seed(training.seed, training.deterministic)
         splits = self._dataset(settings.dataset)
+        task = build_task(self.registry, settings, splits, training.label_smoothing)
         core = self._model(settings.model, splits)
         model: nn.Module = core
         if ranks.world > 1:
@@ -256,7 +214,7 @@ class Trainer:
         decay = training.ema_decay
         ema = AveragedModel(core, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True) if decay else None
         fp16_cuda = training.precision == "fp16" and self.device.type == "cuda"
-        return _Parts(
+        return TrialParts(
             training=training,
             core=core,
             model=model,
@@ -266,7 +224,8 @@ class Trainer:
             monitor=monitor,
             ema=ema,
             scaler=torch.amp.GradScaler("cuda") if fp16_cuda else None,
-            loss_fn=nn.CrossEntropyLoss(label_smoothing=training.label_smoothing),
+            task=task,
+            measured=build_task(self.registry, settings, splits),
             batch_augs=batch_augs,
             train_batches=train_batches,
             val_batches=val_batches,
@@ -308,12 +267,12 @@ class Trainer:
             if sums is None:
                 return _result(metrics, epoch - 1, True)
             if not ranks.leader:  # rank 0 evaluates, reports and decides; the others follow
-                _schedule_epoch(parts, ranks, {})
+                parts.schedule_epoch(ranks, {})
                 if ranks.agree(False):
                     break
                 continue
             metrics = self._epoch_metrics(parts, sums)
-            _schedule_epoch(parts, ranks, metrics)
+            parts.schedule_epoch(ranks, metrics)
             best, since_best = _track(task.objective, metrics, best, since_best)
             progress = {"epoch": epoch, "metrics": metrics, "best": best, "since_best": since_best}
             save_epoch(checkpoint, parts.evaluated, parts.stateful(), parts.train_batches, progress, self.device)
@@ -325,7 +284,7 @@ class Trainer:
                 break
         return _result(metrics, epoch, False)
 
-    def _train_epoch(self, parts: _Parts, epoch: int, ranks: Ranks, should_stop: ShouldStop) -> _EpochSums | None:
+    def _train_epoch(self, parts: TrialParts, epoch: int, ranks: Ranks, should_stop: ShouldStop) -> _EpochSums | None:
         """One pass over the training batches; None when a stop came before its end."""
         started = time.perf_counter()
         core, training = parts.core, parts.training
@@ -337,10 +296,7 @@ class Trainer:
         }
         parts.model.train()
         accumulation = training.grad_accumulation_steps
-        # Sums stay on the device: one synchronisation per epoch, not two per batch.
-        seen = 0
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        summed_loss = torch.zeros((), device=self.device)
+        totals = TaskTotals(parts.task, self.device)  # on the device: one synchronisation per sum and epoch
         n_batches = len(parts.train_batches)
         for i, (x, y) in enumerate(parts.train_batches):
             if ranks.agree(should_stop()):
@@ -350,7 +306,7 @@ class Trainer:
                 x, targets = aug(x, targets)
             with autocast(self.device, training.precision):
                 logits = parts.model(x)
-                loss = parts.loss_fn(logits.float(), targets)
+                loss = parts.task.loss(logits, targets)  # soft targets after a batch-level augmentation
             (parts.scaler.scale(loss / accumulation) if parts.scaler else loss / accumulation).backward()
             if (i + 1) % accumulation == 0 or i + 1 == n_batches:
                 optimizer_step(parts.model, parts.optimizer, parts.scaler, training.grad_clip_norm)
@@ -358,25 +314,22 @@ class Trainer:
                     parts.ema.update_parameters(core)
                 if parts.scheduler is not None and parts.interval == "batch":
                     parts.scheduler.step()
-            summed_loss += loss.detach() * len(y)
-            correct += (logits.argmax(1) == y).sum()
-            seen += len(y)
-        total_loss, n_correct = summed_loss.item(), int(correct.item())  # waits for the device
+            totals.add(loss, logits, y)
+        train = totals.read()  # waits for the device
         train_seconds = time.perf_counter() - started
-        if not math.isfinite(total_loss):
+        if not math.isfinite(train["loss"]):
             raise FloatingPointError(f"training loss diverged at epoch {epoch}")
-        return _EpochSums(total_loss, n_correct, seen, x, counts, started, train_seconds)
+        return _EpochSums(train, x, counts, started, train_seconds)
 
-    def _epoch_metrics(self, parts: _Parts, sums: _EpochSums) -> dict[str, float]:
+    def _epoch_metrics(self, parts: TrialParts, sums: _EpochSums) -> dict[str, float]:
         """The epoch's reported metrics; validation runs on the evaluated (EMA) weights."""
         evaluated = parts.evaluated
-        val = loss_and_accuracy(evaluated, parts.val_batches, parts.training.precision, self.device, self.heartbeat)
+        precision = parts.training.precision
+        val = evaluate_split(evaluated, parts.val_batches, parts.measured, precision, self.device, self.heartbeat)
         return {
             "inference_latency_ms": latency_ms(evaluated, sums.last_input[:1], self.device),
-            "train_loss": sums.loss / max(sums.seen, 1),
-            "train_accuracy": sums.correct / max(sums.seen, 1),
-            "val_loss": val["loss"],
-            "val_accuracy": val["accuracy"],
+            **prefixed("train", sums.train),
+            **prefixed("val", val),
             "lr": float(parts.optimizer.param_groups[0]["lr"]),
             "epoch_seconds": time.perf_counter() - sums.started,
             "train_seconds": sums.train_seconds,
@@ -389,9 +342,10 @@ class Trainer:
         self._apply_placement(task.placement)
         settings: TrialSettings = task.settings
         splits = self._dataset(settings.dataset)
+        measured = build_task(self.registry, settings, splits)
         model = self._model(settings.model, splits)
         state = torch.load(task.checkpoint, map_location=self.device, weights_only=True)
         model.load_state_dict(state["model"])
         batches = self._batches(splits.test, EVAL_BATCH, settings.training, splits, shuffle=False, seed=0)
-        result = loss_and_accuracy(model, batches, settings.training.precision, self.device, self.heartbeat)
-        return {"test_loss": result["loss"], "test_accuracy": result["accuracy"]}
+        result = evaluate_split(model, batches, measured, settings.training.precision, self.device, self.heartbeat)
+        return prefixed("test", result)

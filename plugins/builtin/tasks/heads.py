@@ -30,9 +30,19 @@ class Classification:
         return {"accuracy": totals["correct"] / max(count, 1)}
 
 
-def _like(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def _like(outputs: torch.Tensor, targets: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Targets as floats of the outputs' shape: (N,) targets of a one-output model become (N, 1)."""
-    return targets.to(torch.float32).reshape(outputs.shape)
+    if targets.numel() != outputs.numel():
+        raise ValueError(
+            f"the model's outputs {tuple(outputs.shape)} do not match the targets {tuple(targets.shape)}: "
+            "a model needs one output per target (num_classes of them)"
+        )
+    return targets.to(dtype).reshape(outputs.shape)
+
+
+def _count(like: torch.Tensor) -> torch.Tensor:
+    """The number of values in `like`, as a tensor made on its device (a fill, never a host copy)."""
+    return torch.full((), float(like.numel()), dtype=torch.float64, device=like.device)
 
 
 class Regression:
@@ -51,14 +61,16 @@ class Regression:
         return F.mse_loss(outputs, targets)
 
     def sums(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
-        targets = _like(outputs, targets)
-        error = outputs.float() - targets
+        # float64: r2's total sum of squares is a difference of large sums, which float32 would
+        # lose to cancellation when the targets' mean is far from 0 (prices, years).
+        targets = _like(outputs, targets, torch.float64)
+        error = outputs.double() - targets
         return {
             "squared_error": (error * error).sum(),
             "absolute_error": error.abs().sum(),
             "target": targets.sum(),
             "target_squared": (targets * targets).sum(),
-            "values": torch.tensor(float(targets.numel()), device=targets.device),
+            "values": _count(targets),
         }
 
     def metrics(self, totals: dict[str, float], count: int) -> dict[str, float]:
@@ -85,7 +97,7 @@ class Multilabel:
             "false_positive": (predicted & ~truth).sum(),
             "false_negative": (~predicted & truth).sum(),
             "agree": (predicted == truth).sum(),
-            "values": torch.tensor(float(truth.numel()), device=truth.device),
+            "values": _count(truth),
         }
 
     def metrics(self, totals: dict[str, float], count: int) -> dict[str, float]:
