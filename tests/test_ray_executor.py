@@ -147,6 +147,8 @@ def ray_server(cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) ->
         "2",
         "--trial-heartbeat-timeout",
         "60",
+        "--plugins-dir",
+        str(REPO / "tests" / "trainable_plugins"),
         env=RAY_ENV,
     )
     yield proc
@@ -189,6 +191,24 @@ def test_study_runs_on_ray_like_on_the_local_executor(ray_server, stub):
     assert not [a for a in ray_listeners() if not LOOPBACK.match(a)]
     from_proc = _proc_listeners()  # the fallback where `ss` is missing agrees with it
     assert len(from_proc) == len(ray_listeners()) and not [a for a in from_proc if not LOOPBACK.match(a)]
+
+
+def test_a_trainable_from_the_plugins_folder_runs_on_ray(ray_server):
+    """The Ray actors load the server's plugins folder, so a user's trainable trains there too."""
+    spec = {
+        "trainable": {"name": "bowl"},
+        "training": {"epochs": 2, "seed": 0},
+        "search_space": [{"name": "trainable.x", "choice": {"values": [1.0, 3.0]}}],
+        "searcher": {"name": "grid"},
+        "objective": {"metric": "loss", "mode": "MINIMIZE"},
+        "budget": {"max_trials": 2, "max_concurrent_trials": 2},
+    }
+    study, trials = run(ray_server.stub(), spec)
+    assert study.state == pb.STUDY_COMPLETED, study.error
+    assert all(t.state == pb.TRIAL_COMPLETED and t.device.startswith("ray:") for t in trials)
+    losses = {dict(t.config)["trainable.x"]: t.final_metrics["loss"] for t in trials}
+    assert losses == {1.0: pytest.approx(4.5), 3.0: pytest.approx(0.5)}
+    assert study.best_trial.final_metrics["x"] == 3.0
 
 
 def actor_pids() -> list[int]:
