@@ -10,6 +10,12 @@ Every system runs the same trials, 2 at a time (2 slots, one torch thread each),
 - ``trivial``: a trial whose own work is next to nothing. tuneyard: 1 epoch of a 16-sample 4x4
   ``synthetic`` dataset on a one-filter ``simple_cnn`` (it cannot run less than an epoch); Ray Tune
   and Optuna: a function that computes and reports one number.
+- ``trivial_trainable`` (tuneyard only): the trivial trial as a trainable (``bench_trivial`` from
+  ``bench/trainables/``, loaded with ``plugins_dir``): it computes the peers' one number and reports
+  it once, timing that as its ``epoch_seconds``. It runs in the same server, after the same warm-up,
+  right after ``trivial``, so the table shows the built-in trainer's trivial overhead and the
+  trainable path's side by side. The peers' trivial trials are function trainables too: this row,
+  not tuneyard's ``trivial``, is the like-for-like comparison with them.
 - ``tiny_torch``: 1 epoch over 512 synthetic 8x8 images (batch 64) of a 2-layer, 16-filter CNN,
   then its validation pass: about 50 ms. The peers run a hand-written copy of tuneyard's trial (the
   same data generator, split sizes, normalisation, model, optimizer, batch size, evaluation).
@@ -103,7 +109,13 @@ WORKLOADS: dict[str, dict[str, int]] = {
         "batch_size": 64,
     },
 }
-MAIN_WORKLOADS = ("trivial", "tiny_torch")
+MAIN_WORKLOADS = ("trivial", "tiny_torch")  # every system runs these
+# tuneyard's trainable workloads (name -> the trainable in bench/trainables), each compared with the
+# peers' workload of the same work (their trivial trials are function trainables: like for like).
+TRAINABLE_WORKLOADS = {"trivial_trainable": "bench_trivial"}
+PEER_WORKLOAD = {"trivial": "trivial", "trivial_trainable": "trivial", "tiny_torch": "tiny_torch"}
+TABLE_WORKLOADS = ("trivial", "trivial_trainable", "tiny_torch")  # tuneyard runs them in this order
+TRAINABLES_DIR = BENCH_DIR / "trainables"
 SYSTEMS = ("tuneyard", "ray_tune", "ray_tune_reuse", "optuna", "optuna_inproc")
 LABELS = {
     "tuneyard": "tuneyard",
@@ -592,7 +604,24 @@ def run_peer(
 # ---------------------------------------------------------------------------------------------
 
 
+def tuneyard_trainable_spec(workload: str, trials: int) -> dict[str, Any]:
+    """A study of ``trials`` trials of the bench trainable behind ``workload``, the lr searched."""
+    return {
+        "name": f"overhead-{workload}",
+        "trainable": {"name": TRAINABLE_WORKLOADS[workload], "options": {}},
+        "training": {"epochs": 1, "seed": SEED},
+        "search_space": [
+            {"name": "trainable.lr", "float_range": {"low": LR_RANGE[0], "high": LR_RANGE[1], "log": True}}
+        ],
+        "searcher": {"name": "random"},
+        "objective": {"metric": "score", "mode": "MAXIMIZE"},
+        "budget": {"max_trials": trials, "max_concurrent_trials": SLOTS},
+    }
+
+
 def tuneyard_spec(workload: str, trials: int) -> dict[str, Any]:
+    if workload in TRAINABLE_WORKLOADS:
+        return tuneyard_trainable_spec(workload, trials)
     w = WORKLOADS[workload]
     return {
         "name": f"overhead-{workload}",
@@ -707,6 +736,8 @@ def run_tuneyard_study(client: Any, workload: str, trials: int) -> dict[str, Any
     cpu = _cpu_seconds() - cpu_before  # this process: the server and the watching client
     listed = list(client.list_trials(study.study_id))
     done = [t for t in listed if t.state == service_pb2.TRIAL_COMPLETED]
+    if workload in TRAINABLE_WORKLOADS:
+        _check_trainable_scores(done)
     return {
         "wall_s": wall,
         "trials": trials,
@@ -718,6 +749,16 @@ def run_tuneyard_study(client: Any, workload: str, trials: int) -> dict[str, Any
     }
 
 
+def _check_trainable_scores(done: list[Any]) -> None:
+    """The trainable did the trials' work: each stored score is ``trivial_value`` of its searched lr."""
+    from google.protobuf import json_format
+
+    for trial in done:
+        lr = json_format.MessageToDict(trial.config)["trainable.lr"]
+        if not math.isclose(trial.final_metrics["score"], trivial_value(lr), rel_tol=1e-9, abs_tol=1e-12):
+            raise RuntimeError(f"trial {trial.trial_id}: score {trial.final_metrics['score']} for lr {lr}")
+
+
 def run_tuneyard(workloads: dict[str, int]) -> dict[str, Any]:
     """Runs one study per workload (name -> trials) on a fresh in-process server, after a warm-up study."""
     from tuneyard.client import Client
@@ -725,11 +766,12 @@ def run_tuneyard(workloads: dict[str, int]) -> dict[str, Any]:
 
     data_dir = Path(tempfile.mkdtemp(prefix="tuneyard-overhead-"))
     out: dict[str, Any] = {}
-    handle = start_server(data_dir=data_dir, devices="cpu", cpu_slots=SLOTS)
+    handle = start_server(data_dir=data_dir, devices="cpu", cpu_slots=SLOTS, plugins_dir=TRAINABLES_DIR)
     try:
         with Client(handle.address, timeout=120) as client:
-            log("tuneyard: warm-up study (the workers import torch)")
+            log("tuneyard: warm-up studies (the workers import torch; each trial path runs once)")
             run_tuneyard_study(client, "trivial", 4)
+            run_tuneyard_study(client, "trivial_trainable", 4)
             for workload, trials in workloads.items():
                 log(f"tuneyard: {trials} {workload} trials")
                 out[workload] = run_tuneyard_study(client, workload, trials)
@@ -762,21 +804,23 @@ def _r(value: float | None, digits: int = 4) -> float | None:
 
 
 def summarise(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
-    figs = {s: {w: figures(r) for w, r in runs.items() if w in MAIN_WORKLOADS} for s, runs in results.items()}
+    figs = {s: {w: figures(r) for w, r in runs.items() if w in TABLE_WORKLOADS} for s, runs in results.items()}
     lines = [
-        f"{'system':<24} {'workload':<11} {'trials':>6} {'wall s':>8} {'trials/s':>9} {'overhead s/trial':>17} "
+        f"{'system':<24} {'workload':<17} {'trials':>6} {'wall s':>8} {'trials/s':>9} {'overhead s/trial':>17} "
         f"{'utilisation':>11} {'work util':>9} {'work ms/trial':>13}"
     ]
-    for workload in MAIN_WORKLOADS:
+    for workload in TABLE_WORKLOADS:
         for system in SYSTEMS:
+            if workload in TRAINABLE_WORKLOADS and system != "tuneyard":
+                continue  # tuneyard only: the peers' row of the same work is PEER_WORKLOAD's
             f = figs.get(system, {}).get(workload)
             if f is None:
-                lines.append(f"{LABELS[system]:<24} {workload:<11} {'-':>6} {'(not run)':>8}")
+                lines.append(f"{LABELS[system]:<24} {workload:<17} {'-':>6} {'(not run)':>8}")
                 continue
             run = results[system][workload]
             flag = "" if run["completed"] == run["trials"] else f"  ({run['completed']} completed)"
             lines.append(
-                f"{LABELS[system]:<24} {workload:<11} {run['trials']:>6} {f['wall_s']:>8.2f} {f['trials_per_s']:>9.2f} "
+                f"{LABELS[system]:<24} {workload:<17} {run['trials']:>6} {f['wall_s']:>8.2f} {f['trials_per_s']:>9.2f} "
                 f"{f['overhead_s']:>17.4f} {f['utilisation']:>10.1%} {f['work_utilisation']:>9.1%} "
                 f"{f['work_ms_per_trial']:>13.1f}{flag}"
             )
@@ -811,11 +855,12 @@ def summarise(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> tuple
     targets: dict[str, Any] = {**TARGETS}
     met: dict[str, Any] = {}
     basis: dict[str, str] = {}
-    for workload in MAIN_WORKLOADS:
-        ray_default = measured("ray_tune", "overhead_s", workload)
+    for workload in TABLE_WORKLOADS:
+        peer_workload = PEER_WORKLOAD[workload]
+        ray_default = measured("ray_tune", "overhead_s", peer_workload)
         basis[f"overhead_{workload}"] = "measured" if ray_default is not None else "issue 5 reference"
         if ray_default is None:
-            ray_default = REFERENCE["ray_tune_overhead_s"][workload]
+            ray_default = REFERENCE["ray_tune_overhead_s"][peer_workload]
         limit = ray_default * TARGETS["overhead_max_fraction_of_ray_tune_default"]
         targets[f"tuneyard_overhead_s_max_{workload}"] = _r(limit)
         mine = ty.get(workload, {}).get("overhead_s")
@@ -867,6 +912,7 @@ def summarise(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> tuple
             if system in figs:
                 summary[f"{system}_{name}"] = {w: _r(f[key]) for w, f in figs[system].items()}
     summary["bookkeeping"] = bookkeeping
+    summary["tuneyard_trainable_vs_builtin"] = _trainable_vs_builtin(ty)
     if "tuneyard" in results:
         summary["tuneyard_profile_ms"] = {
             w: {k: _r(v, 2) for k, v in r["profile"].items()} for w, r in results["tuneyard"].items()
@@ -880,6 +926,20 @@ def summarise(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> tuple
     return lines, summary
 
 
+def _trainable_vs_builtin(ty: dict[str, dict[str, float]]) -> dict[str, float | None]:
+    """tuneyard's per-trial overhead (ms) of the trivial trial on the built-in trainer and as a
+    trainable, and the trainable's over the built-in's."""
+    builtin = ty.get("trivial", {}).get("overhead_s")
+    trainable = ty.get("trivial_trainable", {}).get("overhead_s")
+    if builtin is None or trainable is None:
+        return {}
+    return {
+        "trivial_overhead_ms": _r(builtin * 1000, 2),
+        "trivial_trainable_overhead_ms": _r(trainable * 1000, 2),
+        "ratio": _r(trainable / builtin, 3) if builtin > 0 else None,
+    }
+
+
 def profile_lines(results: dict[str, Any]) -> list[str]:
     runs = results.get("tuneyard", {})
     if not runs:
@@ -887,7 +947,7 @@ def profile_lines(results: dict[str, Any]) -> list[str]:
     lines = [
         "",
         "tuneyard: where the per-trial overhead goes (ms per trial, from ListTrials timestamps; see _profile):",
-        f"{'workload':<12} {'work':>8} {'overhead':>9} {'= setup':>8} {'+ finish':>8} {'+ gaps':>7} {'+ head':>7} "
+        f"{'workload':<17} {'work':>8} {'overhead':>9} {'= setup':>8} {'+ finish':>8} {'+ gaps':>7} {'+ head':>7} "
         f"{'+ tail':>7} | {'dispatch':>8} {'in worker':>9} {'setup p90':>9} {'setup max':>9} {'gap max':>7} "
         f"{'study tail':>10} {'end imbal.':>10} {'server CPU':>10}",
     ]
@@ -896,7 +956,7 @@ def profile_lines(results: dict[str, Any]) -> list[str]:
         work = run["work_s"] / run["trials"] * 1000
         overhead = figures(run)["overhead_s"] * 1000
         lines.append(
-            f"{workload:<12} {work:>8.1f} {overhead:>9.1f} {p['setup_share_ms']:>8.1f} {p['finish_share_ms']:>8.1f} "
+            f"{workload:<17} {work:>8.1f} {overhead:>9.1f} {p['setup_share_ms']:>8.1f} {p['finish_share_ms']:>8.1f} "
             f"{p['gap_share_ms']:>7.1f} {p['head_share_ms']:>7.1f} {p['tail_share_ms']:>7.1f} | "
             f"{p['setup_dispatch_ms']:>8.1f} {p['setup_in_worker_ms']:>9.1f} "
             f"{p['setup_p90_ms']:>9.1f} {p['setup_max_ms']:>9.1f} {p['slot_gap_max_ms']:>7.1f} "
@@ -979,7 +1039,7 @@ def main() -> None:
     # Ray Tune with actor reuse first); the two bookkeeping runs (Ray's, then tuneyard's) come last.
     results: dict[str, dict[str, Any]] = {}
     if "tuneyard" in systems:
-        results["tuneyard"] = run_tuneyard({w: trials for w in MAIN_WORKLOADS})
+        results["tuneyard"] = run_tuneyard({w: trials for w in TABLE_WORKLOADS})
     workdir = Path(tempfile.mkdtemp(prefix="overhead-peers-"))
     try:
         if peers_python is not None:
