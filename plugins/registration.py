@@ -24,6 +24,7 @@ _EXTRAS: dict[str, frozenset[str]] = {
 }
 # LR schedulers' register(interval=...): when the trainer calls scheduler.step().
 _INTERVALS: tuple[str, ...] = ("batch", "epoch")
+RESERVED_METRICS = ("loss", "seconds")  # the trainer reports <split>_loss and train_seconds itself
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]*$")
 
 
@@ -57,6 +58,8 @@ def _metrics_problem(metrics: Any) -> str | None:
     for name, mode in metrics.items():
         if not isinstance(name, str) or not _NAME.match(name):
             return f"a metric name is letters, digits, '_' and '-', got {name!r}"
+        if name in RESERVED_METRICS:
+            return f"metric {name!r} would clash with the trainer's own <split>_{name} or train_{name}"
         if mode not in METRIC_MODES:
             return f"metric {name!r}: the mode must be 'min' or 'max', got {mode!r}"
     return None

@@ -31,9 +31,15 @@ def _builtin(spec: dict[str, Any], components: ComponentChecker) -> dict[str, An
     assert dataset is not None
     training = check_training(spec.get("training") or {}, components)
     task = _task(spec.get("task"), dataset, components)
+    # A task that takes label smoothing has class labels, which label smoothing and MixUp-like batch
+    # augmentations (they mix one-hot labels) need.
     takes = accepted_kwargs(components.registry.get("task", task["name"]).factory, {"label_smoothing": 0.0})
     if training["label_smoothing"] and not takes:
         raise InvalidArgument("spec.training.label_smoothing", f"a {task['name']} task takes no label smoothing")
+    for i, aug in enumerate(training["augmentations"]):
+        if not takes and components.registry.get("augmentation", aug["name"]).batch_level:
+            why = f"{aug['name']} mixes class labels; a {task['name']} task has none"
+            raise InvalidArgument(f"spec.training.augmentations[{i}].name", why)
     return {
         "dataset": dataset,
         "model": components.component("model", spec.get("model"), "spec.model"),
