@@ -114,6 +114,28 @@ def test_study_using_the_plugin_optimizer_completes(plugin_stub) -> None:
     assert "test_accuracy" in done.test_metrics
 
 
+def test_a_trainable_from_an_installed_package_runs_a_study(plugin_stub) -> None:
+    spec = {
+        "trainable": {"name": "sign_descent"},
+        "training": {"epochs": 5, "seed": 2},
+        "search_space": [{"name": "trainable.lr", "float_range": {"low": 0.01, "high": 0.2, "log": True}}],
+        "objective": {"metric": "val_mse"},
+        "budget": {"max_trials": 2, "max_concurrent_trials": 2},
+    }
+    study = plugin_stub.CreateStudy(pb.CreateStudyRequest(spec=to_proto(spec)), timeout=30)
+    assert watch_all(plugin_stub, study.study_id)[-1].study_state.state == pb.STUDY_COMPLETED
+    listed = plugin_stub.ListPlugins(pb.ListPluginsRequest(kind="trainable"), timeout=30).plugins
+    assert [(p.name, p.distribution) for p in listed] == [("sign_descent", "tuneyard-example-plugin")]
+    trials = plugin_stub.ListTrials(pb.ListTrialsRequest(study_id=study.study_id), timeout=30).trials
+    for trial in trials:
+        assert trial.state == pb.TRIAL_COMPLETED, trial.error
+        assert [
+            m.epoch
+            for m in plugin_stub.GetTrial(pb.GetTrialRequest(study_id=study.study_id, trial_id=trial.trial_id)).metrics
+        ] == [1, 2, 3, 4, 5]
+        assert 0 <= trial.final_metrics["val_mse"] < 5.25  # below the loss of the zero start (0.25 + 1 + 4)
+
+
 def test_unknown_option_of_a_plugin_optimizer_is_invalid_argument(plugin_stub) -> None:
     spec = tiny_spec(
         search_space=[{"name": "optimizer.name", "choice": {"values": ["signsgd"]}}],

@@ -65,3 +65,29 @@ def signsgd(params: Iterable[Any], *, lr: float = 0.01, momentum: float = 0.0) -
 @hookimpl
 def tuneyard_register_optimizers(register: Callable[..., None]) -> None:
     register("signsgd", signsgd)
+
+
+def sign_descent(*, trial: Any, epochs: int, lr: float = 0.05, momentum: float = 0.0) -> dict[str, float]:
+    """Least squares fitted with this package's SignSGD, one report per step: a trainable.
+
+    Args:
+        lr: SignSGD's step size.
+        momentum: SignSGD's momentum.
+    """
+    generator = torch.Generator().manual_seed(trial.seed)
+    inputs = torch.randn(128, 3, generator=generator)
+    targets = inputs @ torch.tensor([0.5, -1.0, 2.0])
+    weights = torch.zeros(3, requires_grad=True)
+    optimizer = SignSGD([weights], lr=lr, momentum=momentum)
+    for step in range(1, epochs + 1):
+        loss = torch.mean((inputs @ weights - targets) ** 2)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        trial.report(step, {"val_mse": float(loss.detach())})
+    return {"val_mse": float(torch.mean((inputs @ weights.detach() - targets) ** 2))}
+
+
+@hookimpl
+def tuneyard_register_trainables(register: Callable[..., None]) -> None:
+    register("sign_descent", sign_descent)
