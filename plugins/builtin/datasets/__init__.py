@@ -4,7 +4,8 @@
 network. `mnist`, `fashion_mnist`, `cifar10`, `cifar100` read torchvision's on-disk format and
 `image_folder` reads class-per-folder images, all from a folder inside the server's data root
 (``root``); paths that leave it are refused. Nothing is downloaded unless `download: true` is set.
-Statistics for normalisation are computed on the training split.
+Statistics for normalisation are computed on the training split. The tabular datasets (`diabetes`,
+`breast_cancer`, `wine`, `iris`, `csv`; in ``tabular``) return standardised feature vectors instead.
 
 The server reads these factories' schemas without importing torch: torch and the loaders in
 ``files`` (which import it) are imported inside the factories, which only workers call.
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from tuneyard.plugins import hookimpl
 from tuneyard.plugins.api import Bounds, DataPath, DatasetSplits
+from tuneyard.plugins.builtin.datasets.tabular import breast_cancer, csv_file, diabetes, iris, wine
 
 if TYPE_CHECKING:
     import numpy as np
@@ -280,3 +282,8 @@ def tuneyard_register_datasets(register: Any) -> None:
             "split_seed": seed,
         },
     )
+    tabular_bounds = {"val_fraction": share, "test_fraction": share, "seed": seed}
+    register("diabetes", diabetes, task="regression", bounds=tabular_bounds)
+    for name, factory in (("breast_cancer", breast_cancer), ("wine", wine), ("iris", iris)):
+        register(name, factory, bounds=tabular_bounds)
+    register("csv", csv_file, bounds=tabular_bounds)  # its task is its `task` option

@@ -1,7 +1,8 @@
-"""Built-in models: `simple_cnn`, the searchable `convnet`, torchvision families by name, `finetune`.
+"""Built-in models: `simple_cnn`, the searchable `convnet`, torchvision families by name, `finetune`, `mlp`.
 
-This is the one plugin module that registers models; ``convnet_model``, ``torchvision_models`` and
-``finetune_model`` hold their implementations. The server reads the factories' schemas without
+This is the one plugin module that registers models; ``convnet_model``, ``torchvision_models``,
+``finetune_model`` and ``mlp`` (whose factory is imported here eagerly, so the name stays the
+factory's) hold their implementations. The server reads the factories' schemas without
 torch: torch is imported inside the factories, and ``convnet_model`` and ``finetune_model`` (which
 subclass ``nn.Module``) only when a worker calls them. No submodule may share a factory's name:
 importing it lazily would replace the factory with the module in this package's namespace.
@@ -14,6 +15,9 @@ from typing import TYPE_CHECKING, Any
 from tuneyard.plugins import hookimpl
 from tuneyard.plugins.api import Bounds, DataPath
 from tuneyard.plugins.builtin.models.convnet_space import KERNEL_SIZES, MAX_DEPTH
+from tuneyard.plugins.builtin.models.mlp import MAX_DEPTH as MLP_MAX_DEPTH
+from tuneyard.plugins.builtin.models.mlp import MAX_WIDTH as MLP_MAX_WIDTH
+from tuneyard.plugins.builtin.models.mlp import mlp
 from tuneyard.plugins.builtin.models.torchvision_models import FACTORIES as TORCHVISION_FACTORIES
 from tuneyard.plugins.builtin.models.torchvision_models import vit_b_16
 
@@ -226,4 +230,9 @@ def tuneyard_register_models(register: Any) -> None:
             "head_width": at_least_one,
             "unfreeze_at_epoch": Bounds(ge=0),
         },
+    )
+    register(
+        "mlp",
+        mlp,
+        bounds={"depth": Bounds(ge=0, le=MLP_MAX_DEPTH), "width": Bounds(ge=1, le=MLP_MAX_WIDTH), "dropout": dropout},
     )
