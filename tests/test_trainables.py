@@ -70,7 +70,12 @@ def tstub(trainable_server: Any) -> Iterator[service_pb2_grpc.TrainingServiceStu
 def test_list_plugins_shows_trainables_and_tasks(tstub: Any) -> None:
     trainables = {p.name: p for p in tstub.ListPlugins(pb.ListPluginsRequest(kind="trainable"), timeout=30).plugins}
     assert {"bowl", "torch_regression", "silent"} <= set(trainables)
-    assert [p.name for p in trainables["bowl"].parameters] == ["x", "step_sleep", "log"]  # trial, epochs injected
+    assert [p.name for p in trainables["bowl"].parameters] == [
+        "x",
+        "step_sleep",
+        "log",
+        "hang_after",
+    ]  # trial, epochs injected
     tasks = {p.name for p in tstub.ListPlugins(pb.ListPluginsRequest(kind="task"), timeout=30).plugins}
     assert {"classification", "regression", "multilabel"} <= tasks
 
@@ -135,6 +140,22 @@ def test_cancel_stops_a_running_trainable_at_its_next_report(tstub: Any, tmp_pat
     assert trial.state == pb.TRIAL_CANCELLED
     assert 1 <= trial.epochs_completed < 200
     assert log.read_text().splitlines()[-1] == "1 pruned"
+
+
+def test_a_trainable_that_never_reports_again_is_killed_after_the_stop_grace(tstub: Any) -> None:
+    spec = trainable_spec(options={"hang_after": 1}, training={"epochs": 5, "seed": 0}, budget={"max_trials": 1})
+    study_id = create(tstub, spec)
+    deadline = time.monotonic() + 60
+    while not any(t.epochs_completed for t in trials_of(tstub, study_id)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    asked = time.monotonic()
+    tstub.CancelStudy(pb.CancelStudyRequest(study_id=study_id), timeout=30)
+    assert watch_all(tstub, study_id)[-1].study_state.state == pb.STUDY_CANCELLED
+    assert time.monotonic() - asked < 60  # the grace is seconds; the hang is an hour
+    (trial,) = trials_of(tstub, study_id)
+    assert (trial.state, trial.epochs_completed) == (pb.TRIAL_CANCELLED, 1)
+    x = json_format.MessageToDict(trial.config)["trainable.x"]
+    assert trial.final_metrics["loss"] == pytest.approx((x - 3.0) ** 2 + 1.0)  # what step 1 reported
 
 
 def test_a_trainable_that_never_reports_the_objective_fails_saying_so(tstub: Any) -> None:

@@ -13,16 +13,21 @@ from tuneyard.plugins import hookimpl
 from tuneyard.plugins.api import Pruned, TrialContext
 
 
-def bowl(*, trial: TrialContext, epochs: int, x: float = 0.0, step_sleep: float = 0.0, log: str = "") -> None:
+def bowl(
+    *, trial: TrialContext, epochs: int, x: float = 0.0, step_sleep: float = 0.0, log: str = "", hang_after: int = 0
+) -> None:
     """A quadratic bowl: `loss` falls towards (x - 3)**2 over the steps; the best x is 3.
 
     Args:
         x: where the trial sits in the bowl.
         step_sleep: seconds each step takes.
         log: a file (any path) where each step appends `trial_id step`, and `pruned` when Pruned.
+        hang_after: after reporting this step, hang (never report again); 0: never hang.
     """
     for step in range(1, epochs + 1):
         time.sleep(step_sleep)
+        if hang_after and step > hang_after:
+            time.sleep(3600)
         try:
             trial.report(step, {"loss": (x - 3.0) ** 2 + 1.0 / step, "x": x})
         except Pruned:
