@@ -258,23 +258,18 @@ def split_indices(table: Table, val_fraction: float, test_fraction: float, seed:
     """
     import numpy as np
 
+    from tuneyard.plugins.builtin.datasets import files
+
     check_fractions(val_fraction, test_fraction)
     n = len(table.features)
     strata = table.targets if table.task == "classification" else np.zeros(n, dtype=np.int64)
-    rng = np.random.default_rng(seed)
-    key = np.empty(n, dtype=np.float64)
-    for cls in np.unique(strata):  # systematic sampling of a per-class shuffle keeps each class's share
-        members = rng.permutation(np.flatnonzero(strata == cls))
-        key[members] = (np.arange(len(members)) + rng.random()) / len(members)
-    order = np.argsort(key, kind="stable")
-    sizes = [max(1, round(n * f)) for f in (val_fraction, test_fraction)]
-    if sum(sizes) >= n:
+    try:
+        return files.stratified_split(strata, [val_fraction, test_fraction], seed)
+    except ValueError:
         raise ValueError(
             f"{n} rows are too few for val_fraction {val_fraction} and test_fraction {test_fraction}: "
             "the training split would be empty"
-        )
-    val, test = order[: sizes[0]], order[sizes[0] : sizes[0] + sizes[1]]
-    return [np.sort(order[sizes[0] + sizes[1] :]), np.sort(val), np.sort(test)]
+        ) from None
 
 
 def standardise(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
