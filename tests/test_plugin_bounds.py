@@ -135,8 +135,10 @@ def test_every_numeric_builtin_option_declares_bounds() -> None:
 
 
 def _with_required(kind: str, name: str, options: dict[str, Any]) -> dict[str, Any]:
-    """``options`` plus the one required built-in option (image_folder's path: the folder `data_root` makes)."""
-    return {"path": "images", **options} if (kind, name) == ("dataset", "image_folder") else options
+    """``options`` plus the required built-in options (image_folder's path, csv's path and target: what
+    `data_root` makes)."""
+    required = {"image_folder": {"path": "images"}, "csv": {"path": "table.csv", "target": "y"}}
+    return {**required.get(name, {}), **options} if kind == "dataset" else options
 
 
 def _past(value: float, limit: str, kind: str) -> float:
@@ -179,6 +181,7 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
             folder.mkdir(parents=True)
             for i in range(4):
                 Image.new("RGB", (4, 4), (60 * i, 100 if label == "a" else 200, 30)).save(folder / f"{i}.png")
+    (root / "table.csv").write_text("x,y\n" + "".join(f"{i},{i % 2}\n" for i in range(10)))
     return root
 
 
