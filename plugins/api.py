@@ -1,11 +1,12 @@
 """The types a plugin author sees: frozen views of the search space and objective,
-the protocols searchers and early stoppers implement, and what a dataset returns.
+the protocols searchers, early stoppers and tasks implement, what a dataset returns, and the
+`TrialContext` a trainable (a user's own training function) receives.
 
 Plugins receive plain values and these frozen views, and return decisions; they never
 reach into the study runner. The sequence for one trial is:
 
     searcher.suggest(trial_id) -> config          (None: the space is exhausted)
-    run: the trainer reports metrics once per epoch
+    run: the built-in trainer reports metrics once per epoch, or a trainable calls trial.report(step, ...)
     early_stopper.report(trial_id, epoch, value) -> Decision.CONTINUE | Decision.STOP
     early_stopper.complete(trial_id, value)        (when the trial ends)
     searcher.observe(trial_id, state, value)       (state: "COMPLETED", "FAILED", "PRUNED", ...)

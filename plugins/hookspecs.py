@@ -39,8 +39,9 @@ The sequence for one trial (all plugin objects see plain values and frozen views
 
     searcher.suggest(trial_id) -> config          suggest  (None: the space is exhausted)
     tuneyard_on_trial_start(...)                   observers
-    trainer: dataset, augmentations, model, optimizer, lr scheduler built from the registry
-    per epoch: tuneyard_on_trial_report(...)       run + report
+    trainer: dataset, augmentations, model, optimizer, lr scheduler, task built from the registry
+             (or the trial's trainable called with its options and a TrialContext)
+    per epoch (step): tuneyard_on_trial_report(...)  run + report
                early_stopper.report(...) -> Decision.CONTINUE | Decision.STOP   decide
     early_stopper.complete(trial_id, value)
     searcher.observe(trial_id, state, value)       observe
