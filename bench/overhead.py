@@ -56,6 +56,7 @@ import argparse
 import hashlib
 import importlib.util
 import json
+import logging
 import math
 import multiprocessing as mp
 import os
@@ -336,7 +337,7 @@ def peer_ray(trials: int, default_trials: int, bookkeeping_trials: int) -> dict[
             _node_ip_address="127.0.0.1",
             _temp_dir=str(tmp / "r"),
             log_to_driver=False,
-            logging_level="ERROR",
+            logging_level=logging.ERROR,
         )
         out: dict[str, dict[str, Any]] = {"ray_tune": {}, "ray_tune_reuse": {}}
         trainables = {"trivial": ray_trivial, "tiny_torch": ray_tiny_torch}
@@ -731,7 +732,7 @@ def run_tuneyard_study(client: Any, workload: str, trials: int) -> dict[str, Any
             announced[event.trial_started.trial.trial_id] = _ts(event.time)
         if is_terminal(event):
             wall, terminal, final = perf_counter() - started, time.time(), event.study_state
-    if wall is None or final is None or final.state != service_pb2.STUDY_COMPLETED:
+    if wall is None or terminal is None or final is None or final.state != service_pb2.STUDY_COMPLETED:
         raise RuntimeError(f"study {study.study_id} ended as {final}")
     cpu = _cpu_seconds() - cpu_before  # this process: the server and the watching client
     listed = list(client.list_trials(study.study_id))
@@ -887,9 +888,9 @@ def summarise(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> tuple
     if works:
         common = statistics.median(works)
         equal = {"work_ms": _r(common * 1000, 1)}
-        for system, f in figs.items():
-            if "tiny_torch" in f:
-                equal[system] = _r(SLOTS / (common + f["tiny_torch"]["overhead_s"]), 2)
+        for system, system_figs in figs.items():
+            if "tiny_torch" in system_figs:
+                equal[system] = _r(SLOTS / (common + system_figs["tiny_torch"]["overhead_s"]), 2)
         lines.insert(
             table_end,
             f"tiny_torch trials/s at equal work ({common * 1000:.1f} ms/trial, the median of the systems'): "
