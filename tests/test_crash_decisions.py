@@ -171,8 +171,11 @@ def test_a_full_store_fails_the_study_once_writable_and_the_server_serves_on(tmp
             time.sleep(1.5)  # the runner has met the full store and retries storing the failure
             assert stub.GetStudy(pb.GetStudyRequest(study_id=sid)).state == pb.STUDY_RUNNING
             assert runner.is_alive()
+            # A spec larger than a page, so it cannot fit in the free room left in the studies table's
+            # own pages (which the ballast does not reach): storing it needs a new page.
+            widths = {"name": "model.num_filters", "choice": {"values": list(range(1, 1001))}}
             with pytest.raises(grpc.RpcError) as refused:
-                stub.CreateStudy(pb.CreateStudyRequest(spec=to_proto(tiny_spec())))
+                stub.CreateStudy(pb.CreateStudyRequest(spec=to_proto(tiny_spec(search_space=[widths]))))
             assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, refused.value.details()
             assert "full" in refused.value.details()
 
