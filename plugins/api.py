@@ -74,7 +74,9 @@ class Infeasible(Exception):
 class Pruned(Exception):  # noqa: N818 - named for what happened to the trial, as `Infeasible` is
     """Raised by `TrialContext.report` when the trial must end: the early stopper pruned it, the
     study was cancelled, or its `max_duration` passed. A trainable may catch it to clean up; the
-    trial ends with the metrics it reported (PRUNED, or CANCELLED when the study was cancelled)."""
+    trial ends with the metrics it reported (PRUNED, CANCELLED when the study was cancelled, or
+    COMPLETED at the deadline). A trainable that raises it on its own, unasked, ends as if it had
+    returned None: COMPLETED with its last report."""
 
 
 class _Required:

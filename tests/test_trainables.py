@@ -188,6 +188,7 @@ def _searching(param: dict[str, Any]) -> dict[str, Any]:
         ({"trainable": {"name": "nope"}}, "spec.trainable.name"),
         ({"objective": {}}, "spec.objective.metric"),
         ({"objective": {"metric": "score"}}, "spec.objective.mode"),
+        ({"resources": {"gpus_per_trial": 2}}, "spec.resources.gpus_per_trial"),
     ],
 )
 def test_a_trainable_spec_that_mixes_in_the_builtin_trainer_is_refused(tstub: Any, change: dict, path: str) -> None:

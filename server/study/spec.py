@@ -109,6 +109,9 @@ class SpecValidator:
         max_trials, concurrent, failures, duration, retries = self._budget(budget)
         out["budget"] = budget
         out["resources"] = self._resources(spec.get("resources") or {})
+        if "trainable" in out and out["resources"]["gpus_per_trial"] > 1:
+            why = "a trainable runs in one process on one device: at most 1 (0.5, 0.25, ... share one GPU)"
+            raise InvalidArgument("spec.resources.gpus_per_trial", why)
         return StudyPlan(
             resources=Resources(**out["resources"]),
             spec=out,
