@@ -247,3 +247,49 @@ def test_a_killed_worker_resumes_the_trainable_from_its_own_checkpoint(server_pr
     assert {r["device"] for r in runs} == {"cpu"} and {r["study"] for r in runs} == {study_id}
     history = [p.epoch for p in stub.GetTrial(pb.GetTrialRequest(study_id=study_id, trial_id=1), timeout=30).metrics]
     assert history == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_trainable_past_the_deadline_ends_at_its_next_report(tstub: Any) -> None:
+    spec = trainable_spec(
+        options={"step_sleep": 0.2}, training={"epochs": 500, "seed": 0}, budget={"max_trials": 1, "max_duration": "8s"}
+    )
+    study_id = create(tstub, spec)
+    end = watch_all(tstub, study_id)[-1].study_state
+    (trial,) = trials_of(tstub, study_id)
+    assert end.state == pb.STUDY_COMPLETED, (end, trial.epochs_completed)  # 8 s: room for a cold worker
+    assert trial.state == pb.TRIAL_COMPLETED  # the deadline keeps what it trained
+    assert 1 <= trial.epochs_completed < 500
+
+
+def test_a_server_killed_mid_trial_resumes_the_trainable_on_restart(server_process: Any, tmp_path: Path) -> None:
+    """kill -9 of the server: the restarted server runs the interrupted trial again in its folder,
+    where the trainable finds its checkpoint; no retry is spent and no step is stored twice."""
+    data = tmp_path / "data"
+    first = server_process(data, "--plugins-dir", str(PLUGINS))
+    spec = trainable_spec(
+        "torch_regression",
+        options={"step_sleep": 0.4},
+        training={"epochs": 6, "seed": 3},
+        search_space=[],
+        objective={"metric": "val_mse"},
+        budget={"max_trials": 1},
+    )
+    study_id = create(first.stub(), spec)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        trials = trials_of(first.stub(), study_id)
+        if trials and trials[0].epochs_completed >= 2:
+            break
+        time.sleep(0.05)
+    first.kill()
+    second = server_process(data, "--plugins-dir", str(PLUGINS))
+    stub = second.stub()
+    assert watch_all(stub, study_id)[-1].study_state.state == pb.STUDY_COMPLETED
+    (trial,) = trials_of(stub, study_id)
+    assert (trial.state, trial.retries, trial.epochs_completed) == (pb.TRIAL_COMPLETED, 0, 6)
+    assert 0 < trial.final_metrics["steps_run_here"] < 6
+    (log,) = data.rglob("steps.log")
+    resumed = [json.loads(line) for line in log.read_text().splitlines() if json.loads(line)["resumed"]]
+    assert resumed and resumed[0]["step"] > 1 and resumed[-1]["step"] == 6
+    history = [p.epoch for p in stub.GetTrial(pb.GetTrialRequest(study_id=study_id, trial_id=1), timeout=30).metrics]
+    assert history == [1, 2, 3, 4, 5, 6]
