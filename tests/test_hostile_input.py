@@ -154,18 +154,20 @@ SMALL_VALUE = st.one_of(
 )
 
 PLUGINS = {
-    "dataset": ["digits", "synthetic"],
+    "dataset": ["digits", "synthetic", "iris", "diabetes"],
     "model": ["simple_cnn", "convnet"],
     "optimizer": ["sgd", "adam"],
     "lr_scheduler": ["cosine", "step"],
     "augmentation": ["random_crop", "horizontal_flip", "mixup"],
     "searcher": ["random", "grid"],
     "early_stopper": ["median", "asha"],
+    "task": ["classification", "regression", "multilabel"],
+    "trainable": ["bowl", "sign_descent"],  # none is installed on this server: refused, never run
 }
 # Real option names get only small values: a valid spec with a huge `num_filters` would really train.
 KNOWN_OPTIONS = (
     "lr momentum num_filters num_conv_layers dropout batch_norm padding p alpha grace_period num_points val_fraction "
-    "num_samples min_lr step_size"
+    "num_samples min_lr step_size loss huber_delta threshold width depth"
 ).split()
 KNOWN_PATHS = [
     "optimizer.lr",
@@ -188,8 +190,11 @@ KNOWN_PATHS = [
     ".",
     "a.b.c.d",
     "augmentations.random_crop",
+    "task.loss",
+    "task.name",
+    "trainable.x",
 ]
-METRICS = ["val_accuracy", "val_loss", "params", "vibes", ""]
+METRICS = ["val_accuracy", "val_loss", "params", "vibes", "", "val_mse", "val_r2", "train_seconds"]
 
 
 def options() -> st.SearchStrategy[dict[str, Any]]:
@@ -314,6 +319,8 @@ MUTATION = st.one_of(
     st.tuples(st.just(("training", "lr_scheduler")), component("lr_scheduler")),
     st.tuples(st.just(("training", "augmentations")), st.lists(component("augmentation"), max_size=3)),
     st.tuples(st.just(("searcher",)), component("searcher")),
+    st.tuples(st.just(("task",)), component("task")),
+    st.tuples(st.just(("trainable",)), component("trainable")),
     st.tuples(st.just(("early_stopping",)), component("early_stopper")),
     st.tuples(st.just(("search_space",)), SEARCH_SPACE),
     st.tuples(st.just(("search_space",)), SEARCH_SPACE),  # twice: most of the validator is here
