@@ -52,6 +52,7 @@ CATALOGUE = {
     ],
     "searcher": ["random", "grid", "sobol", "tpe", "cmaes", "evolution", "gp"],
     "early_stopper": ["median", "asha", "hyperband"],
+    "task": ["classification", "regression", "multilabel"],
 }
 
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
