@@ -99,6 +99,20 @@ def test_a_search_over_a_trainable_stores_exactly_what_it_reported(tstub: Any) -
     assert dict(study.test_metrics) == {}  # a trainable has no test split
 
 
+def test_a_trainable_gets_its_share_of_the_machine_and_its_trials_folder(tstub: Any) -> None:
+    spec = trainable_spec("torch_regression", training={"epochs": 2, "seed": 5}, search_space=[],
+                          objective={"metric": "val_mse"}, budget={"max_trials": 1})  # fmt: skip
+    study_id = create(tstub, spec)
+    assert watch_all(tstub, study_id)[-1].study_state.state == pb.STUDY_COMPLETED
+    (trial,) = trials_of(tstub, study_id)
+    runs = [json.loads(line) for line in (Path(trial.checkpoint).parent / "steps.log").read_text().splitlines()]
+    assert [r["step"] for r in runs] == [1, 2]
+    # Two CPU slots on this server: each trial gets its half of the cores, as the built-in trainer does.
+    assert {(r["device"], r["threads"], r["resumed"], r["study"]) for r in runs} == {
+        ("cpu", max(1, (os.cpu_count() or 1) // 2), False, study_id)
+    }
+
+
 def test_asha_prunes_trainable_trials_and_the_trainable_sees_pruned(tstub: Any, tmp_path: Path) -> None:
     log = tmp_path / "steps.log"
     spec = trainable_spec(
