@@ -31,6 +31,12 @@ class TrialState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TRIAL_PRUNED: _ClassVar[TrialState]
     TRIAL_CANCELLED: _ClassVar[TrialState]
     TRIAL_INFEASIBLE: _ClassVar[TrialState]
+
+class Decision(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DECISION_UNSPECIFIED: _ClassVar[Decision]
+    CONTINUE: _ClassVar[Decision]
+    STOP: _ClassVar[Decision]
 STUDY_STATE_UNSPECIFIED: StudyState
 STUDY_PENDING: StudyState
 STUDY_RUNNING: StudyState
@@ -45,6 +51,9 @@ TRIAL_FAILED: TrialState
 TRIAL_PRUNED: TrialState
 TRIAL_CANCELLED: TrialState
 TRIAL_INFEASIBLE: TrialState
+DECISION_UNSPECIFIED: Decision
+CONTINUE: Decision
+STOP: Decision
 
 class EpochMetrics(_message.Message):
     __slots__ = ("epoch", "values", "time")
@@ -370,6 +379,70 @@ class ListPluginsResponse(_message.Message):
     plugins: _containers.RepeatedCompositeFieldContainer[Plugin]
     load_errors: _containers.RepeatedCompositeFieldContainer[PluginLoadError]
     def __init__(self, plugins: _Optional[_Iterable[_Union[Plugin, _Mapping]]] = ..., load_errors: _Optional[_Iterable[_Union[PluginLoadError, _Mapping]]] = ...) -> None: ...
+
+class SuggestTrialsRequest(_message.Message):
+    __slots__ = ("study_id", "count", "client_id")
+    STUDY_ID_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    study_id: str
+    count: int
+    client_id: str
+    def __init__(self, study_id: _Optional[str] = ..., count: _Optional[int] = ..., client_id: _Optional[str] = ...) -> None: ...
+
+class SuggestTrialsResponse(_message.Message):
+    __slots__ = ("trials", "study_done")
+    TRIALS_FIELD_NUMBER: _ClassVar[int]
+    STUDY_DONE_FIELD_NUMBER: _ClassVar[int]
+    trials: _containers.RepeatedCompositeFieldContainer[Trial]
+    study_done: bool
+    def __init__(self, trials: _Optional[_Iterable[_Union[Trial, _Mapping]]] = ..., study_done: _Optional[bool] = ...) -> None: ...
+
+class ReportTrialRequest(_message.Message):
+    __slots__ = ("study_id", "trial_id", "step", "metrics")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    STUDY_ID_FIELD_NUMBER: _ClassVar[int]
+    TRIAL_ID_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    study_id: str
+    trial_id: int
+    step: int
+    metrics: _containers.ScalarMap[str, float]
+    def __init__(self, study_id: _Optional[str] = ..., trial_id: _Optional[int] = ..., step: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class ReportTrialResponse(_message.Message):
+    __slots__ = ("decision",)
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    decision: Decision
+    def __init__(self, decision: _Optional[_Union[Decision, str]] = ...) -> None: ...
+
+class CompleteTrialRequest(_message.Message):
+    __slots__ = ("study_id", "trial_id", "state", "metrics", "error")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    STUDY_ID_FIELD_NUMBER: _ClassVar[int]
+    TRIAL_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    study_id: str
+    trial_id: int
+    state: TrialState
+    metrics: _containers.ScalarMap[str, float]
+    error: str
+    def __init__(self, study_id: _Optional[str] = ..., trial_id: _Optional[int] = ..., state: _Optional[_Union[TrialState, str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., error: _Optional[str] = ...) -> None: ...
 
 class GetServerInfoRequest(_message.Message):
     __slots__ = ()

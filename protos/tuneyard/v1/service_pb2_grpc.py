@@ -79,6 +79,21 @@ class TrainingServiceStub:
                 request_serializer=tuneyard_dot_v1_dot_service__pb2.GetServerInfoRequest.SerializeToString,
                 response_deserializer=tuneyard_dot_v1_dot_service__pb2.ServerInfo.FromString,
                 _registered_method=True)
+        self.SuggestTrials = channel.unary_unary(
+                '/tuneyard.v1.TrainingService/SuggestTrials',
+                request_serializer=tuneyard_dot_v1_dot_service__pb2.SuggestTrialsRequest.SerializeToString,
+                response_deserializer=tuneyard_dot_v1_dot_service__pb2.SuggestTrialsResponse.FromString,
+                _registered_method=True)
+        self.ReportTrial = channel.unary_unary(
+                '/tuneyard.v1.TrainingService/ReportTrial',
+                request_serializer=tuneyard_dot_v1_dot_service__pb2.ReportTrialRequest.SerializeToString,
+                response_deserializer=tuneyard_dot_v1_dot_service__pb2.ReportTrialResponse.FromString,
+                _registered_method=True)
+        self.CompleteTrial = channel.unary_unary(
+                '/tuneyard.v1.TrainingService/CompleteTrial',
+                request_serializer=tuneyard_dot_v1_dot_service__pb2.CompleteTrialRequest.SerializeToString,
+                response_deserializer=tuneyard_dot_v1_dot_service__pb2.Trial.FromString,
+                _registered_method=True)
 
 
 class TrainingServiceServicer:
@@ -143,6 +158,29 @@ class TrainingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SuggestTrials(self, request, context):
+        """External studies (spec.external): clients evaluate the trials. SuggestTrials hands out up
+        to `count` new RUNNING trials, each leased to `client_id` for the spec's lease; ReportTrial
+        stores a step's metrics, asks the early stopper and renews the lease; CompleteTrial ends a
+        trial (the same call again returns the same trial). A lease that runs out ends its trial
+        FAILED with reason "timeout" (or hands its configuration out again, with trial_retries).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportTrial(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompleteTrial(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -190,6 +228,21 @@ def add_TrainingServiceServicer_to_server(servicer, server):
                     servicer.GetServerInfo,
                     request_deserializer=tuneyard_dot_v1_dot_service__pb2.GetServerInfoRequest.FromString,
                     response_serializer=tuneyard_dot_v1_dot_service__pb2.ServerInfo.SerializeToString,
+            ),
+            'SuggestTrials': grpc.unary_unary_rpc_method_handler(
+                    servicer.SuggestTrials,
+                    request_deserializer=tuneyard_dot_v1_dot_service__pb2.SuggestTrialsRequest.FromString,
+                    response_serializer=tuneyard_dot_v1_dot_service__pb2.SuggestTrialsResponse.SerializeToString,
+            ),
+            'ReportTrial': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportTrial,
+                    request_deserializer=tuneyard_dot_v1_dot_service__pb2.ReportTrialRequest.FromString,
+                    response_serializer=tuneyard_dot_v1_dot_service__pb2.ReportTrialResponse.SerializeToString,
+            ),
+            'CompleteTrial': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompleteTrial,
+                    request_deserializer=tuneyard_dot_v1_dot_service__pb2.CompleteTrialRequest.FromString,
+                    response_serializer=tuneyard_dot_v1_dot_service__pb2.Trial.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -435,6 +488,87 @@ class TrainingService:
             '/tuneyard.v1.TrainingService/GetServerInfo',
             tuneyard_dot_v1_dot_service__pb2.GetServerInfoRequest.SerializeToString,
             tuneyard_dot_v1_dot_service__pb2.ServerInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SuggestTrials(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneyard.v1.TrainingService/SuggestTrials',
+            tuneyard_dot_v1_dot_service__pb2.SuggestTrialsRequest.SerializeToString,
+            tuneyard_dot_v1_dot_service__pb2.SuggestTrialsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportTrial(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneyard.v1.TrainingService/ReportTrial',
+            tuneyard_dot_v1_dot_service__pb2.ReportTrialRequest.SerializeToString,
+            tuneyard_dot_v1_dot_service__pb2.ReportTrialResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompleteTrial(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneyard.v1.TrainingService/CompleteTrial',
+            tuneyard_dot_v1_dot_service__pb2.CompleteTrialRequest.SerializeToString,
+            tuneyard_dot_v1_dot_service__pb2.Trial.FromString,
             options,
             channel_credentials,
             insecure,

@@ -142,7 +142,7 @@ class Resources(_message.Message):
     def __init__(self, gpus_per_trial: _Optional[float] = ..., priority: _Optional[float] = ..., gpu_memory_gb: _Optional[float] = ...) -> None: ...
 
 class StudySpec(_message.Message):
-    __slots__ = ("name", "dataset", "model", "training", "search_space", "searcher", "early_stopping", "objective", "budget", "resources", "objectives", "trainable", "task")
+    __slots__ = ("name", "dataset", "model", "training", "search_space", "searcher", "early_stopping", "objective", "budget", "resources", "objectives", "trainable", "task", "external")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -156,6 +156,7 @@ class StudySpec(_message.Message):
     OBJECTIVES_FIELD_NUMBER: _ClassVar[int]
     TRAINABLE_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
+    EXTERNAL_FIELD_NUMBER: _ClassVar[int]
     name: str
     dataset: Component
     model: Component
@@ -169,4 +170,11 @@ class StudySpec(_message.Message):
     objectives: _containers.RepeatedCompositeFieldContainer[Objective]
     trainable: Component
     task: Component
-    def __init__(self, name: _Optional[str] = ..., dataset: _Optional[_Union[Component, _Mapping]] = ..., model: _Optional[_Union[Component, _Mapping]] = ..., training: _Optional[_Union[TrainingConfig, _Mapping]] = ..., search_space: _Optional[_Iterable[_Union[Parameter, _Mapping]]] = ..., searcher: _Optional[_Union[Component, _Mapping]] = ..., early_stopping: _Optional[_Union[Component, _Mapping]] = ..., objective: _Optional[_Union[Objective, _Mapping]] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., objectives: _Optional[_Iterable[_Union[Objective, _Mapping]]] = ..., trainable: _Optional[_Union[Component, _Mapping]] = ..., task: _Optional[_Union[Component, _Mapping]] = ...) -> None: ...
+    external: ExternalEvaluation
+    def __init__(self, name: _Optional[str] = ..., dataset: _Optional[_Union[Component, _Mapping]] = ..., model: _Optional[_Union[Component, _Mapping]] = ..., training: _Optional[_Union[TrainingConfig, _Mapping]] = ..., search_space: _Optional[_Iterable[_Union[Parameter, _Mapping]]] = ..., searcher: _Optional[_Union[Component, _Mapping]] = ..., early_stopping: _Optional[_Union[Component, _Mapping]] = ..., objective: _Optional[_Union[Objective, _Mapping]] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., objectives: _Optional[_Iterable[_Union[Objective, _Mapping]]] = ..., trainable: _Optional[_Union[Component, _Mapping]] = ..., task: _Optional[_Union[Component, _Mapping]] = ..., external: _Optional[_Union[ExternalEvaluation, _Mapping]] = ...) -> None: ...
+
+class ExternalEvaluation(_message.Message):
+    __slots__ = ("lease",)
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    lease: _duration_pb2.Duration
+    def __init__(self, lease: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
