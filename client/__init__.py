@@ -8,10 +8,29 @@ or server code, so the base install can drive a remote GPU server::
     with Client("gpu-box:50051", tls_ca="ca.pem") as client:  # token from $TUNEYARD_TOKEN
         result = client.run("examples/digits.yaml")
         print(result.best_config, result.test_metrics)
+
+An external study (``external: {}`` in the spec) is evaluated here instead, by your function::
+
+    def branin(trial):
+        x, y = trial.config["x"], trial.config["y"]
+        return (y - 5.1 / 39.48 * x**2 + 5 / 3.1416 * x - 6) ** 2 + 10 * (1 - 1 / 25.13) * math.cos(x) + 10
+
+    result = client.optimize(spec, branin, n_workers=2)
 """
 
-from tuneyard.client.errors import TuneyardError
+from tuneyard.client.errors import Infeasible, Pruned, TuneyardError
+from tuneyard.client.external import ExternalTrial, TrialBatch
 from tuneyard.client.sdk import Client, RunResult
 from tuneyard.client.specfile import config_to_dict, load_spec
 
-__all__ = ["Client", "RunResult", "TuneyardError", "config_to_dict", "load_spec"]
+__all__ = [
+    "Client",
+    "ExternalTrial",
+    "Infeasible",
+    "Pruned",
+    "RunResult",
+    "TrialBatch",
+    "TuneyardError",
+    "config_to_dict",
+    "load_spec",
+]

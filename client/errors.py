@@ -4,13 +4,17 @@ Every failure a caller can act on -- a bad spec file, a server that answers
 ``INVALID_ARGUMENT``, a server that cannot be reached -- surfaces as a
 :class:`TuneyardError` carrying a gRPC status code, so callers (and the CLI)
 need a single ``except`` clause and can still branch on the code.
+
+:class:`Pruned` and :class:`Infeasible` are not failures of the client: an
+external study's evaluation function raises them (or ``ExternalTrial.report``
+raises ``Pruned``) to say how its trial ends.
 """
 
 from __future__ import annotations
 
 import grpc
 
-__all__ = ["TuneyardError", "from_rpc_error"]
+__all__ = ["Infeasible", "Pruned", "TuneyardError", "from_rpc_error"]
 
 
 class TuneyardError(Exception):
@@ -41,3 +45,15 @@ def from_rpc_error(err: grpc.RpcError) -> TuneyardError:
     if not isinstance(code, grpc.StatusCode):
         code = grpc.StatusCode.UNKNOWN
     return TuneyardError(code, details or str(err))
+
+
+class Pruned(Exception):  # noqa: N818 - named for what happened to the trial, as `Infeasible` is
+    """Raised by ``ExternalTrial.report`` when the server answers STOP: the early stopper pruned the
+    trial, the study was cancelled, or it passed its deadline. ``Client.optimize`` then completes the
+    trial with its last reported metrics (the server records it PRUNED when its stopper said so); an
+    evaluation function may catch it to clean up, or raise it itself to end a trial early."""
+
+
+class Infeasible(Exception):
+    """Raised by an external study's evaluation function when a configuration cannot run at all:
+    ``Client.optimize`` completes the trial TRIAL_INFEASIBLE with the message as its error."""

@@ -5,7 +5,9 @@ the base install can drive a GPU box. It adds what raw stubs lack: errors as
 :class:`TuneyardError`, safe retries of ``CreateStudy`` (one request id per
 call), pagination hidden behind iterators, a ``watch`` that survives a
 broken stream without losing or repeating an event, and TLS / mutual TLS /
-bearer tokens on every call (:mod:`tuneyard.client.connection`).
+bearer tokens on every call (:mod:`tuneyard.client.connection`). External studies
+(the client evaluates the trials: ``ask`` / ``report`` / ``tell`` / ``optimize``) live in
+:mod:`tuneyard.client.external`; the methods here delegate to it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import grpc
 
 from tuneyard.client.connection import PemSource, channel_credentials, open_channel, resolve_token
 from tuneyard.client.errors import TuneyardError, from_rpc_error
+from tuneyard.client.external import EventSink, ExternalStudies, ExternalTrial, Metrics, TrialBatch
 from tuneyard.client.specfile import SpecSource, config_to_dict, load_spec
 from tuneyard.v1 import service_pb2, service_pb2_grpc, spec_pb2
 
@@ -127,6 +130,7 @@ class Client:
         self.has_token = resolved is not None
         self._channel = open_channel(self.address, credentials, resolved)
         self._stub = service_pb2_grpc.TrainingServiceStub(self._channel)
+        self._external = ExternalStudies(self)
 
     def __enter__(self) -> Client:
         return self
@@ -281,3 +285,57 @@ class Client:
         study = self.create_study(spec, request_id=request_id)
         result = self.wait(study.study_id, on_event=on_event)
         return RunResult.from_study(result.study, spec)
+
+    # -- external studies (the client evaluates the trials) ------------------------------------
+
+    def ask(self, study_id: str, count: int = 1, client_id: str | None = None) -> TrialBatch:
+        """Up to ``count`` new trials leased to ``client_id`` (default ``<hostname>-<pid>``).
+
+        Fewer, or none, when the study's concurrency slots are taken; ``.study_done`` on the
+        returned list says the study has no more trials to give.
+        """
+        return self._external.ask(study_id, count, client_id)
+
+    def report(self, study_id: str, trial_id: int, step: int, value_or_metrics: Metrics) -> bool:
+        """Store a step's metrics (a bare number is the objective's); False: the trial must stop."""
+        return self._external.report(study_id, trial_id, step, value_or_metrics)
+
+    def tell(
+        self,
+        study_id: str,
+        trial_id: int,
+        value_or_metrics: Metrics | None = None,
+        *,
+        state: str | int = "COMPLETED",
+        error: str = "",
+    ) -> service_pb2.Trial:
+        """End a trial COMPLETED, FAILED or INFEASIBLE; no metrics keeps its last report's.
+
+        Safe to repeat: the same call again returns the same trial.
+        """
+        return self._external.tell(study_id, trial_id, value_or_metrics, state=state, error=error)
+
+    def optimize(
+        self,
+        spec: SpecSource,
+        fn: Callable[[ExternalTrial], Any],
+        n_workers: int = 1,
+        *,
+        request_id: str | None = None,
+        progress: bool | EventSink | None = True,
+        client_id: str | None = None,
+    ) -> RunResult:
+        """Create an external study and evaluate its trials here, ``fn(trial)`` on ``n_workers`` threads.
+
+        ``fn`` returns the objective's value, a dict of metrics, or None (its last report stands);
+        ``Pruned`` (from ``trial.report``) ends it with its last report, ``Infeasible`` ends it
+        INFEASIBLE, any other exception FAILED with the traceback. ``progress=True`` shows the
+        CLI's display on stderr; a callable gets each ``StudyEvent``. Like :meth:`run`, it does not
+        raise when the study fails: check ``result.succeeded``. An error of the calls themselves
+        (or Ctrl-C) stops every worker from asking for more and is raised; the study stays on the
+        server, as after :meth:`run` (:meth:`cancel_study` ends it; a held trial ends at its lease).
+        """
+        study = self._external.optimize(
+            spec, fn, n_workers, request_id=request_id, progress=progress, client_id=client_id
+        )
+        return RunResult.from_study(study)

@@ -1,0 +1,310 @@
+"""External studies from the client's side: ask for trials, report their steps, tell how they ended.
+
+A study with ``spec.external`` has no trainer on the server: clients evaluate its trials through
+SuggestTrials, ReportTrial and CompleteTrial. :class:`ExternalStudies` wraps those three calls
+for :class:`~tuneyard.client.Client` (``ask`` / ``report`` / ``tell``) and adds ``optimize``,
+which drives a study to its end with worker threads in this process while the study's watch
+stream feeds the same progress display as ``tuneyard run``. Thin like the rest of the client:
+grpc, protobuf, rich and the standard library.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+import socket
+import threading
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import grpc
+
+from tuneyard.client.errors import Infeasible, Pruned, TuneyardError
+from tuneyard.client.specfile import SpecSource, config_to_dict, load_spec
+from tuneyard.v1 import service_pb2, spec_pb2
+
+if TYPE_CHECKING:
+    from tuneyard.client.progress import Display
+
+__all__ = ["ExternalStudies", "ExternalTrial", "Metrics", "StudyRpc", "TrialBatch", "default_client_id"]
+
+# A step's (or a trial's) result: the objective's value alone, or named metrics.
+Metrics = float | Mapping[str, float]
+EventSink = Callable[[service_pb2.StudyEvent], None]
+
+_END_STATES = {
+    "COMPLETED": service_pb2.TRIAL_COMPLETED,
+    "FAILED": service_pb2.TRIAL_FAILED,
+    "INFEASIBLE": service_pb2.TRIAL_INFEASIBLE,
+}
+_STUDY_OVER = frozenset({service_pb2.STUDY_COMPLETED, service_pb2.STUDY_FAILED, service_pb2.STUDY_CANCELLED})
+
+
+class StudyRpc(Protocol):
+    """What the external-study code needs of a client (``Client`` is one): calls and a watch."""
+
+    def _call(self, method: str, request: Any) -> Any: ...
+    def get_study(self, study_id: str) -> service_pb2.Study: ...
+    def create_study(self, spec: SpecSource, request_id: str | None = None) -> service_pb2.Study: ...
+    def watch(self, study_id: str, after_sequence: int = 0) -> Iterator[service_pb2.StudyEvent]: ...
+
+
+def default_client_id() -> str:
+    """``<hostname>-<pid>``: who holds a trial shows on the server as its device, ``client:<id>``."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class ExternalTrial:
+    """One trial handed to this client: evaluate ``config``, ``report`` each step, then tell its end."""
+
+    study_id: str
+    trial_id: int
+    config: dict[str, Any]
+    _studies: ExternalStudies = field(repr=False, compare=False)
+
+    def report(self, step: int, value_or_metrics: Metrics) -> None:
+        """Store step ``step``'s metrics (and renew the lease); raise :class:`Pruned` on STOP."""
+        if not self._studies.report(self.study_id, self.trial_id, step, value_or_metrics):
+            raise Pruned(f"trial {self.trial_id} of study {self.study_id} stopped at step {step}")
+
+
+class TrialBatch(list[ExternalTrial]):
+    """The trials one ``ask`` got (maybe none) and ``study_done``: the study has no more to give."""
+
+    def __init__(self, trials: Iterable[ExternalTrial], study_done: bool) -> None:
+        super().__init__(trials)
+        self.study_done = study_done
+
+
+def _end_state(state: str | int) -> service_pb2.TrialState:
+    """``COMPLETED`` / ``TRIAL_COMPLETED`` / the enum number (or FAILED, INFEASIBLE) as the enum."""
+    if isinstance(state, int) and state in service_pb2.TrialState.values():
+        state = service_pb2.TrialState.Name(state)
+    name = str(state).strip().upper().removeprefix("TRIAL_")
+    if name not in _END_STATES:
+        raise TuneyardError(
+            grpc.StatusCode.INVALID_ARGUMENT, f"a trial ends COMPLETED, FAILED or INFEASIBLE, not {state!r}"
+        )
+    return _END_STATES[name]
+
+
+def objective_metric(spec: spec_pb2.StudySpec) -> str:
+    """The one objective's metric, which a bare number reported for a trial stands for."""
+    objectives = list(spec.objectives) or ([spec.objective] if spec.HasField("objective") else [])
+    if len(objectives) != 1 or not objectives[0].metric:
+        raise ValueError(f"the study has {len(objectives)} objectives: report a dict of metrics, not a single number")
+    return objectives[0].metric
+
+
+class ExternalStudies:
+    """The client side of external studies; caches each study's spec (its objective, its ints)."""
+
+    poll_min = 0.05  # seconds an optimize worker waits when no trial is free, doubled up to poll_max
+    poll_max = 0.2
+
+    def __init__(self, rpc: StudyRpc) -> None:
+        self._rpc = rpc
+        self._specs: dict[str, spec_pb2.StudySpec] = {}
+        self._lock = threading.Lock()
+
+    def spec(self, study_id: str) -> spec_pb2.StudySpec:
+        """The study's spec, fetched once."""
+        with self._lock:
+            cached = self._specs.get(study_id)
+        if cached is None:
+            cached = self._rpc.get_study(study_id).spec
+            with self._lock:
+                cached = self._specs.setdefault(study_id, cached)
+        return cached
+
+    def metrics(self, study_id: str, value_or_metrics: Metrics) -> dict[str, float]:
+        """Named metrics from a dict, or ``{objective metric: value}`` from a bare number."""
+        if isinstance(value_or_metrics, Mapping):
+            return {str(name): float(value) for name, value in value_or_metrics.items()}
+        if isinstance(value_or_metrics, bool) or not isinstance(value_or_metrics, numbers.Real):
+            raise TypeError(f"expected a number or a dict of metrics, got {type(value_or_metrics).__name__}")
+        return {objective_metric(self.spec(study_id)): float(value_or_metrics)}
+
+    def ask(self, study_id: str, count: int = 1, client_id: str | None = None) -> TrialBatch:
+        request = service_pb2.SuggestTrialsRequest(
+            study_id=study_id, count=count, client_id=client_id or default_client_id()
+        )
+        response = self._rpc._call("SuggestTrials", request)
+        if not response.trials:
+            return TrialBatch((), response.study_done)
+        spec = self.spec(study_id)  # which parameters are ints
+        trials = (
+            ExternalTrial(study_id, trial.trial_id, config_to_dict(trial.config, spec), self)
+            for trial in response.trials
+        )
+        return TrialBatch(trials, response.study_done)
+
+    def report(self, study_id: str, trial_id: int, step: int, value_or_metrics: Metrics) -> bool:
+        request = service_pb2.ReportTrialRequest(
+            study_id=study_id, trial_id=trial_id, step=step, metrics=self.metrics(study_id, value_or_metrics)
+        )
+        return bool(self._rpc._call("ReportTrial", request).decision != service_pb2.STOP)
+
+    def tell(
+        self,
+        study_id: str,
+        trial_id: int,
+        value_or_metrics: Metrics | None = None,
+        *,
+        state: str | int = "COMPLETED",
+        error: str = "",
+    ) -> service_pb2.Trial:
+        metrics = {} if value_or_metrics is None else self.metrics(study_id, value_or_metrics)
+        request = service_pb2.CompleteTrialRequest(
+            study_id=study_id, trial_id=trial_id, state=_end_state(state), metrics=metrics, error=error
+        )
+        return self._rpc._call("CompleteTrial", request)
+
+    def evaluate(self, trial: ExternalTrial, fn: Callable[[ExternalTrial], Any]) -> service_pb2.Trial | None:
+        """Run ``fn`` on one trial and tell the server how it ended; None if the study ended first."""
+        state, metrics, error = self._outcome(trial, fn)
+        try:
+            return self.tell(trial.study_id, trial.trial_id, metrics, state=state, error=error)
+        except TuneyardError:
+            if self._rpc.get_study(trial.study_id).state in _STUDY_OVER:
+                return None  # cancelled (or failed) meanwhile: its trials were ended on the server
+            raise
+
+    def _outcome(self, trial: ExternalTrial, fn: Callable[[ExternalTrial], Any]) -> tuple[str, Metrics | None, str]:
+        try:
+            result = fn(trial)
+            metrics = None if result is None else self.metrics(trial.study_id, result)
+        except Pruned:
+            return "COMPLETED", None, ""  # the last reported step's metrics stand
+        except Infeasible as exc:
+            return "INFEASIBLE", None, str(exc) or "infeasible"
+        except Exception:
+            return "FAILED", None, traceback.format_exc()
+        return "COMPLETED", metrics, ""
+
+    def optimize(
+        self,
+        spec: SpecSource,
+        fn: Callable[[ExternalTrial], Any],
+        n_workers: int = 1,
+        *,
+        request_id: str | None = None,
+        progress: bool | EventSink | None = True,
+        client_id: str | None = None,
+    ) -> service_pb2.Study:
+        """Create the study, evaluate its trials on ``n_workers`` threads, return the ended study."""
+        parsed = load_spec(spec)
+        if not parsed.HasField("external"):
+            raise ValueError("optimize evaluates an external study: the spec needs an `external` section")
+        if n_workers < 1:
+            raise ValueError(f"n_workers must be >= 1, not {n_workers}")
+        study = self._rpc.create_study(parsed, request_id=request_id)
+        with self._lock:
+            self._specs[study.study_id] = study.spec
+        run = _OptimizeRun(self, self._rpc, study.study_id, fn)
+        with _display(parsed, progress) as display:
+            run.start(display, _worker_ids(client_id or default_client_id(), n_workers))
+            run.join()
+        return self._rpc.get_study(study.study_id)
+
+
+def _worker_ids(client_id: str, n_workers: int) -> list[str]:
+    return [client_id] if n_workers == 1 else [f"{client_id}-{i}" for i in range(1, n_workers + 1)]
+
+
+class _Callback:
+    """A plain event callback (or none) as a :class:`Display`."""
+
+    def __init__(self, sink: EventSink | None) -> None:
+        self._sink = sink
+
+    def __enter__(self) -> _Callback:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+    def __call__(self, event: service_pb2.StudyEvent) -> None:
+        if self._sink is not None:
+            self._sink(event)
+
+
+def _display(spec: spec_pb2.StudySpec, progress: bool | EventSink | None) -> Display:
+    """``True``: the CLI's display on stderr (live bars on a terminal); a callable: called per event."""
+    if progress is True:
+        # Imported here: progress -> render -> sdk -> this module.
+        from rich.console import Console
+
+        from tuneyard.client.progress import make_display
+
+        return make_display(spec, Console(stderr=True), live=True)
+    return _Callback(progress or None)
+
+
+def _wait_for(thread: threading.Thread) -> None:
+    while thread.is_alive():  # short joins, so Ctrl-C reaches the main thread at once
+        thread.join(0.1)
+
+
+class _OptimizeRun:
+    """The threads of one ``optimize``: workers ask → evaluate → tell; a watcher feeds the display."""
+
+    def __init__(
+        self, studies: ExternalStudies, rpc: StudyRpc, study_id: str, fn: Callable[[ExternalTrial], Any]
+    ) -> None:
+        self._studies, self._rpc, self._study_id, self._fn = studies, rpc, study_id, fn
+        self._stop = threading.Event()
+        self._errors: list[BaseException] = []
+        self._threads: list[threading.Thread] = []
+
+    def start(self, display: Display, client_ids: list[str]) -> None:
+        self._watcher = threading.Thread(target=self._watch, args=(display,), daemon=True, name="tuneyard-watch")
+        self._watcher.start()
+        for client_id in client_ids:
+            worker = threading.Thread(target=self._work, args=(client_id,), daemon=True, name=f"tuneyard-{client_id}")
+            worker.start()
+            self._threads.append(worker)
+
+    def join(self) -> None:
+        """Wait for the workers, then for the study's end; the first error (or Ctrl-C) stops them."""
+        try:
+            for worker in self._threads:
+                _wait_for(worker)
+            if not self._errors:
+                _wait_for(self._watcher)
+        finally:
+            self._stop.set()  # after an error or Ctrl-C no worker asks for another trial
+        if self._errors:
+            raise self._errors[0]
+
+    def _watch(self, display: Display) -> None:
+        try:
+            for event in self._rpc.watch(self._study_id):
+                if self._stop.is_set():
+                    return
+                display(event)
+        except BaseException as exc:
+            self._fail(exc)
+
+    def _work(self, client_id: str) -> None:
+        delay = self._studies.poll_min
+        try:
+            while not self._stop.is_set():
+                batch = self._studies.ask(self._study_id, 1, client_id)
+                if not batch:
+                    if batch.study_done:
+                        return
+                    self._stop.wait(delay)  # others hold the concurrency slots: ask again soon
+                    delay = min(delay * 2, self._studies.poll_max)
+                    continue
+                delay = self._studies.poll_min
+                self._studies.evaluate(batch[0], self._fn)
+        except BaseException as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        self._errors.append(exc)
+        self._stop.set()
