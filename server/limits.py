@@ -22,6 +22,9 @@ Exceeding one is refused before anything is stored or started, and the server go
 | unfinished studies on the server (`StudyManager(max_active_studies=)`) | 64 | RESOURCE_EXHAUSTED |
 | open WatchStudy streams on the server (MAX_WATCHERS) | 200 | RESOURCE_EXHAUSTED |
 | open WatchStudy streams of one client (MAX_WATCHERS_PER_CLIENT) | 128 | RESOURCE_EXHAUSTED |
+| trials one SuggestTrials hands out (MAX_SUGGEST) | 100 | INVALID_ARGUMENT |
+| metrics of one ReportTrial / CompleteTrial (MAX_METRICS) | 1,000 | INVALID_ARGUMENT |
+| a CompleteTrial's `error` (MAX_ERROR_CHARS) | 65,536 characters | INVALID_ARGUMENT |
 
 A client is who `servicer.client_identity` says: its token's name when tokens are on, else the
 peer's host. Modules read these names at call time (or, for the stream caps, when the servicer is
@@ -52,6 +55,9 @@ __all__ = [
     "MAX_WATCHERS",
     "MAX_WATCHERS_PER_CLIENT",
     "MIN_GPU_SHARE",
+    "MAX_SUGGEST",
+    "MAX_METRICS",
+    "MAX_ERROR_CHARS",
 ]
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # grpc's receive limit (server/app.py)
@@ -77,3 +83,6 @@ MAX_PRIORITY = 1e6
 DEFAULT_MAX_ACTIVE_STUDIES = 64
 MAX_WATCHERS = 200  # each open stream holds an RPC thread; kept below app.RPC_THREADS
 MAX_WATCHERS_PER_CLIENT = 128
+MAX_SUGGEST = 100
+MAX_METRICS = 1000
+MAX_ERROR_CHARS = 65_536  # a client's traceback

@@ -14,6 +14,7 @@ from tuneyard.server.study.domain import (
     StudyRecord,
     StudyState,
     TrialRecord,
+    TrialState,
     trial_from_dict,
 )
 from tuneyard.v1 import service_pb2 as pb
@@ -94,6 +95,13 @@ def study_state_from_proto(value: int) -> StudyState | None:
     if value == pb.STUDY_STATE_UNSPECIFIED:
         return None
     return StudyState(pb.StudyState.Name(value).removeprefix("STUDY_"))
+
+
+def trial_state_from_proto(value: int) -> TrialState | None:
+    """The domain state of a proto TrialState; None for UNSPECIFIED or a number no state has."""
+    if value == pb.TRIAL_STATE_UNSPECIFIED or value not in pb.TrialState.values():
+        return None
+    return TrialState(pb.TrialState.Name(value).removeprefix("TRIAL_"))
 
 
 def _timestamp(seconds: float | None) -> timestamp_pb2.Timestamp | None:

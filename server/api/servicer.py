@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import urllib.parse
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import grpc
@@ -20,9 +20,13 @@ from tuneyard.server.api.security import Authenticator
 from tuneyard.server.execution.protocol import Executor
 from tuneyard.server.execution.scheduler import DeviceScheduler
 from tuneyard.server.limits import (
+    MAX_ERROR_CHARS,
     MAX_ID_CHARS,
+    MAX_METRICS,
+    MAX_NAME_CHARS,
     MAX_RESPONSE_BYTES,
     MAX_SPEC_BYTES,
+    MAX_SUGGEST,
     MAX_WATCHERS,
     MAX_WATCHERS_PER_CLIENT,
 )
@@ -88,6 +92,23 @@ def _trial_id(value: int) -> int:
     return value
 
 
+def _metrics(values: Mapping[str, float]) -> dict[str, float]:
+    if len(values) > MAX_METRICS:
+        raise InvalidArgument("metrics", f"more than {MAX_METRICS} metrics ({len(values)})")
+    for name in values:
+        if len(name) > MAX_NAME_CHARS:
+            raise InvalidArgument("metrics", f"a metric name is longer than {MAX_NAME_CHARS} characters")
+    return dict(values)
+
+
+def _client_id(value: str, context: grpc.ServicerContext, authenticator: Authenticator | None) -> str:
+    if len(value) > MAX_NAME_CHARS:
+        raise InvalidArgument("client_id", f"longer than {MAX_NAME_CHARS} characters")
+    if any(not c.isprintable() for c in value):
+        raise InvalidArgument("client_id", "must be printable text")
+    return value or client_identity(context, authenticator)
+
+
 class TrainingServicer(service_pb2_grpc.TrainingServiceServicer):
     def __init__(
         self,
@@ -135,6 +156,34 @@ class TrainingServicer(service_pb2_grpc.TrainingServiceServicer):
         if fit < len(messages):
             token = self.storage.study_page_token(studies[fit - 1].study_id)
         return pb.ListStudiesResponse(studies=messages[:fit], next_page_token=token)
+
+    @unary
+    def SuggestTrials(
+        self, request: pb.SuggestTrialsRequest, context: grpc.ServicerContext
+    ) -> pb.SuggestTrialsResponse:
+        study = self.studies.external(_study_id(request.study_id))
+        if not 1 <= request.count <= MAX_SUGGEST:
+            raise InvalidArgument("count", f"must be from 1 to {MAX_SUGGEST}, got {request.count}")
+        client = _client_id(request.client_id, context, self.authenticator)
+        trials, done = study.suggest(request.count, client)
+        return pb.SuggestTrialsResponse(trials=[convert.trial_to_proto(t) for t in trials], study_done=done)
+
+    @unary
+    def ReportTrial(self, request: pb.ReportTrialRequest, context: grpc.ServicerContext) -> pb.ReportTrialResponse:
+        study = self.studies.external(_study_id(request.study_id))
+        stop = study.report(_trial_id(request.trial_id), request.step, _metrics(request.metrics))
+        return pb.ReportTrialResponse(decision=pb.STOP if stop else pb.CONTINUE)
+
+    @unary
+    def CompleteTrial(self, request: pb.CompleteTrialRequest, context: grpc.ServicerContext) -> pb.Trial:
+        study = self.studies.external(_study_id(request.study_id))
+        state = convert.trial_state_from_proto(request.state)
+        if state is None:
+            raise InvalidArgument("state", "required: TRIAL_COMPLETED, TRIAL_FAILED or TRIAL_INFEASIBLE")
+        if len(request.error) > MAX_ERROR_CHARS:
+            raise InvalidArgument("error", f"longer than {MAX_ERROR_CHARS} characters")
+        trial_id = _trial_id(request.trial_id)
+        return convert.trial_to_proto(study.complete(trial_id, state, _metrics(request.metrics), request.error))
 
     @unary
     def CancelStudy(self, request: pb.CancelStudyRequest, context: grpc.ServicerContext) -> pb.Study:

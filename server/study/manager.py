@@ -13,6 +13,7 @@ from tuneyard.server.limits import DEFAULT_MAX_ACTIVE_STUDIES
 from tuneyard.server.storage.store import Store
 from tuneyard.server.study.domain import InvalidArgument, ResourceExhausted, StudyRecord, StudyState, WrongState
 from tuneyard.server.study.events import EventHub
+from tuneyard.server.study.external import ExternalStudy
 from tuneyard.server.study.runner import StudyRunner
 from tuneyard.server.study.spec import SpecValidator, StudyPlan
 
@@ -46,7 +47,7 @@ class StudyManager:
         self.max_active_studies = max_active_studies
         root = str(storage.data_dir / "datasets") if data_root is None else data_root
         self.validator = SpecValidator(registry, data_root=root)
-        self._runners: dict[str, StudyRunner] = {}
+        self._runners: dict[str, StudyRunner | ExternalStudy] = {}
         self._lock = threading.Lock()
 
     def create(self, spec: dict[str, Any], request_id: str) -> StudyRecord:
@@ -82,6 +83,12 @@ class StudyManager:
                 return found
 
     def _start(self, study_id: str, plan: StudyPlan) -> None:
+        if plan.external:
+            external = ExternalStudy(study_id, plan, storage=self.storage, hub=self.hub, registry=self.registry)
+            external.open()
+            self._runners[study_id] = external
+            external.start()
+            return
         runner = StudyRunner(
             study_id,
             plan,
@@ -93,6 +100,25 @@ class StudyManager:
         )
         self._runners[study_id] = runner
         runner.start()
+
+    def external(self, study_id: str) -> ExternalStudy:
+        """The study whose clients evaluate its trials; NotFound, or WrongState for a study the server
+        runs itself. An external study that ended before the server restarted answers from the store."""
+        runner = self._runners.get(study_id)
+        if isinstance(runner, ExternalStudy):
+            return runner
+        study = self.storage.get_study(study_id)
+        if "external" not in study.spec:
+            raise WrongState(f"study {study_id} is not external: this server runs its trials")
+        with self._lock:
+            runner = self._runners.get(study_id)
+            if isinstance(runner, ExternalStudy):
+                return runner
+            plan = self.validator.validate(study.spec)
+            ended = ExternalStudy.ended(study_id, plan, storage=self.storage, hub=self.hub, registry=self.registry)
+            ended.start()  # returns at once: it only answers from the store
+            self._runners[study_id] = ended
+            return ended
 
     def cancel(self, study_id: str) -> StudyRecord:
         study = self.storage.get_study(study_id)

@@ -92,7 +92,7 @@ def study_end(*, cancelled: bool, results: Results, evaluation: EvaluationRun | 
         return StudyEnd(StudyState.FAILED, f"{results.failures} trials failed (budget.max_failures is {allowed})")
     if results.best is None:
         return StudyEnd(StudyState.FAILED, f"no trial completed ({results.failures} failed)")
-    if results.plan.trainable:  # a trainable's study has no test split: its best trial is its result
+    if not results.plan.has_test_split:  # a trainable's or clients' study: its best trial is its result
         return StudyEnd(StudyState.COMPLETED, test_metrics={})
     if evaluation is not None and evaluation.error:
         return StudyEnd(StudyState.FAILED, evaluation.error)

@@ -36,16 +36,17 @@ from tuneyard.server.execution.messages import (
 )
 from tuneyard.server.execution.scheduler import Allocation, DeviceScheduler
 from tuneyard.server.storage.store import Store
-from tuneyard.server.study.domain import StoreError, TrialRecord, TrialState, trial_to_dict
+from tuneyard.server.study.domain import StoreError, TrialRecord
 from tuneyard.server.study.events import EventHub
 from tuneyard.server.study.journal import StudyJournal
-from tuneyard.server.study.outcomes import Ending, Finish, RunAgain, decide, ending_of, final_state
-from tuneyard.server.study.results import Results, study_end, trial_end
+from tuneyard.server.study.outcomes import Ending, Finish, RunAgain, decide, ending_of
+from tuneyard.server.study.results import Results, study_end
 from tuneyard.server.study.resume import restore
 from tuneyard.server.study.search import build_search
 from tuneyard.server.study.settings import TrialSettings, resolve
 from tuneyard.server.study.spec import StudyPlan
 from tuneyard.server.study.stopping import StopperLedger
+from tuneyard.server.study.trial_book import TrialBook
 from tuneyard.server.study.trial_runs import TEST, EvaluationRun, TaskBoard, TrialRun, placement
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ class StudyRunner(threading.Thread):
         self._results = Results(plan)
         self._searcher: Any = None
         self._stopping = StopperLedger(None, plan.objective)
+        self._book: TrialBook | None = None  # made once the search is built
         self._next_id = 1
         self._exhausted = False  # the searcher has no more configurations
 
@@ -120,6 +122,16 @@ class StudyRunner(threading.Thread):
 
     def _run(self) -> None:
         self._searcher, self._stopping = build_search(self.plan, self.registry)
+        self._book = TrialBook(
+            self.study_id,
+            self.plan,
+            storage=self.storage,
+            journal=self._journal,
+            registry=self.registry,
+            searcher=self._searcher,
+            stopping=self._stopping,
+            results=self._results,
+        )
         study = self.storage.get_study(self.study_id)
         if study.start_time is None:
             started_at = time.time()
@@ -251,11 +263,8 @@ class StudyRunner(threading.Thread):
         run = TrialRun(trial_id=trial_id, task=task, units=self._units)
         self._board.trials[trial_id] = run
         self._board.hold(run.trial_id, run, alloc)
-        with self.storage.atomic():
-            trial = self.storage.create_trial(self.study_id, trial_id, config, alloc.name, checkpoint_key)
-            self._journal.search_state(self._searcher, self._stopping)
-            self._journal.publish("trial_started", {"trial": trial_to_dict(trial)})
-        self.registry.on_trial_start(self.study_id, trial_id, dict(config))
+        assert self._book is not None
+        self._book.start(trial_id, config, alloc.name, checkpoint_key)
         task = replace(task, placement=placement(alloc, self._memory_gb))
         alloc.gang.submit(Train(trial_id, task), self._inbox.put)
 
@@ -284,13 +293,8 @@ class StudyRunner(threading.Thread):
             return  # a resumed run re-reports the epoch of its checkpoint; this one is stored already
         run.epochs = epoch
         trial_id = run.trial_id
-        stop = run.stop_reason is None and self._stopping.tell(trial_id, epoch, metrics)
-        with self.storage.atomic():  # the stopper's verdict is stored with the epoch it judged
-            self.storage.add_epoch(self.study_id, trial_id, epoch, metrics)
-            if stop:
-                self.storage.mark_pruned(self.study_id, trial_id, epoch)
-            self._journal.publish("trial_progress", {"trial_id": trial_id, "epoch": epoch, "metrics": metrics})
-        self.registry.on_trial_report(self.study_id, trial_id, epoch, dict(metrics))
+        assert self._book is not None
+        stop = self._book.step(trial_id, epoch, metrics, judge=run.stop_reason is None)
         self._measured_gb = max(self._measured_gb, float(metrics.get("peak_memory_gb", 0.0)))
         if stop:
             self._board.ask_stop(trial_id, run, "pruned")
@@ -331,26 +335,9 @@ class StudyRunner(threading.Thread):
                 self._finish_trial(run, final)
 
     def _finish_trial(self, run: TrialRun, ending: Ending) -> None:
-        """Stores the trial's end with the search state and its events, in one transaction."""
-        trial_id = run.trial_id
-        state = final_state(ending, run.stop_reason)
-        end = trial_end(ending, state, self.plan)
-        if state == TrialState.FAILED:
-            self._results.failures += 1
-        value = end.objective_value if state in (TrialState.COMPLETED, TrialState.PRUNED) else None
-        self._searcher.observe(trial_id, state.value, value)
-        self._stopping.complete(trial_id, value)
-        del self._board.trials[trial_id]
-        with self.storage.atomic():
-            trial = self.storage.end_trial(self.study_id, trial_id, end)
-            self._journal.search_state(self._searcher, self._stopping)
-            self._journal.publish("trial_finished", {"trial": trial_to_dict(trial)})
-            if self._results.offer_to_front(trial):
-                self.storage.set_pareto(self.study_id, [trial_id for trial_id, _ in self._results.front])
-            if self._results.take_if_best(trial):
-                self.storage.set_best_trial(self.study_id, trial_id)
-                self._journal.publish("best_trial_changed", {"trial": trial_to_dict(trial)})
-        self.registry.on_trial_end(self.study_id, trial_id, trial.state.value, dict(trial.final_metrics))
+        del self._board.trials[run.trial_id]
+        assert self._book is not None
+        self._book.finish(run.trial_id, ending, run.stop_reason)
 
     # ---- the end: the test evaluation, then the study's state ----
 
@@ -359,7 +346,7 @@ class StudyRunner(threading.Thread):
         starts it when a slot is free."""
         best = self._results.best
         ended = self._cancelled.is_set() or self._halted.is_set() or self._results.failures_exceeded()
-        if ended or best is None or self.plan.trainable:  # a trainable has no test split to score
+        if ended or best is None or not self.plan.has_test_split:
             return self._board.evaluation is not None and self._board.evaluation.alloc is not None
         if self._board.evaluation is None:
             self._board.evaluation = EvaluationRun(trial_id=best.trial_id)

@@ -66,8 +66,18 @@ class StudyPlan:
 
     @property
     def trainable(self) -> bool:
-        """Whether the trials run a user's trainable (which has no test split to evaluate)."""
+        """Whether the trials run a user's trainable."""
         return "trainable" in self.spec
+
+    @property
+    def external(self) -> bool:
+        """Whether clients evaluate the trials (SuggestTrials, ReportTrial, CompleteTrial)."""
+        return "external" in self.spec
+
+    @property
+    def has_test_split(self) -> bool:
+        """Whether the best trial is scored on a test split at the end: only the built-in trainer's are."""
+        return not (self.trainable or self.external)
 
 
 class SpecValidator:
@@ -109,6 +119,8 @@ class SpecValidator:
         max_trials, concurrent, failures, duration, retries = self._budget(budget)
         out["budget"] = budget
         out["resources"] = self._resources(spec.get("resources") or {})
+        if "external" in out and Resources(**out["resources"]) != Resources():
+            raise InvalidArgument("spec.resources", "a study its clients evaluate uses no devices of this server")
         if "trainable" in out and out["resources"]["gpus_per_trial"] > 1:
             why = "a trainable runs in one process on one device: at most 1 (0.5, 0.25, ... share one GPU)"
             raise InvalidArgument("spec.resources.gpus_per_trial", why)

@@ -72,9 +72,9 @@ class ObjectiveChecker:
         """The metric's name (the task's default when absent) and the metrics whose direction is known."""
         if metric is not None and not isinstance(metric, str):
             raise InvalidArgument(path, f"must be a metric name, got {metric!r}")
-        if "trainable" in normalised:
+        if "trainable" in normalised or "external" in normalised:
             if not metric:
-                raise InvalidArgument(path, "required with a trainable: name a metric it reports")
+                raise InvalidArgument(path, "required: name a metric the trials report")
             if len(metric) > MAX_NAME_CHARS:
                 raise InvalidArgument(path, f"longer than {MAX_NAME_CHARS} characters")
             known: dict[str, str] = dict(COMMON)

@@ -130,7 +130,8 @@ class SpaceChecker:
 
     def _check_target(self, param: Parameter, spec: dict[str, Any], names: dict[str, Parameter], path: str) -> None:
         """Resolves the parameter's address and checks its domain against the setting's type."""
-        check_searched(param, spec, self.components, path)
+        if check_searched(param, spec, self.components, path):
+            return
         parts = param.name.split(".")
         head = parts[0]
         where = f"{path}.name"

@@ -1,0 +1,83 @@
+"""Every change a trial makes to its study, journaled before anything acts on it: its start (with the
+search state that chose it), each step (the early stopper's verdict stored with the step it judged)
+and its end (the searcher and stopper told, the best trial and the Pareto front updated), each in one
+transaction with the event announcing it.
+
+The one place both kinds of study write trials through: the runner whose workers train them
+(`runner`) and the study whose clients evaluate them (`external`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tuneyard.plugins.manager import PluginRegistry
+from tuneyard.server.storage.store import Store
+from tuneyard.server.study.domain import TrialRecord, TrialState, trial_to_dict
+from tuneyard.server.study.journal import StudyJournal
+from tuneyard.server.study.outcomes import Ending, final_state
+from tuneyard.server.study.results import Results, trial_end
+from tuneyard.server.study.spec import StudyPlan
+from tuneyard.server.study.stopping import StopperLedger
+
+
+class TrialBook:
+    """One study's searcher, early stopper and results, and the journaled writes that change them."""
+
+    def __init__(
+        self,
+        study_id: str,
+        plan: StudyPlan,
+        *,
+        storage: Store,
+        journal: StudyJournal,
+        registry: PluginRegistry,
+        searcher: Any,
+        stopping: StopperLedger,
+        results: Results,
+    ) -> None:
+        self.study_id, self.plan = study_id, plan
+        self.storage, self.journal, self.registry = storage, journal, registry
+        self.searcher, self.stopping, self.results = searcher, stopping, results
+
+    def start(self, trial_id: int, config: dict[str, Any], device: str, checkpoint: str = "") -> TrialRecord:
+        """Stores a new RUNNING trial with the search state that suggested it, and announces it."""
+        with self.storage.atomic():
+            trial = self.storage.create_trial(self.study_id, trial_id, config, device, checkpoint)
+            self.journal.search_state(self.searcher, self.stopping)
+            self.journal.publish("trial_started", {"trial": trial_to_dict(trial)})
+        self.registry.on_trial_start(self.study_id, trial_id, dict(config))
+        return trial
+
+    def step(self, trial_id: int, step: int, metrics: dict[str, float], *, judge: bool = True) -> bool:
+        """Stores a step's metrics; with `judge`, asks the early stopper first. True when it says STOP
+        (stored with the step, so a restart ends the trial PRUNED however far it got)."""
+        stop = judge and self.stopping.tell(trial_id, step, metrics)
+        with self.storage.atomic():
+            self.storage.add_epoch(self.study_id, trial_id, step, metrics)
+            if stop:
+                self.storage.mark_pruned(self.study_id, trial_id, step)
+            self.journal.publish("trial_progress", {"trial_id": trial_id, "epoch": step, "metrics": metrics})
+        self.registry.on_trial_report(self.study_id, trial_id, step, dict(metrics))
+        return stop
+
+    def finish(self, trial_id: int, ending: Ending, stop_reason: str | None) -> TrialRecord:
+        """Stores the trial's end with the search state and its events, in one transaction."""
+        state = final_state(ending, stop_reason)
+        end = trial_end(ending, state, self.plan)
+        if state == TrialState.FAILED:
+            self.results.failures += 1
+        value = end.objective_value if state in (TrialState.COMPLETED, TrialState.PRUNED) else None
+        self.searcher.observe(trial_id, state.value, value)
+        self.stopping.complete(trial_id, value)
+        with self.storage.atomic():
+            trial = self.storage.end_trial(self.study_id, trial_id, end)
+            self.journal.search_state(self.searcher, self.stopping)
+            self.journal.publish("trial_finished", {"trial": trial_to_dict(trial)})
+            if self.results.offer_to_front(trial):
+                self.storage.set_pareto(self.study_id, [trial_id for trial_id, _ in self.results.front])
+            if self.results.take_if_best(trial):
+                self.storage.set_best_trial(self.study_id, trial_id)
+                self.journal.publish("best_trial_changed", {"trial": trial_to_dict(trial)})
+        self.registry.on_trial_end(self.study_id, trial_id, trial.state.value, dict(trial.final_metrics))
+        return trial
