@@ -179,3 +179,24 @@ def test_wheel_installs_into_a_fresh_venv_with_only_the_thin_client(tmp_path: Pa
     # The thin client talks to a real server: `tuneyard info` from the base-only install.
     info = run(bindir / "tuneyard", "--server", server.address, "info")
     assert "0.1.0" in info.stdout
+
+    # ... and evaluates an external study itself: `Client.optimize` with no torch in the process.
+    done = json.loads(run(py, "-I", "-c", OPTIMIZE_SCRIPT, server.address).stdout.strip().splitlines()[-1])
+    assert done["state"] == "STUDY_COMPLETED" and done["trials"] == 4 and done["heavy"] == [], done
+    assert done["best"] == min(done["values"]) and len(done["values"]) == 4, done
+
+
+# Run by the base-only venv's python: a quadratic minimised on two worker threads, as JSON.
+OPTIMIZE_SCRIPT = """
+import json, sys
+from tuneyard.client import Client
+from tuneyard.v1 import service_pb2
+spec = {"name": "thin-optimize", "external": {}, "search_space": [{"name": "x", "float_range": {"low": -2, "high": 2}}],
+        "objective": {"metric": "value", "mode": "MINIMIZE"}, "budget": {"max_trials": 4, "max_concurrent_trials": 2}}
+with Client(sys.argv[1]) as client:
+    result = client.optimize(spec, lambda trial: (trial.config["x"] - 0.5) ** 2, n_workers=2, progress=False)
+    values = [t.objective_value for t in client.list_trials(result.study.study_id)]
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "pluggy", "sklearn") or "tuneyard.server" in m)
+print(json.dumps({"state": service_pb2.StudyState.Name(result.study.state), "trials": len(values), "values": values,
+                  "best": result.best_metrics["value"], "heavy": heavy}))
+"""
