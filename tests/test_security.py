@@ -36,7 +36,14 @@ CALLS: list[tuple[str, Any]] = [
     ("GetTrial", pb.GetTrialRequest(study_id="st-x", trial_id=1)),
     ("ListPlugins", pb.ListPluginsRequest()),
     ("GetServerInfo", pb.GetServerInfoRequest()),
+    ("SuggestTrials", pb.SuggestTrialsRequest(study_id="st-x", count=1)),
+    ("ReportTrial", pb.ReportTrialRequest(study_id="st-x", trial_id=1, step=1, metrics={"v": 1.0})),
+    ("CompleteTrial", pb.CompleteTrialRequest(study_id="st-x", trial_id=1, state=pb.TRIAL_COMPLETED)),
 ]
+# Every unary RPC of the service is in CALLS (WatchStudy, the stream, is tried on its own).
+assert {name for name, _ in CALLS} | {"WatchStudy"} == set(
+    pb.DESCRIPTOR.services_by_name["TrainingService"].methods_by_name
+)
 
 
 @pytest.fixture(scope="module")
@@ -199,6 +206,26 @@ def test_every_rpc_and_the_stream_refuse_a_missing_or_wrong_token(tls_server, ce
         stream = stub.WatchStudy(pb.WatchStudyRequest(study_id="st-x"), metadata=metadata, timeout=10)
         assert code_of(lambda: list(stream)) == grpc.StatusCode.UNAUTHENTICATED
         assert stub.ListStudies(pb.ListStudiesRequest(), metadata=bearer(TOKEN)).studies == []  # nothing created
+
+
+def test_an_external_study_is_evaluated_over_tls_with_a_token(tls_server, certs):
+    spec = {
+        "external": {},
+        "search_space": [{"name": "x", "float_range": {"low": 0, "high": 1}}],
+        "objective": {"metric": "v", "mode": "MINIMIZE"},
+        "budget": {"max_trials": 1},
+    }
+    with tls_channel(tls_server.address, certs) as channel:
+        stub = service_pb2_grpc.TrainingServiceStub(channel)
+        study = stub.CreateStudy(pb.CreateStudyRequest(spec=to_proto(spec)), metadata=bearer(TOKEN))
+        (trial,) = stub.SuggestTrials(
+            pb.SuggestTrialsRequest(study_id=study.study_id, count=1), metadata=bearer(TOKEN)
+        ).trials
+        assert trial.device == "client:token alice"  # no client_id: the token's name, never the token
+        done = pb.CompleteTrialRequest(
+            study_id=study.study_id, trial_id=trial.trial_id, state=pb.TRIAL_COMPLETED, metrics={"v": 0.5}
+        )
+        assert stub.CompleteTrial(done, metadata=bearer(TOKEN)).state == pb.TRIAL_COMPLETED
 
 
 def test_the_right_token_runs_a_study_over_tls_and_health_stays_open(tls_server, certs):
