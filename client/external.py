@@ -64,10 +64,11 @@ class ExternalTrial:
     trial_id: int
     config: dict[str, Any]
     _studies: ExternalStudies = field(repr=False, compare=False)
+    client_id: str = ""  # whom it was handed to: the server refuses this client's calls once it lost the lease
 
     def report(self, step: int, value_or_metrics: Metrics) -> None:
         """Store step ``step``'s metrics (and renew the lease); raise :class:`Pruned` on STOP."""
-        if not self._studies.report(self.study_id, self.trial_id, step, value_or_metrics):
+        if not self._studies.report(self.study_id, self.trial_id, step, value_or_metrics, client_id=self.client_id):
             raise Pruned(f"trial {self.trial_id} of study {self.study_id} stopped at step {step}")
 
 
@@ -129,22 +130,24 @@ class ExternalStudies:
         return {objective_metric(self.spec(study_id)): float(value_or_metrics)}
 
     def ask(self, study_id: str, count: int = 1, client_id: str | None = None) -> TrialBatch:
-        request = service_pb2.SuggestTrialsRequest(
-            study_id=study_id, count=count, client_id=client_id or default_client_id()
-        )
+        holder = client_id or default_client_id()
+        request = service_pb2.SuggestTrialsRequest(study_id=study_id, count=count, client_id=holder)
         response = self._rpc._call("SuggestTrials", request)
         if not response.trials:
             return TrialBatch((), response.study_done)
         spec = self.spec(study_id)  # which parameters are ints
         trials = (
-            ExternalTrial(study_id, trial.trial_id, config_to_dict(trial.config, spec), self)
+            ExternalTrial(study_id, trial.trial_id, config_to_dict(trial.config, spec), self, holder)
             for trial in response.trials
         )
         return TrialBatch(trials, response.study_done)
 
-    def report(self, study_id: str, trial_id: int, step: int, value_or_metrics: Metrics) -> bool:
+    def report(
+        self, study_id: str, trial_id: int, step: int, value_or_metrics: Metrics, *, client_id: str = ""
+    ) -> bool:
+        metrics = self.metrics(study_id, value_or_metrics)
         request = service_pb2.ReportTrialRequest(
-            study_id=study_id, trial_id=trial_id, step=step, metrics=self.metrics(study_id, value_or_metrics)
+            study_id=study_id, trial_id=trial_id, step=step, metrics=metrics, client_id=client_id
         )
         return bool(self._rpc._call("ReportTrial", request).decision != service_pb2.STOP)
 
@@ -156,10 +159,16 @@ class ExternalStudies:
         *,
         state: str | int = "COMPLETED",
         error: str = "",
+        client_id: str = "",
     ) -> service_pb2.Trial:
         metrics = {} if value_or_metrics is None else self.metrics(study_id, value_or_metrics)
         request = service_pb2.CompleteTrialRequest(
-            study_id=study_id, trial_id=trial_id, state=_end_state(state), metrics=metrics, error=error
+            study_id=study_id,
+            trial_id=trial_id,
+            state=_end_state(state),
+            metrics=metrics,
+            error=error,
+            client_id=client_id,
         )
         return self._rpc._call("CompleteTrial", request)
 
@@ -167,7 +176,9 @@ class ExternalStudies:
         """Run ``fn`` on one trial and tell the server how it ended; None if the study ended first."""
         state, metrics, error = self._outcome(trial, fn)
         try:
-            return self.tell(trial.study_id, trial.trial_id, metrics, state=state, error=error)
+            return self.tell(
+                trial.study_id, trial.trial_id, metrics, state=state, error=error, client_id=trial.client_id
+            )
         except TuneyardError:
             if self._rpc.get_study(trial.study_id).state in _STUDY_OVER:
                 return None  # cancelled (or failed) meanwhile: its trials were ended on the server

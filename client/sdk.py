@@ -296,9 +296,14 @@ class Client:
         """
         return self._external.ask(study_id, count, client_id)
 
-    def report(self, study_id: str, trial_id: int, step: int, value_or_metrics: Metrics) -> bool:
-        """Store a step's metrics (a bare number is the objective's); False: the trial must stop."""
-        return self._external.report(study_id, trial_id, step, value_or_metrics)
+    def report(
+        self, study_id: str, trial_id: int, step: int, value_or_metrics: Metrics, *, client_id: str = ""
+    ) -> bool:
+        """Store a step's metrics (a bare number is the objective's); False: the trial must stop.
+
+        With ``client_id`` (the one the trial was asked with) the server refuses the call once the
+        trial's lease ran out and it went to another client."""
+        return self._external.report(study_id, trial_id, step, value_or_metrics, client_id=client_id)
 
     def tell(
         self,
@@ -308,12 +313,13 @@ class Client:
         *,
         state: str | int = "COMPLETED",
         error: str = "",
+        client_id: str = "",
     ) -> service_pb2.Trial:
         """End a trial COMPLETED, FAILED or INFEASIBLE; no metrics keeps its last report's.
 
-        Safe to repeat: the same call again returns the same trial.
+        Safe to repeat: the same call again returns the same trial. ``client_id`` as for ``report``.
         """
-        return self._external.tell(study_id, trial_id, value_or_metrics, state=state, error=error)
+        return self._external.tell(study_id, trial_id, value_or_metrics, state=state, error=error, client_id=client_id)
 
     def optimize(
         self,

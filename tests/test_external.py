@@ -135,6 +135,12 @@ def test_a_lease_that_runs_out_fails_the_trial_and_a_retry_hands_its_config_out_
         1,
         "client:rescuer",
     )
+    late = pb.ReportTrialRequest(study_id=study_id, trial_id=trial.trial_id, step=1, metrics={"value": 1.0})
+    late.client_id = "tester"  # the first holder, whose lease ran out
+    assert code(lambda: ext.ReportTrial(late)) == grpc.StatusCode.FAILED_PRECONDITION
+    ending = pb.CompleteTrialRequest(study_id=study_id, trial_id=trial.trial_id, state=pb.TRIAL_COMPLETED)
+    ending.client_id = "tester"
+    assert code(lambda: ext.CompleteTrial(ending)) == grpc.StatusCode.FAILED_PRECONDITION
     time.sleep(2.0)
     assert suggest(ext, study_id).study_done  # no retry left: the trial ended
     ended = ext.GetTrial(pb.GetTrialRequest(study_id=study_id, trial_id=trial.trial_id))

@@ -101,12 +101,18 @@ def _metrics(values: Mapping[str, float]) -> dict[str, float]:
     return dict(values)
 
 
-def _client_id(value: str, context: grpc.ServicerContext, authenticator: Authenticator | None) -> str:
+def _holder(value: str) -> str:
+    """A request's client_id, checked ("" when none is given)."""
     if len(value) > MAX_NAME_CHARS:
         raise InvalidArgument("client_id", f"longer than {MAX_NAME_CHARS} characters")
     if any(not c.isprintable() for c in value):
         raise InvalidArgument("client_id", "must be printable text")
-    return value or client_identity(context, authenticator)
+    return value
+
+
+def _client_id(value: str, context: grpc.ServicerContext, authenticator: Authenticator | None) -> str:
+    """Whom SuggestTrials leases trials to: the request's client_id, else who sends it."""
+    return _holder(value) or client_identity(context, authenticator)
 
 
 class TrainingServicer(service_pb2_grpc.TrainingServiceServicer):
@@ -171,7 +177,8 @@ class TrainingServicer(service_pb2_grpc.TrainingServiceServicer):
     @unary
     def ReportTrial(self, request: pb.ReportTrialRequest, context: grpc.ServicerContext) -> pb.ReportTrialResponse:
         study = self.studies.external(_study_id(request.study_id))
-        stop = study.report(_trial_id(request.trial_id), request.step, _metrics(request.metrics))
+        trial_id, holder = _trial_id(request.trial_id), _holder(request.client_id)
+        stop = study.report(trial_id, request.step, _metrics(request.metrics), holder)
         return pb.ReportTrialResponse(decision=pb.STOP if stop else pb.CONTINUE)
 
     @unary
@@ -182,8 +189,9 @@ class TrainingServicer(service_pb2_grpc.TrainingServiceServicer):
             raise InvalidArgument("state", "required: TRIAL_COMPLETED, TRIAL_FAILED or TRIAL_INFEASIBLE")
         if len(request.error) > MAX_ERROR_CHARS:
             raise InvalidArgument("error", f"longer than {MAX_ERROR_CHARS} characters")
-        trial_id = _trial_id(request.trial_id)
-        return convert.trial_to_proto(study.complete(trial_id, state, _metrics(request.metrics), request.error))
+        trial_id, holder = _trial_id(request.trial_id), _holder(request.client_id)
+        ended = study.complete(trial_id, state, _metrics(request.metrics), request.error, holder)
+        return convert.trial_to_proto(ended)
 
     @unary
     def CancelStudy(self, request: pb.CancelStudyRequest, context: grpc.ServicerContext) -> pb.Study:

@@ -183,8 +183,8 @@ class ExternalStudy(threading.Thread):
             self._end_if_done()
             return handed, self._ended or self._exhausted
 
-    def report(self, trial_id: int, step: int, metrics: dict[str, float]) -> bool:
-        """Stores step `step` of a trial, renews its lease; True: STOP."""
+    def report(self, trial_id: int, step: int, metrics: dict[str, float], client_id: str = "") -> bool:
+        """Stores step `step` of a trial, renews its lease; True: STOP. A `client_id` must be the holder's."""
         epochs = self.plan.spec["training"]["epochs"]
         if not 1 <= step <= epochs:
             raise InvalidArgument("step", f"must be from 1 to training.epochs ({epochs}), got {step}")
@@ -196,6 +196,7 @@ class ExternalStudy(threading.Thread):
                 if trial.state == TrialState.CANCELLED or self._cancelled.is_set():
                     return True  # the study was cancelled: the client is to stop
                 raise WrongState(f"trial {trial_id} already ended {trial.state.value}")
+            _check_holder(lease, client_id)
             if step < lease.steps:
                 raise InvalidArgument("step", f"steps go forward: step {lease.steps} is stored, got {step}")
             lease.expires = time.monotonic() + self.lease_s
@@ -205,8 +206,11 @@ class ExternalStudy(threading.Thread):
                     lease.stop_reason = "pruned"
             return lease.stop_reason is not None
 
-    def complete(self, trial_id: int, state: TrialState, metrics: dict[str, float], error: str) -> TrialRecord:
-        """Ends a trial as the client says; the same call again returns the same trial."""
+    def complete(
+        self, trial_id: int, state: TrialState, metrics: dict[str, float], error: str, client_id: str = ""
+    ) -> TrialRecord:
+        """Ends a trial as the client says; the same call again returns the same trial. A `client_id`
+        must be the holder's."""
         if state not in ENDINGS:
             names = ", ".join(f"TRIAL_{s.value}" for s in ENDINGS)
             raise InvalidArgument("state", f"must be one of {names}, got {state.value}")
@@ -218,6 +222,7 @@ class ExternalStudy(threading.Thread):
                 if _same_ending(trial, state, metrics, error):
                     return trial
                 raise WrongState(f"trial {trial_id} already ended {trial.state.value}")
+            _check_holder(lease, client_id)
             trial = self._finish(lease, self._ending(lease, state, metrics, error))
             self._end_if_done()
             return trial
@@ -322,6 +327,14 @@ class ExternalStudy(threading.Thread):
         assert end is not None  # a study without a test split ends as soon as its trials do
         self._ended = True
         self._journal.end(end.state, end.error, end.test_metrics)
+
+
+def _check_holder(lease: Lease, client_id: str) -> None:
+    if client_id and lease.client_id and client_id != lease.client_id:
+        raise WrongState(
+            f"trial {lease.trial_id} is held by client {lease.client_id!r}: "
+            "its lease ran out and it was handed out again"
+        )
 
 
 def _same_ending(trial: TrialRecord, state: TrialState, metrics: dict[str, float], error: str) -> bool:

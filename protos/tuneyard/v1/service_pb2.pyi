@@ -399,7 +399,7 @@ class SuggestTrialsResponse(_message.Message):
     def __init__(self, trials: _Optional[_Iterable[_Union[Trial, _Mapping]]] = ..., study_done: _Optional[bool] = ...) -> None: ...
 
 class ReportTrialRequest(_message.Message):
-    __slots__ = ("study_id", "trial_id", "step", "metrics")
+    __slots__ = ("study_id", "trial_id", "step", "metrics", "client_id")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -411,11 +411,13 @@ class ReportTrialRequest(_message.Message):
     TRIAL_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     study_id: str
     trial_id: int
     step: int
     metrics: _containers.ScalarMap[str, float]
-    def __init__(self, study_id: _Optional[str] = ..., trial_id: _Optional[int] = ..., step: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    client_id: str
+    def __init__(self, study_id: _Optional[str] = ..., trial_id: _Optional[int] = ..., step: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., client_id: _Optional[str] = ...) -> None: ...
 
 class ReportTrialResponse(_message.Message):
     __slots__ = ("decision",)
@@ -424,7 +426,7 @@ class ReportTrialResponse(_message.Message):
     def __init__(self, decision: _Optional[_Union[Decision, str]] = ...) -> None: ...
 
 class CompleteTrialRequest(_message.Message):
-    __slots__ = ("study_id", "trial_id", "state", "metrics", "error")
+    __slots__ = ("study_id", "trial_id", "state", "metrics", "error", "client_id")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -437,12 +439,14 @@ class CompleteTrialRequest(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     study_id: str
     trial_id: int
     state: TrialState
     metrics: _containers.ScalarMap[str, float]
     error: str
-    def __init__(self, study_id: _Optional[str] = ..., trial_id: _Optional[int] = ..., state: _Optional[_Union[TrialState, str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., error: _Optional[str] = ...) -> None: ...
+    client_id: str
+    def __init__(self, study_id: _Optional[str] = ..., trial_id: _Optional[int] = ..., state: _Optional[_Union[TrialState, str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., error: _Optional[str] = ..., client_id: _Optional[str] = ...) -> None: ...
 
 class GetServerInfoRequest(_message.Message):
     __slots__ = ()
