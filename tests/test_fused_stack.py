@@ -1,0 +1,265 @@
+"""Fused trial arrays (issue 17): K members trained as one vmapped model match their solo runs.
+
+Each member is built by the model plugin and seeded as its solo trial would be; the fused model's
+outputs, gradients, SGD steps and batch norm statistics must equal the solo modules' to float
+rounding, its state dicts must load into the solo modules, and `fusable` must refuse what it
+cannot run. The timing test prints fused-vs-sequential forward+backward time (run with -s).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tuneyard.plugins.builtin.models import convnet, mlp, simple_cnn
+from tuneyard.server.worker.fused.stack import FusedModel, fusable, fused_step, member_losses
+
+SHAPE = (1, 8, 8)  # the digits dataset's input
+CLASSES = 10
+SEEDS = (0, 1, 2)
+
+MODELS: dict[str, tuple[Callable[..., nn.Module], dict[str, object]]] = {
+    "simple_cnn": (simple_cnn, {}),
+    "convnet_bn": (convnet, {"depth": 2, "width": 8, "block": "residual", "batch_norm": True}),
+    "convnet_plain": (convnet, {"depth": 2, "width": 8, "batch_norm": False, "connection": "parallel"}),
+    "convnet_inception": (convnet, {"depth": 2, "width": 8, "block": "inception", "pooling": "avg"}),
+    "mlp": (mlp, {"depth": 2, "width": 32, "activation": "gelu"}),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def build(name: str, seed: int, **changes: object) -> nn.Module:
+    """The member as its solo trial builds it: seeded, then made by the factory."""
+    factory, options = MODELS[name]
+    torch.manual_seed(seed)
+    return factory(input_shape=SHAPE, num_classes=CLASSES, **{**options, **changes})
+
+
+def members(name: str, **changes: object) -> list[nn.Module]:
+    return [build(name, seed, **changes) for seed in SEEDS]
+
+
+def batch(seed: int, n: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1000 + seed)
+    return torch.randn(n, *SHAPE, generator=gen), torch.randint(0, CLASSES, (n,), generator=gen)
+
+
+def close(a: torch.Tensor, b: torch.Tensor, tol: float) -> None:
+    assert a.shape == b.shape
+    assert (a.float() - b.float()).abs().max().item() <= tol
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_forward_and_gradients_equal_solo(name: str) -> None:
+    solos = members(name)
+    assert fusable(solos, batch(9)[0][:2]) is None
+    fused = FusedModel(solos)
+    x, y = batch(0)
+    step = fused_step(fused, x, y, F.cross_entropy)
+    assert step.outputs.shape == (len(SEEDS), len(x), CLASSES)
+    for k, solo in enumerate(solos):
+        out = solo(x)
+        loss = F.cross_entropy(out, y)
+        loss.backward()
+        close(step.outputs[k], out.detach(), 1e-5)
+        close(step.losses[k], loss.detach(), 1e-5)
+        for pname, param in solo.named_parameters():
+            grad = fused.params[pname].grad
+            assert grad is not None and param.grad is not None
+            close(grad[k], param.grad, 1e-5)
+    # the members are different networks, so the test would notice a member mixed up with another
+    assert (step.outputs[0] - step.outputs[1]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_sgd_steps_and_batch_norm_statistics_match_solo(name: str) -> None:
+    solos = members(name)
+    fused = FusedModel(solos)
+    lrs = torch.tensor([0.05, 0.1, 0.2])  # each member its own learning rate
+    for i in range(5):
+        x, y = batch(i)
+        fused.zero_grad()
+        fused_step(fused, x, y, F.cross_entropy)
+        with torch.no_grad():
+            for p in fused.parameters():
+                assert p.grad is not None
+                p -= lrs.view(-1, *([1] * (p.dim() - 1))) * p.grad
+        for k, solo in enumerate(solos):
+            solo.zero_grad()
+            F.cross_entropy(solo(x), y).backward()
+            with torch.no_grad():
+                for p in solo.parameters():
+                    assert p.grad is not None
+                    p -= lrs[k] * p.grad
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in solos[0].modules())
+    assert has_bn == (name in ("simple_cnn", "convnet_bn", "convnet_inception"))
+    for k, solo in enumerate(solos):
+        state = fused.member_state_dict(k)
+        assert list(state) == list(solo.state_dict())
+        for key, value in solo.state_dict().items():
+            close(state[key], value, 1e-4)  # running_mean/var and num_batches_tracked included
+    x, _ = batch(7)
+    fused.eval()
+    out = fused(x)
+    for k, solo in enumerate(solos):
+        close(out[k], solo.eval()(x).detach(), 1e-4)  # eval mode: the running statistics
+
+
+def test_state_dicts_round_trip_with_solo_modules() -> None:
+    solos = members("convnet_bn")
+    fused = FusedModel(solos)
+    x, y = batch(0)
+    fused_step(fused, x, y, F.cross_entropy)  # moves the running statistics away from the solo ones
+    fresh = build("convnet_bn", 42)
+    fresh.load_state_dict(fused.member_state_dict(1))  # strict: the very keys and shapes
+    unstacked = fused.unstack(1)
+    assert type(unstacked) is type(fresh) and unstacked.training
+    fused.eval()
+    fresh.eval(), unstacked.eval()
+    close(fresh(x).detach(), fused(x)[1], 1e-5)
+    close(unstacked(x).detach(), fused(x)[1], 1e-5)
+    saved = fused.member_state_dict(1)
+    assert all(t.untyped_storage().size() == t.numel() * t.element_size() for t in saved.values())
+    fused.load_member_state_dict(2, solos[0].state_dict())  # a solo checkpoint into another slot
+    close(fused(x)[2], solos[0].eval()(x).detach(), 1e-5)
+    with pytest.raises(KeyError):
+        fused.load_member_state_dict(0, {"nope": torch.zeros(1)})
+    with pytest.raises(IndexError):
+        fused.member_state_dict(3)
+
+
+def test_unstacked_module_trains_apart_from_the_fused_model() -> None:
+    fused = FusedModel(members("simple_cnn"))
+    module = fused.unstack(0)
+    before = fused.member_state_dict(0)
+    x, y = batch(3)
+    F.cross_entropy(module(x), y).backward()
+    with torch.no_grad():
+        for p in module.parameters():
+            p -= 0.5 * p.grad
+    for key, value in fused.member_state_dict(0).items():
+        assert torch.equal(value, before[key])
+
+
+def test_fusable_refuses_with_a_reason() -> None:
+    wider = [build("simple_cnn", 0), build("simple_cnn", 1, num_filters=16)]
+    reason = fusable(wider)
+    assert reason is not None and "0.weight" in reason and "member 1" in reason
+    with pytest.raises(ValueError, match="cannot fuse"):
+        FusedModel(wider)
+    no_bn = [build("simple_cnn", 0), build("simple_cnn", 1, batch_norm=False)]
+    assert "differs" in (fusable(no_bn) or "")
+    # same shapes, another architecture: what the base copy runs would be wrong for member 1
+    activation = [build("mlp", 0), build("mlp", 1, activation="tanh")]
+    assert "GELU" in (fusable(activation) or "")
+    pooling = [build("convnet_bn", 0), build("convnet_bn", 1, pooling="avg")]
+    assert "MaxPool2d" in (fusable(pooling) or "")
+    rates = [build("simple_cnn", 0, dropout=0.1), build("simple_cnn", 1, dropout=0.3)]
+    assert "p=0.1" in (fusable(rates) or "")
+    cumulative = members("simple_cnn")
+    for module in cumulative:
+        for sub in module.modules():
+            if isinstance(sub, nn.BatchNorm2d):
+                sub.momentum = None
+    assert "momentum=None" in (fusable(cumulative) or "")
+    assert fusable([]) == "no members"
+
+
+class _Scalar(nn.Module):
+    """A model vmap cannot trace: it reads a value out of a tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(64, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = float(self.linear.weight.abs().max().item())
+        return self.linear(x.flatten(1)) / scale
+
+
+def test_fusable_runs_a_sample_to_find_what_vmap_cannot_trace() -> None:
+    torch.manual_seed(0)
+    modules = [_Scalar(), _Scalar()]
+    assert fusable(modules) is None  # the structure fits ...
+    reason = fusable(modules, batch(0)[0][:2])
+    assert reason is not None and "vmap" in reason and ".item()" in reason  # ... the trace does not
+    solos = members("simple_cnn")
+    before = [solo.state_dict() for solo in solos]
+    before = [{key: value.clone() for key, value in state.items()} for state in before]
+    assert fusable(solos, batch(0)[0][:4]) is None  # a training forward and backward, on copies
+    for solo, state in zip(solos, before, strict=True):
+        assert solo.training
+        for key, value in solo.state_dict().items():
+            assert torch.equal(value, state[key]) and solo.get_parameter("0.weight").grad is None
+
+
+def test_dropout_members_draw_their_own_masks() -> None:
+    """With dropout, each member gets its own masks: not its solo run's (see the module docstring)."""
+    same = [
+        build("simple_cnn", 5, dropout=0.5, batch_norm=False) for _ in SEEDS
+    ]  # identical weights: only masks differ
+    fused = FusedModel(same)
+    x, y = batch(0)
+    train_out = fused(x)
+    assert (train_out[0] - train_out[1]).abs().max() > 1e-3
+    assert (train_out[1] - train_out[2]).abs().max() > 1e-3
+    fused.eval()
+    eval_out = fused(x)
+    solo = same[0].eval()(x).detach()
+    for k in range(len(same)):
+        close(eval_out[k], solo, 1e-5)  # without dropout active, every member is its solo module
+    losses = member_losses(eval_out, y, [F.cross_entropy, F.cross_entropy, F.cross_entropy])
+    assert losses.shape == (3,)
+
+
+def _time(fn: Callable[[], None], repeats: int) -> float:
+    fn()  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def test_fused_forward_backward_time_k8_simple_cnn() -> None:
+    """Fused vs sequential forward+backward of 8 simple_cnn members on batches of 64 (printed)."""
+    solos = [build("simple_cnn", seed) for seed in range(8)]
+    fused = FusedModel(solos)
+    x, y = batch(0, n=64)
+
+    def sequential() -> None:
+        for solo in solos:
+            F.cross_entropy(solo(x), y).backward()
+
+    def together() -> None:
+        fused_step(fused, x, y, F.cross_entropy)
+
+    torch._C._functorch._set_vmap_fallback_warning_enabled(True)
+    try:
+        import warnings
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            together()
+        slow = [str(w.message) for w in caught if "performance drop" in str(w.message)]
+        assert not slow, slow  # every op has a batching rule: no per-member loop inside vmap
+    finally:
+        torch._C._functorch._set_vmap_fallback_warning_enabled(False)
+    seq, fus = _time(sequential, 5), _time(together, 5)
+    print(
+        f"\nK=8 simple_cnn, batch 64, 1 thread: sequential {seq * 1e3:.1f} ms, fused {fus * 1e3:.1f} ms, "
+        f"speed-up {seq / fus:.2f}x"
+    )
