@@ -199,8 +199,12 @@ def test_member_state_resumes_a_solo_run(case: str) -> None:
         _assert_params(resumed, params)
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_solo_state_resumes_a_member(case: str) -> None:
+def _resume_members_from_solo(case: str, fused_options: list[dict[str, Any]], zero_step: bool = False) -> None:
+    """Solo runs take 3 steps; a fused optimizer built from ``fused_options`` loads their states and goes on.
+
+    ``zero_step``: the fused optimizer first steps once with zero gradients (so it has used its own
+    hyperparameters; with no weight decay that leaves the weights alone) before it loads.
+    """
     name, options = CASES[case]
     models = _models()
     solo = _solo(name, models, options)
@@ -210,7 +214,9 @@ def test_solo_state_resumes_a_member(case: str) -> None:
     for step in range(3):
         _step_both(models, solo, throwaway, warmup, gen, step)
     params, _ = stack_module_state(copy.deepcopy(models))
-    fused = _fused(name, params, options)
+    fused = _fused(name, params, fused_options)
+    if zero_step:
+        fused.step({n: torch.zeros_like(t) for n, t in params.items()})
     fused.lr = torch.full((3,), 123.0, dtype=torch.float64)  # the loaded state's lr must replace it
     for i, opt in enumerate(solo):
         fused.load_member_state_dict(i, opt.state_dict())
@@ -218,6 +224,17 @@ def test_solo_state_resumes_a_member(case: str) -> None:
     for step in range(3, 6):
         _step_both(models, solo, params, fused, gen, step)
         _assert_params(models, params)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_solo_state_resumes_a_member(case: str) -> None:
+    _resume_members_from_solo(case, CASES[case][1])
+
+
+@pytest.mark.parametrize("case", ["sgd-momentum-mix", "rmsprop-mix", "nadam"])
+def test_a_loaded_state_brings_its_hyperparameters(case: str) -> None:
+    """Like torch's load_state_dict, the saved groups' momentum, centering, betas... replace the fused defaults."""
+    _resume_members_from_solo(case, [{}, {}, {}], zero_step=True)
 
 
 def test_a_parameter_without_gradient_is_left_alone_like_torch() -> None:
