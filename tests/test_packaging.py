@@ -51,6 +51,24 @@ def test_checked_in_stubs_match_a_fresh_make_protos(tmp_path: Path) -> None:
     assert not stale, f"stale generated stubs {stale}; run `make protos` and commit the result"
 
 
+def test_every_package_folder_is_listed_for_the_wheel() -> None:
+    """setuptools packs only the packages pyproject lists: a new package folder left out installs in
+    editable mode and is missing from the wheel (plugins.builtin.tasks once was)."""
+    import tomllib
+
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    roots = {name: REPO / folder for name, folder in config["package-dir"].items()}
+    found = set()
+    for name, folder in roots.items():
+        for init in folder.rglob("__init__.py"):
+            relative = init.parent.relative_to(folder).parts
+            if "__pycache__" not in relative and not any(part.startswith(".") for part in relative):
+                found.add(".".join((name, *relative)))
+    nested_roots = {n for n in found if any(n != r and n.startswith(r + ".") for r in roots)}
+    assert found - set(config["packages"]) == set(), "add them to [tool.setuptools] packages"
+    assert nested_roots  # the walk saw the sub-packages
+
+
 def test_bare_folder_names_are_not_importable_from_the_installed_package() -> None:
     # From the repo root, plain `python -c` or `python -m pytest` puts the cwd on sys.path, so the
     # *folders* `server/`, `client/`... would import as bare packages there; that is the repo checkout
