@@ -1,0 +1,355 @@
+"""Trains a group of trials as one fused model in one worker (issue 17): one forward and backward per batch.
+
+The members' settings differ only in the fusable ones (`members.FUSABLE`: optimizer options, label
+smoothing, lr-schedule options); `group_problem` says why a group cannot train fused (and must be
+trained solo). Each member is built as the solo `Trainer` builds it, in the same order of random
+draws (seed, dataset, task, model), then the members are stacked (`stack.FusedModel`) under one
+fused optimizer (`optimizers.fuse_optimizer`). All members share one pass of batches (same seed,
+batch size, shuffle, per-sample augmentations), which is what the solo run of each would draw.
+
+Per member: its loss (its task with its label smoothing), a real torch schedule driving a shadow
+optimizer whose lr is copied into the fused `lr` (`members`), its train sums, its validation on
+`FusedModel.unstack(i)` through `measure.evaluate_split`, `report(trial_id, epoch, metrics)` with the
+solo trainer's metric names, and the solo per-epoch checkpoint at its `task.checkpoint`, so a member
+resumes solo and a solo trial's checkpoint resumes in a group. Without dropout a member's metrics
+match its solo run to float rounding; with dropout each member draws its own masks (see `stack`).
+
+A member leaves the group at a batch boundary when `should_stop(trial_id)` says so, when its early
+stop patience runs out, or when its train loss is not finite (its result is then an error): the
+stack is rebuilt without it (`members.regroup`, weights and optimizer state carried over exactly),
+and the others go on. Resume (`task.resume`, all members or none): every member's checkpoint must be
+at the same epoch with the same random generators (as a group's members, or solo runs of one seed,
+leave them); otherwise the group is refused and the members resume solo.
+
+Imported only in worker processes (it imports torch).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+
+from tuneyard.plugins.manager import PluginRegistry
+from tuneyard.server.execution.messages import TrainTask
+from tuneyard.server.study.settings import TrainingSettings, TrialSettings
+from tuneyard.server.worker.batches import Batches
+from tuneyard.server.worker.checkpoints import load_resume, resume_path, save_epoch
+from tuneyard.server.worker.fused.members import (
+    Member,
+    ModelView,
+    OptimizerView,
+    clip_members,
+    meta_copies,
+    regroup,
+    settings_problem,
+)
+from tuneyard.server.worker.fused.optimizers import StackedOptimizer, Unfusable, fuse_optimizer
+from tuneyard.server.worker.fused.stack import FusedModel, fusable, member_losses
+from tuneyard.server.worker.measure import autocast, evaluate_split, latency_ms, peak_memory
+from tuneyard.server.worker.task_totals import TaskTotals, build_task, prefixed
+from tuneyard.server.worker.trainer import EVAL_BATCH, Trainer
+
+GroupReport = Callable[[int, int, dict[str, float]], None]  # (trial_id, epoch, metrics)
+GroupShouldStop = Callable[[int], bool]  # (trial_id) -> stop this member now
+
+
+@dataclass
+class _Group:
+    """The fused run's parts (torch objects, so not frozen): the members still training, in stack order."""
+
+    training: TrainingSettings  # member 0's; the non-fusable fields are every member's
+    members: list[Member]
+    fused: FusedModel
+    optimizer: StackedOptimizer
+    interval: str
+    monitor: str
+    train_batches: Batches
+    val_batches: Batches
+    counts: dict[str, float]
+    epoch: int = 0  # the last epoch every remaining member finished
+    results: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def sync_lr(self) -> None:
+        """The members' schedules' lr into the fused optimizer."""
+        self.optimizer.lr = torch.tensor([m.lr for m in self.members], dtype=torch.float64)
+
+
+@dataclass(frozen=True, slots=True)
+class _Pass:
+    """One training pass's shared facts: a sample input (latency) and its timing."""
+
+    last_input: torch.Tensor
+    started: float
+    train_seconds: float
+
+
+def _result(metrics: dict[str, float], epochs: int, stopped: bool) -> dict[str, Any]:
+    return {"final_metrics": metrics, "epochs": epochs, "stopped": stopped}
+
+
+def _resume_mismatch(saved: Sequence[dict[str, Any] | None]) -> str | None:
+    """Why these members' resume states cannot go on as one group (different epochs or generators)."""
+    epochs = {0 if s is None else int(s["epoch"]) for s in saved}
+    if len(epochs) > 1:
+        return f"the members' checkpoints are at different epochs ({sorted(epochs)}); resume them solo"
+    states = [s["rng"] for s in saved if s is not None]
+    for rng in states[1:]:
+        same = torch.equal(rng["torch"], states[0]["torch"]) and torch.equal(rng["shuffle"], states[0]["shuffle"])
+        if not same or rng["python"] != states[0]["python"]:
+            return "the members' checkpoints hold different random generator states (batch order); resume them solo"
+    return None
+
+
+def _read_resume(task: TrainTask) -> dict[str, Any] | None:
+    path = resume_path(Path(task.checkpoint))
+    return torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
+
+
+class GroupTrainer(Trainer):
+    """The solo trainer's building blocks, used to train K members of one fused group."""
+
+    def __init__(self, registry: PluginRegistry, device: str, data_root: str = "") -> None:
+        super().__init__(registry, device, data_root)
+
+    # ---- refusals ----
+
+    def problem(self, tasks: Sequence[TrainTask]) -> str | None:
+        """Why these tasks cannot train as one fused group on this trainer's device; None when they can."""
+        problem = settings_problem(tasks, self.registry, self.device)
+        if problem is None and tasks[0].resume:
+            problem = _resume_mismatch([_read_resume(task) for task in tasks])
+        if problem is not None:
+            return problem
+        models, splits = [], None
+        for task in tasks:
+            settings = cast(TrialSettings, task.settings)
+            self._seed(settings.training.seed, settings.training.deterministic)
+            splits = self._dataset(settings.dataset)
+            models.append(self._model(settings.model, splits))
+        assert splits is not None
+        first = splits.train[0][0] if len(splits.train) > 1 else None
+        sample = torch.stack([first, splits.train[1][0]]).to(self.device) if torch.is_tensor(first) else None
+        problem = fusable(models, sample)
+        if problem is not None:
+            return problem
+        training = [cast(TrialSettings, task.settings).training.optimizer for task in tasks]
+        made = fuse_optimizer(training[0].name, FusedModel(models).params, [o.options for o in training])
+        return made.why if isinstance(made, Unfusable) else None
+
+    # ---- building ----
+
+    def _build_group(self, tasks: Sequence[TrainTask]) -> _Group:
+        """Every member's parts in the solo trainer's order of random draws, then the shared ones."""
+        settings = [cast(TrialSettings, task.settings) for task in tasks]
+        losses, models = [], []
+        for each in settings:
+            self._seed(each.training.seed, each.training.deterministic)
+            splits = self._dataset(each.dataset)
+            losses.append(build_task(self.registry, each, splits, each.training.label_smoothing))
+            models.append(self._model(each.model, splits))
+        training = settings[0].training
+        per_sample, _ = self._augmentations(training, splits)  # batch-level ones are refused
+        train_batches = self._batches(
+            splits.train,
+            training.batch_size,
+            training,
+            splits,
+            shuffle=True,
+            seed=training.seed,
+            augmentations=per_sample,
+        )
+        val_batches = self._batches(splits.val, EVAL_BATCH, training, splits, shuffle=False, seed=training.seed)
+        fused = FusedModel(models)
+        made = fuse_optimizer(training.optimizer.name, fused.params, [s.training.optimizer.options for s in settings])
+        if isinstance(made, Unfusable):
+            raise ValueError(f"cannot fuse the optimizers: {made.why}")
+        members, interval, monitor = [], "epoch", ""
+        for task, each, loss, model in zip(tasks, settings, losses, models, strict=True):
+            optimizer = each.training.optimizer
+            shadow = self.registry.create("optimizer", optimizer.name, optimizer.options, args=(meta_copies(model),))
+            scheduler, interval, monitor = self._scheduler(each.training, shadow, len(train_batches))
+            shadow.step()  # no gradients, so a no-op: the schedule then knows its optimizer steps
+            members.append(Member(task, each, loss, build_task(self.registry, each, splits), shadow, scheduler))
+        counts = {
+            "params": float(sum(p.numel() for p in models[0].parameters())),
+            "trainable_params": float(sum(p.numel() for p in models[0].parameters() if p.requires_grad)),
+        }
+        group = _Group(training, members, fused, made, interval, monitor, train_batches, val_batches, counts)
+        group.sync_lr()  # a schedule sets its first lr when it is built
+        return group
+
+    def _parts(self, group: _Group, index: int) -> dict[str, Any]:
+        """Member `index`'s parts as the solo trainer's `TrialParts.stateful()` names them."""
+        member = group.members[index]
+        return {
+            "model": ModelView(group.fused, index),
+            "optimizer": OptimizerView(group.optimizer, index, member.shadow),
+            "scheduler": member.scheduler,
+            "ema": None,
+            "scaler": None,
+        }
+
+    # ---- training ----
+
+    def train_group(
+        self, tasks: Sequence[TrainTask], report: GroupReport, should_stop: GroupShouldStop
+    ) -> dict[int, dict[str, Any]]:
+        """Trains the members' epochs fused; per trial id, the solo result shape or `{"error": ...}`.
+
+        Raises ValueError for a group `problem` refuses at its settings (call `group_problem` first).
+        """
+        problem = settings_problem(tasks, self.registry, self.device)
+        if problem is not None:
+            raise ValueError(f"these trials cannot train fused: {problem}")
+        self._apply_placement(tasks[0].placement)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        group = self._build_group(tasks)
+        for task in tasks:
+            Path(task.checkpoint).parent.mkdir(parents=True, exist_ok=True)
+        if tasks[0].resume:
+            self._resume(group, report)
+        for epoch in range(group.epoch + 1, group.training.epochs + 1):
+            if not group.members:
+                break
+            done = self._fused_epoch(group, epoch, should_stop)
+            if done is not None:
+                self._end_epoch(group, epoch, done, report, should_stop)
+        for member in group.members:
+            group.results[member.task.trial_id] = _result(member.metrics, group.epoch, False)
+        return group.results
+
+    def _resume(self, group: _Group, report: GroupReport) -> None:
+        """Every member from its own checkpoint; they must agree on the epoch and the generators."""
+        saved = [
+            load_resume(Path(m.task.checkpoint), self._parts(group, i), group.train_batches, self.device)
+            for i, m in enumerate(group.members)
+        ]
+        mismatch = _resume_mismatch(saved)
+        if mismatch is not None:
+            raise ValueError(f"these trials cannot resume fused: {mismatch}")
+        group.sync_lr()
+        leaving: dict[int, dict[str, Any]] = {}
+        for member, state in zip(group.members, saved, strict=True):
+            if state is None:
+                continue
+            group.epoch = int(state["epoch"])
+            member.metrics, member.best, member.since_best = state["metrics"], state["best"], state["since_best"]
+            report(member.task.trial_id, group.epoch, member.metrics)  # the server keeps what it has
+            patience = member.settings.training.early_stop_patience
+            if patience and member.since_best >= patience:
+                leaving[member.task.trial_id] = _result(member.metrics, group.epoch, False)
+        self._leave(group, leaving)
+
+    def _leave(self, group: _Group, leaving: dict[int, dict[str, Any]]) -> None:
+        """These members end with these results; the stack is rebuilt from the others."""
+        if not leaving:
+            return
+        group.results.update(leaving)
+        keep = [i for i, m in enumerate(group.members) if m.task.trial_id not in leaving]
+        if keep:
+            options = [group.members[i].settings.training.optimizer.options for i in keep]
+            group.fused, group.optimizer = regroup(group.fused, group.optimizer, keep, options)
+        group.members = [group.members[i] for i in keep]
+
+    def _fused_epoch(self, group: _Group, epoch: int, should_stop: GroupShouldStop) -> _Pass | None:
+        """One pass over the batches for every member; None when every member stopped before its end."""
+        started = time.perf_counter()
+        group.fused.train()
+        for member in group.members:
+            member.totals = TaskTotals(member.loss, self.device)
+        x = torch.empty(0)
+        for x, y in group.train_batches:
+            stopped = [m for m in group.members if should_stop(m.task.trial_id)]
+            self._leave(group, {m.task.trial_id: _result(m.metrics, epoch - 1, True) for m in stopped})
+            if not group.members:
+                return None
+            self._step(group, x, y)
+        return _Pass(x, started, time.perf_counter() - started)
+
+    def _step(self, group: _Group, x: torch.Tensor, y: torch.Tensor) -> None:
+        """One fused step: every member's loss, one backward, clipping and the step per member."""
+        fused, training = group.fused, group.training
+        with autocast(self.device, training.precision):
+            outputs = fused(x)
+            losses = member_losses(outputs, y, [m.loss.loss for m in group.members])
+        losses.sum().backward()
+        if training.grad_clip_norm:
+            clip_members(fused.params, training.grad_clip_norm)
+        group.optimizer.step({name: p.grad for name, p in fused.params.items() if p.grad is not None})
+        fused.zero_grad()
+        if group.interval == "batch" and group.members[0].scheduler is not None:
+            for member in group.members:
+                member.scheduler.step()
+            group.sync_lr()
+        for k, member in enumerate(group.members):
+            assert member.totals is not None
+            member.totals.add(losses[k], outputs[k], y)
+
+    def _end_epoch(
+        self, group: _Group, epoch: int, done: _Pass, report: GroupReport, should_stop: GroupShouldStop
+    ) -> None:
+        """Each member's metrics, schedule step, checkpoint and report; then who leaves."""
+        leaving: dict[int, dict[str, Any]] = {}
+        for index, member in enumerate(group.members):
+            assert member.totals is not None
+            train = member.totals.read()
+            if not math.isfinite(train["loss"]):
+                leaving[member.task.trial_id] = {"error": f"training loss diverged at epoch {epoch}"}
+                continue
+            module = group.fused.unstack(index)
+            member.metrics = self._metrics(group, member, module, train, done)
+            if member.scheduler is not None and group.interval == "epoch":
+                member.scheduler.step(member.metrics[group.monitor]) if group.monitor else member.scheduler.step()
+            member.best, member.since_best = _track(member, member.metrics)
+            progress = {"epoch": epoch, "metrics": member.metrics, "best": member.best, "since_best": member.since_best}
+            path = Path(member.task.checkpoint)
+            save_epoch(path, module, self._parts(group, index), group.train_batches, progress, self.device)
+            report(member.task.trial_id, epoch, member.metrics)
+            patience = member.settings.training.early_stop_patience
+            if should_stop(member.task.trial_id):
+                leaving[member.task.trial_id] = _result(member.metrics, epoch, True)
+            elif patience and member.since_best >= patience:
+                leaving[member.task.trial_id] = _result(member.metrics, epoch, False)
+        group.sync_lr()
+        group.epoch = epoch
+        self._leave(group, leaving)
+
+    def _metrics(
+        self, group: _Group, member: Member, module: torch.nn.Module, train: dict[str, float], done: _Pass
+    ) -> dict[str, float]:
+        """A member's epoch metrics, named as the solo trainer names them."""
+        precision = group.training.precision
+        val = evaluate_split(module, group.val_batches, member.measured, precision, self.device, self.heartbeat)
+        return {
+            "inference_latency_ms": latency_ms(module, done.last_input[:1], self.device),
+            **prefixed("train", train),
+            **prefixed("val", val),
+            "lr": member.lr,
+            "epoch_seconds": time.perf_counter() - done.started,
+            "train_seconds": done.train_seconds,
+            **peak_memory(self.device),
+            **group.counts,
+        }
+
+
+def _track(member: Member, metrics: dict[str, float]) -> tuple[Any, int]:
+    """The member's best objective value so far and the epochs since it improved (as the solo trainer)."""
+    objective = member.task.objective
+    value = metrics.get(objective.metric)
+    if value is not None and (member.best is None or objective.better(value, member.best)):
+        return value, 0
+    return member.best, member.since_best + 1
+
+
+def group_problem(
+    tasks: Sequence[TrainTask], registry: PluginRegistry, data_root: str = "", device: str = "cpu"
+) -> str | None:
+    """Why these tasks cannot train as one fused group on `device`; None when they can (then `train_group`)."""
+    return GroupTrainer(registry, device, data_root).problem(tasks)

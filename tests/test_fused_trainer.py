@@ -1,0 +1,176 @@
+"""Fused groups (issue 17, part 3) against solo runs: every member's metrics per epoch, its checkpoints, its end.
+
+Each group's K members differ in their optimizer options (lr, weight decay, momentum, ...), label
+smoothing or schedule options; each member's per-epoch train/val loss and accuracy and lr must equal a
+solo `Trainer` run of its settings within 1e-4, for every built-in optimizer on `mlp`/`iris`, and for
+`simple_cnn` and a batch-norm `convnet` on `digits`. Checkpoints go both ways (a group member resumes
+solo, solo trials resume as a group), a stopped member leaves while the others match to the end, a
+diverging member fails alone, and `group_problem` refuses what the group trainer does not implement.
+
+Run as a script (`python tests/test_fused_trainer.py`) it prints the group's wall time against K solo runs.
+"""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tuneyard.plugins.api import Objective
+from tuneyard.plugins.manager import PluginRegistry
+from tuneyard.server.execution.messages import TrainTask
+from tuneyard.server.study.settings import Component, TrainingSettings, TrialSettings
+from tuneyard.server.worker.fused.trainer import GroupTrainer, group_problem
+from tuneyard.server.worker.trainer import Trainer
+
+ATOL = 1e-4
+COMPARED = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")
+REGISTRY = PluginRegistry.load(entry_points=False)
+OBJECTIVE = Objective("val_accuracy", "max")
+Reports = list[tuple[int, dict[str, float]]]
+
+
+def trial(
+    dataset: str,
+    model: Component,
+    optimizer: str,
+    options: dict[str, Any],
+    *,
+    epochs: int = 2,
+    batch_size: int = 32,
+    schedule: Component | None = None,
+    **training: Any,
+) -> TrialSettings:
+    return TrialSettings(
+        Component(dataset),
+        model,
+        TrainingSettings(
+            epochs=epochs,
+            batch_size=batch_size,
+            precision="fp32",
+            seed=1,
+            optimizer=Component(optimizer, options),
+            lr_scheduler=schedule,
+            **training,
+        ),
+    )
+
+
+MLP = Component("mlp", {"width": 16})
+CNN = Component("simple_cnn", {"num_filters": 4, "num_conv_layers": 1})
+CONVNET = Component("convnet", {"depth": 2, "width": 4, "batch_norm": True})
+
+
+def _tasks(settings: list[TrialSettings], root: Path, resume: bool = False) -> list[TrainTask]:
+    return [
+        TrainTask(i, s, str(root / f"t{i}" / "checkpoint.pt"), OBJECTIVE, resume=resume) for i, s in enumerate(settings)
+    ]
+
+
+@functools.cache
+def _solo_trainer() -> Trainer:
+    return Trainer(REGISTRY, "cpu")
+
+
+def solo(settings: TrialSettings, checkpoint: Path, stop_after: int = 0, resume: bool = False) -> tuple[Any, Reports]:
+    reports: Reports = []
+    task = TrainTask(0, settings, str(checkpoint), OBJECTIVE, resume=resume)
+    result = _solo_trainer().train(
+        task,
+        lambda e, m: reports.append((e, m)),
+        lambda: stop_after > 0 and bool(reports) and reports[-1][0] >= stop_after,
+    )
+    return result, reports
+
+
+_SOLO_RUNS: dict[str, tuple[Any, Reports]] = {}
+
+
+def _solo_cached(settings: TrialSettings) -> tuple[Any, Reports]:
+    """A solo run of these settings (run once per test session: several tests compare with it)."""
+    key = repr(settings)
+    if key not in _SOLO_RUNS:
+        with tempfile.TemporaryDirectory() as folder:
+            _SOLO_RUNS[key] = solo(settings, Path(folder) / "checkpoint.pt")
+    return _SOLO_RUNS[key]
+
+
+def group(
+    settings: list[TrialSettings], root: Path, stop: Any = lambda trial_id, reports: False, resume: bool = False
+) -> tuple[dict[int, Any], dict[int, Reports]]:
+    reports: dict[int, Reports] = {i: [] for i in range(len(settings))}
+    trainer = GroupTrainer(REGISTRY, "cpu")
+    results = trainer.train_group(
+        _tasks(settings, root, resume),
+        lambda trial_id, epoch, metrics: reports[trial_id].append((epoch, metrics)),
+        lambda trial_id: stop(trial_id, reports[trial_id]),
+    )
+    return results, reports
+
+
+def assert_same(fused: Reports, alone: Reports) -> None:
+    assert [e for e, _ in fused] == [e for e, _ in alone]
+    for (epoch, a), (_, b) in zip(fused, alone, strict=True):
+        for key in COMPARED:
+            assert a[key] == pytest.approx(b[key], abs=ATOL), (epoch, key)
+        assert set(a) == set(b)  # the same metric names
+
+
+def assert_group_matches_solo(settings: list[TrialSettings], root: Path) -> dict[int, Reports]:
+    assert group_problem(_tasks(settings, root), REGISTRY) is None
+    results, reports = group(settings, root)
+    for i, each in enumerate(settings):
+        alone, alone_reports = _solo_cached(each)
+        assert_same(reports[i], alone_reports)
+        assert results[i]["epochs"] == alone["epochs"] and results[i]["stopped"] is False
+    finals = {round(reports[i][-1][1]["train_loss"], 6) for i in reports}
+    assert len(finals) == len(settings)  # the members did train apart
+    return reports
+
+
+OPTIMIZERS: dict[str, list[dict[str, Any]]] = {
+    "sgd": [{"lr": 0.1, "momentum": 0.9}, {"lr": 0.05, "nesterov": True, "momentum": 0.5}, {"lr": 0.02}],
+    "adagrad": [{"lr": 0.05}, {"lr": 0.1, "lr_decay": 0.01}, {"lr": 0.02, "weight_decay": 0.01}],
+    "rmsprop": [{"lr": 0.01}, {"lr": 0.005, "centered": True, "momentum": 0.5}, {"lr": 0.002, "weight_decay": 0.01}],
+    "adam": [{"lr": 0.01}, {"lr": 0.003, "amsgrad": True}, {"lr": 0.02, "weight_decay": 0.01}],
+    "adamw": [{"lr": 0.01}, {"lr": 0.003, "weight_decay": 0.1}, {"lr": 0.02, "no_decay_norm_and_bias": False}],
+    "nadam": [{"lr": 0.01}, {"lr": 0.005, "decoupled_weight_decay": True, "weight_decay": 0.1}, {"lr": 0.02}],
+    "radam": [{"lr": 0.01}, {"lr": 0.005, "beta2": 0.9}, {"lr": 0.02, "weight_decay": 0.01}],
+}
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_every_optimizer_matches_solo_runs_on_mlp_iris(name, tmp_path):
+    schedule = Component("cosine") if name in ("sgd", "adam") else None
+    clip = 0.5 if name == "rmsprop" else 0.0  # per-member gradient clipping
+    settings = [
+        trial("iris", MLP, name, options, epochs=3, schedule=schedule, grad_clip_norm=clip)
+        for options in OPTIMIZERS[name]
+    ]
+    assert_group_matches_solo(settings, tmp_path)
+
+
+def test_simple_cnn_on_digits_with_a_step_schedule(tmp_path):
+    settings = [
+        trial(
+            "digits",
+            CNN,
+            "sgd",
+            {"lr": lr, "momentum": 0.9, "weight_decay": wd},
+            schedule=Component("step", {"step_size": 1, "gamma": g}),
+        )
+        for lr, wd, g in ((0.05, 0.0, 0.5), (0.02, 1e-3, 0.1), (0.1, 0.0, 0.9))
+    ]
+    assert_group_matches_solo(settings, tmp_path)
+
+
+def test_batch_norm_convnet_with_label_smoothing_and_a_batch_schedule(tmp_path):
+    schedule = Component("onecycle")
+    settings = [
+        trial("digits", CONVNET, "adam", {"lr": lr}, batch_size=64, schedule=schedule, label_smoothing=ls)
+        for lr, ls in ((0.01, 0.0), (0.003, 0.1), (0.02, 0.2))
+    ]
+    assert_group_matches_solo(settings, tmp_path)
