@@ -12,8 +12,10 @@ Run as a script (`python tests/test_fused_trainer.py`) it prints the group's wal
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -174,3 +176,135 @@ def test_batch_norm_convnet_with_label_smoothing_and_a_batch_schedule(tmp_path):
         for lr, ls in ((0.01, 0.0), (0.003, 0.1), (0.02, 0.2))
     ]
     assert_group_matches_solo(settings, tmp_path)
+
+
+ADAM_STEP = [
+    trial("iris", MLP, "adam", {"lr": lr}, epochs=3, schedule=Component("step", {"step_size": 1, "gamma": g}))
+    for lr, g in ((0.01, 0.5), (0.003, 0.9), (0.02, 0.7))
+]
+
+
+def test_group_checkpoints_resume_solo_and_solo_checkpoints_resume_as_a_group(tmp_path):
+    import torch
+
+    from tuneyard.server.worker.checkpoints import resume_path
+
+    results, _ = group(ADAM_STEP, tmp_path / "group", stop=lambda trial_id, reports: len(reports) >= 2)
+    assert all(r["stopped"] and r["epochs"] == 2 for r in results.values())
+    for i, each in enumerate(ADAM_STEP):
+        member = tmp_path / "group" / f"t{i}" / "checkpoint.pt"
+        alone = tmp_path / f"solo{i}" / "checkpoint.pt"
+        solo(each, alone, stop_after=2)
+        fused_state = torch.load(resume_path(member), weights_only=False)
+        solo_state = torch.load(resume_path(alone), weights_only=False)
+        assert fused_state["parts"].keys() == solo_state["parts"].keys()
+        assert fused_state["parts"]["scheduler"] == solo_state["parts"]["scheduler"]
+        fused_opt, solo_opt = fused_state["parts"]["optimizer"], solo_state["parts"]["optimizer"]
+        assert fused_opt["param_groups"] == solo_opt["param_groups"]
+        for pid, entry in solo_opt["state"].items():
+            for key, value in entry.items():
+                assert torch.allclose(fused_opt["state"][pid][key], value, atol=1e-5), (pid, key)
+        _, resumed = solo(each, member, resume=True)  # a group member goes on solo
+        assert_same(resumed, _solo_cached(each)[1][1:])
+    _, regrouped = group(ADAM_STEP, tmp_path / "group", resume=True)  # ... and epoch-2 solo checkpoints as a group
+    for i, each in enumerate(ADAM_STEP):
+        solo(each, tmp_path / "back" / f"t{i}" / "checkpoint.pt", stop_after=1)
+    _, from_solo = group(ADAM_STEP, tmp_path / "back", resume=True)
+    for i, each in enumerate(ADAM_STEP):
+        assert_same(from_solo[i], _solo_cached(each)[1])  # epoch 1 again, then 2 and 3
+        assert_same(regrouped[i], [_solo_cached(each)[1][-1]])  # already done: the last epoch, reported again
+
+
+def test_stopped_members_leave_and_the_others_match_their_solo_runs(tmp_path):
+    polls = {2: 0}
+
+    def stop(trial_id: int, reports: Reports) -> bool:
+        if trial_id == 2 and len(reports) == 1:
+            polls[2] += 1
+            return polls[2] > 3  # before epoch 2's third batch (the poll after epoch 1's report is the first)
+        return trial_id == 1 and len(reports) >= 1
+
+    settings = [*ADAM_STEP, trial("iris", MLP, "adam", {"lr": 0.05}, epochs=3, schedule=Component("step"))]
+    results, reports = group(settings, tmp_path, stop=stop)
+    for i in (1, 2):
+        assert results[i] == {"final_metrics": reports[i][0][1], "epochs": 1, "stopped": True}
+        assert_same(reports[i], _solo_cached(settings[i])[1][:1])
+    for i in (0, 3):
+        assert results[i]["epochs"] == 3 and not results[i]["stopped"]
+        assert_same(reports[i], _solo_cached(settings[i])[1])
+
+
+def test_a_diverging_member_fails_alone(tmp_path):
+    settings = [trial("iris", MLP, "sgd", {"lr": lr}, epochs=3) for lr in (0.1, 1e12, 0.05)]
+    with pytest.raises(FloatingPointError):
+        _solo_cached(settings[1])
+    results, reports = group(settings, tmp_path)
+    assert results[1] == {"error": "training loss diverged at epoch 1"} and reports[1] == []
+    for i in (0, 2):
+        assert_same(reports[i], _solo_cached(settings[i])[1])
+
+
+def _problem(settings: list[TrialSettings], root: Path, resume: bool = False) -> str:
+    problem = group_problem(_tasks(settings, root, resume), REGISTRY)
+    assert problem is not None
+    return problem
+
+
+def test_group_problem_refuses_what_it_does_not_implement(tmp_path):
+    base = trial("iris", MLP, "sgd", {"lr": 0.1})
+    training = base.training
+
+    def changed(**fields: Any) -> TrialSettings:
+        return dataclasses.replace(base, training=dataclasses.replace(training, **fields))
+
+    assert "differs from member 0 outside" in _problem([base, changed(batch_size=16)], tmp_path)
+    assert "differs from member 0 outside" in _problem([base, changed(seed=2)], tmp_path)
+    assert "differs from member 0 outside" in _problem([base, changed(optimizer=Component("adam"))], tmp_path)
+    assert "gradient accumulation" in _problem([changed(grad_accumulation_steps=2)] * 2, tmp_path)
+    assert "EMA" in _problem([changed(ema_decay=0.5)] * 2, tmp_path)
+    digits = trial("digits", CNN, "sgd", {"lr": 0.1})
+    mixup = dataclasses.replace(
+        digits, training=dataclasses.replace(digits.training, augmentations=(Component("mixup"),))
+    )
+    assert "batch-level augmentation 'mixup'" in _problem([mixup, mixup], tmp_path)
+    cycling = changed(lr_scheduler=Component("onecycle", {"cycle_momentum": True}))
+    assert "cycles momentum" in _problem([cycling, cycling], tmp_path)
+    unfusable = dataclasses.replace(
+        digits, model=Component("finetune", {"backbone": "resnet18", "unfreeze_at_epoch": 1})
+    )
+    assert "on_epoch_start" in _problem([unfusable, unfusable], tmp_path)
+    solo(base, tmp_path / "t0" / "checkpoint.pt", stop_after=1)
+    assert "different epochs" in _problem([base, base], tmp_path, resume=True)
+    assert group_problem(_tasks([base, changed(label_smoothing=0.1)], tmp_path), REGISTRY) is None
+
+
+def _timed(settings: list[TrialSettings], root: Path) -> tuple[float, float]:
+    """Seconds for the fused group, and for its members' solo runs one after another."""
+    started = time.perf_counter()
+    group(settings, root / "group")
+    fused = time.perf_counter() - started
+    started = time.perf_counter()
+    for i, each in enumerate(settings):
+        solo(each, root / f"solo{i}" / "checkpoint.pt")
+    return fused, time.perf_counter() - started
+
+
+def main() -> None:
+    """Wall time of a fused group against its K solo runs (digits `simple_cnn` and iris `mlp`, 3 epochs)."""
+    cases = {
+        "digits simple_cnn": lambda lr: trial(
+            "digits", CNN, "sgd", {"lr": lr, "momentum": 0.9}, epochs=3, batch_size=64
+        ),
+        "iris mlp": lambda lr: trial("iris", MLP, "adam", {"lr": lr}, epochs=3, batch_size=16),
+    }
+    with tempfile.TemporaryDirectory() as folder:
+        _timed([cases["iris mlp"](0.01)] * 2, Path(folder) / "warm")
+        for name, make in cases.items():
+            for k in (2, 4, 8):
+                settings = [make(0.001 * (j + 1)) for j in range(k)]
+                fused, alone = _timed(settings, Path(folder) / f"{name}-{k}")
+                print(f"{name:18s} K={k}: fused {fused:6.2f} s, {k} solo runs {alone:6.2f} s ({alone / fused:4.1f}x)")
+
+
+if __name__ == "__main__":
+    main()

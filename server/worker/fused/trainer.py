@@ -307,6 +307,7 @@ class GroupTrainer(Trainer):
             member.metrics = self._metrics(group, member, module, train, done)
             if member.scheduler is not None and group.interval == "epoch":
                 member.scheduler.step(member.metrics[group.monitor]) if group.monitor else member.scheduler.step()
+                group.optimizer.lr[index] = member.lr  # before the checkpoint, which saves it
             member.best, member.since_best = _track(member, member.metrics)
             progress = {"epoch": epoch, "metrics": member.metrics, "best": member.best, "since_best": member.since_best}
             path = Path(member.task.checkpoint)
@@ -317,7 +318,6 @@ class GroupTrainer(Trainer):
                 leaving[member.task.trial_id] = _result(member.metrics, epoch, True)
             elif patience and member.since_best >= patience:
                 leaving[member.task.trial_id] = _result(member.metrics, epoch, False)
-        group.sync_lr()
         group.epoch = epoch
         self._leave(group, leaving)
 
