@@ -1,49 +1,52 @@
 """Ask/tell throughput and latency (issue 16): tuneyard's external studies against Optuna's ask/tell.
 
-    .venv/bin/python bench/asktell.py             # 200 trials per system and searcher
+    .venv/bin/python bench/asktell.py             # 200 trials per system and sampler, 3 rounds
     .venv/bin/python bench/asktell.py --quick     # 60 trials
-    .venv/bin/python bench/asktell.py --trials 10 --searchers random   # a smoke run
+    .venv/bin/python bench/asktell.py --trials 10 --repeat 1 --searchers random   # a smoke run
 
-Every system evaluates the same trivial function (a quadratic of two floats, microseconds of work)
-on 2 worker threads in this process, one system after another, with the same trial count and
-sampler, after a short warm-up study of its own (imports, connections, first SQL statements):
+Every system evaluates the same trivial function (a quadratic of two floats) on 2 worker threads in
+this process, one system after another, rounds interleaved, with the same trial count and sampler,
+after a short warm-up study of its own (imports, connections, first SQL statements):
 
 - ``tuneyard``: an in-process ``start_server(devices="cpu", cpu_slots=1)`` and the SDK's
-  ``Client.optimize(spec, fn, n_workers=2, progress=None)`` on a spec with ``external: {}`` and
-  ``max_concurrent_trials`` 2. The server journals each trial's start and end to its SQLite store
-  (WAL, ``synchronous=NORMAL``) before it answers SuggestTrials / CompleteTrial. Ask = one
-  SuggestTrials round trip, tell = one CompleteTrial round trip, timed around the client's call.
-- ``optuna_journal``: ``JournalStorage(JournalFileBackend(path))`` (every append is flushed and
-  fsynced), and ``optuna_sqlite``: ``RDBStorage("sqlite:///path")`` (SQLite's defaults: a rollback
-  journal, ``synchronous=FULL``). Two threads share one storage object, as ``study.optimize(n_jobs=2)``
-  does; each loops ask -> ``suggest_float`` x2 -> evaluate -> tell. Ask = ``study.ask()`` plus the two
-  suggestions (in Optuna the parameters are sampled and stored there), tell = ``study.tell``.
+  ``Client.optimize(spec, fn, n_workers=2, progress=None)`` on a spec with ``external: {}``. The
+  server commits each trial's start and end to its SQLite store (WAL, ``synchronous=NORMAL``: a
+  commit survives the process's crash) before it answers. Ask = one SuggestTrials round trip, tell
+  = one CompleteTrial round trip, timed around the client's call.
+- ``tuneyard_fsync``: the same with ``PRAGMA synchronous=FULL`` on the server's store connection (the
+  WAL fsynced at every commit: durable against power loss, as Optuna's journal is).
+- ``optuna_journal``: ``JournalStorage(JournalFileBackend(path))`` (every append fsynced), and
+  ``optuna_sqlite``: ``RDBStorage("sqlite:///path")`` (SQLite's defaults: rollback journal,
+  ``synchronous=FULL``). Two threads share one storage, as ``study.optimize(n_jobs=2)`` does, each
+  looping ask -> ``suggest_float`` x2 -> evaluate -> tell. Ask = ``study.ask()`` plus the two
+  suggestions (Optuna samples and stores the parameters there), tell = ``study.tell``.
 
-Samplers: ``random`` (tuneyard ``random``, Optuna ``RandomSampler(seed)``) and ``tpe`` (tuneyard
-``tpe``, Optuna ``TPESampler(seed)``, defaults). Wall = from just before the study is created to
-the return of the last tell; trials/s = trials / wall. After each run the stored trials are read back
-(tuneyard: ListTrials; Optuna: a fresh storage object on the same file) and must all be COMPLETE.
-The table comes first; the last line is one JSON object with every figure and, per sampler, the
-ratio tuneyard trials/s / Optuna journal trials/s (issue 16's target: >= 1).
+Samplers: ``random`` (Optuna ``RandomSampler(seed)``) and ``tpe`` (``TPESampler(seed)``). Wall =
+from just before the study is created to the return of the last tell. Every store is read back
+afterwards and must hold every trial COMPLETE. The fsync column is the disk's fsync latency, probed
+before each system's runs (the disk is shared; Optuna's journal pays one per append). The table
+comes first; the last line is one JSON object with every figure and, per sampler, the ratio
+tuneyard trials/s / Optuna journal trials/s (issue 16's target: >= 1).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import statistics
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-SYSTEMS = ("tuneyard", "optuna_journal", "optuna_sqlite")
+SYSTEMS = ("tuneyard", "tuneyard_fsync", "optuna_journal", "optuna_sqlite")
 SEARCHERS = ("random", "tpe")
 WORKERS = 2
 WARMUP_TRIALS = 6
@@ -70,6 +73,7 @@ class Row:
     tell_p99_ms: float
     stored_complete: int
     best: float
+    fsync_ms: float  # the disk's fsync latency (median) probed just before this system's runs
 
 
 class Timings:
@@ -114,11 +118,26 @@ class Run:
     tells: tuple[float, ...]
     stored_complete: int
     best: float
+    fsync_ms: float = float("nan")
 
 
 def make_run(system: str, searcher: str, trials: int, wall: float, timings: Timings, stored: int, best: float) -> Run:
     asks, tells = tuple(timings.calls["ask"]), tuple(timings.calls["tell"])
     return Run(system, searcher, trials, wall, asks, tells, stored, best)
+
+
+def fsync_ms(folder: Path, count: int = 40) -> float:
+    """Median ms of a 64-byte append + fsync in ``folder`` (an Optuna journal append; a FULL commit)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    times = []
+    with open(folder / "fsync-probe", "ab") as probe:
+        for _ in range(count):
+            start = time.perf_counter()
+            probe.write(b"x" * 63 + b"\n")
+            probe.flush()
+            os.fsync(probe.fileno())
+            times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
 
 
 def combine(runs: list[Run]) -> Row:
@@ -131,10 +150,8 @@ def combine(runs: list[Run]) -> Row:
         first.system, first.searcher, first.trials, wall, first.trials / wall,
         percentile_ms(asks, 50), percentile_ms(asks, 99), percentile_ms(tells, 50), percentile_ms(tells, 99),
         min(r.stored_complete for r in runs), statistics.median(r.best for r in runs),
+        statistics.median(r.fsync_ms for r in runs),
     )  # fmt: skip
-
-
-# ---- tuneyard ----
 
 
 def tuneyard_spec(searcher: str, trials: int) -> dict[str, Any]:
@@ -169,28 +186,29 @@ def timed_client(address: str, timings: Timings) -> Any:
     return TimedClient(address)
 
 
-def fn(trial: Any) -> float:
-    return quadratic(trial.config["x"], trial.config["y"])
-
-
 def tuneyard_study(address: str, searcher: str, trials: int) -> tuple[float, Timings, Any, str]:
     """One optimize over gRPC: (wall to the last tell, timings, result, study id)."""
     timings = Timings()
     with timed_client(address, timings) as client:
         start = time.perf_counter()
-        result = client.optimize(tuneyard_spec(searcher, trials), fn, n_workers=WORKERS, progress=None)
+        spec = tuneyard_spec(searcher, trials)
+        result = client.optimize(spec, lambda t: quadratic(t.config["x"], t.config["y"]), WORKERS, progress=None)
         study_id = result.study.study_id
         if not result.succeeded:
             raise RuntimeError(f"tuneyard study {study_id} ended {result.study.state}: {result.study.error}")
-        stored = [t for t in client.list_trials(study_id)]
+        stored = list(client.list_trials(study_id))
     return timings.last_tell - start, timings, stored, study_id
 
 
-def run_tuneyard(searchers: list[str], trials: int, data_dir: Path) -> list[Run]:
+def run_tuneyard(system: str, searchers: list[str], trials: int, data_dir: Path) -> list[Run]:
     from tuneyard.server.app import start_server
     from tuneyard.v1 import service_pb2 as pb
 
     handle = start_server(data_dir=data_dir, devices="cpu", cpu_slots=1)
+    if system == "tuneyard_fsync":  # every commit fsynced, as Optuna's journal fsyncs every append
+        storage: Any = handle.storage
+        with storage._lock:
+            storage._db.execute("PRAGMA synchronous=FULL")
     rows = []
     try:
         for searcher in searchers:
@@ -198,13 +216,10 @@ def run_tuneyard(searchers: list[str], trials: int, data_dir: Path) -> list[Run]
             wall, timings, stored, _ = tuneyard_study(handle.address, searcher, trials)
             done = [t for t in stored if t.state == pb.TRIAL_COMPLETED]
             best = min(t.final_metrics["value"] for t in done)
-            rows.append(make_run("tuneyard", searcher, trials, wall, timings, len(done), best))
+            rows.append(make_run(system, searcher, trials, wall, timings, len(done), best))
     finally:
         handle.stop()
     return rows
-
-
-# ---- Optuna ----
 
 
 def optuna_storage(kind: str, path: Path) -> Any:
@@ -287,25 +302,31 @@ def run_optuna(kind: str, searchers: list[str], trials: int, folder: Path) -> li
     return rows
 
 
-# ---- report ----
+COLUMNS = "system|searcher|trials|wall s|trials/s|ask p50|ask p99|tell p50|tell p99|stored|fsync ms".split("|")
 
-COLUMNS = ("system", "searcher", "trials", "wall s", "trials/s", "ask p50", "ask p99", "tell p50", "tell p99", "stored")
+
+def _width(column: int) -> int:
+    return (14, 8)[column] if column < 2 else 8
+
+
+def _line(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(f"{c:<{_width(i)}}" if i < 2 else f"{c:>{_width(i)}}" for i, c in enumerate(cells)) + " |"
 
 
 def table(rows: list[Row], repeat: int) -> str:
     lines = [
         f"ask/tell: a trivial function, {WORKERS} worker threads, median wall of {repeat} round(s);"
         " latencies in ms (each call's round trip, every round's calls)",
-        "| " + " | ".join(f"{c:>14}" if i > 1 else f"{c:<14}" for i, c in enumerate(COLUMNS)) + " |",
-        "|" + "|".join("-" * 16 for _ in COLUMNS) + "|",
+        _line(COLUMNS),
+        "|" + "|".join("-" * (_width(i) + 2) for i in range(len(COLUMNS))) + "|",
     ]
     for r in rows:
         cells = [
             r.system, r.searcher, str(r.trials), f"{r.wall_s:.2f}", f"{r.trials_per_s:.1f}",
             f"{r.ask_p50_ms:.2f}", f"{r.ask_p99_ms:.2f}", f"{r.tell_p50_ms:.2f}", f"{r.tell_p99_ms:.2f}",
-            str(r.stored_complete),
+            str(r.stored_complete), f"{r.fsync_ms:.2f}",
         ]  # fmt: skip
-        lines.append("| " + " | ".join(f"{c:>14}" if i > 1 else f"{c:<14}" for i, c in enumerate(cells)) + " |")
+        lines.append(_line(cells))
     return "\n".join(lines)
 
 
@@ -349,10 +370,12 @@ def measure(args: argparse.Namespace, folder: Path) -> list[Row]:
     runs: list[Run] = []
     for round_ in range(args.repeat):
         for system in args.systems:
-            if system == "tuneyard":
-                runs += run_tuneyard(args.searchers, args.trials, folder / f"tuneyard-{round_}")
+            fsync = fsync_ms(folder)
+            if system.startswith("tuneyard"):
+                done = run_tuneyard(system, args.searchers, args.trials, folder / f"{system}-{round_}")
             else:
-                runs += run_optuna(system, args.searchers, args.trials, folder / f"optuna-{round_}")
+                done = run_optuna(system, args.searchers, args.trials, folder / f"optuna-{round_}")
+            runs += [dataclasses.replace(run, fsync_ms=fsync) for run in done]
     for run in runs:
         if run.stored_complete != run.trials:
             raise RuntimeError(f"{run.system}/{run.searcher}: {run.stored_complete} of {run.trials} stored COMPLETE")

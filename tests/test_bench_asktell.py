@@ -35,7 +35,7 @@ def test_the_asktell_benchmark_measures_tuneyard_beside_both_optuna_storages() -
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
     rows = result["rows"]
-    assert set(rows) == {"tuneyard/random", "optuna_journal/random", "optuna_sqlite/random"}
+    assert set(rows) == {"tuneyard/random", "tuneyard_fsync/random", "optuna_journal/random", "optuna_sqlite/random"}
     for row in rows.values():
         assert row["trials"] == 10 and row["stored_complete"] == 10  # read back from each store
         assert 0 < row["ask_p50_ms"] <= row["ask_p99_ms"] and 0 < row["tell_p50_ms"] <= row["tell_p99_ms"]
