@@ -202,7 +202,8 @@ class GroupTrainer(Trainer):
     ) -> dict[int, dict[str, Any]]:
         """Trains the members' epochs fused; per trial id, the solo result shape or `{"error": ...}`.
 
-        Raises ValueError for a group `problem` refuses at its settings (call `group_problem` first).
+        Raises ValueError for a group whose settings `group_problem` refuses, or whose checkpoints
+        (on resume) are at different epochs or generator states: call `group_problem` first.
         """
         problem = settings_problem(tasks, self.registry, self.device)
         if problem is not None:
