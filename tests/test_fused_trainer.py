@@ -149,9 +149,17 @@ OPTIMIZERS: dict[str, list[dict[str, Any]]] = {
 }
 
 
+SCHEDULES = {  # an epoch schedule, a monitored one (val_loss, per member) and a batch one
+    "sgd": Component("cosine"),
+    "adam": Component("cosine", {"min_lr": 1e-3}),
+    "adagrad": Component("reduce_on_plateau", {"patience": 0, "factor": 0.5, "threshold": 0.5}),
+    "nadam": Component("linear_warmup_cosine", {"warmup_epochs": 0.5}),
+}
+
+
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_every_optimizer_matches_solo_runs_on_mlp_iris(name, tmp_path):
-    schedule = Component("cosine") if name in ("sgd", "adam") else None
+    schedule = SCHEDULES.get(name)
     clip = 0.5 if name == "rmsprop" else 0.0  # per-member gradient clipping
     settings = [
         trial("iris", MLP, name, options, epochs=3, schedule=schedule, grad_clip_norm=clip)
