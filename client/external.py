@@ -14,6 +14,7 @@ import numbers
 import os
 import socket
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -217,9 +218,10 @@ class ExternalStudies:
             self._specs[study.study_id] = study.spec
         run = _OptimizeRun(self, self._rpc, study.study_id, fn)
         with _display(parsed, progress) as display:
-            run.start(display, _worker_ids(client_id or default_client_id(), n_workers))
+            # No display, no watch stream: the workers alone decide when the study is done.
+            run.start(display if progress else None, _worker_ids(client_id or default_client_id(), n_workers))
             run.join()
-        return self._rpc.get_study(study.study_id)
+        return run.ended_study()
 
 
 def _worker_ids(client_id: str, n_workers: int) -> list[str]:
@@ -271,9 +273,11 @@ class _OptimizeRun:
         self._errors: list[BaseException] = []
         self._threads: list[threading.Thread] = []
 
-    def start(self, display: Display, client_ids: list[str]) -> None:
-        self._watcher = threading.Thread(target=self._watch, args=(display,), daemon=True, name="tuneyard-watch")
-        self._watcher.start()
+    def start(self, display: Display | None, client_ids: list[str]) -> None:
+        self._watcher: threading.Thread | None = None
+        if display is not None:
+            self._watcher = threading.Thread(target=self._watch, args=(display,), daemon=True, name="tuneyard-watch")
+            self._watcher.start()
         for client_id in client_ids:
             worker = threading.Thread(target=self._work, args=(client_id,), daemon=True, name=f"tuneyard-{client_id}")
             worker.start()
@@ -284,12 +288,22 @@ class _OptimizeRun:
         try:
             for worker in self._threads:
                 _wait_for(worker)
-            if not self._errors:
+            if not self._errors and self._watcher is not None:
                 _wait_for(self._watcher)
         finally:
             self._stop.set()  # after an error or Ctrl-C no worker asks for another trial
         if self._errors:
             raise self._errors[0]
+
+    def ended_study(self) -> service_pb2.Study:
+        """The study once it has ended (its last completion ends it; a short wait covers the rest)."""
+        study = self._rpc.get_study(self._study_id)
+        for _ in range(100):
+            if study.state in _STUDY_OVER:
+                break
+            time.sleep(0.05)
+            study = self._rpc.get_study(self._study_id)
+        return study
 
     def _watch(self, display: Display) -> None:
         try:

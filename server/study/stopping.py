@@ -13,11 +13,14 @@ log = logging.getLogger(__name__)
 
 
 def plain_state(obj: Any, what: str) -> dict[str, Any] | None:
-    """A plugin's state_dict as plain JSON data; None (logged) when it is not serialisable."""
+    """A plugin's state_dict, checked to be plain JSON data; None (logged) when it is not serialisable.
+    The state is not copied: it is stored before the plugin is called again."""
     if obj is None:
         return None
     try:
-        return json.loads(json.dumps(obj.state_dict()))
+        state = obj.state_dict()
+        json.dumps(state)  # plain data, or TypeError/ValueError; the journal writes it right away
+        return state
     except (TypeError, ValueError) as exc:
         log.warning("the %s's state_dict is not plain data (%s); it resumes from scratch", what, exc)
         return None
