@@ -23,6 +23,7 @@ from typing import Any
 from tuneyard.server.storage import records
 from tuneyard.server.storage.connection import StoreConnection
 from tuneyard.server.storage.sqlite_file import DB_NAME
+from tuneyard.server.storage.store import JsonState
 from tuneyard.server.storage.tokens import decode_token, encode_token
 from tuneyard.server.study.domain import (
     EventRecord,
@@ -125,7 +126,7 @@ class Storage(StoreConnection):
         self, study_id: str, searcher_state: dict[str, Any] | None, stopper_state: dict[str, Any] | None
     ) -> None:
         states = {"searcher_state": searcher_state, "stopper_state": stopper_state}
-        self._set_study(study_id, {k: None if v is None else json.dumps(v) for k, v in states.items()})
+        self._set_study(study_id, {k: _json_text(v) for k, v in states.items()})
 
     def set_best_trial(self, study_id: str, trial_id: int) -> None:
         self._set_study(study_id, {"best_trial_id": trial_id})
@@ -263,3 +264,9 @@ class Storage(StoreConnection):
                 (study_id, after, limit),
             ).fetchall()
         return [records.event_record(study_id, r) for r in rows]
+
+
+def _json_text(state: dict[str, Any] | None) -> str | None:
+    if state is None:
+        return None
+    return state.text if isinstance(state, JsonState) else json.dumps(state)

@@ -30,6 +30,15 @@ from typing import Any, Protocol
 from tuneyard.server.study.domain import EventRecord, StudyRecord, StudyState, TrialEnd, TrialRecord
 
 
+class JsonState(dict[str, Any]):
+    """A plugin's state_dict already known to be JSON data, with its JSON text: `journal_search`
+    stores the text as it is, so a large state (a searcher's) is encoded once per journal entry."""
+
+    def __init__(self, state: dict[str, Any], text: str) -> None:
+        super().__init__(state)
+        self.text = text
+
+
 class Store(Protocol):
     """Studies, their trials with per-epoch metrics, and their events."""
 
@@ -96,8 +105,8 @@ class Store(Protocol):
     def journal_search(
         self, study_id: str, searcher_state: dict[str, Any] | None, stopper_state: dict[str, Any] | None
     ) -> None:
-        """Stores the searcher's and early stopper's state_dicts (None: there is none), for an exact
-        resume; `search_state` reads them back. NotFound."""
+        """Stores the searcher's and early stopper's state_dicts (None: there is none; a `JsonState` as
+        its text), for an exact resume; `search_state` reads them back. NotFound."""
         ...
 
     def set_best_trial(self, study_id: str, trial_id: int) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 
@@ -189,9 +189,14 @@ class EventRecord:
 
 
 def trial_to_dict(trial: TrialRecord) -> dict[str, Any]:
-    """Plain-data snapshot of a trial, as stored inside events."""
-    data = asdict(trial)
+    """Plain-data snapshot of a trial, as stored inside events: a copy of every field (one level deep is
+    enough, every value below is plain data that is never changed in place)."""
+    data = {f.name: getattr(trial, f.name) for f in fields(TrialRecord)}
     data["state"] = trial.state.value
+    data["config"] = dict(trial.config)
+    data["metrics"] = [{"epoch": m.epoch, "values": dict(m.values), "time": m.time} for m in trial.metrics]
+    data["final_metrics"] = dict(trial.final_metrics)
+    data["objective_values"] = list(trial.objective_values)
     return data
 
 

@@ -8,19 +8,18 @@ import logging
 from typing import Any
 
 from tuneyard.plugins.api import Decision, Objective
+from tuneyard.server.storage.store import JsonState
 
 log = logging.getLogger(__name__)
 
 
 def plain_state(obj: Any, what: str) -> dict[str, Any] | None:
-    """A plugin's state_dict, checked to be plain JSON data; None (logged) when it is not serialisable.
-    The state is not copied: it is stored before the plugin is called again."""
+    """A plugin's state_dict as plain JSON data with its text; None (logged) when it is not serialisable."""
     if obj is None:
         return None
     try:
         state = obj.state_dict()
-        json.dumps(state)  # plain data, or TypeError/ValueError; the journal writes it right away
-        return state
+        return JsonState(state, json.dumps(state))  # the journal stores this text: one encoding
     except (TypeError, ValueError) as exc:
         log.warning("the %s's state_dict is not plain data (%s); it resumes from scratch", what, exc)
         return None
