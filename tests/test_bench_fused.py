@@ -1,0 +1,35 @@
+"""bench/fused.py runs end to end on a tiny configuration and ends with its JSON line: fused groups of 2
+against solo runs of the same searched trials (this checks that the benchmark works and that the members'
+metrics match their solo runs, never how fast anything is)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from support import REPO
+
+
+def test_the_fused_benchmark_compares_groups_with_solo_runs_and_prints_its_json_line() -> None:
+    run = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "fused.py"), "--trials", "4", "--epochs", "1", "--ks", "1,2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    workloads = {"digits simple_cnn", "breast_cancer mlp"}
+    assert set(result["speedup_trials_per_s"]) == workloads
+    assert set(result["best_k"]) == workloads and set(result["best_k"].values()) <= {1, 2}
+    for name in workloads:
+        assert result["solo_trials_per_s"][name] > 0
+        assert result["solo_2slot_estimate_trials_per_s"][name] == 2 * result["solo_trials_per_s"][name]
+        assert result["speedup_trials_per_s"][name] >= 1.0  # the best K is at least as fast as K=1
+        by_k = result["max_member_metric_difference_by_k"][f"{name} K=2"]
+        assert set(by_k) == {"val_accuracy", "val_loss"}
+    assert 0.0 <= result["max_member_metric_difference"] < 1e-3  # one epoch: members equal their solo runs
+    assert isinstance(result["target_met"], bool) and "3.0x" in result["target"]
+    assert "| digits simple_cnn |  2 |" in run.stdout  # a row of the table
