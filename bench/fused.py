@@ -1,7 +1,7 @@
 """Fused trials (issue 17) at the engine level: K trials trained as one fused model against one by one.
 
-    .venv/bin/python bench/fused.py            # 32 trials x 6 epochs per workload, K in 1, 2, 4, 8, 16
-    .venv/bin/python bench/fused.py --quick    # 16 trials x 3 epochs per workload
+    .venv/bin/python bench/fused.py            # 32 trials x 6 epochs per workload, K in 1, 2, 4, 8, 16, 2 rounds
+    .venv/bin/python bench/fused.py --quick    # 16 trials x 3 epochs per workload, 3 rounds
 
 The fused path is not wired into the server's runner yet, so this measures the engine in one
 process: the same trials trained by `server.worker.fused.trainer.GroupTrainer.train_group` in
@@ -307,11 +307,12 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--trials", type=int, default=0, help="trials per workload (default 32, quick 16)")
     parser.add_argument("--epochs", type=int, default=0, help="epochs per trial (default 6, quick 3)")
     parser.add_argument("--ks", default="1,2,4,8,16", help="group sizes, comma-separated (1: solo)")
-    parser.add_argument("--repeat", type=int, default=1, help="rounds per K (median wall)")
+    parser.add_argument("--repeat", type=int, default=0, help="rounds per K, median wall (default 2, quick 3)")
     parser.add_argument("--workloads", default="", help="comma-separated workload names' first words")
     args = parser.parse_args(argv)
     args.trials = args.trials or (16 if args.quick else 32)
     args.epochs = args.epochs or (3 if args.quick else 6)
+    args.repeat = args.repeat or (3 if args.quick else 2)
     args.ks = sorted({int(k) for k in args.ks.split(",")} | {1})  # K=1 is the baseline
     return args
 

@@ -13,7 +13,18 @@ from support import REPO
 
 def test_the_fused_benchmark_compares_groups_with_solo_runs_and_prints_its_json_line() -> None:
     run = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "fused.py"), "--trials", "4", "--epochs", "1", "--ks", "1,2"],
+        [
+            sys.executable,
+            str(REPO / "bench" / "fused.py"),
+            "--trials",
+            "4",
+            "--epochs",
+            "1",
+            "--ks",
+            "1,2",
+            "--repeat",
+            "1",
+        ],
         capture_output=True,
         text=True,
         timeout=120,
