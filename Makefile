@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-load protos lint clean chromium
+.PHONY: demo test test-load test-bench protos lint clean chromium
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ chromium:
 
 test: $(STAMP) chromium
 	$(PY) -m pytest
+
+test-bench: $(STAMP)
+	$(PY) -m pytest -m bench tests/test_bench_overhead.py tests/test_bench_asktell.py tests/test_bench_fused.py
 
 test-load: $(STAMP)
 	$(PY) -m pytest -m load -s tests/test_load.py

@@ -12,7 +12,7 @@ import sys
 import pytest
 from support import REPO
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.bench]  # `make test-bench`
 
 
 def test_the_asktell_benchmark_measures_tuneyard_beside_both_optuna_storages() -> None:

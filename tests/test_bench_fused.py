@@ -8,7 +8,10 @@ import json
 import subprocess
 import sys
 
+import pytest
 from support import REPO
+
+pytestmark = pytest.mark.bench  # `make test-bench`: it checks that the benchmark runs, not the product
 
 
 def test_the_fused_benchmark_compares_groups_with_solo_runs_and_prints_its_json_line() -> None:

@@ -7,7 +7,10 @@ import json
 import subprocess
 import sys
 
+import pytest
 from support import REPO
+
+pytestmark = pytest.mark.bench  # `make test-bench`: it checks that the benchmark runs, not the product
 
 
 def test_the_overhead_benchmark_measures_the_trainable_path_beside_the_builtin_trainer() -> None:

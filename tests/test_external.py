@@ -124,10 +124,10 @@ def test_the_concurrency_budget_and_the_trial_budget_bound_what_is_handed_out(ex
 
 
 def test_a_lease_that_runs_out_fails_the_trial_and_a_retry_hands_its_config_out_again(ext: Any) -> None:
-    spec = external_spec(external={"lease": "1s"}, budget={"max_trials": 1, "trial_retries": 1})
+    spec = external_spec(external={"lease": "0.6s"}, budget={"max_trials": 1, "trial_retries": 1})
     study_id = create(ext, spec)
     (trial,) = suggest(ext, study_id).trials
-    time.sleep(2.0)
+    time.sleep(1.2)
     (again,) = suggest(ext, study_id, client="rescuer").trials  # the retry: the same trial, the same config
     assert (again.trial_id, config(again), again.retries, again.device) == (
         trial.trial_id,
@@ -141,7 +141,7 @@ def test_a_lease_that_runs_out_fails_the_trial_and_a_retry_hands_its_config_out_
     ending = pb.CompleteTrialRequest(study_id=study_id, trial_id=trial.trial_id, state=pb.TRIAL_COMPLETED)
     ending.client_id = "tester"
     assert code(lambda: ext.CompleteTrial(ending)) == grpc.StatusCode.FAILED_PRECONDITION
-    time.sleep(2.0)
+    time.sleep(1.2)
     assert suggest(ext, study_id).study_done  # no retry left: the trial ended
     ended = ext.GetTrial(pb.GetTrialRequest(study_id=study_id, trial_id=trial.trial_id))
     assert (ended.state, ended.failure_reason, ended.retries) == (pb.TRIAL_FAILED, "timeout", 1)

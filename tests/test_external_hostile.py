@@ -27,7 +27,7 @@ INT32 = st.one_of(st.integers(-3, 8), st.sampled_from([-(2**31), 2**31 - 1, 100,
 TEXT = st.one_of(st.text(max_size=8), st.sampled_from(["", " ", "\x00", "名", "a" * 201, "value"]))
 NUMBER = st.one_of(st.floats(), st.sampled_from([math.nan, math.inf, -math.inf, 1e308, -0.0]))
 METRICS = st.dictionaries(TEXT, NUMBER, max_size=4)
-QUICK = settings(deadline=None, database=None, max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+QUICK = settings(deadline=None, database=None, max_examples=100, suppress_health_check=[HealthCheck.too_slow])
 
 
 @pytest.fixture(scope="module")

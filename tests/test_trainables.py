@@ -116,7 +116,7 @@ def test_a_trainable_gets_its_share_of_the_machine_and_its_trials_folder(tstub: 
 def test_asha_prunes_trainable_trials_and_the_trainable_sees_pruned(tstub: Any, tmp_path: Path) -> None:
     log = tmp_path / "steps.log"
     spec = trainable_spec(
-        options={"step_sleep": 0.3, "log": str(log)},
+        options={"step_sleep": 0.2, "log": str(log)},
         training={"epochs": 4, "seed": 0},
         search_space=[{"name": "trainable.x", "choice": {"values": [3.0, 0.0, 6.0, 2.5]}}],
         searcher={"name": "grid"},
