@@ -65,6 +65,8 @@ class FakeWorker:
     def silent_for(self) -> float:
         return self.silent
 
+    starting = False
+
     @property
     def request(self) -> Request:
         return self.submitted[-1][0]

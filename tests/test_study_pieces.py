@@ -377,6 +377,24 @@ def test_police_kills_a_task_that_ignored_a_stop_for_longer_than_the_grace_once(
     assert kills(board) == [(1, ["stopped"]), (2, ["stopped"]), (TEST, ["stopped"])]
 
 
+def test_a_stop_grace_counts_from_when_a_starting_worker_can_hear_the_stop(clock: list[float]) -> None:
+    """A fresh worker still importing torch cannot hear a stop; killing it for that replaced it with
+    another fresh one, and studies created and cancelled in a row then killed every worker in turn."""
+    board = board_with(running=[1])
+    worker(board, 1).starting = True
+    board.stop_all("cancelled")
+    clock[0] += 10 * STOP_GRACE_S
+    board.police()
+    assert kills(board) == [(1, [])]
+    worker(board, 1).starting = False  # ready now: its grace starts at the last look while starting
+    clock[0] += STOP_GRACE_S
+    board.police()
+    assert kills(board) == [(1, [])]
+    clock[0] += 0.01
+    board.police()
+    assert kills(board) == [(1, ["stopped"])]
+
+
 def test_police_kills_a_silent_task_once(caplog: pytest.LogCaptureFixture) -> None:
     board = board_with(running=[1, 2], evaluation=True, timeout=30.0)
     for key, silent in [(1, 30.0), (2, 31.0), (TEST, 99.0)]:  # 30 s is not longer than the timeout

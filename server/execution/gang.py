@@ -108,3 +108,7 @@ class Gang:
 
     def silent_for(self) -> float:
         return max(worker.silent_for() for worker in self.workers)
+
+    @property
+    def starting(self) -> bool:
+        return any(worker.starting for worker in self.workers)

@@ -98,6 +98,10 @@ class Worker(TaskHolder):
     def pid(self) -> int | None:
         return self.process.pid
 
+    @property
+    def starting(self) -> bool:
+        return not self._ready
+
     def silent_for(self) -> float:
         """Seconds since the current task last showed progress; 0 when idle or still starting up
         (a fresh process importing torch is not the task's fault)."""

@@ -47,6 +47,12 @@ class WorkerHandle(Protocol):
 
     def silent_for(self) -> float: ...
 
+    @property
+    def starting(self) -> bool:
+        """Whether the worker is still starting (a process importing torch): its task cannot run, or
+        hear a stop, yet, and that is not the task's fault."""
+        ...
+
 
 class Executor(Protocol):
     """Workers grouped by device, for the scheduler (`take`/`give_back`) and GetServerInfo (`nodes`)."""

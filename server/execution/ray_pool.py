@@ -125,6 +125,10 @@ class RayWorker(TaskHolder):
     def silent_for(self) -> float:
         return time.monotonic() - self.last_beat if self._task is not None else 0.0
 
+    @property
+    def starting(self) -> bool:
+        return False  # the actor's first call waits for it to start; its task's clock starts then
+
     def submit(self, request: Request, sink: Sink) -> None:
         with self._lock:
             self._hold(request, sink)

@@ -122,6 +122,9 @@ class TaskBoard:
             assert run.alloc is not None
             if run.killed:
                 continue
+            if run.stop_time is not None and run.alloc.gang.starting:
+                run.stop_time = now  # the grace starts once the worker can hear the stop
+                continue
             if run.stop_time is not None and now - run.stop_time > STOP_GRACE_S:
                 reason = "stopped"
             elif self.heartbeat_timeout and run.alloc.gang.silent_for() > self.heartbeat_timeout:
