@@ -29,7 +29,6 @@ from tuneyard.server.study.journal import StudyJournal
 from tuneyard.server.study.outcomes import Ending
 from tuneyard.server.study.results import Results, study_end
 from tuneyard.server.study.resume import restore
-from tuneyard.server.study.search import build_search
 from tuneyard.server.study.spec import StudyPlan
 from tuneyard.server.study.spec_trainer import lease_s
 from tuneyard.server.study.trial_book import TrialBook
@@ -87,17 +86,10 @@ class ExternalStudy(threading.Thread):
 
     def open(self) -> None:
         """Builds the search, and starts the study or restores it from the store (after a restart)."""
-        searcher, stopping = build_search(self.plan, self.registry)
-        self._book = TrialBook(
-            self.study_id,
-            self.plan,
-            storage=self.storage,
-            journal=self._journal,
-            registry=self.registry,
-            searcher=searcher,
-            stopping=stopping,
-            results=self._results,
+        self._book = TrialBook.built(
+            self.study_id, self.plan, storage=self.storage, journal=self._journal, registry=self.registry
         )
+        self._results = self._book.results
         study = self.storage.get_study(self.study_id)
         started_at = study.start_time
         if started_at is None:

@@ -42,7 +42,6 @@ from tuneyard.server.study.journal import StudyJournal
 from tuneyard.server.study.outcomes import Ending, Finish, RunAgain, decide, ending_of
 from tuneyard.server.study.results import Results, study_end
 from tuneyard.server.study.resume import restore
-from tuneyard.server.study.search import build_search
 from tuneyard.server.study.settings import TrialSettings, resolve
 from tuneyard.server.study.spec import StudyPlan
 from tuneyard.server.study.stopping import StopperLedger
@@ -121,17 +120,10 @@ class StudyRunner(threading.Thread):
             self._journal.fail_when_writable(error, self._halted)
 
     def _run(self) -> None:
-        self._searcher, self._stopping = build_search(self.plan, self.registry)
-        self._book = TrialBook(
-            self.study_id,
-            self.plan,
-            storage=self.storage,
-            journal=self._journal,
-            registry=self.registry,
-            searcher=self._searcher,
-            stopping=self._stopping,
-            results=self._results,
+        self._book = TrialBook.built(
+            self.study_id, self.plan, storage=self.storage, journal=self._journal, registry=self.registry
         )
+        self._searcher, self._stopping, self._results = self._book.searcher, self._book.stopping, self._book.results
         study = self.storage.get_study(self.study_id)
         if study.start_time is None:
             started_at = time.time()

@@ -17,6 +17,7 @@ from tuneyard.server.study.domain import TrialRecord, TrialState, trial_to_dict
 from tuneyard.server.study.journal import StudyJournal
 from tuneyard.server.study.outcomes import Ending, final_state
 from tuneyard.server.study.results import Results, trial_end
+from tuneyard.server.study.search import build_search
 from tuneyard.server.study.spec import StudyPlan
 from tuneyard.server.study.stopping import StopperLedger
 
@@ -39,6 +40,23 @@ class TrialBook:
         self.study_id, self.plan = study_id, plan
         self.storage, self.journal, self.registry = storage, journal, registry
         self.searcher, self.stopping, self.results = searcher, stopping, results
+
+    @classmethod
+    def built(
+        cls, study_id: str, plan: StudyPlan, *, storage: Store, journal: StudyJournal, registry: PluginRegistry
+    ) -> TrialBook:
+        """A study's book with its searcher and early stopper built from the plan, and no results yet."""
+        searcher, stopping = build_search(plan, registry)
+        return cls(
+            study_id,
+            plan,
+            storage=storage,
+            journal=journal,
+            registry=registry,
+            searcher=searcher,
+            stopping=stopping,
+            results=Results(plan),
+        )
 
     def start(self, trial_id: int, config: dict[str, Any], device: str, checkpoint: str = "") -> TrialRecord:
         """Stores a new RUNNING trial with the search state that suggested it, and announces it."""

@@ -144,6 +144,21 @@ class Trainer:
             **kwargs,
         )
 
+    def _train_batches(
+        self, training: TrainingSettings, splits: DatasetSplits, per_sample: list[Transform], shard: tuple[int, int]
+    ) -> Batches:
+        """The training split's batches: shuffled by the trial's seed, augmented per sample, one rank's shard."""
+        return self._batches(
+            splits.train,
+            training.batch_size,
+            training,
+            splits,
+            shuffle=True,
+            seed=training.seed,
+            augmentations=per_sample,
+            shard=shard,
+        )
+
     def _augmentations(
         self, training: TrainingSettings, splits: DatasetSplits
     ) -> tuple[list[Transform], list[BatchTransform]]:
@@ -198,16 +213,7 @@ class Trainer:
             "optimizer", training.optimizer.name, training.optimizer.options, args=(model.parameters(),)
         )
         per_sample, batch_augs = self._augmentations(training, splits)
-        train_batches = self._batches(
-            splits.train,
-            training.batch_size,
-            training,
-            splits,
-            shuffle=True,
-            seed=training.seed,
-            augmentations=per_sample,
-            shard=(ranks.rank, ranks.world),
-        )
+        train_batches = self._train_batches(training, splits, per_sample, shard=(ranks.rank, ranks.world))
         val_batches = self._batches(splits.val, EVAL_BATCH, training, splits, shuffle=False, seed=training.seed)
         steps_per_epoch = math.ceil(len(train_batches) / training.grad_accumulation_steps)
         scheduler, interval, monitor = self._scheduler(training, optimizer, steps_per_epoch)

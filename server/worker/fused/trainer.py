@@ -155,15 +155,7 @@ class GroupTrainer(Trainer):
             models.append(self._model(each.model, splits))
         training = settings[0].training
         per_sample, _ = self._augmentations(training, splits)  # batch-level ones are refused
-        train_batches = self._batches(
-            splits.train,
-            training.batch_size,
-            training,
-            splits,
-            shuffle=True,
-            seed=training.seed,
-            augmentations=per_sample,
-        )
+        train_batches = self._train_batches(training, splits, per_sample, shard=(0, 1))
         val_batches = self._batches(splits.val, EVAL_BATCH, training, splits, shuffle=False, seed=training.seed)
         fused = FusedModel(models)
         made = fuse_optimizer(training.optimizer.name, fused.params, [s.training.optimizer.options for s in settings])
