@@ -16,10 +16,15 @@ An external study (``external: {}`` in the spec) is evaluated here instead, by y
         return (y - 5.1 / 39.48 * x**2 + 5 / 3.1416 * x - 6) ** 2 + 10 * (1 - 1 / 25.13) * math.cos(x) + 10
 
     result = client.optimize(spec, branin, n_workers=2)
+
+Results come back as plain records (:mod:`tuneyard.client.results`): ``client.study(id)`` and
+``client.trials(id)`` give ``Study`` / ``Trial`` dataclasses (``state == "COMPLETED"``, ints as
+ints, datetimes), ``client.trials_dataframe(id)`` a pandas DataFrame like Optuna's.
 """
 
 from tuneyard.client.errors import Infeasible, Pruned, TuneyardError
 from tuneyard.client.external import ExternalTrial, TrialBatch
+from tuneyard.client.results import Study, Trial
 from tuneyard.client.sdk import Client, RunResult
 from tuneyard.client.specfile import config_to_dict, load_spec
 
@@ -29,6 +34,8 @@ __all__ = [
     "Infeasible",
     "Pruned",
     "RunResult",
+    "Study",
+    "Trial",
     "TrialBatch",
     "TuneyardError",
     "config_to_dict",

@@ -22,16 +22,15 @@ from pathlib import Path
 import grpc
 from rich.console import Console
 
-from tuneyard.client import render, report
+from tuneyard.client import export, render, report
 from tuneyard.client.connection import InsecureTokenWarning
 from tuneyard.client.errors import TuneyardError
+from tuneyard.client.extras import SERVER_EXTRA, SERVER_MODULES, missing_server_modules
+from tuneyard.client.plugin_table import plugins_table
 from tuneyard.client.progress import PlainProgress, make_display
 from tuneyard.client.sdk import Client, RunResult, default_address
 from tuneyard.client.specfile import load_spec
 from tuneyard.v1 import service_pb2, spec_pb2
-
-SERVER_EXTRA = "the server needs the [server] extra: pip install 'tuneyard[server]'"
-
 
 # Options every client command takes, before or after its name: (flag, environment variable, metavar, help).
 CONNECTION_OPTIONS = (
@@ -88,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="STATE",
         help="only studies in this state: pending, running, completed, failed, cancelled",
     )
-    add("trials", "list a study's trials").add_argument("study_id", metavar="ID")
+    p = add("trials", "list a study's trials (or write them as CSV / JSON)")
+    p.add_argument("study_id", metavar="ID")
+    p.add_argument("--format", choices=export.FORMATS, default="table", help="table (default), csv or json, to stdout")
     p = add("trial", "show one trial in full: config, metrics and, when it failed, why (traceback, stderr)")
     p.add_argument("study_id", metavar="ID")
     p.add_argument("trial_id", metavar="TRIAL_ID", type=int)
@@ -204,12 +205,22 @@ def _explain(exc: TuneyardError, address: str, args: argparse.Namespace) -> str:
 
 
 def _serve(argv: list[str]) -> int:
+    missing = missing_server_modules()
+    if missing:
+        print(f"{SERVER_EXTRA}\n(not installed: {', '.join(missing)})", file=sys.stderr)
+        return 2
     try:
         from tuneyard.server.cli import serve_main
     except ImportError as exc:
         print(f"{SERVER_EXTRA}\n({exc})", file=sys.stderr)
         return 2
-    return int(serve_main(argv) or 0)
+    try:
+        return int(serve_main(argv) or 0)
+    except ModuleNotFoundError as exc:  # a server dependency that imports but lacks a part
+        if (exc.name or "").split(".")[0] not in SERVER_MODULES:
+            raise
+        print(f"{SERVER_EXTRA}\n({exc})", file=sys.stderr)
+        return 2
 
 
 def _follow(
@@ -218,9 +229,12 @@ def _follow(
     """Follow a created study to its end with progress, print its result; (exit code, result)."""
     name = spec.name or "unnamed"
     out.print(f"study {study.study_id} ({name}) submitted to {client.address}", markup=False)
+    if warning := export.slots_warning(client.info(), study.spec):
+        print(f"warning: {warning}", file=sys.stderr)
     try:
-        with make_display(spec, out, live=live) as display:
-            result = client.wait(study.study_id, on_event=display)
+        with make_display(spec, out, live=live, state=study.state) as display:
+            for event in client.watch(study.study_id):
+                display(event)
     except KeyboardInterrupt:
         print(
             f"interrupted: study {study.study_id} keeps running on the server; "
@@ -228,7 +242,7 @@ def _follow(
             file=sys.stderr,
         )
         return 130, None
-    result = RunResult.from_study(result.study, spec)
+    result = client.result(study.study_id, spec)
     return _report(result), result
 
 
@@ -264,8 +278,14 @@ def _studies(client: Client, args: argparse.Namespace, out: Console) -> int:
 
 
 def _trials(client: Client, args: argparse.Namespace, out: Console) -> int:
-    spec = client.get_study(args.study_id).spec
-    out.print(render.trials_table(client.list_trials(args.study_id), spec))
+    if args.format == "table":
+        spec = client.get_study(args.study_id).spec
+        out.print(render.trials_table(client.list_trials(args.study_id), spec))
+    elif args.format == "csv":
+        study = client.study(args.study_id)
+        sys.stdout.write(export.trials_csv(client.trials(args.study_id), study.objectives))
+    else:
+        sys.stdout.write(export.trials_json(client.trials(args.study_id)))
     return 0
 
 
@@ -276,7 +296,7 @@ def _trial(client: Client, args: argparse.Namespace, out: Console) -> int:
 
 
 def _best(client: Client, args: argparse.Namespace, out: Console) -> int:
-    result = RunResult.from_study(client.get_study(args.study_id))
+    result = client.result(args.study_id)
     print(render.result_yaml(result), end="")
     return 0 if result.study.HasField("best_trial") else 1
 
@@ -289,7 +309,7 @@ def _cancel(client: Client, args: argparse.Namespace, out: Console) -> int:
 
 def _plugins(client: Client, args: argparse.Namespace, out: Console) -> int:
     response = client.plugins(args.kind)
-    out.print(render.plugins_table(response))
+    out.print(plugins_table(response))
     if response.load_errors:
         out.print("\nload errors:", style="bold red")
         for error in response.load_errors:

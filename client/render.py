@@ -10,13 +10,12 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import yaml
-from google.protobuf import json_format
 from rich.console import Group, RenderableType
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from tuneyard.client.sdk import RunResult
+from tuneyard.client.results import RunResult, objective_values, objectives_of
 from tuneyard.client.specfile import config_to_dict
 from tuneyard.common.trials import last_line, number, trial_label
 from tuneyard.v1 import service_pb2, spec_pb2
@@ -72,6 +71,20 @@ def metrics_text(metrics: Mapping[str, float], first: str = "") -> str:
     return " ".join(f"{k}={number(metrics[k])}" for k in keys)
 
 
+def objective_text(trial: service_pb2.Trial, spec: spec_pb2.StudySpec) -> str:
+    """Each objective by name: ``val_accuracy=0.9519`` or ``val_accuracy=0.9519 params=1.2e+04``."""
+    return " ".join(f"{name}={_value(v)}" for name, v in objective_values(trial, spec).items())
+
+
+def _value(value: float) -> str:
+    """4 decimals for a score like 0.9519; 4 significant digits for a count or a large loss."""
+    return f"{value:.4f}" if abs(value) < 1000 else number(value)
+
+
+def objective_names(spec: spec_pb2.StudySpec) -> list[str]:
+    return [o.metric for o in objectives_of(spec)] or ["objective"]
+
+
 def compact_config(config: Mapping[str, Any]) -> str:
     return " ".join(f"{k}={number(v)}" for k, v in config.items())
 
@@ -86,9 +99,7 @@ def _seconds(trial: service_pb2.Trial) -> float | None:
 def trial_line(trial: service_pb2.Trial, spec: spec_pb2.StudySpec) -> str:
     """One line for a finished trial: state and cause, exit, objective, time, device, config, error."""
     parts = [f"trial {trial.trial_id} {trial_label(trial)}", exit_text(trial)]
-    metric = spec.objective.metric
-    if trial.HasField("objective_value"):
-        parts.append(f"{metric}={trial.objective_value:.4f}")
+    parts.append(objective_text(trial, spec))
     seconds = _seconds(trial)
     if seconds is not None:
         parts.append(f"{seconds:.1f}s")
@@ -118,7 +129,7 @@ def event_line(event: service_pb2.StudyEvent, spec: spec_pb2.StudySpec) -> str:
         return f"{head} trial {trial.trial_id} started{where}  {config}".rstrip()
     if kind == "trial_progress":
         progress = event.trial_progress
-        metrics = metrics_text(progress.metrics, spec.objective.metric)
+        metrics = metrics_text(progress.metrics, objective_names(spec)[0])
         return f"{head} trial {progress.trial_id} epoch {progress.epoch}  {metrics}"
     if kind == "trial_finished":
         return f"{head} {trial_line(event.trial_finished.trial, spec)}"
@@ -129,8 +140,21 @@ def event_line(event: service_pb2.StudyEvent, spec: spec_pb2.StudySpec) -> str:
 
 
 def best_text(trial: service_pb2.Trial, spec: spec_pb2.StudySpec) -> str:
-    value = f"{trial.objective_value:.4f}" if trial.HasField("objective_value") else "?"
-    return f"{spec.objective.metric}={value} (trial {trial.trial_id})"
+    """``val_accuracy=0.9593 (trial 3)``, every objective by name."""
+    return f"{objective_text(trial, spec) or '?'} (trial {trial.trial_id})"
+
+
+def study_phase(study: service_pb2.Study) -> str:
+    """The state, and what a RUNNING study with no trial running waits on: ``RUNNING (waiting for a slot)``."""
+    state = study_state(study.state)
+    if study.state == service_pb2.STUDY_PENDING:
+        return f"{state} (queued)"
+    if study.state != service_pb2.STUDY_RUNNING or study.trial_counts.running:
+        return state
+    budget = study.spec.budget.max_trials
+    if budget and finished_count(study) >= budget:
+        return state if study.spec.HasField("external") else f"{state} (test evaluation)"
+    return f"{state} (waiting for a slot)"
 
 
 def finished_count(study: service_pb2.Study) -> int:
@@ -163,6 +187,9 @@ def result_yaml(result: RunResult) -> str:
         out.append(_dump({"best_config": result.best_config}))
         out.append("# metrics of the best trial (last epoch)")
         out.append(_dump({"best_metrics": _rounded(result.best_metrics)}))
+        if result.resolved_config and result.resolved_config != result.best_config:
+            out.append("# the full configuration the best trial ran with (the study's settings, searched values in)")
+            out.append(_dump({"resolved_config": result.resolved_config}))
     else:
         out.append("# no trial has finished with a result yet")
     if result.test_metrics:
@@ -200,25 +227,25 @@ def studies_table(studies: Iterable[service_pb2.Study]) -> Table:
         done = f"{finished_count(study)}/{budget}" if budget else str(finished_count(study))
         if unsuccessful := _unsuccessful(study):
             done += f" ({unsuccessful})"
-        best = ""
-        if study.HasField("best_trial") and study.best_trial.HasField("objective_value"):
-            best = f"{study.spec.objective.metric}={study.best_trial.objective_value:.4f}"
-        _row(table, study.study_id, study.spec.name, study_state(study.state), done, best)
+        best = objective_text(study.best_trial, study.spec) if study.HasField("best_trial") else ""
+        _row(table, study.study_id, study.spec.name, study_phase(study), done, best)
     return table
 
 
 def trials_table(trials: Iterable[service_pb2.Trial], spec: spec_pb2.StudySpec) -> Table:
-    table = Table("trial", "state", "device", "epochs", spec.objective.metric or "objective")
+    names = objective_names(spec)
+    table = Table("trial", "state", "device", "epochs", *names)
     table.add_column("config", overflow="fold")
     failed: set[str] = set()
     for trial in trials:
-        objective = f"{trial.objective_value:.4f}" if trial.HasField("objective_value") else ""
+        values = objective_values(trial, spec)
+        objectives = [_value(values[n]) if n in values else "" for n in names]
         config = Text(compact_config(config_to_dict(trial.config, spec)))
         why = "  ".join(p for p in (exit_text(trial), _why(trial)) if p)
         if why:
             config.append(f"\n{why}", style="red")
         state = Text(trial_label(trial), style=state_style(trial.state))
-        _row(table, trial.trial_id, state, trial.device, trial.epochs_completed, objective, config)
+        _row(table, trial.trial_id, state, trial.device, trial.epochs_completed, *objectives, config)
         if trial.state in (service_pb2.TRIAL_FAILED, service_pb2.TRIAL_INFEASIBLE):
             failed.add(trial.study_id)
     if len(failed) == 1:
@@ -238,8 +265,7 @@ def trial_detail(trial: service_pb2.Trial, spec: spec_pb2.StudySpec) -> Renderab
         rows.append(("reason", _REASONS.get(trial.failure_reason, trial.failure_reason or "not given")))
     rows += [("exit", exit_text(trial)), ("retries", str(trial.retries) if trial.retries or failed else "")]
     rows += [("device", trial.device), ("epochs", str(trial.epochs_completed))]
-    if trial.HasField("objective_value"):
-        rows.append((spec.objective.metric or "objective", f"{trial.objective_value:.4f}"))
+    rows += [(name, _value(value)) for name, value in objective_values(trial, spec).items()]
     seconds = _seconds(trial)
     rows += [("time", f"{seconds:.1f}s" if seconds is not None else ""), ("checkpoint", trial.checkpoint)]
     for key, value in rows:
@@ -275,43 +301,12 @@ def _key_values(title: str, values: Mapping[str, Any]) -> Table:
 def _curve(trial: service_pb2.Trial, spec: spec_pb2.StudySpec) -> Table:
     """Per-epoch metrics: the objectives and the usual loss/accuracy/lr columns (all if none is there)."""
     present = {name for epoch in trial.metrics for name in epoch.values}
-    objectives = [o.metric for o in spec.objectives] or [spec.objective.metric]
+    objectives = objective_names(spec)
     names = [n for n in dict.fromkeys([*objectives, *_CURVE_METRICS]) if n in present] or sorted(present)
     table = Table("epoch", *names, title="metrics per epoch", title_justify="left")
     for epoch in trial.metrics:
         _row(table, epoch.epoch, *(number(epoch.values[n]) if n in epoch.values else "" for n in names))
     return table
-
-
-def plugins_table(response: service_pb2.ListPluginsResponse) -> Table:
-    table = Table("kind", "name", "from", "description", title="plugins")
-    table.add_column("parameters", overflow="fold")
-    for plugin in response.plugins:
-        source = " ".join(p for p in (plugin.distribution, plugin.version) if p) or "built-in"
-        params = "\n".join(_parameter(p) for p in plugin.parameters)
-        _row(table, plugin.kind, plugin.name, source, plugin.description, params)
-    return table
-
-
-def _parameter(param: service_pb2.PluginParameter) -> str:
-    text = f"{param.name}:{param.type}" if param.type else param.name
-    if param.HasField("default"):
-        text += "=" + number(json_format.MessageToDict(param.default))
-    elif param.required:
-        text += " (required)"
-    limits = bounds_text(param)
-    return f"{text} [{limits}]" if limits else text
-
-
-def bounds_text(param: service_pb2.PluginParameter) -> str:
-    """The option's declared bounds for people, e.g. ">= 0, < 1"; "" when it declares none."""
-    signs = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
-    return ", ".join(f"{sign} {_limit(getattr(param, f))}" for f, sign in signs if param.HasField(f))
-
-
-def _limit(value: float) -> str:
-    """A whole limit in full (4294967295, not 4.295e+09); others as `number` writes them."""
-    return str(int(value)) if value.is_integer() and abs(value) < 2**63 else number(value)
 
 
 def devices_table(info: service_pb2.ServerInfo) -> Table:

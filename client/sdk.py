@@ -16,7 +16,6 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any, cast
 
 import grpc
@@ -24,7 +23,8 @@ import grpc
 from tuneyard.client.connection import PemSource, channel_credentials, open_channel, resolve_token
 from tuneyard.client.errors import TuneyardError, from_rpc_error
 from tuneyard.client.external import EventSink, ExternalStudies, ExternalTrial, Metrics, TrialBatch
-from tuneyard.client.specfile import SpecSource, config_to_dict, load_spec
+from tuneyard.client.results import RunResult, Study, Trial, trials_dataframe
+from tuneyard.client.specfile import SpecSource, load_spec
 from tuneyard.v1 import service_pb2, service_pb2_grpc, spec_pb2
 
 __all__ = ["Client", "RunResult", "DEFAULT_ADDRESS", "TERMINAL_STATES", "is_terminal", "parse_state"]
@@ -63,33 +63,6 @@ def parse_state(state: str | int | None) -> service_pb2.StudyState:
             return service_pb2.StudyState.Value(candidate)
     choices = ", ".join(k.removeprefix("STUDY_").lower() for k in service_pb2.StudyState.keys()[1:])
     raise TuneyardError(grpc.StatusCode.INVALID_ARGUMENT, f"unknown study state {state!r} (one of: {choices})")
-
-
-@dataclass
-class RunResult:
-    """What a finished study produced, as plain Python values."""
-
-    study: service_pb2.Study
-    best_config: dict[str, Any] = field(default_factory=dict)
-    best_metrics: dict[str, float] = field(default_factory=dict)
-    test_metrics: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def succeeded(self) -> bool:
-        return self.study.state == service_pb2.STUDY_COMPLETED
-
-    @classmethod
-    def from_study(cls, study: service_pb2.Study, spec: spec_pb2.StudySpec | None = None) -> RunResult:
-        """Build from a ``Study``; ``spec`` (default: the study's own) says which parameters are ints."""
-        if not study.HasField("best_trial"):
-            return cls(study=study, test_metrics=dict(study.test_metrics))
-        best = study.best_trial
-        return cls(
-            study=study,
-            best_config=config_to_dict(best.config, spec if spec is not None else study.spec),
-            best_metrics=dict(best.final_metrics),
-            test_metrics=dict(study.test_metrics),
-        )
 
 
 class Client:
@@ -199,6 +172,45 @@ class Client:
     def get_trial(self, study_id: str, trial_id: int) -> service_pb2.Trial:
         return self._call("GetTrial", service_pb2.GetTrialRequest(study_id=study_id, trial_id=trial_id))
 
+    # -- typed results (plain dataclasses; the methods above return the raw messages) ------------
+
+    def study(self, study_id: str) -> Study:
+        """The study as a :class:`~tuneyard.client.results.Study`: state names, ints, datetimes."""
+        return Study.from_proto(self.get_study(study_id))
+
+    def studies(self, state: str | int | None = None) -> list[Study]:
+        return [Study.from_proto(s) for s in self.list_studies(state=state)]
+
+    def trials(self, study_id: str) -> list[Trial]:
+        """Every trial of the study as a :class:`~tuneyard.client.results.Trial`, by trial id."""
+        spec = self.get_study(study_id).spec
+        return [Trial.from_proto(t, spec) for t in self.list_trials(study_id)]
+
+    def trial(self, study_id: str, trial_id: int) -> Trial:
+        return Trial.from_proto(self.get_trial(study_id, trial_id), self.get_study(study_id).spec)
+
+    def trials_dataframe(self, study_id: str) -> Any:
+        """The study's trials as a pandas DataFrame, one row per trial, like Optuna's.
+
+        Columns: ``number``, ``state``, ``value`` (``values_<metric>`` with several objectives),
+        ``params_<name>``, ``metrics_<name>`` (last epoch), ``datetime_start``,
+        ``datetime_complete``, ``duration`` (seconds), ``device``, ``epochs``. Raises ImportError
+        when pandas is not installed (``tuneyard.client.results.trial_rows`` gives plain dicts).
+        """
+        study = self.study(study_id)
+        return trials_dataframe(self.trials(study_id), study.objectives)
+
+    def result(self, study_id: str, spec: spec_pb2.StudySpec | None = None) -> RunResult:
+        """The study's outcome now, with the best trial's full configuration (plugin defaults included)."""
+        return RunResult.from_study(self.get_study(study_id), spec, self._plugins_if_listed())
+
+    def _plugins_if_listed(self) -> service_pb2.ListPluginsResponse | None:
+        """The plugin list for a resolved configuration; None if the server will not list them."""
+        try:
+            return self.plugins()
+        except TuneyardError:
+            return None  # the configuration then lacks the plugins' defaults, nothing else
+
     def plugins(self, kind: str = "") -> service_pb2.ListPluginsResponse:
         return self._call("ListPlugins", service_pb2.ListPluginsRequest(kind=kind))
 
@@ -267,7 +279,7 @@ class Client:
         for event in self.watch(study_id, after_sequence=after_sequence):
             if on_event is not None:
                 on_event(event)
-        return RunResult.from_study(self.get_study(study_id))
+        return self.result(study_id)
 
     def run(
         self,
@@ -283,8 +295,10 @@ class Client:
         """
         spec = load_spec(spec)
         study = self.create_study(spec, request_id=request_id)
-        result = self.wait(study.study_id, on_event=on_event)
-        return RunResult.from_study(result.study, spec)
+        for event in self.watch(study.study_id):
+            if on_event is not None:
+                on_event(event)
+        return self.result(study.study_id, spec)
 
     # -- external studies (the client evaluates the trials) ------------------------------------
 
@@ -344,4 +358,4 @@ class Client:
         study = self._external.optimize(
             spec, fn, n_workers, request_id=request_id, progress=progress, client_id=client_id
         )
-        return RunResult.from_study(study)
+        return RunResult.from_study(study)  # an external study's configuration is its searched values
