@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[server,optuna,ray,report,dev]'
+	$(PY) -m pip install -q -e '.[server,optuna,ray,report,mlflow,dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -42,6 +42,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "tuneyard.plugins.builtin.early_stoppers",
     "tuneyard.plugins.builtin.tasks",
     "tuneyard.plugins.builtin.tensorboard_logger",
+    "tuneyard.plugins.builtin.mlflow_logger",
 )
 
 REGISTER_HOOKS: dict[str, str] = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 from collections.abc import Sequence
@@ -12,10 +13,14 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
+from prometheus_client import CollectorRegistry
 
+from tuneyard.plugins.builtin.mlflow_logger import MLFLOW_URI_ENV
 from tuneyard.plugins.manager import PluginRegistry
 from tuneyard.server.api import wire
 from tuneyard.server.api.dashboard import Dashboard
+from tuneyard.server.api.metrics import MetricsServer, ServerCollector, check_metrics_bind
+from tuneyard.server.api.rpc_metrics import RpcMetrics
 from tuneyard.server.api.security import Authenticator, AuthInterceptor, TlsFiles, Token, check_bind
 from tuneyard.server.api.servicer import TrainingServicer
 from tuneyard.server.execution.devices import plan_devices
@@ -82,12 +87,14 @@ class ServerHandle:
     pool: WorkerPool | RayPool
     health: health.HealthServicer
     dashboard: Dashboard | None = None
+    metrics: MetricsServer | None = None
 
     def stop(self, grace: float = 2.0) -> None:
         self.health.enter_graceful_shutdown()
         self.hub.close()
-        if self.dashboard is not None:
-            self.dashboard.stop()
+        for web in (self.dashboard, self.metrics):
+            if web is not None:
+                web.stop()
         self.grpc_server.stop(grace).wait()
         self.studies.shutdown()
         self.pool.close()
@@ -136,6 +143,16 @@ def _point_tensorboard_at(tensorboard_dir: Path | None) -> None:
         os.environ["TUNEYARD_TENSORBOARD_DIR"] = str(Path(tensorboard_dir).resolve())
 
 
+def _point_mlflow_at(tracking_uri: str) -> None:
+    """The built-in mlflow_logger plugin logs to this tracking URI (read when a trial starts); it needs
+    the `mlflow` extra, checked here so a server without it refuses to start rather than log nothing."""
+    if not tracking_uri:
+        return
+    if importlib.util.find_spec("mlflow") is None:
+        raise ValueError("--mlflow-tracking-uri needs MLflow: pip install 'tuneyard[mlflow]'")
+    os.environ[MLFLOW_URI_ENV] = tracking_uri
+
+
 def _study_manager(
     storage: Storage,
     pool: WorkerPool | RayPool,
@@ -160,12 +177,19 @@ def _study_manager(
 
 
 def _grpc_server(
-    studies: StudyManager, pool: WorkerPool | RayPool, authenticator: Authenticator | None
+    studies: StudyManager,
+    pool: WorkerPool | RayPool,
+    authenticator: Authenticator | None,
+    registry: CollectorRegistry | None = None,
 ) -> tuple[grpc.Server, health.HealthServicer]:
-    """The gRPC server with the training and maintenance services, not yet bound or started."""
+    """The gRPC server with the training and maintenance services, not yet bound or started; with a
+    metrics `registry`, every call is counted there (before the token check, so refusals count too)."""
+    interceptors: list[grpc.ServerInterceptor] = [RpcMetrics(registry)] if registry is not None else []
+    if authenticator is not None:
+        interceptors.append(AuthInterceptor(authenticator))
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=RPC_THREADS, thread_name_prefix="rpc"),
-        interceptors=[AuthInterceptor(authenticator)] if authenticator else None,
+        interceptors=interceptors or None,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES * 4),
@@ -205,6 +229,26 @@ def _dashboard(
         raise OSError(f"dashboard cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
+def _metrics_registry(studies: StudyManager, pool: WorkerPool | RayPool, port: int | None) -> CollectorRegistry | None:
+    """The registry `/metrics` serves (the store, scheduler and pool read at scrape time), or None without a port."""
+    if port is None:
+        return None
+    registry = CollectorRegistry()
+    registry.register(ServerCollector(studies.storage, studies.scheduler, pool))
+    return registry
+
+
+def _metrics(
+    registry: CollectorRegistry | None, host: str, port: int | None, authenticator: Authenticator | None
+) -> MetricsServer | None:
+    if registry is None or port is None:
+        return None
+    try:
+        return MetricsServer(registry, host, port, authenticator)
+    except OSError as exc:
+        raise OSError(f"metrics cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
 def _address(host: str, port: int) -> str:
     """host:port as clients write it: an IPv6 host in brackets."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -218,6 +262,57 @@ def _resume_unfinished(handle: ServerHandle) -> None:
     except StoreError:
         handle.stop(grace=0)
         raise
+
+
+def _refuse_unusable(
+    executor: str, host: str, tls: TlsFiles | None, insecure: bool, metrics_port: int | None, mlflow_uri: str
+) -> None:
+    """Settings the server cannot or must not run with, refused before anything is opened or bound."""
+    if executor not in ("local", "ray"):
+        raise ValueError(f"unknown executor {executor!r}: local or ray")
+    check_bind(host, tls, insecure)
+    if metrics_port is not None:
+        check_metrics_bind(host, insecure)
+    _point_mlflow_at(mlflow_uri)
+
+
+@dataclass(frozen=True)
+class _Ports:
+    """Where the server listens: gRPC on host:grpc, and the web dashboard and metrics when asked for."""
+
+    host: str
+    grpc: int
+    dashboard: int | None
+    metrics: int | None
+
+
+def _open(
+    ports: _Ports,
+    server: grpc.Server,
+    checks: health.HealthServicer,
+    studies: StudyManager,
+    pool: WorkerPool | RayPool,
+    credentials: grpc.ServerCredentials | None,
+    authenticator: Authenticator | None,
+    tls: TlsFiles | None,
+    registry: CollectorRegistry | None,
+) -> ServerHandle:
+    """Binds every port and starts the gRPC server; a port that cannot be bound closes all, and raises."""
+    dashboard = None
+    try:
+        bound = _listen(server, ports.host, ports.grpc, credentials)
+        dashboard = _dashboard(studies, ports.host, ports.dashboard, authenticator, tls)
+        metrics = _metrics(registry, ports.host, ports.metrics, authenticator)
+    except OSError:
+        if dashboard is not None:
+            dashboard.stop()
+        server.stop(0)
+        pool.close()
+        studies.storage.close()
+        raise
+    server.start()
+    address = _address(ports.host, bound)
+    return ServerHandle(address, bound, server, studies.storage, studies.hub, studies, pool, checks, dashboard, metrics)
 
 
 def start_server(
@@ -241,6 +336,8 @@ def start_server(
     dashboard_port: int | None = None,
     check_store: bool = False,
     plugins_dir: Path | None = None,
+    metrics_port: int | None = None,
+    mlflow_tracking_uri: str = "",
 ) -> ServerHandle:
     """Starts a server on host:port (0 picks a free port) and returns once it is SERVING.
 
@@ -250,11 +347,11 @@ def start_server(
     `ray_address` (a local one on loopback when empty); `checkpoint_dir` must then be a path every
     node sees. A store that is not a valid tuneyard store (or, with `check_store`, fails SQLite's
     integrity check) raises a `StoreError` before any worker starts. `plugins_dir`: every `*.py` in it
-    is loaded as a plugin module, by the server and by every worker.
+    is loaded as a plugin module, by the server and by every worker. `metrics_port`: Prometheus
+    metrics on host:port/metrics (plain HTTP: a non-loopback host needs `insecure`; 0 picks a port).
+    `mlflow_tracking_uri`: every trial becomes an MLflow run there (the `mlflow` extra).
     """
-    if executor not in ("local", "ray"):
-        raise ValueError(f"unknown executor {executor!r}: local or ray")
-    check_bind(host, tls, insecure)
+    _refuse_unusable(executor, host, tls, insecure, metrics_port, mlflow_tracking_uri)
     credentials = tls.credentials() if tls is not None else None
     authenticator = Authenticator(tokens) if tokens else None
     data_dir = Path(data_dir)
@@ -265,17 +362,10 @@ def start_server(
     pool = _executor(executor, ray_address, devices, cpu_slots, data_root, limit, log_dir=logs, plugins_dir=plugins)
     _point_tensorboard_at(tensorboard_dir)
     studies = _study_manager(storage, pool, trial_heartbeat_timeout, data_root, max_active_studies, plugins)
-    server, checks = _grpc_server(studies, pool, authenticator)
-    try:
-        bound = _listen(server, host, port, credentials)
-        dashboard = _dashboard(studies, host, dashboard_port, authenticator, tls)
-    except OSError:
-        server.stop(0)
-        pool.close()
-        storage.close()
-        raise
-    server.start()
-    handle = ServerHandle(_address(host, bound), bound, server, storage, studies.hub, studies, pool, checks, dashboard)
+    registry = _metrics_registry(studies, pool, metrics_port)
+    server, checks = _grpc_server(studies, pool, authenticator, registry)
+    ports = _Ports(host, port, dashboard_port, metrics_port)
+    handle = _open(ports, server, checks, studies, pool, credentials, authenticator, tls, registry)
     _resume_unfinished(handle)
     set_serving(checks, [SERVICE_NAME])
     return handle

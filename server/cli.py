@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tuneyard import __version__
 from tuneyard.common.addresses import is_loopback
+from tuneyard.server.api.metrics import check_metrics_bind
 from tuneyard.server.api.security import SecurityConfigError, TlsFiles, Token, check_bind, load_tokens
 from tuneyard.server.execution.devices import DeviceProbeError
+from tuneyard.server.logs import LOG_FORMATS, configure_logging
 from tuneyard.server.study.domain import StoreError
+
+if TYPE_CHECKING:
+    from tuneyard.server.app import ServerHandle
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -72,8 +77,29 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run SQLite's integrity check on the store first and refuse to serve a damaged one (reads the whole file)",
     )
-    p.add_argument("--log-level", default="INFO")
+    _add_operations_args(p)
     return p
+
+
+def _add_operations_args(p: argparse.ArgumentParser) -> None:
+    """What an operator watches the server with: metrics, MLflow runs, the log's level and format."""
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics, HOST being --host (plain HTTP; default off)",
+    )
+    p.add_argument(
+        "--mlflow-tracking-uri",
+        default="",
+        metavar="URI",
+        help="log each trial as an MLflow run there, one experiment per study (needs tuneyard[mlflow]; default off)",
+    )
+    p.add_argument("--log-level", default="INFO")
+    p.add_argument(
+        "--log-format", choices=LOG_FORMATS, default="text", help="json: one JSON object per log line (default text)"
+    )
 
 
 def _add_security_args(p: argparse.ArgumentParser) -> None:
@@ -96,12 +122,29 @@ def _security(args: argparse.Namespace) -> tuple[TlsFiles | None, list[Token]]:
         tls.credentials()  # unreadable files fail here, with their path
     tokens = load_tokens(args.token_file) if args.token_file else []
     check_bind(args.host, tls, args.insecure)
+    if args.metrics_port is not None:
+        check_metrics_bind(args.host, args.insecure)
     return tls, tokens
+
+
+def _banner(handle: ServerHandle, args: argparse.Namespace, tls: TlsFiles | None, tokens: list[Token]) -> None:
+    """What serves where, on stdout (tests and scripts read the addresses from it)."""
+    slots = ", ".join(d.name for d in handle.pool.devices)
+    mode = ("mutual TLS" if args.tls_client_ca else "TLS") if tls else "plaintext"
+    auth = f", {len(tokens)} tokens" if tokens else ""
+    print(
+        f"tuneyard {__version__} serving on {handle.address} ({mode}{auth}; slots: {slots}; data: {args.data_dir})",
+        flush=True,
+    )
+    if handle.dashboard is not None:
+        print(f"dashboard: {handle.dashboard.address}", flush=True)
+    if handle.metrics is not None:
+        print(f"metrics: {handle.metrics.address}", flush=True)
 
 
 def serve_main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level, args.log_format)
     try:
         tls, tokens = _security(args)  # checked before anything heavy is imported or any socket bound
     except SecurityConfigError as exc:
@@ -136,19 +179,13 @@ def serve_main(argv: list[str]) -> int:
             tensorboard_dir=args.tensorboard_dir,
             dashboard_port=args.dashboard_port,
             check_store=args.check_store,
+            metrics_port=args.metrics_port,
+            mlflow_tracking_uri=args.mlflow_tracking_uri,
         )
     except (OSError, ValueError, StoreError, DeviceProbeError) as exc:  # one line, no traceback: it says what to do
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    slots = ", ".join(d.name for d in handle.pool.devices)
-    mode = ("mutual TLS" if args.tls_client_ca else "TLS") if tls else "plaintext"
-    auth = f", {len(tokens)} tokens" if tokens else ""
-    print(
-        f"tuneyard {__version__} serving on {handle.address} ({mode}{auth}; slots: {slots}; data: {args.data_dir})",
-        flush=True,
-    )
-    if handle.dashboard is not None:
-        print(f"dashboard: {handle.dashboard.address}", flush=True)
+    _banner(handle, args, tls, tokens)
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
