@@ -11,8 +11,9 @@ after a short warm-up study of its own (imports, connections, first SQL statemen
 - ``tuneyard``: an in-process ``start_server(devices="cpu", cpu_slots=1)`` and the SDK's
   ``Client.optimize(spec, fn, n_workers=2, progress=None)`` on a spec with ``external: {}``. The
   server commits each trial's start and end to its SQLite store (WAL, ``synchronous=NORMAL``: a
-  commit survives the process's crash) before it answers. Ask = one SuggestTrials round trip, tell
-  = one CompleteTrial round trip, timed around the client's call.
+  commit survives the process's crash) before it answers. ``optimize`` tells a trial's end with its
+  next ask (SuggestTrials' ``completions``): one round trip per trial, timed as an ask; a tell = a
+  CompleteTrial round trip (a worker's last trial, when the study has no more to hand out).
 - ``tuneyard_fsync``: the same with ``PRAGMA synchronous=FULL`` on the server's store connection (the
   WAL fsynced at every commit: durable against power loss, as Optuna's journal is).
 - ``optuna_journal``: ``JournalStorage(JournalFileBackend(path))`` (every append fsynced), and
@@ -21,8 +22,11 @@ after a short warm-up study of its own (imports, connections, first SQL statemen
   looping ask -> ``suggest_float`` x2 -> evaluate -> tell. Ask = ``study.ask()`` plus the two
   suggestions (Optuna samples and stores the parameters there), tell = ``study.tell``.
 
-Samplers: ``random`` (Optuna ``RandomSampler(seed)``) and ``tpe`` (``TPESampler(seed)``). Wall =
-from just before the study is created to the return of the last tell. Every store is read back
+Samplers: ``random`` (Optuna ``RandomSampler(seed)``) and ``tpe`` (``TPESampler(seed,
+multivariate=True, constant_liar=True)``: tuneyard's ``tpe`` wraps the same sampler with these
+defaults, so both sides sample with the same algorithm and settings). Wall =
+from just before the study is created to the return of the last call that told a trial's end;
+calls/tr = ask and tell calls per trial. Every store is read back
 afterwards and must hold every trial COMPLETE. The fsync column is the disk's fsync latency, probed
 before each system's runs (the disk is shared; Optuna's journal pays one per append). The table
 comes first; the last line is one JSON object with every figure and, per sampler, the ratio
@@ -67,10 +71,11 @@ class Row:
     trials: int
     wall_s: float
     trials_per_s: float
-    ask_p50_ms: float
-    ask_p99_ms: float
-    tell_p50_ms: float
-    tell_p99_ms: float
+    calls_per_trial: float  # ask and tell calls per trial (an ask that tells counts once)
+    ask_p50_ms: float | None
+    ask_p99_ms: float | None
+    tell_p50_ms: float | None
+    tell_p99_ms: float | None
     stored_complete: int
     best: float
     fsync_ms: float  # the disk's fsync latency (median) probed just before this system's runs
@@ -85,7 +90,8 @@ class Timings:
         self.last_tell = 0.0
 
     @contextmanager
-    def timed(self, kind: str) -> Iterator[None]:
+    def timed(self, kind: str, tells: bool | None = None) -> Iterator[None]:
+        """Times one call of `kind`; `tells`: it told a trial's end (default: a "tell" does)."""
         start = time.perf_counter()
         try:
             yield
@@ -93,14 +99,14 @@ class Timings:
             end = time.perf_counter()
             with self._lock:
                 self.calls[kind].append(end - start)
-                if kind == "tell":
+                if kind == "tell" if tells is None else tells:
                     self.last_tell = max(self.last_tell, end)
 
 
-def percentile_ms(values: list[float], q: float) -> float:
-    """Nearest-rank percentile ``q`` (0..100) of durations in seconds, in milliseconds."""
+def percentile_ms(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile ``q`` (0..100) of durations in seconds, in milliseconds; None: no calls."""
     if not values:
-        return float("nan")
+        return None
     ordered = sorted(values)
     rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
     return ordered[rank - 1] * 1000
@@ -148,6 +154,7 @@ def combine(runs: list[Run]) -> Row:
     tells = [t for r in runs for t in r.tells]
     return Row(
         first.system, first.searcher, first.trials, wall, first.trials / wall,
+        (len(asks) + len(tells)) / sum(r.trials for r in runs),
         percentile_ms(asks, 50), percentile_ms(asks, 99), percentile_ms(tells, 50), percentile_ms(tells, 99),
         min(r.stored_complete for r in runs), statistics.median(r.best for r in runs),
         statistics.median(r.fsync_ms for r in runs),
@@ -170,7 +177,9 @@ def tuneyard_spec(searcher: str, trials: int) -> dict[str, Any]:
 
 
 def timed_client(address: str, timings: Timings) -> Any:
-    """The SDK's Client, its SuggestTrials and CompleteTrial calls timed (the gRPC round trip)."""
+    """The SDK's Client, its SuggestTrials and CompleteTrial calls timed (the gRPC round trip). A
+    SuggestTrials that carries completions (optimize tells a trial's end with its next ask) is an ask
+    that also tells."""
     from tuneyard.client import Client
 
     kinds = {"SuggestTrials": "ask", "CompleteTrial": "tell"}
@@ -180,7 +189,7 @@ def timed_client(address: str, timings: Timings) -> Any:
             kind = kinds.get(method)
             if kind is None:
                 return super()._call(method, request)
-            with timings.timed(kind):
+            with timings.timed(kind, tells=kind == "tell" or bool(getattr(request, "completions", ()))):
                 return super()._call(method, request)
 
     return TimedClient(address)
@@ -236,7 +245,10 @@ def optuna_storage(kind: str, path: Path) -> Any:
 def optuna_sampler(searcher: str) -> Any:
     import optuna
 
-    return optuna.samplers.RandomSampler(seed=SEED) if searcher == "random" else optuna.samplers.TPESampler(seed=SEED)
+    if searcher == "random":
+        return optuna.samplers.RandomSampler(seed=SEED)
+    # tuneyard's `tpe` defaults (multivariate, constant liar), so both sides run the same algorithm
+    return optuna.samplers.TPESampler(seed=SEED, multivariate=True, constant_liar=True)
 
 
 def optuna_worker(study: Any, take: Callable[[], bool], timings: Timings, errors: list[BaseException]) -> None:
@@ -302,7 +314,7 @@ def run_optuna(kind: str, searchers: list[str], trials: int, folder: Path) -> li
     return rows
 
 
-COLUMNS = "system|searcher|trials|wall s|trials/s|ask p50|ask p99|tell p50|tell p99|stored|fsync ms".split("|")
+COLUMNS = "system|searcher|trials|wall s|trials/s|calls/tr|ask p50|ask p99|tell p50|tell p99|stored|fsync ms".split("|")
 
 
 def _width(column: int) -> int:
@@ -311,6 +323,10 @@ def _width(column: int) -> int:
 
 def _line(cells: Sequence[str]) -> str:
     return "| " + " | ".join(f"{c:<{_width(i)}}" if i < 2 else f"{c:>{_width(i)}}" for i, c in enumerate(cells)) + " |"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def table(rows: list[Row], repeat: int) -> str:
@@ -322,8 +338,8 @@ def table(rows: list[Row], repeat: int) -> str:
     ]
     for r in rows:
         cells = [
-            r.system, r.searcher, str(r.trials), f"{r.wall_s:.2f}", f"{r.trials_per_s:.1f}",
-            f"{r.ask_p50_ms:.2f}", f"{r.ask_p99_ms:.2f}", f"{r.tell_p50_ms:.2f}", f"{r.tell_p99_ms:.2f}",
+            r.system, r.searcher, str(r.trials), f"{r.wall_s:.2f}", f"{r.trials_per_s:.1f}", f"{r.calls_per_trial:.2f}",
+            _ms(r.ask_p50_ms), _ms(r.ask_p99_ms), _ms(r.tell_p50_ms), _ms(r.tell_p99_ms),
             str(r.stored_complete), f"{r.fsync_ms:.2f}",
         ]  # fmt: skip
         lines.append(_line(cells))

@@ -18,7 +18,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import grpc
 
@@ -34,6 +34,7 @@ __all__ = ["ExternalStudies", "ExternalTrial", "Metrics", "StudyRpc", "TrialBatc
 # A step's (or a trial's) result: the objective's value alone, or named metrics.
 Metrics = float | Mapping[str, float]
 EventSink = Callable[[service_pb2.StudyEvent], None]
+T = TypeVar("T")
 
 _END_STATES = {
     "COMPLETED": service_pb2.TRIAL_COMPLETED,
@@ -130,9 +131,19 @@ class ExternalStudies:
             raise TypeError(f"expected a number or a dict of metrics, got {type(value_or_metrics).__name__}")
         return {objective_metric(self.spec(study_id)): float(value_or_metrics)}
 
-    def ask(self, study_id: str, count: int = 1, client_id: str | None = None) -> TrialBatch:
+    def ask(
+        self,
+        study_id: str,
+        count: int = 1,
+        client_id: str | None = None,
+        completions: Iterable[service_pb2.CompleteTrialRequest] = (),
+    ) -> TrialBatch:
+        """Up to ``count`` trials; ``completions`` (see :meth:`completion`) are told first, in the
+        same round trip."""
         holder = client_id or default_client_id()
-        request = service_pb2.SuggestTrialsRequest(study_id=study_id, count=count, client_id=holder)
+        request = service_pb2.SuggestTrialsRequest(
+            study_id=study_id, count=count, client_id=holder, completions=completions
+        )
         response = self._rpc._call("SuggestTrials", request)
         if not response.trials:
             return TrialBatch((), response.study_done)
@@ -162,8 +173,22 @@ class ExternalStudies:
         error: str = "",
         client_id: str = "",
     ) -> service_pb2.Trial:
+        request = self.completion(trial_id, value_or_metrics, study_id, state=state, error=error, client_id=client_id)
+        return self._rpc._call("CompleteTrial", request)
+
+    def completion(
+        self,
+        trial_id: int,
+        value_or_metrics: Metrics | None,
+        study_id: str,
+        *,
+        state: str | int = "COMPLETED",
+        error: str = "",
+        client_id: str = "",
+    ) -> service_pb2.CompleteTrialRequest:
+        """A trial's end as CompleteTrial takes it, or as one of SuggestTrials' ``completions``."""
         metrics = {} if value_or_metrics is None else self.metrics(study_id, value_or_metrics)
-        request = service_pb2.CompleteTrialRequest(
+        return service_pb2.CompleteTrialRequest(
             study_id=study_id,
             trial_id=trial_id,
             state=_end_state(state),
@@ -171,19 +196,13 @@ class ExternalStudies:
             error=error,
             client_id=client_id,
         )
-        return self._rpc._call("CompleteTrial", request)
 
-    def evaluate(self, trial: ExternalTrial, fn: Callable[[ExternalTrial], Any]) -> service_pb2.Trial | None:
-        """Run ``fn`` on one trial and tell the server how it ended; None if the study ended first."""
+    def evaluate(self, trial: ExternalTrial, fn: Callable[[ExternalTrial], Any]) -> service_pb2.CompleteTrialRequest:
+        """Run ``fn`` on one trial: how it ended, to tell the server (an exception is a FAILED end)."""
         state, metrics, error = self._outcome(trial, fn)
-        try:
-            return self.tell(
-                trial.study_id, trial.trial_id, metrics, state=state, error=error, client_id=trial.client_id
-            )
-        except TuneyardError:
-            if self._rpc.get_study(trial.study_id).state in _STUDY_OVER:
-                return None  # cancelled (or failed) meanwhile: its trials were ended on the server
-            raise
+        return self.completion(
+            trial.trial_id, metrics, trial.study_id, state=state, error=error, client_id=trial.client_id
+        )
 
     def _outcome(self, trial: ExternalTrial, fn: Callable[[ExternalTrial], Any]) -> tuple[str, Metrics | None, str]:
         try:
@@ -315,20 +334,39 @@ class _OptimizeRun:
             self._fail(exc)
 
     def _work(self, client_id: str) -> None:
+        """Ask → evaluate → tell, the tell riding on the next ask: one round trip per trial."""
         delay = self._studies.poll_min
+        told: list[service_pb2.CompleteTrialRequest] = []
         try:
             while not self._stop.is_set():
-                batch = self._studies.ask(self._study_id, 1, client_id)
+                batch = self._ask(client_id, told)
+                told = []
+                if batch is None or (not batch and batch.study_done):
+                    return
                 if not batch:
-                    if batch.study_done:
-                        return
                     self._stop.wait(delay)  # others hold the concurrency slots: ask again soon
                     delay = min(delay * 2, self._studies.poll_max)
                     continue
                 delay = self._studies.poll_min
-                self._studies.evaluate(batch[0], self._fn)
+                told = [self._studies.evaluate(batch[0], self._fn)]
+            if told:  # stopped while it ran (another worker's error, Ctrl-C): its end is still told
+                self._told(lambda: self._rpc._call("CompleteTrial", told[0]))
         except BaseException as exc:
             self._fail(exc)
+
+    def _ask(self, client_id: str, told: list[service_pb2.CompleteTrialRequest]) -> TrialBatch | None:
+        """The next trial, with the last one's end told first; None once the study has ended."""
+        return self._told(lambda: self._studies.ask(self._study_id, 1, client_id, told), bool(told))
+
+    def _told(self, call: Callable[[], T], telling: bool = True) -> T | None:
+        """``call()``, or None when it told a trial's end and failed because the study ended meanwhile
+        (cancelled or failed: the server ended its trials)."""
+        try:
+            return call()
+        except TuneyardError:
+            if telling and self._rpc.get_study(self._study_id).state in _STUDY_OVER:
+                return None
+            raise
 
     def _fail(self, exc: BaseException) -> None:
         self._errors.append(exc)

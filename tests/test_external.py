@@ -267,6 +267,48 @@ def test_hostile_calls_get_clear_codes_and_harm_nothing(ext: Any) -> None:
     assert [m.epoch for m in stored.metrics] == [3]
 
 
+def test_suggest_tells_its_completions_first_in_one_round_trip(ext: Any) -> None:
+    study_id = create(ext, external_spec(budget={"max_trials": 3, "max_concurrent_trials": 1}))
+    (first,) = suggest(ext, study_id).trials
+    told = pb.CompleteTrialRequest(trial_id=first.trial_id, state=pb.TRIAL_COMPLETED, metrics={"value": 3.0})
+    request = pb.SuggestTrialsRequest(study_id=study_id, count=1, client_id="tester", completions=[told])
+    response = ext.SuggestTrials(request, timeout=30)
+    (ended,) = response.completed
+    assert ended.trial_id == 1 and ended.state == pb.TRIAL_COMPLETED and ended.objective_value == 3.0
+    (second,) = response.trials  # the one slot was freed by the completion before suggesting
+    assert second.trial_id == 2 and not response.study_done
+    again = ext.SuggestTrials(request, timeout=30)  # a retry: the completion repeats, a new trial is leased
+    assert list(again.completed) == [ended] and not again.trials  # the slot is second's
+    invalid, wrong = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION
+
+    def tell(*completions: pb.CompleteTrialRequest) -> Any:
+        return lambda: ext.SuggestTrials(
+            pb.SuggestTrialsRequest(study_id=study_id, count=1, completions=completions), timeout=30
+        )
+
+    def ending(**fields: Any) -> pb.CompleteTrialRequest:
+        return pb.CompleteTrialRequest(**{"trial_id": 2, "state": pb.TRIAL_COMPLETED, **fields})
+
+    for bad, path in [
+        (ending(metrics={"value": math.nan}), "completions[1].metrics.value"),
+        (ending(study_id="st-other"), "completions[1].study_id"),
+        (ending(state=pb.TRIAL_PRUNED, metrics={"value": 1.0}), "completions[1].state"),
+        (ending(trial_id=0, metrics={"value": 1.0}), "completions[1].trial_id"),
+        (ending(metrics={"other": 1.0}), "completions[1].metrics"),
+    ]:
+        with pytest.raises(grpc.RpcError) as err:
+            tell(told, bad)()
+        assert err.value.code() == invalid and err.value.details().startswith(path + ":"), err.value.details()
+    assert code(tell(ending(metrics={"value": 9.0}), ending(metrics={"value": 8.0}))) == wrong  # ended otherwise
+    assert code(tell(*[told] * 101)) == invalid
+    stored = ext.GetTrial(pb.GetTrialRequest(study_id=study_id, trial_id=2))
+    assert stored.state == pb.TRIAL_COMPLETED and stored.objective_value == 9.0  # the first told stands
+    (third,) = suggest(ext, study_id).trials
+    last = tell(ending(trial_id=third.trial_id, metrics={"value": 1.0}))()
+    assert not last.trials and last.study_done and last.completed[0].trial_id == 3
+    assert ext.GetStudy(pb.GetStudyRequest(study_id=study_id)).state == pb.STUDY_COMPLETED
+
+
 @pytest.mark.parametrize(
     ("change", "path"),
     [

@@ -58,8 +58,19 @@ def outcome(call: Any) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
+COMPLETIONS = st.lists(
+    st.builds(
+        lambda t, state, m, sid: pb.CompleteTrialRequest(trial_id=t, state=state, metrics=m, study_id=sid),
+        INT32,
+        st.integers(0, 8),
+        METRICS,
+        st.sampled_from(["", "st-000000000000"]),
+    ),
+    max_size=3,
+)
 CALLS = st.one_of(
     st.builds(lambda c, who: ("suggest", pb.SuggestTrialsRequest(count=c, client_id=who)), INT32, TEXT),
+    st.builds(lambda c, told: ("suggest", pb.SuggestTrialsRequest(count=c, completions=told)), INT32, COMPLETIONS),
     st.builds(
         lambda t, s, m: ("report", pb.ReportTrialRequest(trial_id=t, step=s, metrics=m)),
         INT32,

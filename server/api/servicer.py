@@ -31,8 +31,9 @@ from tuneyard.server.limits import (
     MAX_WATCHERS_PER_CLIENT,
 )
 from tuneyard.server.storage.store import Store
-from tuneyard.server.study.domain import InvalidArgument, ResourceExhausted
+from tuneyard.server.study.domain import InvalidArgument, ResourceExhausted, under
 from tuneyard.server.study.events import EventHub
+from tuneyard.server.study.external import Completion
 from tuneyard.server.study.manager import StudyManager
 from tuneyard.v1 import service_pb2 as pb
 from tuneyard.v1 import service_pb2_grpc
@@ -115,6 +116,22 @@ def _client_id(value: str, context: grpc.ServicerContext, authenticator: Authent
     return _holder(value) or client_identity(context, authenticator)
 
 
+def _completion(request: pb.CompleteTrialRequest, study_id: str, path: str = "") -> Completion:
+    """A CompleteTrialRequest's checked fields; `path` prefixes the field of an error (a completion
+    inside SuggestTrials), whose own study_id may be empty but not another study's."""
+    with under(path):
+        if request.study_id and request.study_id != study_id:
+            raise InvalidArgument("study_id", f"must be empty or {study_id!r}, got {request.study_id!r}")
+        state = convert.trial_state_from_proto(request.state)
+        if state is None:
+            raise InvalidArgument("state", "required: TRIAL_COMPLETED, TRIAL_FAILED or TRIAL_INFEASIBLE")
+        if len(request.error) > MAX_ERROR_CHARS:
+            raise InvalidArgument("error", f"longer than {MAX_ERROR_CHARS} characters")
+        return Completion(
+            _trial_id(request.trial_id), state, _metrics(request.metrics), request.error, _holder(request.client_id)
+        )
+
+
 class TrainingServicer(service_pb2_grpc.TrainingServiceServicer):
     def __init__(
         self,
@@ -167,12 +184,20 @@ class TrainingServicer(service_pb2_grpc.TrainingServiceServicer):
     def SuggestTrials(
         self, request: pb.SuggestTrialsRequest, context: grpc.ServicerContext
     ) -> pb.SuggestTrialsResponse:
-        study = self.studies.external(_study_id(request.study_id))
+        study_id = _study_id(request.study_id)
+        study = self.studies.external(study_id)
         if not 1 <= request.count <= MAX_SUGGEST:
             raise InvalidArgument("count", f"must be from 1 to {MAX_SUGGEST}, got {request.count}")
+        if len(request.completions) > MAX_SUGGEST:
+            raise InvalidArgument("completions", f"more than {MAX_SUGGEST} ({len(request.completions)})")
+        completions = [_completion(c, study_id, f"completions[{i}].") for i, c in enumerate(request.completions)]
         client = _client_id(request.client_id, context, self.authenticator)
-        trials, done = study.suggest(request.count, client)
-        return pb.SuggestTrialsResponse(trials=[convert.trial_to_proto(t) for t in trials], study_done=done)
+        handout = study.suggest(request.count, client, completions)
+        return pb.SuggestTrialsResponse(
+            trials=[convert.trial_to_proto(t) for t in handout.trials],
+            study_done=handout.done,
+            completed=[convert.trial_to_proto(t) for t in handout.completed],
+        )
 
     @unary
     def ReportTrial(self, request: pb.ReportTrialRequest, context: grpc.ServicerContext) -> pb.ReportTrialResponse:
@@ -183,15 +208,9 @@ class TrainingServicer(service_pb2_grpc.TrainingServiceServicer):
 
     @unary
     def CompleteTrial(self, request: pb.CompleteTrialRequest, context: grpc.ServicerContext) -> pb.Trial:
-        study = self.studies.external(_study_id(request.study_id))
-        state = convert.trial_state_from_proto(request.state)
-        if state is None:
-            raise InvalidArgument("state", "required: TRIAL_COMPLETED, TRIAL_FAILED or TRIAL_INFEASIBLE")
-        if len(request.error) > MAX_ERROR_CHARS:
-            raise InvalidArgument("error", f"longer than {MAX_ERROR_CHARS} characters")
-        trial_id, holder = _trial_id(request.trial_id), _holder(request.client_id)
-        ended = study.complete(trial_id, state, _metrics(request.metrics), request.error, holder)
-        return convert.trial_to_proto(ended)
+        study_id = _study_id(request.study_id)
+        study = self.studies.external(study_id)
+        return convert.trial_to_proto(study.complete(_completion(request, study_id)))
 
     @unary
     def CancelStudy(self, request: pb.CancelStudyRequest, context: grpc.ServicerContext) -> pb.Study:

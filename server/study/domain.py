@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -44,6 +46,16 @@ class InvalidArgument(DomainError):
         super().__init__(f"{field}: {reason}")
         self.field = field
         self.reason = reason
+
+
+@contextmanager
+def under(path: str) -> Iterator[None]:
+    """Checks of a nested message: an InvalidArgument raised inside names its field from the request's
+    top (`completions[1].` + `metrics`)."""
+    try:
+        yield
+    except InvalidArgument as exc:
+        raise InvalidArgument(path + exc.field, exc.reason) from None
 
 
 class NotFound(DomainError):

@@ -19,11 +19,12 @@ import logging
 import math
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from tuneyard.plugins.manager import PluginRegistry
 from tuneyard.server.storage.store import Store
-from tuneyard.server.study.domain import InvalidArgument, TrialRecord, TrialState, WrongState
+from tuneyard.server.study.domain import InvalidArgument, TrialRecord, TrialState, WrongState, under
 from tuneyard.server.study.events import EventHub
 from tuneyard.server.study.journal import StudyJournal
 from tuneyard.server.study.outcomes import Ending
@@ -49,6 +50,27 @@ class Lease:
     steps: int = 0  # the last step stored
     retries: int = 0
     stop_reason: str | None = None  # "pruned", "deadline": the next report answers STOP
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A client's end of a trial (CompleteTrial, or one of SuggestTrials' completions)."""
+
+    trial_id: int
+    state: TrialState
+    metrics: dict[str, float] = field(default_factory=dict)
+    error: str = ""
+    client_id: str = ""  # "": any caller may end it; else it must be the trial's holder
+
+
+@dataclass(frozen=True)
+class Handout:
+    """What one SuggestTrials gives: the trials leased, whether the study is done handing out, and
+    the trials its completions ended."""
+
+    trials: list[TrialRecord]
+    done: bool
+    completed: list[TrialRecord] = field(default_factory=list)
 
 
 def finite_metrics(metrics: dict[str, float], path: str) -> dict[str, float]:
@@ -162,9 +184,17 @@ class ExternalStudy(threading.Thread):
 
     # ---- the three calls ----
 
-    def suggest(self, count: int, client_id: str) -> tuple[list[TrialRecord], bool]:
-        """Up to `count` trials leased to `client_id`, and whether the study is done handing out."""
+    def suggest(self, count: int, client_id: str, completions: Sequence[Completion] = ()) -> Handout:
+        """Ends `completions` in order (tell), then leases up to `count` trials to `client_id` (ask),
+        in one hold of the lock: a client that tells one trial and asks for the next waits once."""
+        for i, completion in enumerate(completions):
+            with under(f"completions[{i}]."):
+                _check_ending(completion)
         with self._lock:
+            completed = []
+            for i, completion in enumerate(completions):
+                with under(f"completions[{i}]."):
+                    completed.append(self._complete(completion))
             self._police()
             handed: list[TrialRecord] = []
             while len(handed) < count:
@@ -173,7 +203,7 @@ class ExternalStudy(threading.Thread):
                     break
                 handed.append(trial)
             self._end_if_done()
-            return handed, self._ended or self._exhausted
+            return Handout(handed, self._ended or self._exhausted, completed)
 
     def report(self, trial_id: int, step: int, metrics: dict[str, float], client_id: str = "") -> bool:
         """Stores step `step` of a trial, renews its lease; True: STOP. A `client_id` must be the holder's."""
@@ -198,28 +228,27 @@ class ExternalStudy(threading.Thread):
                     lease.stop_reason = "pruned"
             return lease.stop_reason is not None
 
-    def complete(
-        self, trial_id: int, state: TrialState, metrics: dict[str, float], error: str, client_id: str = ""
-    ) -> TrialRecord:
+    def complete(self, completion: Completion) -> TrialRecord:
         """Ends a trial as the client says; the same call again returns the same trial. A `client_id`
         must be the holder's."""
-        if state not in ENDINGS:
-            names = ", ".join(f"TRIAL_{s.value}" for s in ENDINGS)
-            raise InvalidArgument("state", f"must be one of {names}, got {state.value}")
-        metrics = finite_metrics(metrics, "metrics")
+        _check_ending(completion)
         with self._lock:
-            lease = self._leases.get(trial_id)
-            if lease is None:
-                trial = self._ended_trial(trial_id)
-                if _same_ending(trial, state, metrics, error):
-                    return trial
-                raise WrongState(f"trial {trial_id} already ended {trial.state.value}")
-            _check_holder(lease, client_id)
-            trial = self._finish(lease, self._ending(lease, state, metrics, error))
-            self._end_if_done()
-            return trial
+            return self._complete(completion)
 
     # ---- inside the lock ----
+
+    def _complete(self, completion: Completion) -> TrialRecord:
+        trial_id, state, metrics, error = completion.trial_id, completion.state, completion.metrics, completion.error
+        lease = self._leases.get(trial_id)
+        if lease is None:
+            trial = self._ended_trial(trial_id)
+            if _same_ending(trial, state, metrics, error):
+                return trial
+            raise WrongState(f"trial {trial_id} already ended {trial.state.value}")
+        _check_holder(lease, completion.client_id)
+        trial = self._finish(lease, self._ending(lease, state, metrics, error))
+        self._end_if_done()
+        return trial
 
     def _hand_out(self, client_id: str) -> TrialRecord | None:
         if self._cancelled.is_set() or self._halted.is_set() or self._ended or self._past_deadline():
@@ -319,6 +348,14 @@ class ExternalStudy(threading.Thread):
         assert end is not None  # a study without a test split ends as soon as its trials do
         self._ended = True
         self._journal.end(end.state, end.error, end.test_metrics)
+
+
+def _check_ending(completion: Completion) -> None:
+    """A completion's own checks, before the study is touched: an ending a client may give, finite metrics."""
+    if completion.state not in ENDINGS:
+        names = ", ".join(f"TRIAL_{s.value}" for s in ENDINGS)
+        raise InvalidArgument("state", f"must be one of {names}, got {completion.state.value}")
+    finite_metrics(completion.metrics, "metrics")
 
 
 def _check_holder(lease: Lease, client_id: str) -> None:

@@ -381,22 +381,26 @@ class ListPluginsResponse(_message.Message):
     def __init__(self, plugins: _Optional[_Iterable[_Union[Plugin, _Mapping]]] = ..., load_errors: _Optional[_Iterable[_Union[PluginLoadError, _Mapping]]] = ...) -> None: ...
 
 class SuggestTrialsRequest(_message.Message):
-    __slots__ = ("study_id", "count", "client_id")
+    __slots__ = ("study_id", "count", "client_id", "completions")
     STUDY_ID_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    COMPLETIONS_FIELD_NUMBER: _ClassVar[int]
     study_id: str
     count: int
     client_id: str
-    def __init__(self, study_id: _Optional[str] = ..., count: _Optional[int] = ..., client_id: _Optional[str] = ...) -> None: ...
+    completions: _containers.RepeatedCompositeFieldContainer[CompleteTrialRequest]
+    def __init__(self, study_id: _Optional[str] = ..., count: _Optional[int] = ..., client_id: _Optional[str] = ..., completions: _Optional[_Iterable[_Union[CompleteTrialRequest, _Mapping]]] = ...) -> None: ...
 
 class SuggestTrialsResponse(_message.Message):
-    __slots__ = ("trials", "study_done")
+    __slots__ = ("trials", "study_done", "completed")
     TRIALS_FIELD_NUMBER: _ClassVar[int]
     STUDY_DONE_FIELD_NUMBER: _ClassVar[int]
+    COMPLETED_FIELD_NUMBER: _ClassVar[int]
     trials: _containers.RepeatedCompositeFieldContainer[Trial]
     study_done: bool
-    def __init__(self, trials: _Optional[_Iterable[_Union[Trial, _Mapping]]] = ..., study_done: _Optional[bool] = ...) -> None: ...
+    completed: _containers.RepeatedCompositeFieldContainer[Trial]
+    def __init__(self, trials: _Optional[_Iterable[_Union[Trial, _Mapping]]] = ..., study_done: _Optional[bool] = ..., completed: _Optional[_Iterable[_Union[Trial, _Mapping]]] = ...) -> None: ...
 
 class ReportTrialRequest(_message.Message):
     __slots__ = ("study_id", "trial_id", "step", "metrics", "client_id")
