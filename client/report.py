@@ -18,12 +18,15 @@ from tuneyard.common.report_data import (
     curves_data,
     history_data,
     importance_data,
+    objective,
     objectives_of,
     occupancy_data,
     parallel_data,
     pareto_data,
 )
-from tuneyard.common.report_html import STATE_COLOURS, build_html, colour
+from tuneyard.common.report_html import build_html
+from tuneyard.common.report_style import DOMINATED, FRONT, STATE_COLOURS, trial_colour
+from tuneyard.common.trials import trial_state
 
 __all__ = ["MissingExtra", "PLOTS", "collect", "write_pngs", "write_report"]
 
@@ -61,56 +64,89 @@ def write_pngs(data: ReportData, directory: Path) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     written = []
     for name, draw in PNG_PLOTS.items():
-        fig, ax = plt.subplots(figsize=(8, 4))
+        fig, ax = plt.subplots(figsize=(10, 4.5))
         if draw(data, ax) is False:
             plt.close(fig)
             continue
         fig.tight_layout()
         path = directory / f"{name}.png"
-        fig.savefig(path, dpi=100)
+        fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
     return written
 
 
+def _integer_ticks(axis: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _png_curves(data: ReportData, ax: Any) -> None:
-    for trial_id, pts in curves_data(data):
-        ax.plot(*zip(*pts, strict=False), marker="o", label=f"trial {trial_id}", color=colour(trial_id))
+    curves = curves_data(data)
+    for trial_id, pts in curves:
+        ax.plot(*zip(*pts, strict=False), marker="o", ms=3, label=f"trial {trial_id}", color=trial_colour(trial_id))
+    _integer_ticks(ax.xaxis)
     ax.set(xlabel="epoch", ylabel=data.metric, title="learning curves")
+    if curves:
+        ax.legend(fontsize=7, ncol=max(1, len(curves) // 12 + 1), loc="upper left", bbox_to_anchor=(1.01, 1))
 
 
 def _png_history(data: ReportData, ax: Any) -> None:
     dots, best = history_data(data)
-    for i, v, state in dots:
-        ax.scatter([i], [v], color=STATE_COLOURS.get(state, "#444"))
+    for state in sorted({s for *_, s in dots}):
+        mine = [(i, v) for i, v, s in dots if s == state]
+        ax.scatter(*zip(*mine, strict=False), color=STATE_COLOURS.get(state, "#444"), label=trial_state(state))
     if best:
-        ax.step(*zip(*best, strict=False), where="post", color="#d62728", label="best so far")
-    ax.set(xlabel="trial id", ylabel=data.metric, title="optimisation history")
+        ax.step(*zip(*best, strict=False), where="post", color="#1d2330", label="best so far")
+    _integer_ticks(ax.xaxis)
+    ax.set(xlabel="trial", ylabel=data.metric, title="optimisation history")
+    if dots:
+        ax.legend(fontsize=8)
 
 
 def _png_parallel(data: ReportData, ax: Any) -> None:
+    """Each axis labelled with its own values (not 0-1); lines coloured by the objective."""
+    import matplotlib as mpl
+
     axes, lines = parallel_data(data)
-    for trial_id, row in lines:
+    scored = bool(axes) and axes[-1].key == ""
+    cmap = mpl.colormaps["viridis"]
+    for _, row in sorted(lines, key=lambda line: -2.0 if line[1][-1] is None else line[1][-1]):
         pts = [(k, p) for k, p in enumerate(row) if p is not None]
+        tone = cmap(row[-1]) if scored and row[-1] is not None else "#b0b0b0"
         if pts:
-            ax.plot(*zip(*pts, strict=False), color=colour(trial_id), alpha=0.8)
-    ax.set_xticks(range(len(axes)), [a.name for a in axes])
-    ax.set(ylabel="scaled value", title="parallel coordinates")
+            ax.plot(*zip(*pts, strict=False), color=tone, alpha=0.85, lw=1.2)
+    for k, axis in enumerate(axes):
+        ax.axvline(k, color="#555", lw=1)
+        for p, label in axis.ticks:
+            ax.text(k + 0.03, p, label, fontsize=7, va="center", bbox={"fc": "white", "ec": "none", "pad": 0.5})
+    ax.set_xticks(range(len(axes)), [a.name for a in axes], rotation=15, fontsize=8)
+    ax.set_yticks([])
+    ax.set(title="parallel coordinates", ylim=(-0.05, 1.05))
+    if scored:
+        values = [v for t in data.trials if (v := objective(t)) is not None]
+        norm = mpl.colors.Normalize(min(values), max(values))
+        ax.figure.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=data.metric)
 
 
 def _png_importance(data: ReportData, ax: Any) -> None:
-    shares = importance_data(data)
-    ax.barh(list(shares), list(shares.values()))
-    ax.set(xlabel="share of objective variance", title="parameter importance")
+    items = sorted(importance_data(data).items(), key=lambda kv: kv[1])
+    bars = ax.barh([k for k, _ in items], [v for _, v in items], color="#3558d4")
+    ax.bar_label(bars, fmt="%.2f", fontsize=8)
+    ax.set(xlabel="share of objective variance", title="parameter importance", xlim=(0, 1.1))
 
 
 def _png_pareto(data: ReportData, ax: Any) -> bool | None:
     points = pareto_data(data)
     if not points:
         return False
-    for _, x, y, on in points:
-        ax.scatter([x], [y], color="#d62728" if on else "#999")
+    for on, label, tone in ((False, "dominated", DOMINATED), (True, "Pareto front", FRONT)):
+        mine = [(x, y) for _, x, y, o in points if o == on]
+        if mine:
+            ax.scatter(*zip(*mine, strict=False), color=tone, label=label, zorder=3 if on else 2)
     ax.set(xlabel=data.objectives[0][0], ylabel=data.objectives[1][0], title="Pareto front")
+    ax.legend(fontsize=8)
     return None
 
 
@@ -121,6 +157,8 @@ def _png_occupancy(data: ReportData, ax: Any) -> None:
             [(s, max(e - s, 0.01)) for _, s, e, _ in bars],
             (k - 0.4, 0.8),
             facecolors=[STATE_COLOURS.get(st, "#444") for *_, st in bars],
+            edgecolors="white",
+            linewidth=0.5,
         )
     ax.set_yticks(range(len(rows)), [d for d, _ in rows])
     ax.set(xlabel="seconds since the first trial started", title="device occupancy")

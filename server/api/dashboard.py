@@ -18,13 +18,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tuneyard.common.report_data import ReportData, objectives_of
+from tuneyard.common.report_data import ReportData, objectives_of, trials_done
 from tuneyard.common.report_html import build_html
+from tuneyard.common.report_style import CSS
+from tuneyard.common.trials import number
 from tuneyard.server.api import convert
 from tuneyard.server.api.security import Authenticator, TlsFiles
 from tuneyard.server.storage.store import Store
 from tuneyard.server.study.domain import DomainError, NotFound, Unavailable
 from tuneyard.server.study.events import EventHub
+from tuneyard.v1 import service_pb2
 
 log = logging.getLogger(__name__)
 COOKIE = "tuneyard_token"
@@ -39,6 +42,7 @@ LIVE_SCRIPT = """<script>
     const page = new DOMParser().parseFromString(await reply.text(), "text/html");
     document.getElementById("live").replaceWith(page.getElementById("live"));
     document.body.dataset.updates = (+document.body.dataset.updates || 0) + 1;
+    document.dispatchEvent(new Event("report:redrawn"));  // the report's script keeps sort and filter
   };
   source.onmessage = () => { if (!pending) pending = setTimeout(redraw, 300); };
   source.addEventListener("end", () => source.close());  // the terminal event came as a message
@@ -139,18 +143,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _studies_page(self) -> str:
         studies, _ = self.storage.list_studies(1000, "")
-        rows = "".join(
-            f'<tr><td><a href="/studies/{html.escape(s.study_id)}">{html.escape(s.study_id)}</a></td>'
-            f"<td>{html.escape(s.spec.get('name') or '')}</td><td>{s.state.value}</td>"
-            f"<td>{s.counts.finished}/{s.counts.finished + s.counts.running + s.counts.pending}</td>"
-            f"<td>{'' if s.best_trial is None else s.best_trial.objective_value}</td></tr>"
-            for s in reversed(studies)
-        )
+        rows = "".join(_study_row(convert.study_to_proto(s)) for s in reversed(studies))
+        empty = '<tr><td colspan="6" class="note">no studies yet</td></tr>'
         return (
             '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="5">'
-            "<title>tuneyard</title></head><body><h1>tuneyard studies</h1>"
-            '<table id="studies"><tr><th>study</th><th>name</th><th>state</th><th>trials</th><th>best</th></tr>'
-            f"{rows}</table></body></html>"
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>tuneyard</title>'
+            f'<style>{CSS}</style></head><body><header class="top"><h1>tuneyard studies</h1>'
+            f'<span class="meta">{len(studies)} studies &middot; refreshes every 5 s</span></header><main><section>'
+            '<table id="studies"><thead><tr><th>study</th><th>name</th><th>state</th><th class="num">trials done</th>'
+            f'<th class="num">running</th><th class="num">best value</th></tr></thead><tbody>{rows or empty}</tbody>'
+            "</table></section></main></body></html>"
         )
 
     def _study_page(self, study_id: str) -> str:
@@ -162,7 +164,8 @@ class _Handler(BaseHTTPRequestHandler):
         head, _, rest = page.partition("<body>")
         body, _, _ = rest.rpartition("</body>")
         live = f'<div id="live" data-after="{after}">{body}</div>'
-        return f'{head}<body><p><a href="/">all studies</a></p>{live}{LIVE_SCRIPT}</body></html>'
+        nav = '<nav class="crumbs"><a href="/">&larr; all studies</a></nav>'
+        return f"{head}<body>{nav}{live}{LIVE_SCRIPT}</body></html>"
 
     def _events(self, study_id: str, after: int) -> None:
         """Server-sent events: each stored event after `after`, then live ones, then "end"."""
@@ -179,3 +182,27 @@ class _Handler(BaseHTTPRequestHandler):
             return  # the server is stopping; the browser reconnects with Last-Event-ID
         self.wfile.write(b"event: end\ndata: end\n\n")
         self.wfile.flush()
+
+
+def _best_text(study: service_pb2.Study) -> str:
+    """``val_accuracy 0.9741``: the best value, rounded as the CLI rounds it, with its metric's name."""
+    metrics = [o.metric for o in study.spec.objectives] or [study.spec.objective.metric]
+    best = study.best_trial
+    if len(metrics) > 1:
+        front = len(study.pareto_front)
+        return f"Pareto front: {front} trial{'s' if front != 1 else ''}" if front else ""
+    if study.HasField("best_trial") and best.HasField("objective_value"):
+        return f"{metrics[0]} {best.objective_value:.4f} (trial {best.trial_id})"
+    return ""
+
+
+def _study_row(study: service_pb2.Study) -> str:
+    """One study of the index: the same counts as the CLI's `studies` table."""
+    sid, state = html.escape(study.study_id), study.state
+    name = service_pb2.StudyState.Name(state).removeprefix("STUDY_")
+    return (
+        f'<tr><td><a href="/studies/{sid}"><code>{sid}</code></a></td><td>{html.escape(study.spec.name or "")}</td>'
+        f'<td><span class="badge {name}">{name}</span></td><td class="num">{html.escape(trials_done(study))}</td>'
+        f'<td class="num">{number(study.trial_counts.running)}</td>'
+        f'<td class="num">{html.escape(_best_text(study))}</td></tr>'
+    )

@@ -14,13 +14,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tuneyard.common.trials import config_to_dict, number
 from tuneyard.v1 import service_pb2, spec_pb2
 
-__all__ = ["Axis", "ReportData", "best_so_far", "objectives_of", "variance_share"]
+__all__ = [
+    "INACTIVE",
+    "Axis",
+    "ReportData",
+    "best_so_far",
+    "finished_count",
+    "objectives_of",
+    "trials_done",
+    "variance_share",
+]
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,23 @@ def objectives_of(spec: spec_pb2.StudySpec) -> list[tuple[str, bool]]:
     """``[(metric, maximize)]``: the spec's ``objectives``, else its single ``objective``."""
     found = list(spec.objectives) or ([spec.objective] if spec.objective.metric else [])
     return [(o.metric, o.mode != spec_pb2.Objective.MINIMIZE) for o in found]
+
+
+FINISHED = ("completed", "failed", "pruned", "cancelled", "infeasible")
+
+
+def finished_count(study: service_pb2.Study) -> int:
+    """Trials that ended, whatever the way: the CLI's count (``client.render.finished_count``)."""
+    return sum(getattr(study.trial_counts, name) for name in FINISHED)
+
+
+def trials_done(study: service_pb2.Study) -> str:
+    """``12/24 (1 failed)``: finished trials over the budget, as the CLI's ``studies`` table shows them."""
+    budget = study.spec.budget.max_trials
+    done = f"{finished_count(study)}/{budget}" if budget else str(finished_count(study))
+    counts = study.trial_counts
+    unsuccessful = ", ".join(f"{getattr(counts, n)} {n}" for n in ("failed", "infeasible") if getattr(counts, n))
+    return f"{done} ({unsuccessful})" if unsuccessful else done
 
 
 def objective(trial: service_pb2.Trial) -> float | None:
@@ -102,13 +128,22 @@ def history_data(data: ReportData) -> tuple[list[tuple[int, float, int]], list[t
     return dots, best_so_far(done, data.maximize)
 
 
+INACTIVE = "inactive"
+INACTIVE_GAP = 0.12  # an axis with inactive values keeps [0, GAP) for its "inactive" tick
+
+
 @dataclass(frozen=True)
 class Axis:
-    """One parallel-coordinates axis: ``position(value)`` in [0, 1] and its tick labels."""
+    """One parallel-coordinates axis: ``position(value)`` in [0, 1] and its tick labels.
+
+    ``key`` is the parameter's name (empty for the objective); a conditional parameter's axis has an
+    ``inactive`` tick at 0 where trials that did not use it cross.
+    """
 
     name: str
     position: Callable[[Any], float | None]
     ticks: list[tuple[float, str]]
+    key: str = ""
 
 
 def _categorical(where: dict[str, float]) -> Callable[[Any], float | None]:
@@ -116,7 +151,19 @@ def _categorical(where: dict[str, float]) -> Callable[[Any], float | None]:
     return lambda v: where.get(str(v))
 
 
-def _numeric_axis(name: str, values: list[float], log: bool) -> Axis:
+def _inner_ticks(lo: float, hi: float, log: bool) -> list[float]:
+    """Up to three round values strictly inside ``(lo, hi)``: decades on a log axis."""
+    if log:
+        return [10.0**k for k in range(math.floor(math.log10(lo)) + 1, math.ceil(math.log10(hi)))][:3]
+    raw = (hi - lo) / 4
+    if raw <= 0:
+        return []
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    return [k * step for k in range(math.floor(lo / step) + 1, math.ceil(hi / step)) if lo < k * step < hi][:3]
+
+
+def _numeric_axis(name: str, values: list[float], log: bool, integer: bool = False) -> Axis:
     """A scaled axis from the smallest to the largest value seen; log-scaled for log ranges."""
     log = log and min(values) > 0
 
@@ -127,42 +174,65 @@ def _numeric_axis(name: str, values: list[float], log: bool) -> Axis:
     span = (hi - lo) or 1.0
 
     def position(v: Any) -> float | None:
-        if not isinstance(v, (int, float)) or (log and v <= 0):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (log and v <= 0):
             return None
         return (tf(v) - lo) / span if hi > lo else 0.5
 
-    return Axis(
-        f"{name} (log)" if log else name,
-        position,
-        [(position(min(values)) or 0.0, number(min(values))), (position(max(values)) or 0.0, number(max(values)))],
-    )
+    inner = [
+        v
+        for v in _inner_ticks(min(values), max(values), log)
+        if (not integer or float(v).is_integer()) and 0.1 < (position(v) or 0.0) < 0.9  # clear of the ends
+    ]
+    marks = [min(values), *inner, max(values)] if hi > lo else [min(values)]
+    labels = [(position(v) or 0.0, number(int(v) if integer else v)) for v in marks]
+    return Axis(f"{name} (log)" if log else name, position, labels, name)
+
+
+def _with_inactive(axis: Axis) -> Axis:
+    """The same axis squeezed into [GAP, 1], with an ``inactive`` tick at 0 for trials without it."""
+
+    def position(v: Any) -> float | None:
+        if v is None:
+            return 0.0
+        p = axis.position(v)
+        return None if p is None else INACTIVE_GAP + p * (1 - INACTIVE_GAP)
+
+    marks = [(INACTIVE_GAP + p * (1 - INACTIVE_GAP), label) for p, label in axis.ticks]
+    return Axis(axis.name, position, [(0.0, INACTIVE), *marks], axis.key)
+
+
+def param_axis(data: ReportData, param: spec_pb2.Parameter, configs: Sequence[dict[str, Any]]) -> Axis | None:
+    """The axis of one searched parameter over ``configs``; None when no trial has a value for it."""
+    values = [c[param.name] for c in configs if param.name in c]
+    if not values:
+        return None
+    domain = param.WhichOneof("domain")
+    if domain != "choice" and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        rng = getattr(param, domain)
+        axis = _numeric_axis(param.name, [float(v) for v in values], rng.log, domain == "int_range")
+    else:
+        cats = sorted({str(v) for v in values})
+        step = 1 / (len(cats) - 1) if len(cats) > 1 else 0.0
+        where = {c: (i * step if len(cats) > 1 else 0.5) for i, c in enumerate(cats)}
+        axis = Axis(param.name, _categorical(where), [(p, c) for c, p in where.items()], param.name)
+    return _with_inactive(axis) if len(values) < len(configs) else axis
 
 
 def parallel_data(data: ReportData) -> tuple[list[Axis], list[tuple[int, list[float | None]]]]:
-    """Axes (each searched parameter, then the objective) and each trial's positions on them."""
+    """Axes (each searched parameter, then the objective) and each trial's positions on them.
+
+    A trial that did not use a conditional parameter crosses that axis at its ``inactive`` tick, so
+    every trial with an objective value reaches the objective axis.
+    """
     configs = {t.trial_id: data.config(t) for t in data.trials}
-    axes = []
-    for param in data.spec.search_space:
-        values = [c[param.name] for c in configs.values() if param.name in c]
-        if not values:
-            continue
-        numeric = param.WhichOneof("domain") != "choice" and all(isinstance(v, (int, float)) for v in values)
-        if numeric:
-            rng = getattr(param, param.WhichOneof("domain"))
-            axes.append(_numeric_axis(param.name, [float(v) for v in values], rng.log))
-        else:
-            cats = sorted({str(v) for v in values})
-            step = 1 / (len(cats) - 1) if len(cats) > 1 else 0.0
-            where = {c: (i * step if len(cats) > 1 else 0.5) for i, c in enumerate(cats)}
-            axes.append(Axis(param.name, _categorical(where), [(p, c) for c, p in where.items()]))
+    axes = [a for p in data.spec.search_space if (a := param_axis(data, p, list(configs.values()))) is not None]
+    params = len(axes)
     scored = {t.trial_id: v for t in data.trials if (v := objective(t)) is not None}
     if scored:
-        obj = _numeric_axis(data.metric, list(scored.values()), False)
-        axes.append(Axis(data.metric, obj.position, obj.ticks))
-    names = [p.name for p in data.spec.search_space if any(p.name in c for c in configs.values())]
+        axes.append(replace(_numeric_axis(data.metric, list(scored.values()), False), key=""))
     lines = []
     for trial_id, config in configs.items():
-        row: list[float | None] = [ax.position(config.get(n)) for ax, n in zip(axes, names, strict=False)]
+        row: list[float | None] = [ax.position(config.get(ax.key)) for ax in axes[:params]]
         if scored:
             row.append(axes[-1].position(scored.get(trial_id)))
         lines.append((trial_id, row))
