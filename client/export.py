@@ -50,10 +50,16 @@ def trials_json(trials: Sequence[Trial]) -> str:
 
 
 def trial_capacity(info: service_pb2.ServerInfo, spec: spec_pb2.StudySpec) -> int:
-    """How many of this study's trials the server's devices can run at once."""
-    slots = sum(d.slots_total for d in info.devices)
-    share = spec.resources.gpus_per_trial
-    return int(slots // math.ceil(share)) if share > 1 else slots
+    """How many of this study's trials the server's devices can run at once.
+
+    A trial holds ``gpus_per_trial`` devices (0: one whole device); below 1 it shares a device with
+    others, as many as fit and the device's workers allow. (CPU slots are devices of one worker.)
+    """
+    share = spec.resources.gpus_per_trial or 1.0
+    if share < 1:
+        per_device = int(1 / share + 1e-9)
+        return sum(min(d.slots_total, per_device) for d in info.devices)
+    return len(info.devices) // math.ceil(share)
 
 
 def slots_warning(info: service_pb2.ServerInfo, spec: spec_pb2.StudySpec) -> str:

@@ -68,6 +68,7 @@ class LiveProgress:
         self.console = console
         self._objectives = [o.metric for o in objectives_of(spec)]
         self._budget = spec.budget.max_trials
+        self._last = render.runnable_trials(spec)
         self._concurrent = spec.budget.max_concurrent_trials or 1
         self._state = state
         self._lock = threading.Lock()
@@ -127,11 +128,9 @@ class LiveProgress:
             return _STATE_WORDS[state]
         if state != service_pb2.STUDY_RUNNING:
             return "queued: waiting for the server to start the study"
-        if self._budget and finished >= self._budget and not running:
-            if self.spec.HasField("external"):
-                return "finishing"
-            return "evaluating the best trial on the test split"
-        wanted = min(self._concurrent, self._budget - finished) if self._budget else self._concurrent
+        if self._last and finished >= self._last and not running:
+            return "evaluating the best trial on the test split" if render.has_test_split(self.spec) else "finishing"
+        wanted = min(self._concurrent, self._last - finished) if self._last else self._concurrent
         text = f"{running} running" if running else ""
         if running < wanted and (not running or now - moved >= _SLOT_WAIT):
             text = f"{text} · waiting for a slot" if text else "waiting for a slot"

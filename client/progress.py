@@ -53,7 +53,7 @@ class PlainProgress:
         self.console.print(line, style=style, markup=False, highlight=False, soft_wrap=True)
         if kind == "trial_finished":
             self._finished += 1
-            if self._finished == self.spec.budget.max_trials and not self.spec.HasField("external"):
+            if self._finished == render.runnable_trials(self.spec) and render.has_test_split(self.spec):
                 # Silence until the study ends would look like a hang: say what it does meanwhile.
                 self.console.print("all trials ended: evaluating the best trial on the test split", markup=False)
 

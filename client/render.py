@@ -144,6 +144,35 @@ def best_text(trial: service_pb2.Trial, spec: spec_pb2.StudySpec) -> str:
     return f"{objective_text(trial, spec) or '?'} (trial {trial.trial_id})"
 
 
+def space_bound(spec: spec_pb2.StudySpec) -> int | None:
+    """At most how many distinct configurations the search space has; None when it is continuous.
+
+    A product over the parameters (conditional ones counted as always active), so a study that
+    finished this many trials has no more to run even below its budget: its searcher ran out."""
+    bound = 1
+    for param in spec.search_space:
+        domain = param.WhichOneof("domain")
+        if domain == "int_range":
+            step = 1 if param.int_range.log else max(1, param.int_range.step)
+            bound *= max(1, (param.int_range.high - param.int_range.low) // step + 1)
+        elif domain == "choice":
+            bound *= max(1, len(param.choice.values))
+        else:
+            return None
+    return bound
+
+
+def runnable_trials(spec: spec_pb2.StudySpec) -> int:
+    """The trials the study can run: its budget, or fewer when its search space has fewer (0: no bound)."""
+    bound, budget = space_bound(spec), spec.budget.max_trials
+    return min(budget, bound) if bound and budget else budget or (bound or 0)
+
+
+def has_test_split(spec: spec_pb2.StudySpec) -> bool:
+    """Whether the study ends by scoring its best trial on a test split: the built-in trainer's do."""
+    return not (spec.HasField("external") or spec.HasField("trainable"))
+
+
 def study_phase(study: service_pb2.Study) -> str:
     """The state, and what a RUNNING study with no trial running waits on: ``RUNNING (waiting for a slot)``."""
     state = study_state(study.state)
@@ -151,9 +180,9 @@ def study_phase(study: service_pb2.Study) -> str:
         return f"{state} (queued)"
     if study.state != service_pb2.STUDY_RUNNING or study.trial_counts.running:
         return state
-    budget = study.spec.budget.max_trials
-    if budget and finished_count(study) >= budget:
-        return state if study.spec.HasField("external") else f"{state} (test evaluation)"
+    last = runnable_trials(study.spec)
+    if last and finished_count(study) >= last:
+        return f"{state} (test evaluation)" if has_test_split(study.spec) else state
     return f"{state} (waiting for a slot)"
 
 

@@ -123,6 +123,19 @@ def test_phases_follow_the_study_state_and_the_trials() -> None:
     external(_event(study_state=pb.StudyStateChanged(state=pb.STUDY_RUNNING)))
     external(_event(trial_finished=pb.TrialFinished(trial=_finished(1, [0.9]))))
     assert external.phase() == "finishing"  # no test split: the client evaluated the trials
+    small = load_spec(
+        {
+            "dataset": {"name": "digits"},
+            "search_space": [{"name": "model.num_conv_layers", "int_range": {"low": 1, "high": 2}}],
+            "budget": {"max_trials": 5},
+        }
+    )
+    exhausted = LiveProgress(small, Console(file=io.StringIO()))
+    exhausted(_event(study_state=pb.StudyStateChanged(state=pb.STUDY_RUNNING)))
+    for trial_id in (1, 2):  # the space has two configurations: the searcher ran out below the budget
+        assert exhausted.phase() == "waiting for a slot"
+        exhausted(_event(trial_finished=pb.TrialFinished(trial=_finished(trial_id, [0.9]))))
+    assert exhausted.phase() == "evaluating the best trial on the test split"
 
 
 def test_plain_progress_says_when_the_test_evaluation_runs() -> None:
