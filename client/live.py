@@ -168,7 +168,10 @@ def _table(rows: list[_Row], width: int) -> Table:
     count_w = max(len(c) for c in counts)
     bar_w = 40 if width >= 140 else max(8, min(30, width // 5))
     time_w = max(len(elapsed(r[3])) for r in rows)
-    metrics_w = width - (label_w + bar_w + count_w + time_w) - 4  # one space between five columns
+    spare = width - (label_w + bar_w + count_w + time_w + 3)  # one space between the first four columns
+    if spare < 0:  # a very narrow terminal: the label and the bar give way, the counts and the time stay
+        label_w, bar_w = max(6, label_w + spare // 2), max(4, bar_w + spare - spare // 2)
+    metrics_w = width - (label_w + bar_w + count_w + time_w) - 4  # and one before the metrics
     table = Table.grid(padding=(0, 1))
     table.add_column(width=label_w, no_wrap=True, overflow="ellipsis")
     table.add_column(width=bar_w, no_wrap=True)
