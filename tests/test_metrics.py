@@ -13,18 +13,20 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent import futures
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from certs import make_certs
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from support import tiny_spec, to_proto
 
 from tuneyard.server.api.metrics import MetricsServer, check_metrics_bind
-from tuneyard.server.api.security import Authenticator, SecurityConfigError, TlsFiles, Token
+from tuneyard.server.api.rpc_metrics import RpcMetrics
+from tuneyard.server.api.security import Authenticator, AuthInterceptor, SecurityConfigError, TlsFiles, Token
 from tuneyard.server.app import ServerHandle, start_server
 from tuneyard.server.cli import serve_main
 from tuneyard.v1 import service_pb2 as pb
@@ -219,3 +221,78 @@ def test_plain_http_metrics_stay_on_loopback_unless_insecure(
             metrics_port=0,
         )
     assert not (tmp_path / "data").exists()
+
+
+def _echo_server(registry: CollectorRegistry, auth: Authenticator) -> tuple[grpc.Server, int]:
+    """A real gRPC server with one unary and one streaming method of a test service, behind RpcMetrics and
+    the server's own AuthInterceptor, as `app._grpc_server` orders them."""
+
+    def say(request: bytes, context: grpc.ServicerContext) -> bytes:
+        if request == b"boom":
+            raise RuntimeError("a handler bug")
+        return request
+
+    def count(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        for i in range(int(request)):
+            yield str(i).encode()
+            time.sleep(0.01)
+
+    handlers = {
+        "Say": grpc.unary_unary_rpc_method_handler(say),
+        "Count": grpc.unary_stream_rpc_method_handler(count),
+    }
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=4), interceptors=[RpcMetrics(registry), AuthInterceptor(auth)]
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Echo", handlers),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, port
+
+
+def test_rpc_metrics_count_refused_failed_streamed_and_cancelled_calls() -> None:
+    registry = CollectorRegistry()
+    server, port = _echo_server(registry, Authenticator([Token("t", b"k" * 20)]))
+    good = (("authorization", "Bearer " + "k" * 20),)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            say = channel.unary_unary("/test.Echo/Say")
+            count = channel.unary_stream("/test.Echo/Count")
+            assert say(b"hi", metadata=good, timeout=5) == b"hi"
+            for metadata, code in (((), grpc.StatusCode.UNAUTHENTICATED), (good, grpc.StatusCode.UNKNOWN)):
+                with pytest.raises(grpc.RpcError) as failed:
+                    say(b"boom", metadata=metadata, timeout=5)
+                assert failed.value.code() == code
+            assert list(count(b"3", metadata=good, timeout=5)) == [b"0", b"1", b"2"]
+            stream = count(b"500", metadata=good, timeout=5)
+            next(stream)
+            stream.cancel()
+            deadline = time.monotonic() + 5
+            while (
+                registry.get_sample_value(
+                    "grpc_server_handled_total",
+                    {
+                        "grpc_type": "server_stream",
+                        "grpc_service": "test.Echo",
+                        "grpc_method": "Count",
+                        "grpc_code": "CANCELLED",
+                    },
+                )
+                is None
+            ):
+                assert time.monotonic() < deadline, "the cancelled stream was not counted"
+                time.sleep(0.02)
+    finally:
+        server.stop(0)
+    found = samples(generate_latest(registry).decode())
+    unary = {"grpc_type": "unary", "grpc_service": "test.Echo", "grpc_method": "Say"}
+    streaming = {"grpc_type": "server_stream", "grpc_service": "test.Echo", "grpc_method": "Count"}
+    for code in ("OK", "UNAUTHENTICATED", "UNKNOWN"):
+        assert value(found, "grpc_server_handled_total", **unary, grpc_code=code) == 1, code
+    assert value(found, "grpc_server_started_total", **unary) == 3
+    assert value(found, "grpc_server_handled_total", **streaming, grpc_code="OK") == 1
+    assert value(found, "grpc_server_handled_total", **streaming, grpc_code="CANCELLED") == 1
+    assert value(found, "grpc_server_handling_seconds_count", **streaming) == 2
+    # the finished stream took its three 10 ms steps: it falls in no bucket below 25 ms
+    assert value(found, "grpc_server_handling_seconds_bucket", **streaming, le="0.025") <= 1
+    assert value(found, "grpc_server_handling_seconds_sum", **streaming) >= 0.03

@@ -145,3 +145,19 @@ def test_a_real_external_study_logs_each_trial_as_a_run(tmp_path: Path, store: s
         assert history(store, run, "value") == pytest.approx({1: x, 2: x / 2, 3: x / 3})
         assert run.data.metrics["final/value"] == pytest.approx(x / 3)
         assert run.data.tags["tuneyard.state"] == "COMPLETED" and run.info.status == "FINISHED"
+
+
+def test_a_restarted_server_finds_the_run_of_a_resumed_trial(store: str) -> None:
+    from tuneyard.plugins.builtin.mlflow_logger.writer import MlflowLog
+
+    before = MlflowLog(store)  # the server that started the trial
+    before.start("st-re", 7, {"x": 0.5}, 1_000.0)
+    before.report("st-re", 7, 1, {"value": 0.5}, 1_001.0)
+    after = MlflowLog(store)  # a restarted server: nothing cached, the run found by its tags
+    after.report("st-re", 7, 2, {"value": 0.25}, 1_002.0)
+    after.end("st-re", 7, "COMPLETED", {"value": 0.25}, 1_003.0)
+
+    (run,) = runs_of(store, "st-re").values()
+    assert history(store, run, "value") == {1: 0.5, 2: 0.25}
+    assert run.data.params == {"x": "0.5"} and run.info.status == "FINISHED"
+    assert run.info.start_time == 1_000_000 and run.info.end_time == 1_003_000

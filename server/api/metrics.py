@@ -71,11 +71,11 @@ class ServerCollector:
 
     def collect(self) -> Iterator[Metric]:
         readable = GaugeMetricFamily("tuneyard_store_readable", "1 when the store answered this scrape, else 0.")
+        store_metrics: list[Metric] = []
         try:
             store_metrics = list(self._store_metrics())
-        except StoreError as exc:
+        except StoreError as exc:  # the rest still says what the devices and workers do
             log.warning("metrics: the store did not answer: %s", exc)
-            store_metrics = []
         readable.add_metric([], 1.0 if store_metrics else 0.0)
         yield readable
         yield from store_metrics

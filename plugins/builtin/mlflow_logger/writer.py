@@ -70,13 +70,15 @@ class MlflowLog:
             self._experiments[study_id] = found
         return found
 
-    def run_id(self, study_id: str, trial_id: int, start_time: float) -> str:
-        """The trial's run: known, found by its tags (a restarted server's trial), or made now."""
+    def run_id(self, study_id: str, trial_id: int, start_time: float, *, new: bool = False) -> str:
+        """The trial's run: known, found by its tags (a trial a restarted server resumed), or made now.
+        A `new` trial's run is made without a search (one search per trial would grow with the study)."""
         cached = self._runs.get((study_id, trial_id))
         if cached is not None:
             return cached
         experiment = self.experiment_id(study_id)
-        runs = self.client.search_runs([experiment], f"tags.`{TRIAL_TAG}` = '{int(trial_id)}'", max_results=1)
+        query = f"tags.`{TRIAL_TAG}` = '{int(trial_id)}'"
+        runs = [] if new else self.client.search_runs([experiment], query, max_results=1)
         if runs:
             run_id = runs[0].info.run_id
         else:
@@ -89,7 +91,7 @@ class MlflowLog:
         return run_id
 
     def start(self, study_id: str, trial_id: int, config: dict[str, Any], when: float) -> None:
-        run_id = self.run_id(study_id, trial_id, when)
+        run_id = self.run_id(study_id, trial_id, when, new=True)
         params = [Param(key(k), param_value(v)) for k, v in sorted(config.items())]
         for i in range(0, len(params), MAX_PARAMS_TAGS_PER_BATCH):
             self.client.log_batch(run_id, params=params[i : i + MAX_PARAMS_TAGS_PER_BATCH])
