@@ -29,7 +29,7 @@ CONDITIONAL = [
 ]
 
 
-def _trial(i: int, state: int = pb.TRIAL_COMPLETED, epochs: int = 4) -> pb.Trial:
+def _trial(i: int, state: pb.TrialState.ValueType = pb.TRIAL_COMPLETED, epochs: int = 4) -> pb.Trial:
     """Trial ``i``: adam (momentum inactive) on even ids; val_accuracy rises with lr, best at i = 24."""
     lr = 10 ** (-3 + 2 * i / N)
     config = {"optimizer.name": "adam" if i % 2 == 0 else "sgd", "optimizer.lr": lr, "model.num_conv_layers": 1 + i % 2}
