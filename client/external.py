@@ -14,15 +14,15 @@ import numbers
 import os
 import socket
 import threading
-import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
 from tuneyard.client.errors import Infeasible, Pruned, TuneyardError
+from tuneyard.client.optimize_run import OptimizeRun
 from tuneyard.client.specfile import SpecSource, config_to_dict, load_spec
 from tuneyard.v1 import service_pb2, spec_pb2
 
@@ -34,14 +34,12 @@ __all__ = ["ExternalStudies", "ExternalTrial", "Metrics", "StudyRpc", "TrialBatc
 # A step's (or a trial's) result: the objective's value alone, or named metrics.
 Metrics = float | Mapping[str, float]
 EventSink = Callable[[service_pb2.StudyEvent], None]
-T = TypeVar("T")
 
 _END_STATES = {
     "COMPLETED": service_pb2.TRIAL_COMPLETED,
     "FAILED": service_pb2.TRIAL_FAILED,
     "INFEASIBLE": service_pb2.TRIAL_INFEASIBLE,
 }
-_STUDY_OVER = frozenset({service_pb2.STUDY_COMPLETED, service_pb2.STUDY_FAILED, service_pb2.STUDY_CANCELLED})
 
 
 class StudyRpc(Protocol):
@@ -235,16 +233,12 @@ class ExternalStudies:
         study = self._rpc.create_study(parsed, request_id=request_id)
         with self._lock:
             self._specs[study.study_id] = study.spec
-        run = _OptimizeRun(self, self._rpc, study.study_id, fn)
+        run = OptimizeRun(self, self._rpc, study.study_id, fn)
         with _display(parsed, progress) as display:
             # No display, no watch stream: the workers alone decide when the study is done.
-            run.start(display if progress else None, _worker_ids(client_id or default_client_id(), n_workers))
+            run.start(display if progress else None, client_id or default_client_id(), n_workers)
             run.join()
         return run.ended_study()
-
-
-def _worker_ids(client_id: str, n_workers: int) -> list[str]:
-    return [client_id] if n_workers == 1 else [f"{client_id}-{i}" for i in range(1, n_workers + 1)]
 
 
 class _Callback:
@@ -274,100 +268,3 @@ def _display(spec: spec_pb2.StudySpec, progress: bool | EventSink | None) -> Dis
 
         return make_display(spec, Console(stderr=True), live=True)
     return _Callback(progress or None)
-
-
-def _wait_for(thread: threading.Thread) -> None:
-    while thread.is_alive():  # short joins, so Ctrl-C reaches the main thread at once
-        thread.join(0.1)
-
-
-class _OptimizeRun:
-    """The threads of one ``optimize``: workers ask → evaluate → tell; a watcher feeds the display."""
-
-    def __init__(
-        self, studies: ExternalStudies, rpc: StudyRpc, study_id: str, fn: Callable[[ExternalTrial], Any]
-    ) -> None:
-        self._studies, self._rpc, self._study_id, self._fn = studies, rpc, study_id, fn
-        self._stop = threading.Event()
-        self._errors: list[BaseException] = []
-        self._threads: list[threading.Thread] = []
-
-    def start(self, display: Display | None, client_ids: list[str]) -> None:
-        self._watcher: threading.Thread | None = None
-        if display is not None:
-            self._watcher = threading.Thread(target=self._watch, args=(display,), daemon=True, name="tuneyard-watch")
-            self._watcher.start()
-        for client_id in client_ids:
-            worker = threading.Thread(target=self._work, args=(client_id,), daemon=True, name=f"tuneyard-{client_id}")
-            worker.start()
-            self._threads.append(worker)
-
-    def join(self) -> None:
-        """Wait for the workers, then for the study's end; the first error (or Ctrl-C) stops them."""
-        try:
-            for worker in self._threads:
-                _wait_for(worker)
-            if not self._errors and self._watcher is not None:
-                _wait_for(self._watcher)
-        finally:
-            self._stop.set()  # after an error or Ctrl-C no worker asks for another trial
-        if self._errors:
-            raise self._errors[0]
-
-    def ended_study(self) -> service_pb2.Study:
-        """The study once it has ended (its last completion ends it; a short wait covers the rest)."""
-        study = self._rpc.get_study(self._study_id)
-        for _ in range(100):
-            if study.state in _STUDY_OVER:
-                break
-            time.sleep(0.05)
-            study = self._rpc.get_study(self._study_id)
-        return study
-
-    def _watch(self, display: Display) -> None:
-        try:
-            for event in self._rpc.watch(self._study_id):
-                if self._stop.is_set():
-                    return
-                display(event)
-        except BaseException as exc:
-            self._fail(exc)
-
-    def _work(self, client_id: str) -> None:
-        """Ask → evaluate → tell, the tell riding on the next ask: one round trip per trial."""
-        delay = self._studies.poll_min
-        told: list[service_pb2.CompleteTrialRequest] = []
-        try:
-            while not self._stop.is_set():
-                batch = self._ask(client_id, told)
-                told = []
-                if batch is None or (not batch and batch.study_done):
-                    return
-                if not batch:
-                    self._stop.wait(delay)  # others hold the concurrency slots: ask again soon
-                    delay = min(delay * 2, self._studies.poll_max)
-                    continue
-                delay = self._studies.poll_min
-                told = [self._studies.evaluate(batch[0], self._fn)]
-            if told:  # stopped while it ran (another worker's error, Ctrl-C): its end is still told
-                self._told(lambda: self._rpc._call("CompleteTrial", told[0]))
-        except BaseException as exc:
-            self._fail(exc)
-
-    def _ask(self, client_id: str, told: list[service_pb2.CompleteTrialRequest]) -> TrialBatch | None:
-        """The next trial, with the last one's end told first; None once the study has ended."""
-        return self._told(lambda: self._studies.ask(self._study_id, 1, client_id, told), bool(told))
-
-    def _told(self, call: Callable[[], T], telling: bool = True) -> T | None:
-        """``call()``, or None when it told a trial's end and failed because the study ended meanwhile
-        (cancelled or failed: the server ended its trials)."""
-        try:
-            return call()
-        except TuneyardError:
-            if telling and self._rpc.get_study(self._study_id).state in _STUDY_OVER:
-                return None
-            raise
-
-    def _fail(self, exc: BaseException) -> None:
-        self._errors.append(exc)
-        self._stop.set()

@@ -90,7 +90,7 @@ def test_branin_py_optimizes_with_two_workers(server: tuple[str, Any]) -> None:
     study_id = proc.stdout.split()[1].rstrip(":")
     study = assert_branin_study(stub, study_id, 20, best_below=5.0)
     ended = trials(stub, study_id)
-    assert {t.device.rsplit("-", 1)[1] for t in ended} == {"1", "2"}  # both workers evaluated trials
+    assert len({t.device for t in ended}) == 1 and ended[0].device.startswith("client:")  # one optimize, one holder
     for trial in ended:
         assert trial.objective_value == pytest.approx(branin(config(trial)["x"], config(trial)["y"]), rel=1e-12)
     assert f"best trial {study.best_trial.trial_id}: value {study.best_trial.objective_value:.6f}" in proc.stdout
