@@ -13,7 +13,7 @@ __all__ = ["SERVER_EXTRA", "SERVER_MODULES", "missing_server_modules"]
 
 SERVER_EXTRA = "the server needs the [server] extra: pip install 'tuneyard[server]'"
 # The top-level modules of the [server] extra (pyproject.toml's `server` list).
-SERVER_MODULES = ("torch", "torchvision", "pluggy", "grpc_health", "grpc_reflection", "sklearn")
+SERVER_MODULES = ("torch", "torchvision", "pluggy", "grpc_health", "grpc_reflection", "sklearn", "prometheus_client")
 
 
 def missing_server_modules() -> list[str]:
