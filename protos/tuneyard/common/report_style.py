@@ -66,7 +66,7 @@ background:#7f7f7f}
 table{border-collapse:collapse;font-size:13px;width:100%}
 td,th{border-bottom:1px solid var(--line);padding:4px 8px;text-align:left;vertical-align:top}
 th{background:#eef1f5;position:sticky;top:0;white-space:nowrap}
-td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
+td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}td.inactive{color:var(--muted);font-style:italic;text-align:right}
 #trial-table th{cursor:pointer;user-select:none}#trial-table th[data-sort=asc]::after{content:" \\25B2"}
 #trial-table th[data-sort=desc]::after{content:" \\25BC"}#trial-table tr:hover td{background:#f3f6ff}
 .table-wrap{max-height:640px;overflow:auto;border:1px solid var(--line);border-radius:6px}

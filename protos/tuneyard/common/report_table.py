@@ -139,7 +139,7 @@ def _row(data: ReportData, t: service_pb2.Trial, params: list[str]) -> str:
     swatch = f'<i class="swatch" style="background:{trial_colour(t.trial_id)}"></i>'
     cells = [f'<td class="num" data-v="{t.trial_id}">{swatch}{t.trial_id}</td>']
     cells.append(f'<td><span class="badge {trial_state(t.state)}">{esc(state)}</span></td>')
-    cells += [_cell(config.get(p, "inactive"), True) for p in params]
+    cells += [_cell(config[p], True) if p in config else '<td class="inactive">inactive</td>' for p in params]
     last = next((m for m in reversed(t.metrics) if data.metric in m.values), None)
     if t.state == service_pb2.TRIAL_RUNNING and values[0] is None and last is not None:
         now = last.values[data.metric]  # the running trial's current value, with its epoch
