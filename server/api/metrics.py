@@ -130,7 +130,7 @@ class ServerCollector:
         waiting = GaugeMetricFamily(
             "tuneyard_studies_waiting_for_device", "Studies asking for a device share the scheduler cannot give yet."
         )
-        waiting.add_metric([], float(_waiting(self._scheduler)))
+        waiting.add_metric([], float(self._scheduler.waiting_studies()))
         yield waiting
         yield self._restarts(self._scheduler.devices)
 
@@ -172,12 +172,6 @@ def _max_trials(spec: dict[str, Any]) -> int:
 
 def _total(study: StudyRecord) -> int:
     return study.counts.pending + study.counts.running + study.counts.finished
-
-
-def _waiting(scheduler: DeviceScheduler) -> int:
-    """Studies in the scheduler's queue. DeviceScheduler has no public view of it yet: read under its lock."""
-    with scheduler._lock:
-        return len(scheduler._waiting)
 
 
 class MetricsServer:

@@ -207,10 +207,13 @@ class Worker(TaskHolder):
 
     def close(self, timeout: float = 5.0) -> None:
         self._closing = True
-        try:
-            self._conn.send(Shutdown())
-        except (BrokenPipeError, OSError):
-            pass
+        if self.starting:  # still importing torch: it holds nothing yet, and would hear Shutdown only when ready
+            self.process.kill()
+        else:
+            try:
+                self._conn.send(Shutdown())
+            except (BrokenPipeError, OSError):
+                pass
         self.process.join(timeout)
         if self.process.is_alive():
             self.process.kill()

@@ -188,6 +188,11 @@ class DeviceScheduler:
         for wake in wakes:
             wake()
 
+    def waiting_studies(self) -> int:
+        """How many studies wait for a device share the scheduler cannot give yet."""
+        with self._lock:
+            return len(self._waiting)
+
     def occupancy(self) -> list[Occupancy]:
         """How each device is used now, for GetServerInfo."""
         with self._lock:
