@@ -5,9 +5,9 @@ screenshotted and checked, the trial table sorted and filtered by its script."""
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
-import re
 import subprocess
 import time
 import urllib.error
@@ -124,29 +124,35 @@ def _chromium() -> str:
 def test_dashboard_live_in_headless_chromium(dashboard_server, tmp_path):
     """A real browser opens a running study's page and keeps it open: the page redraws itself from
     the event stream (`data-updates` counts the redraws) until the trial table holds every finished
-    trial and the learning curves are drawn. A screenshot is saved."""
-    chromium = _chromium()
-    base = dashboard_server.dashboard.address
-    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu"]
-    with grpc.insecure_channel(dashboard_server.address) as channel:
-        stub = service_pb2_grpc.TrainingServiceStub(channel)
-        study = stub.CreateStudy(pb.CreateStudyRequest(spec=to_proto(slow_spec())))
-        page = f"{base}studies/{study.study_id}"
-        opened = subprocess.run(
-            [*flags, "--virtual-time-budget=60000", "--dump-dom", page], capture_output=True, text=True, timeout=180
-        )
-        events = watch_all(stub, study.study_id)
-    dom = opened.stdout
-    # The page asks only for events after those it was rendered with, so each redraw is a live one.
-    updates = re.search(r'data-updates="(\d+)"', dom)
-    assert updates and int(updates.group(1)) >= 1, dom[:500]
-    trials = [e.trial_finished.trial for e in events if e.WhichOneof("event") == "trial_finished"]
-    table = dom[dom.index('id="trials"') : dom.index('id="pareto"')]
-    assert table.count(">COMPLETED</span>") == len(trials) == 2
-    assert "<polyline" in dom[dom.index('id="learning-curves"') : dom.index('id="history"')]
-    shot = tmp_path / "dashboard.png"  # kept by pytest with the run's other temporary files
-    subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1280,2000", page], capture_output=True, timeout=120)
-    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    trial and the learning curves are drawn; the user's filter and sort order outlive the redraws. A
+    screenshot is saved."""
+    browser = Browser(_chromium())
+    rows = "[...document.querySelectorAll('#trial-table tbody tr')]"
+    try:
+        with grpc.insecure_channel(dashboard_server.address) as channel:
+            stub = service_pb2_grpc.TrainingServiceStub(channel)
+            study = stub.CreateStudy(pb.CreateStudyRequest(spec=to_proto(slow_spec())))
+            browser.open(f"{dashboard_server.dashboard.address}studies/{study.study_id}")
+            browser.eval(
+                "const f = document.getElementById('trial-filter'); f.value = 'COMPLETED';"
+                "f.dispatchEvent(new Event('input', {bubbles: true}));"
+                "const th = document.querySelector('#trial-table th[data-col=trial]'); th.click(); th.click();"
+            )
+            events = watch_all(stub, study.study_id)
+        trials = [e.trial_finished.trial for e in events if e.WhichOneof("event") == "trial_finished"]
+        deadline = time.monotonic() + 30  # the last redraw follows the last event by ~0.3 s
+        while browser.eval(f"{rows}.filter(r => !r.hidden).length") < len(trials) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        # The page asks only for events after those it was rendered with, so each redraw is a live one.
+        assert int(browser.eval("document.body.dataset.updates || 0")) >= 1
+        assert browser.eval("document.querySelectorAll('#trials .badge.COMPLETED').length") == len(trials) == 2
+        assert browser.eval(f"{rows}.map(r => +r.dataset.trial)") == sorted((t.trial_id for t in trials), reverse=True)
+        assert browser.eval("document.getElementById('trial-filter').value") == "COMPLETED"
+        assert browser.eval("document.querySelectorAll('#curves-svg polyline').length") == 2
+        shot = tmp_path / "dashboard.png"  # kept by pytest with the run's other temporary files
+        assert _painted(browser.screenshot(shot)) > 40
+    finally:
+        browser.close()
     print(f"dashboard screenshot: {shot}")
 
 
@@ -158,22 +164,22 @@ class Browser:
     def __init__(self, chromium: str, width: int = 1400, height: int = 1000) -> None:
         to_browser, self._in = os.pipe()
         self._out, from_browser = os.pipe()
-
-        def pipes() -> None:  # in the child: the protocol's fds 3 (commands) and 4 (replies)
-            os.dup2(to_browser, 3)
-            os.dup2(from_browser, 4)
-
+        # The protocol's fds 3 (commands) and 4 (replies), set up by bash (dash takes no fd above 9): no
+        # preexec_fn in a process whose gRPC threads may be forking too.
+        high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (to_browser, from_browser)]
+        for fd in (to_browser, from_browser):
+            os.close(fd)
+        redirect = f'exec "$0" "$@" 3<&{high[0]} 4>&{high[1]} {high[0]}<&- {high[1]}>&-'
         flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--remote-debugging-pipe"]
         self.proc = subprocess.Popen(
-            [chromium, *flags, "about:blank"],
-            pass_fds=(3, 4),
-            preexec_fn=pipes,
+            ["/bin/bash", "-c", redirect, chromium, *flags, "about:blank"],
+            pass_fds=high,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        os.close(to_browser)
-        os.close(from_browser)
+        for fd in high:
+            os.close(fd)
         self._id, self._buffer = 0, b""
         target = self.call("Target.createTarget", url="about:blank")["targetId"]
         self.session = self.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
