@@ -110,6 +110,9 @@ class OptimizeRun:
             while not self._stop.is_set():
                 told = self._collect(None if busy == n_workers else wait)
                 busy -= len(told)
+                if self._stop.is_set():
+                    self._tell(told)
+                    break
                 batch = self._ask(client_id, min(n_workers - busy, MAX_PER_CALL), told)
                 if batch is None:
                     break  # the study ended meanwhile (cancelled, failed)
