@@ -22,7 +22,7 @@ from pathlib import Path
 import grpc
 from rich.console import Console
 
-from tuneyard.client import export, render, report
+from tuneyard.client import export, lifecycle, render, report
 from tuneyard.client.connection import InsecureTokenWarning
 from tuneyard.client.errors import TuneyardError
 from tuneyard.client.extras import SERVER_EXTRA, SERVER_MODULES, missing_server_modules
@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study_id", metavar="ID")
     p.add_argument("--out", metavar="FILE", type=Path, default=Path("report.html"), help="default: report.html")
     p.add_argument("--png", metavar="DIR", type=Path, help="also write each plot as DIR/<plot>.png (needs matplotlib)")
+    lifecycle.add_commands(add)
     p = sub.add_parser("demo", help="run the digits example on an in-process server (needs [server])")
     p.add_argument("--data-dir", type=Path, help="where the demo server stores data (default: a temp dir)")
     p.add_argument("--cpu-slots", type=int, metavar="N", help="trials run at once on CPU (server default)")
@@ -382,6 +383,7 @@ COMMANDS: dict[str, Callable[[Client, argparse.Namespace, Console], int]] = {
     "plugins": _plugins,
     "info": _info,
     "report": _write_report,
+    **lifecycle.COMMANDS,
 }
 
 

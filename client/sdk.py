@@ -20,6 +20,7 @@ from typing import Any, cast
 
 import grpc
 
+from tuneyard.client import lifecycle
 from tuneyard.client.connection import PemSource, channel_credentials, open_channel, resolve_token
 from tuneyard.client.errors import TuneyardError, from_rpc_error
 from tuneyard.client.external import EventSink, ExternalStudies, ExternalTrial, Metrics, TrialBatch
@@ -299,6 +300,26 @@ class Client:
             if on_event is not None:
                 on_event(event)
         return self.result(study.study_id, spec)
+
+    # -- after a study's run: its checkpoints out, more budget, deletion -----------------------
+
+    def download_checkpoint(
+        self, study_id: str, trial_id: int = 0, out: str | os.PathLike[str] | None = None
+    ) -> lifecycle.Download:
+        """Write a trial's checkpoint (0: the best trial's) to ``out`` (default ``<study>-trial-<n>.pt``),
+        verified against the server's size and SHA-256 and renamed into place only then."""
+        return lifecycle.download(self._stub, study_id, trial_id, out)
+
+    def extend_study(
+        self, study_id: str, trials: int = 0, duration: str | float | None = None
+    ) -> service_pb2.ExtendStudyResponse:
+        """Reopen a COMPLETED or CANCELLED study for exactly ``trials`` more trials and/or ``duration``
+        more time (seconds, or ``"10m"``); ``watch(study_id, response.after_sequence)`` follows it."""
+        return self._call("ExtendStudy", lifecycle.extend_request(study_id, trials, duration))
+
+    def delete_study(self, study_id: str) -> service_pb2.DeleteStudyResponse:
+        """Remove an ended study with its trials, events and checkpoints from the server."""
+        return self._call("DeleteStudy", service_pb2.DeleteStudyRequest(study_id=study_id))
 
     # -- external studies (the client evaluates the trials) ------------------------------------
 

@@ -25,6 +25,11 @@ Exceeding one is refused before anything is stored or started, and the server go
 | trials one SuggestTrials hands out (MAX_SUGGEST) | 100 | INVALID_ARGUMENT |
 | metrics of one ReportTrial / CompleteTrial (MAX_METRICS) | 1,000 | INVALID_ARGUMENT |
 | a CompleteTrial's `error` (MAX_ERROR_CHARS) | 65,536 characters | INVALID_ARGUMENT |
+| DownloadCheckpoint streams open on the server (MAX_DOWNLOADS) | 16 | RESOURCE_EXHAUSTED |
+| ExtendStudy's `add_trials`, with the trials a study has (MAX_TRIALS) | 100,000 | INVALID_ARGUMENT |
+
+DownloadCheckpoint sends a file in chunks of CHECKPOINT_CHUNK_BYTES (1 MiB), well below every
+client's 4 MiB receive limit.
 
 A client is who `servicer.client_identity` says: its token's name when tokens are on, else the
 peer's host. Modules read these names at call time (or, for the stream caps, when the servicer is
@@ -58,6 +63,8 @@ __all__ = [
     "MAX_SUGGEST",
     "MAX_METRICS",
     "MAX_ERROR_CHARS",
+    "MAX_DOWNLOADS",
+    "CHECKPOINT_CHUNK_BYTES",
 ]
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # grpc's receive limit (server/app.py)
@@ -82,6 +89,8 @@ MAX_GPU_MEMORY_GB = 4096.0
 MAX_PRIORITY = 1e6
 DEFAULT_MAX_ACTIVE_STUDIES = 64
 MAX_WATCHERS = 200  # each open stream holds an RPC thread; kept below app.RPC_THREADS
+MAX_DOWNLOADS = 16  # so do downloads: MAX_WATCHERS + MAX_DOWNLOADS stays below app.RPC_THREADS (256)
+CHECKPOINT_CHUNK_BYTES = 1 << 20
 MAX_WATCHERS_PER_CLIENT = 128
 MAX_SUGGEST = 100
 MAX_METRICS = 1000

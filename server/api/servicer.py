@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -20,6 +22,8 @@ from tuneyard.server.api.security import Authenticator
 from tuneyard.server.execution.protocol import Executor
 from tuneyard.server.execution.scheduler import DeviceScheduler
 from tuneyard.server.limits import (
+    CHECKPOINT_CHUNK_BYTES,
+    MAX_DOWNLOADS,
     MAX_ERROR_CHARS,
     MAX_ID_CHARS,
     MAX_METRICS,
@@ -30,8 +34,9 @@ from tuneyard.server.limits import (
     MAX_WATCHERS,
     MAX_WATCHERS_PER_CLIENT,
 )
+from tuneyard.server.storage.files import open_checkpoint
 from tuneyard.server.storage.store import Store
-from tuneyard.server.study.domain import InvalidArgument, ResourceExhausted, under
+from tuneyard.server.study.domain import InvalidArgument, NotFound, ResourceExhausted, under
 from tuneyard.server.study.events import EventHub
 from tuneyard.server.study.external import Completion
 from tuneyard.server.study.manager import StudyManager
@@ -41,6 +46,36 @@ from tuneyard.v1 import service_pb2_grpc
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 50
 MAX_ID_LENGTH = MAX_ID_CHARS
+_TRIAL_EVENTS = ("trial_started", "trial_finished", "best_trial_changed")
+Shown = TypeVar("Shown", pb.Trial, pb.Study, pb.StudyEvent)
+
+
+def shown_path(data_dir: str, path: str) -> str:
+    """A checkpoint's path as users see it: relative to the server's data directory when it lies in
+    it (`studies/st-.../trial-1/checkpoint.pt`), else as it is (a --checkpoint-dir elsewhere). The
+    store and the runner keep the full path: a resumed trial opens it."""
+    absolute, base = os.path.abspath(path), os.path.abspath(data_dir)
+    if path and absolute.startswith(base + os.sep):
+        return os.path.relpath(absolute, base)
+    return path
+
+
+def _trials_in(msg: pb.Trial | pb.Study | pb.StudyEvent) -> Iterator[pb.Trial]:
+    if isinstance(msg, pb.Trial):
+        yield msg
+    elif isinstance(msg, pb.Study):
+        if msg.HasField("best_trial"):
+            yield msg.best_trial
+        yield from msg.pareto_front
+    elif (kind := msg.WhichOneof("event")) in _TRIAL_EVENTS:
+        yield getattr(msg, kind).trial
+
+
+def _duration_s(request: pb.ExtendStudyRequest) -> float:
+    value = request.add_duration
+    if value.seconds < 0 or value.nanos < 0:
+        raise InvalidArgument("add_duration", f"must not be negative, got {value.ToJsonString()}")
+    return value.seconds + value.nanos / 1e9
 
 
 def client_identity(context: grpc.ServicerContext, authenticator: Authenticator | None = None) -> str:
@@ -151,6 +186,16 @@ class TrainingServicer(service_pb2_grpc.TrainingServiceServicer):
         self._watchers = threading.BoundedSemaphore(MAX_WATCHERS)
         self._watching: dict[str, int] = {}  # client -> its open streams
         self._watching_lock = threading.Lock()
+        self._downloads = threading.BoundedSemaphore(MAX_DOWNLOADS)
+
+    def _shown(self, msg: Shown) -> Shown:
+        """`msg` with its trials' checkpoint paths relative to the data directory (see `shown_path`)."""
+        for trial in _trials_in(msg):
+            trial.checkpoint = shown_path(str(self.storage.data_dir), trial.checkpoint)
+        return msg
+
+    def _study(self, study_id: str) -> pb.Study:
+        return self._shown(convert.study_to_proto(self.storage.get_study(study_id)))
 
     @unary
     def CreateStudy(self, request: pb.CreateStudyRequest, context: grpc.ServicerContext) -> pb.Study:
@@ -162,11 +207,11 @@ class TrainingServicer(service_pb2_grpc.TrainingServiceServicer):
         if size > MAX_SPEC_BYTES:
             raise InvalidArgument("spec", f"{size} bytes serialized; at most {MAX_SPEC_BYTES}")
         study = self.studies.create(convert.spec_to_dict(request.spec), request.request_id)
-        return convert.study_to_proto(self.storage.get_study(study.study_id))
+        return self._study(study.study_id)
 
     @unary
     def GetStudy(self, request: pb.GetStudyRequest, context: grpc.ServicerContext) -> pb.Study:
-        return convert.study_to_proto(self.storage.get_study(_study_id(request.study_id)))
+        return self._study(_study_id(request.study_id))
 
     @unary
     def ListStudies(self, request: pb.ListStudiesRequest, context: grpc.ServicerContext) -> pb.ListStudiesResponse:
@@ -174,7 +219,7 @@ class TrainingServicer(service_pb2_grpc.TrainingServiceServicer):
             raise InvalidArgument("state", f"unknown state {request.state}")
         state = convert.study_state_from_proto(request.state)
         studies, token = self.storage.list_studies(_page_size(request.page_size), request.page_token, state)
-        messages = [convert.study_to_proto(s) for s in studies]
+        messages = [self._shown(convert.study_to_proto(s)) for s in studies]
         fit = _fitting(messages)
         if fit < len(messages):
             token = self.storage.study_page_token(studies[fit - 1].study_id)
@@ -194,9 +239,9 @@ class TrainingServicer(service_pb2_grpc.TrainingServiceServicer):
         client = _client_id(request.client_id, context, self.authenticator)
         handout = study.suggest(request.count, client, completions)
         return pb.SuggestTrialsResponse(
-            trials=[convert.trial_to_proto(t) for t in handout.trials],
+            trials=[self._shown(convert.trial_to_proto(t)) for t in handout.trials],
             study_done=handout.done,
-            completed=[convert.trial_to_proto(t) for t in handout.completed],
+            completed=[self._shown(convert.trial_to_proto(t)) for t in handout.completed],
         )
 
     @unary
@@ -210,11 +255,11 @@ class TrainingServicer(service_pb2_grpc.TrainingServiceServicer):
     def CompleteTrial(self, request: pb.CompleteTrialRequest, context: grpc.ServicerContext) -> pb.Trial:
         study_id = _study_id(request.study_id)
         study = self.studies.external(study_id)
-        return convert.trial_to_proto(study.complete(_completion(request, study_id)))
+        return self._shown(convert.trial_to_proto(study.complete(_completion(request, study_id))))
 
     @unary
     def CancelStudy(self, request: pb.CancelStudyRequest, context: grpc.ServicerContext) -> pb.Study:
-        return convert.study_to_proto(self.studies.cancel(_study_id(request.study_id)))
+        return self._shown(convert.study_to_proto(self.studies.cancel(_study_id(request.study_id))))
 
     @streaming
     def WatchStudy(self, request: pb.WatchStudyRequest, context: grpc.ServicerContext) -> Iterator[pb.StudyEvent]:
@@ -226,8 +271,13 @@ class TrainingServicer(service_pb2_grpc.TrainingServiceServicer):
         if after > last:
             raise InvalidArgument("after_sequence", f"{after} is past the study's last event ({last})")
         with self._watch_slot(client_identity(context, self.authenticator)):
-            for event in self.hub.follow(study_id, after, context.is_active):
-                yield convert.event_to_proto(event)
+            while True:
+                for event in self.hub.follow(study_id, after, context.is_active):
+                    after = event.sequence
+                    yield self._shown(convert.event_to_proto(event))
+                # A terminal event with more after it ended a run of an extended study: go on past it.
+                if self.storage.last_sequence(study_id)[0] <= after or not context.is_active():
+                    return
 
     @contextmanager
     def _watch_slot(self, client: str) -> Iterator[None]:
@@ -256,7 +306,7 @@ class TrainingServicer(service_pb2_grpc.TrainingServiceServicer):
         trials, token = self.storage.list_trials(
             _study_id(request.study_id), _page_size(request.page_size), request.page_token
         )
-        messages = [convert.trial_to_proto(t) for t in trials]
+        messages = [self._shown(convert.trial_to_proto(t)) for t in trials]
         fit = _fitting(messages)
         if fit < len(messages):
             token = self.storage.trial_page_token(trials[fit - 1].study_id, trials[fit - 1].trial_id)
@@ -265,7 +315,55 @@ class TrainingServicer(service_pb2_grpc.TrainingServiceServicer):
     @unary
     def GetTrial(self, request: pb.GetTrialRequest, context: grpc.ServicerContext) -> pb.Trial:
         trial = self.storage.get_trial(_study_id(request.study_id), _trial_id(request.trial_id))
-        return convert.trial_to_proto(trial)
+        return self._shown(convert.trial_to_proto(trial))
+
+    @streaming
+    def DownloadCheckpoint(
+        self, request: pb.DownloadCheckpointRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.CheckpointChunk]:
+        study_id = _study_id(request.study_id)
+        if request.trial_id < 0:
+            raise InvalidArgument("trial_id", f"must not be negative (0: the best trial), got {request.trial_id}")
+        trial_id = request.trial_id
+        if not trial_id:
+            best = self.storage.get_study(study_id).best_trial
+            if best is None:
+                raise NotFound(f"study {study_id} has no best trial yet: name a trial")
+            trial_id = best.trial_id
+        trial = self.storage.get_trial(study_id, trial_id)
+        if not self._downloads.acquire(blocking=False):
+            raise ResourceExhausted(f"{MAX_DOWNLOADS} downloads are running on this server; retry later")
+        try:
+            checkpoint = open_checkpoint(self.storage.checkpoint_dir, trial.checkpoint, f"trial {trial_id}")
+            with checkpoint.handle:
+                path = shown_path(str(self.storage.data_dir), trial.checkpoint)
+                chunks = checkpoint.chunks(CHECKPOINT_CHUNK_BYTES)
+                first = pb.CheckpointChunk(size=checkpoint.size, sha256=checkpoint.sha256, trial_id=trial_id, path=path)
+                first.data = next(chunks, b"")
+                yield first
+                for data in chunks:
+                    if not context.is_active():
+                        return
+                    yield pb.CheckpointChunk(data=data)
+        finally:
+            self._downloads.release()
+
+    @unary
+    def DeleteStudy(self, request: pb.DeleteStudyRequest, context: grpc.ServicerContext) -> pb.DeleteStudyResponse:
+        study_id = _study_id(request.study_id)
+        trials, removed = self.studies.delete(study_id)
+        return pb.DeleteStudyResponse(study_id=study_id, trials=trials, bytes_removed=removed)
+
+    @unary
+    def ExtendStudy(self, request: pb.ExtendStudyRequest, context: grpc.ServicerContext) -> pb.ExtendStudyResponse:
+        study_id = _study_id(request.study_id)
+        if request.add_trials < 0:
+            raise InvalidArgument("add_trials", f"must not be negative, got {request.add_trials}")
+        add_s = _duration_s(request)
+        if not request.add_trials and not add_s:
+            raise InvalidArgument("add_trials", "give add_trials or add_duration, or both: at least one positive")
+        study, after = self.studies.extend(study_id, request.add_trials, add_s)
+        return pb.ExtendStudyResponse(study=self._shown(convert.study_to_proto(study)), after_sequence=after)
 
     @unary
     def ListPlugins(self, request: pb.ListPluginsRequest, context: grpc.ServicerContext) -> pb.ListPluginsResponse:

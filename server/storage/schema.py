@@ -23,7 +23,8 @@ CREATE TABLE IF NOT EXISTS studies (
     create_time REAL NOT NULL,
     start_time REAL,
     end_time REAL,
-    last_sequence INTEGER NOT NULL DEFAULT 0
+    last_sequence INTEGER NOT NULL DEFAULT 0,
+    budget_start REAL
 );
 CREATE TABLE IF NOT EXISTS trials (
     study_id TEXT NOT NULL,
@@ -75,7 +76,7 @@ ADDED_COLUMNS = {
         "retries": "INTEGER NOT NULL DEFAULT 0",
         "pruned_epoch": "INTEGER NOT NULL DEFAULT 0",
     },
-    "studies": {"stopper_state": "TEXT"},
+    "studies": {"stopper_state": "TEXT", "budget_start": "REAL"},
 }
 
 # Tables a tuneyard store may hold (SQLite's own `sqlite_*` tables aside): a file of the release before

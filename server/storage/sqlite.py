@@ -45,9 +45,13 @@ class Storage(StoreConnection):
     def __init__(self, data_dir: Path, checkpoint_dir: Path | None = None, *, check_integrity: bool = False) -> None:
         self.data_dir = Path(data_dir)
         # Trials' checkpoints: stored as paths relative to this folder, so the data directory may move.
-        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else self.data_dir / "studies"
+        self._checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else self.data_dir / "studies"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         super().__init__(self.data_dir / DB_NAME, check_integrity=check_integrity)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self._checkpoint_dir
 
     def _set_study(self, study_id: str, values: dict[str, Any]) -> None:
         """One UPDATE of the study's row; NotFound, and nothing written, when there is none."""
@@ -127,6 +131,31 @@ class Storage(StoreConnection):
     ) -> None:
         states = {"searcher_state": searcher_state, "stopper_state": stopper_state}
         self._set_study(study_id, {k: _json_text(v) for k, v in states.items()})
+
+    def extend_study(self, study_id: str, spec: dict[str, Any], budget_start: float | None) -> None:
+        values = {"spec": json.dumps(spec), "state": StudyState.RUNNING.value, "end_time": None, "error": ""}
+        self._set_study(study_id, {**values, "budget_start": budget_start})
+
+    def budget_start(self, study_id: str) -> float | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COALESCE(budget_start, start_time) AS start FROM studies WHERE id = ?", (study_id,)
+            ).fetchone()
+        if row is None:
+            raise NotFound(f"study {study_id!r} not found")
+        return row["start"]
+
+    def delete_study(self, study_id: str) -> int:
+        with self._tx() as db:
+            records.study_exists(db, study_id)
+            for table in ("metrics", "events"):
+                db.execute(f"DELETE FROM {table} WHERE study_id = ?", (study_id,))
+            trials = db.execute("DELETE FROM trials WHERE study_id = ?", (study_id,)).rowcount
+            db.execute("DELETE FROM studies WHERE id = ?", (study_id,))
+        return trials
+
+    def study_folder(self, study_id: str) -> Path:
+        return self.checkpoint_dir / study_id
 
     def set_best_trial(self, study_id: str, trial_id: int) -> None:
         self._set_study(study_id, {"best_trial_id": trial_id})

@@ -109,6 +109,24 @@ class Store(Protocol):
         its text), for an exact resume; `search_state` reads them back. NotFound."""
         ...
 
+    def extend_study(self, study_id: str, spec: dict[str, Any], budget_start: float | None) -> None:
+        """The study runs again with `spec` (its new budget): RUNNING, no end time or error, its
+        `max_duration` counted from `budget_start` (see `budget_start`). NotFound."""
+        ...
+
+    def budget_start(self, study_id: str) -> float | None:
+        """When the study's `max_duration` counts from: its start time, or, once extended, a time that
+        leaves out the while it sat finished (None before it started). NotFound."""
+        ...
+
+    def delete_study(self, study_id: str) -> int:
+        """Removes the study with its trials, epochs and events; returns how many trials it had. NotFound."""
+        ...
+
+    def study_folder(self, study_id: str) -> Path:
+        """The folder of the study's files (its trials' checkpoint folders), under the checkpoint directory."""
+        ...
+
     def set_best_trial(self, study_id: str, trial_id: int) -> None:
         """`trial_id` is the study's best trial (read back as `StudyRecord.best_trial`); NotFound for the study."""
         ...
@@ -162,6 +180,12 @@ class Store(Protocol):
 
     def checkpoint_path(self, stored: str) -> str:
         """Where a checkpoint stored under the key `stored` lies now ("" for none)."""
+        ...
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """The folder every checkpoint lies under (by default `<data dir>/studies`): nothing outside
+        it is served as a checkpoint."""
         ...
 
     # ---- events ----

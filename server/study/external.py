@@ -119,8 +119,8 @@ class ExternalStudy(threading.Thread):
             self._journal.start(started_at)
         else:
             self._restore()
-        if self.plan.max_duration_s:
-            self._deadline = started_at + self.plan.max_duration_s
+        if self.plan.max_duration_s:  # counted from the budget start, as in the runner (an extension's)
+            self._deadline = (self.storage.budget_start(self.study_id) or started_at) + self.plan.max_duration_s
 
     def _restore(self) -> None:
         restored = restore(self.storage, self.study_id, self._book.searcher, self._book.stopping, self._results)

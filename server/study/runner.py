@@ -131,7 +131,9 @@ class StudyRunner(threading.Thread):
         else:
             started_at = study.start_time
             self._restore()
-        deadline = started_at + self.plan.max_duration_s if self.plan.max_duration_s else None
+        # An extended study's max_duration counts from its budget start: the time it sat finished is left out.
+        counted_from = self.storage.budget_start(self.study_id) or started_at
+        deadline = counted_from + self.plan.max_duration_s if self.plan.max_duration_s else None
         while True:
             if self._halted.is_set():
                 self._board.stop_all("halted")

@@ -1,5 +1,6 @@
 import datetime
 
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from tuneyard.v1 import spec_pb2 as _spec_pb2
@@ -503,3 +504,59 @@ class ServerInfo(_message.Message):
     devices: _containers.RepeatedCompositeFieldContainer[Device]
     nodes: _containers.RepeatedCompositeFieldContainer[Node]
     def __init__(self, version: _Optional[str] = ..., executor: _Optional[str] = ..., devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ..., nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ...) -> None: ...
+
+class DownloadCheckpointRequest(_message.Message):
+    __slots__ = ("study_id", "trial_id")
+    STUDY_ID_FIELD_NUMBER: _ClassVar[int]
+    TRIAL_ID_FIELD_NUMBER: _ClassVar[int]
+    study_id: str
+    trial_id: int
+    def __init__(self, study_id: _Optional[str] = ..., trial_id: _Optional[int] = ...) -> None: ...
+
+class CheckpointChunk(_message.Message):
+    __slots__ = ("data", "size", "sha256", "trial_id", "path")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    TRIAL_ID_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    size: int
+    sha256: str
+    trial_id: int
+    path: str
+    def __init__(self, data: _Optional[bytes] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ..., trial_id: _Optional[int] = ..., path: _Optional[str] = ...) -> None: ...
+
+class DeleteStudyRequest(_message.Message):
+    __slots__ = ("study_id",)
+    STUDY_ID_FIELD_NUMBER: _ClassVar[int]
+    study_id: str
+    def __init__(self, study_id: _Optional[str] = ...) -> None: ...
+
+class DeleteStudyResponse(_message.Message):
+    __slots__ = ("study_id", "trials", "bytes_removed")
+    STUDY_ID_FIELD_NUMBER: _ClassVar[int]
+    TRIALS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    study_id: str
+    trials: int
+    bytes_removed: int
+    def __init__(self, study_id: _Optional[str] = ..., trials: _Optional[int] = ..., bytes_removed: _Optional[int] = ...) -> None: ...
+
+class ExtendStudyRequest(_message.Message):
+    __slots__ = ("study_id", "add_trials", "add_duration")
+    STUDY_ID_FIELD_NUMBER: _ClassVar[int]
+    ADD_TRIALS_FIELD_NUMBER: _ClassVar[int]
+    ADD_DURATION_FIELD_NUMBER: _ClassVar[int]
+    study_id: str
+    add_trials: int
+    add_duration: _duration_pb2.Duration
+    def __init__(self, study_id: _Optional[str] = ..., add_trials: _Optional[int] = ..., add_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class ExtendStudyResponse(_message.Message):
+    __slots__ = ("study", "after_sequence")
+    STUDY_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    study: Study
+    after_sequence: int
+    def __init__(self, study: _Optional[_Union[Study, _Mapping]] = ..., after_sequence: _Optional[int] = ...) -> None: ...

@@ -94,6 +94,21 @@ class TrainingServiceStub:
                 request_serializer=tuneyard_dot_v1_dot_service__pb2.CompleteTrialRequest.SerializeToString,
                 response_deserializer=tuneyard_dot_v1_dot_service__pb2.Trial.FromString,
                 _registered_method=True)
+        self.DownloadCheckpoint = channel.unary_stream(
+                '/tuneyard.v1.TrainingService/DownloadCheckpoint',
+                request_serializer=tuneyard_dot_v1_dot_service__pb2.DownloadCheckpointRequest.SerializeToString,
+                response_deserializer=tuneyard_dot_v1_dot_service__pb2.CheckpointChunk.FromString,
+                _registered_method=True)
+        self.DeleteStudy = channel.unary_unary(
+                '/tuneyard.v1.TrainingService/DeleteStudy',
+                request_serializer=tuneyard_dot_v1_dot_service__pb2.DeleteStudyRequest.SerializeToString,
+                response_deserializer=tuneyard_dot_v1_dot_service__pb2.DeleteStudyResponse.FromString,
+                _registered_method=True)
+        self.ExtendStudy = channel.unary_unary(
+                '/tuneyard.v1.TrainingService/ExtendStudy',
+                request_serializer=tuneyard_dot_v1_dot_service__pb2.ExtendStudyRequest.SerializeToString,
+                response_deserializer=tuneyard_dot_v1_dot_service__pb2.ExtendStudyResponse.FromString,
+                _registered_method=True)
 
 
 class TrainingServiceServicer:
@@ -181,6 +196,34 @@ class TrainingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DownloadCheckpoint(self, request, context):
+        """A trial's checkpoint file (trial_id 0: the study's best trial) in chunks of at most 1 MiB.
+        The first message carries the file's size and sha256 and the trial it belongs to; the chunks
+        put together are exactly `size` bytes. NOT_FOUND for a trial without a checkpoint; a
+        checkpoint that lies outside the server's checkpoint directory is never served
+        (FAILED_PRECONDITION).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteStudy(self, request, context):
+        """Removes a finished study: its row, trials, epochs, events and its folder of files
+        (checkpoints). FAILED_PRECONDITION while it is PENDING or RUNNING.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExtendStudy(self, request, context):
+        """Reopens a COMPLETED or CANCELLED study with more budget: it runs `add_trials` more trials
+        (and/or `add_duration` more time) from its journaled search state; its events go on from
+        the last sequence. FAILED_PRECONDITION for a study not finished, or FAILED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -243,6 +286,21 @@ def add_TrainingServiceServicer_to_server(servicer, server):
                     servicer.CompleteTrial,
                     request_deserializer=tuneyard_dot_v1_dot_service__pb2.CompleteTrialRequest.FromString,
                     response_serializer=tuneyard_dot_v1_dot_service__pb2.Trial.SerializeToString,
+            ),
+            'DownloadCheckpoint': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadCheckpoint,
+                    request_deserializer=tuneyard_dot_v1_dot_service__pb2.DownloadCheckpointRequest.FromString,
+                    response_serializer=tuneyard_dot_v1_dot_service__pb2.CheckpointChunk.SerializeToString,
+            ),
+            'DeleteStudy': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteStudy,
+                    request_deserializer=tuneyard_dot_v1_dot_service__pb2.DeleteStudyRequest.FromString,
+                    response_serializer=tuneyard_dot_v1_dot_service__pb2.DeleteStudyResponse.SerializeToString,
+            ),
+            'ExtendStudy': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExtendStudy,
+                    request_deserializer=tuneyard_dot_v1_dot_service__pb2.ExtendStudyRequest.FromString,
+                    response_serializer=tuneyard_dot_v1_dot_service__pb2.ExtendStudyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -569,6 +627,87 @@ class TrainingService:
             '/tuneyard.v1.TrainingService/CompleteTrial',
             tuneyard_dot_v1_dot_service__pb2.CompleteTrialRequest.SerializeToString,
             tuneyard_dot_v1_dot_service__pb2.Trial.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tuneyard.v1.TrainingService/DownloadCheckpoint',
+            tuneyard_dot_v1_dot_service__pb2.DownloadCheckpointRequest.SerializeToString,
+            tuneyard_dot_v1_dot_service__pb2.CheckpointChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteStudy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneyard.v1.TrainingService/DeleteStudy',
+            tuneyard_dot_v1_dot_service__pb2.DeleteStudyRequest.SerializeToString,
+            tuneyard_dot_v1_dot_service__pb2.DeleteStudyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExtendStudy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneyard.v1.TrainingService/ExtendStudy',
+            tuneyard_dot_v1_dot_service__pb2.ExtendStudyRequest.SerializeToString,
+            tuneyard_dot_v1_dot_service__pb2.ExtendStudyResponse.FromString,
             options,
             channel_credentials,
             insecure,
