@@ -44,7 +44,7 @@ def test_the_asktell_benchmark_measures_tuneyard_beside_both_optuna_storages() -
         assert math.isclose(row["trials_per_s"], 10 / row["wall_s"])
         assert row["best"] >= 0  # the quadratic's minimum is 0
     assert rows["optuna_journal/random"]["calls_per_trial"] == 2  # study.ask, study.tell
-    assert 1 <= rows["tuneyard/random"]["calls_per_trial"] < 1.5  # one SuggestTrials per trial, + last ones
+    assert 0.5 <= rows["tuneyard/random"]["calls_per_trial"] <= 1.2  # a SuggestTrials tells and asks for both workers
     ratio = result["tuneyard_vs_optuna_journal_trials_per_s"]["random"]
     expected = rows["tuneyard/random"]["trials_per_s"] / rows["optuna_journal/random"]["trials_per_s"]
     assert math.isclose(ratio, expected)

@@ -89,6 +89,28 @@ def test_optimize_minimises_branin_on_two_workers(client: Client) -> None:
     assert events[-1].study_state.state == pb.STUDY_COMPLETED
 
 
+def test_optimize_tells_and_asks_in_one_call_for_every_trial_that_ended(client: Client) -> None:
+    calls: list[tuple[str, int, int]] = []
+    rpc = client._call
+
+    def counted(method: str, request: Any) -> Any:
+        if method in ("SuggestTrials", "CompleteTrial"):
+            told = len(request.completions) if method == "SuggestTrials" else 1
+            calls.append((method, getattr(request, "count", 0), told))
+        return rpc(method, request)
+
+    client._call = counted  # type: ignore[method-assign]
+    try:
+        result = client.optimize(_spec(20, concurrent=4), lambda t: t.config["x"] ** 2, n_workers=4, progress=False)
+    finally:
+        del client._call
+    assert result.succeeded and len(_trials(client, result.study.study_id)) == 20
+    assert {m for m, _, _ in calls} == {"SuggestTrials"}  # every end rode on an ask
+    assert sum(told for _, _, told in calls) == 20 and calls[0] == ("SuggestTrials", 4, 0)
+    assert len(calls) <= 21  # at most one call per trial, and fewer whenever ends arrive together
+    assert all(count <= 4 for _, count, _ in calls)  # never more asked for than workers are free
+
+
 def test_a_raising_function_fails_its_trials_with_the_traceback(client: Client) -> None:
     def fn(trial: ExternalTrial) -> dict[str, float]:
         if trial.trial_id % 3 == 0:
