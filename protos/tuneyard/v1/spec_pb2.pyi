@@ -132,17 +132,19 @@ class Budget(_message.Message):
     def __init__(self, max_trials: _Optional[int] = ..., max_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_concurrent_trials: _Optional[int] = ..., max_failures: _Optional[int] = ..., trial_retries: _Optional[int] = ...) -> None: ...
 
 class Resources(_message.Message):
-    __slots__ = ("gpus_per_trial", "priority", "gpu_memory_gb")
+    __slots__ = ("gpus_per_trial", "priority", "gpu_memory_gb", "fuse")
     GPUS_PER_TRIAL_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     GPU_MEMORY_GB_FIELD_NUMBER: _ClassVar[int]
+    FUSE_FIELD_NUMBER: _ClassVar[int]
     gpus_per_trial: float
     priority: float
     gpu_memory_gb: float
-    def __init__(self, gpus_per_trial: _Optional[float] = ..., priority: _Optional[float] = ..., gpu_memory_gb: _Optional[float] = ...) -> None: ...
+    fuse: int
+    def __init__(self, gpus_per_trial: _Optional[float] = ..., priority: _Optional[float] = ..., gpu_memory_gb: _Optional[float] = ..., fuse: _Optional[int] = ...) -> None: ...
 
 class StudySpec(_message.Message):
-    __slots__ = ("name", "dataset", "model", "training", "search_space", "searcher", "early_stopping", "objective", "budget", "resources", "objectives", "trainable", "task", "external")
+    __slots__ = ("name", "dataset", "model", "training", "search_space", "searcher", "early_stopping", "objective", "budget", "resources", "objectives", "trainable", "task", "external", "constraints", "initial_configs", "warm_start")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -157,6 +159,9 @@ class StudySpec(_message.Message):
     TRAINABLE_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     EXTERNAL_FIELD_NUMBER: _ClassVar[int]
+    CONSTRAINTS_FIELD_NUMBER: _ClassVar[int]
+    INITIAL_CONFIGS_FIELD_NUMBER: _ClassVar[int]
+    WARM_START_FIELD_NUMBER: _ClassVar[int]
     name: str
     dataset: Component
     model: Component
@@ -171,10 +176,29 @@ class StudySpec(_message.Message):
     trainable: Component
     task: Component
     external: ExternalEvaluation
-    def __init__(self, name: _Optional[str] = ..., dataset: _Optional[_Union[Component, _Mapping]] = ..., model: _Optional[_Union[Component, _Mapping]] = ..., training: _Optional[_Union[TrainingConfig, _Mapping]] = ..., search_space: _Optional[_Iterable[_Union[Parameter, _Mapping]]] = ..., searcher: _Optional[_Union[Component, _Mapping]] = ..., early_stopping: _Optional[_Union[Component, _Mapping]] = ..., objective: _Optional[_Union[Objective, _Mapping]] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., objectives: _Optional[_Iterable[_Union[Objective, _Mapping]]] = ..., trainable: _Optional[_Union[Component, _Mapping]] = ..., task: _Optional[_Union[Component, _Mapping]] = ..., external: _Optional[_Union[ExternalEvaluation, _Mapping]] = ...) -> None: ...
+    constraints: _containers.RepeatedCompositeFieldContainer[Constraint]
+    initial_configs: _containers.RepeatedCompositeFieldContainer[_struct_pb2.Struct]
+    warm_start: WarmStart
+    def __init__(self, name: _Optional[str] = ..., dataset: _Optional[_Union[Component, _Mapping]] = ..., model: _Optional[_Union[Component, _Mapping]] = ..., training: _Optional[_Union[TrainingConfig, _Mapping]] = ..., search_space: _Optional[_Iterable[_Union[Parameter, _Mapping]]] = ..., searcher: _Optional[_Union[Component, _Mapping]] = ..., early_stopping: _Optional[_Union[Component, _Mapping]] = ..., objective: _Optional[_Union[Objective, _Mapping]] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., objectives: _Optional[_Iterable[_Union[Objective, _Mapping]]] = ..., trainable: _Optional[_Union[Component, _Mapping]] = ..., task: _Optional[_Union[Component, _Mapping]] = ..., external: _Optional[_Union[ExternalEvaluation, _Mapping]] = ..., constraints: _Optional[_Iterable[_Union[Constraint, _Mapping]]] = ..., initial_configs: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ..., warm_start: _Optional[_Union[WarmStart, _Mapping]] = ...) -> None: ...
 
 class ExternalEvaluation(_message.Message):
     __slots__ = ("lease",)
     LEASE_FIELD_NUMBER: _ClassVar[int]
     lease: _duration_pb2.Duration
     def __init__(self, lease: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class Constraint(_message.Message):
+    __slots__ = ("metric", "max", "min")
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_NUMBER: _ClassVar[int]
+    MIN_FIELD_NUMBER: _ClassVar[int]
+    metric: str
+    max: float
+    min: float
+    def __init__(self, metric: _Optional[str] = ..., max: _Optional[float] = ..., min: _Optional[float] = ...) -> None: ...
+
+class WarmStart(_message.Message):
+    __slots__ = ("study_ids",)
+    STUDY_IDS_FIELD_NUMBER: _ClassVar[int]
+    study_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, study_ids: _Optional[_Iterable[str]] = ...) -> None: ...
