@@ -78,7 +78,7 @@ svg .hot{stroke-width:4px;opacity:1}svg circle.hot{stroke:#000;stroke-width:2px}
 .legend{display:flex;flex-wrap:wrap;gap:4px 14px;font-size:12.5px;margin:6px 0}
 .legend span{white-space:nowrap;cursor:default}
 .swatch{display:inline-block;width:11px;height:11px;border-radius:2px;margin-right:5px;vertical-align:-1px}
-.cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(300px,1fr));gap:14px}
+.cards{display:flex;flex-wrap:wrap;gap:14px 48px}.cards>div{max-width:100%;overflow-x:auto}
 .cards dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 12px;margin:0}
 .cards dt{color:var(--muted)}.cards dd{margin:0;font-variant-numeric:tabular-nums}
 .big{font-size:26px;font-weight:650}.big small{font-size:13px;color:var(--muted);font-weight:400}
