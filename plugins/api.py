@@ -265,6 +265,24 @@ class Searcher(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
+class SearchGuidance(Protocol):
+    """Optional searcher methods, called only on a searcher that has them (changes go in `state_dict`):
+    `use_constraints(labels)` once when built, then `observe_constrained` (a value per constraint, <= 0
+    where it holds: Optuna's constraints_func) for each COMPLETED or PRUNED end, else a violating trial
+    is `observe(id, "INFEASIBLE", None)`; `observe_prior`, an earlier study's finished trial (warm start),
+    before any suggestion; `suggest_initial(trial_id, partial)` sets `partial`'s values (else over `suggest`)."""
+
+    def use_constraints(self, labels: list[str]) -> None: ...
+
+    def observe_constrained(self, trial_id: int, state: str, value: float | None, constraints: list[float]) -> None: ...
+
+    def observe_prior(
+        self, config: dict[str, Any], state: str, value: float | None, constraints: list[float]
+    ) -> None: ...
+
+    def suggest_initial(self, trial_id: int, partial: dict[str, Any]) -> dict[str, Any] | None: ...
+
+
 @runtime_checkable
 class EarlyStopper(Protocol):
     def report(self, trial_id: int, step: int, value: float) -> Decision: ...

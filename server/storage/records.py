@@ -139,6 +139,7 @@ def _trial_record(study_id: str, row: sqlite3.Row, epochs: list[EpochRecord], ch
         stderr_tail=row["stderr_tail"],
         retries=row["retries"],
         pruned_epoch=row["pruned_epoch"],
+        violated_constraints=json.loads(row["violated_constraints"]),
     )
 
 

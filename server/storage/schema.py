@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS trials (
     stderr_tail TEXT NOT NULL DEFAULT '',
     retries INTEGER NOT NULL DEFAULT 0,
     pruned_epoch INTEGER NOT NULL DEFAULT 0,
+    violated_constraints TEXT NOT NULL DEFAULT '[]',
     PRIMARY KEY (study_id, trial_id)
 );
 CREATE TABLE IF NOT EXISTS metrics (
@@ -75,6 +76,7 @@ ADDED_COLUMNS = {
         "stderr_tail": "TEXT NOT NULL DEFAULT ''",
         "retries": "INTEGER NOT NULL DEFAULT 0",
         "pruned_epoch": "INTEGER NOT NULL DEFAULT 0",
+        "violated_constraints": "TEXT NOT NULL DEFAULT '[]'",
     },
     "studies": {"stopper_state": "TEXT", "budget_start": "REAL"},
 }

@@ -219,6 +219,7 @@ class Storage(StoreConnection):
             "exit_code": end.exit_code,
             "exit_signal": end.exit_signal,
             "stderr_tail": end.stderr_tail,
+            "violated_constraints": json.dumps(list(end.violated_constraints)),
         }
         if end.final_metrics is not None:
             values["final_metrics"] = json.dumps(end.final_metrics)

@@ -129,6 +129,14 @@ class TrialRecord:
     stderr_tail: str = ""
     retries: int = 0
     pruned_epoch: int = 0  # the epoch the early stopper said STOP at (0: it has not), journaled with it
+    # The spec's constraints its final metrics violate ("params <= 1e+06"): a COMPLETED trial with any
+    # is infeasible for the objective, never the best trial nor on the Pareto front.
+    violated_constraints: list[str] = field(default_factory=list)
+
+    @property
+    def feasible(self) -> bool:
+        """Whether the trial may count for the objective (it violates no constraint)."""
+        return not self.violated_constraints
 
 
 @dataclass(frozen=True)
@@ -146,6 +154,7 @@ class TrialEnd:
     exit_signal: str = ""
     stderr_tail: str = ""
     final_metrics: dict[str, float] | None = None  # None keeps the last epoch's; a trainable may return others
+    violated_constraints: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -209,6 +218,7 @@ def trial_to_dict(trial: TrialRecord) -> dict[str, Any]:
     data["metrics"] = [{"epoch": m.epoch, "values": dict(m.values), "time": m.time} for m in trial.metrics]
     data["final_metrics"] = dict(trial.final_metrics)
     data["objective_values"] = list(trial.objective_values)
+    data["violated_constraints"] = list(trial.violated_constraints)
     return data
 
 

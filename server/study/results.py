@@ -1,5 +1,8 @@
 """What a study has found so far: its best trial, its Pareto front (several objectives), and how
-many trials failed; and how a trial's ending is written down (`trial_end`)."""
+many trials failed; and how a trial's ending is written down (`trial_end`).
+
+A trial that violates one of the spec's constraints (`spec_search`) still ends COMPLETED, with the
+constraints it violates stored; only feasible trials can be the best trial or stand on the front."""
 
 from __future__ import annotations
 
@@ -10,7 +13,10 @@ from tuneyard.server.study.domain import StudyState, TrialEnd, TrialRecord, Tria
 from tuneyard.server.study.outcomes import Ending
 from tuneyard.server.study.pareto import pareto_front
 from tuneyard.server.study.spec import StudyPlan
+from tuneyard.server.study.spec_search import violated
 from tuneyard.server.study.trial_runs import EvaluationRun
+
+_JUDGED = (TrialState.COMPLETED, TrialState.PRUNED)  # the states whose metrics constraints judge
 
 
 def trial_end(ending: Ending, state: TrialState, plan: StudyPlan) -> TrialEnd:
@@ -26,6 +32,7 @@ def trial_end(ending: Ending, state: TrialState, plan: StudyPlan) -> TrialEnd:
                 objective_value=metrics.get(plan.objective.metric),
                 objective_values=values if len(plan.objectives) > 1 else [],
                 final_metrics=dict(metrics),
+                violated_constraints=violated(plan.constraints, metrics) if state in _JUDGED else [],
             )
         case "infeasible":
             return TrialEnd(state=state, end_time=now, error=ending.error)
@@ -54,7 +61,7 @@ class Results:
 
     def take_if_best(self, trial: TrialRecord) -> bool:
         """Takes a finished trial as the best when it completed with a better objective value."""
-        if trial.state != TrialState.COMPLETED or trial.objective_value is None:
+        if trial.state != TrialState.COMPLETED or trial.objective_value is None or not trial.feasible:
             return False
         best = self.best.objective_value if self.best is not None else None
         if best is not None and not self.plan.objective.better(trial.objective_value, best):
@@ -63,10 +70,12 @@ class Results:
         return True
 
     def offer_to_front(self, trial: TrialRecord) -> bool:
-        """Offers a completed trial to the Pareto front (several objectives); True when the front was
-        recomputed with it (and is to be stored), whether or not the trial stayed on it."""
+        """Offers a completed, feasible trial to the Pareto front (several objectives); True when the
+        front was recomputed with it (and is to be stored), whether or not the trial stayed on it."""
         objectives = self.plan.objectives
         if len(objectives) < 2 or trial.state != TrialState.COMPLETED or len(trial.objective_values) != len(objectives):
+            return False
+        if not trial.feasible:
             return False
         self.front = pareto_front([*self.front, (trial.trial_id, trial.objective_values)], [o.mode for o in objectives])
         return True

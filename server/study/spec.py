@@ -5,7 +5,8 @@ Every problem raises `InvalidArgument` with the path of the field, e.g.
 conversion layer with proto field names; int64 fields may arrive as strings. Sizes are capped
 (see `limits`). This module checks the whole and the small sections (objectives, budget,
 resources); components and their options (`spec_components`), the training section
-(`spec_training`) and the search space (`spec_space`) have modules of their own.
+(`spec_training`), the search space (`spec_space`) and what guides the search beyond it
+(constraints, initial configs, warm start: `spec_search`) have modules of their own.
 """
 
 from __future__ import annotations
@@ -23,14 +24,24 @@ from tuneyard.server.limits import (
     MAX_TRIALS,
     MIN_GPU_SHARE,
 )
+from tuneyard.server.storage.store import Store
 from tuneyard.server.study.domain import InvalidArgument
 from tuneyard.server.study.spec_components import ComponentChecker
 from tuneyard.server.study.spec_objectives import ObjectiveChecker
+from tuneyard.server.study.spec_search import (
+    Constraint,
+    check_constraints,
+    check_initial_configs,
+    check_warm_start,
+    check_warm_studies,
+    constraints_dict,
+)
 from tuneyard.server.study.spec_space import SpaceChecker
 from tuneyard.server.study.spec_trainer import check_trainer
 from tuneyard.server.study.spec_values import check_shape, duration_s, to_float, to_int
 
 MAX_TRIAL_RETRIES = 100
+MAX_FUSE = 64  # trials in one fused group (resources.fuse)
 DEFAULT_SEARCHER = "random"
 
 
@@ -41,6 +52,11 @@ class Resources:
     gpus_per_trial: float = 0.0  # 0: one slot (a whole device, or one CPU slot)
     priority: float = 1.0
     gpu_memory_gb: float = 0.0  # 0: not declared (measured on earlier trials instead)
+    fuse: int = 0  # up to this many trials train as one fused model (issue 17); 0 or 1: off
+
+    @property
+    def fused(self) -> bool:
+        return self.fuse > 1
 
     @property
     def units(self) -> float:
@@ -63,6 +79,9 @@ class StudyPlan:
     seed: int
     trial_retries: int = 0
     resources: Resources = Resources()
+    constraints: tuple[Constraint, ...] = ()
+    initial_configs: tuple[dict[str, Any], ...] = ()  # evaluated first, in order
+    warm_start: tuple[str, ...] = ()  # earlier studies whose finished trials the searcher is told
 
     @property
     def trainable(self) -> bool:
@@ -84,11 +103,13 @@ class SpecValidator:
     """Checks a spec against the plugin registry; one instance serves every request.
 
     `data_root` is the server's `--data-root`: path options must lie inside it. "" means none is
-    configured, and then only empty path values pass.
+    configured, and then only empty path values pass. `studies` is the store a warm start's earlier
+    studies are read from; without it their spaces are not compared (the search checks them again).
     """
 
-    def __init__(self, registry: PluginRegistry, data_root: str = "") -> None:
+    def __init__(self, registry: PluginRegistry, data_root: str = "", studies: Store | None = None) -> None:
         self.registry = registry
+        self.studies = studies
         self.data_root = data_root
         self.components = ComponentChecker(registry, data_root)
         self.space = SpaceChecker(self.components)
@@ -124,7 +145,12 @@ class SpecValidator:
         if "trainable" in out and out["resources"]["gpus_per_trial"] > 1:
             why = "a trainable runs in one process on one device: at most 1 (0.5, 0.25, ... share one GPU)"
             raise InvalidArgument("spec.resources.gpus_per_trial", why)
+        _check_fuse(out)
+        constraints, initial, warm = self._guidance(spec, out, space, max_trials)
         return StudyPlan(
+            constraints=constraints,
+            initial_configs=tuple(initial),
+            warm_start=tuple(warm),
             resources=Resources(**out["resources"]),
             spec=out,
             space=space,
@@ -137,6 +163,22 @@ class SpecValidator:
             seed=out["training"]["seed"],
             trial_retries=retries,
         )
+
+    def _guidance(
+        self, spec: dict[str, Any], out: dict[str, Any], space: tuple[Parameter, ...], max_trials: int
+    ) -> tuple[tuple[Constraint, ...], list[dict[str, Any]], list[str]]:
+        """Constraints, initial configs and warm start, put in `out` only when the spec has them."""
+        constraints = check_constraints(spec.get("constraints") or [], out, self.objectives)
+        initial = check_initial_configs(spec.get("initial_configs") or [], space, max_trials)
+        warm = check_warm_start(spec["warm_start"]) if spec.get("warm_start") is not None else []
+        if warm and self.studies is not None:
+            check_warm_studies(warm, space, self.studies, self.space)
+        for key, value in (("constraints", constraints_dict(constraints)), ("initial_configs", initial)):
+            if value:
+                out[key] = value
+        if warm:
+            out["warm_start"] = {"study_ids": warm}
+        return constraints, initial, warm
 
     def _budget(self, budget: Any) -> tuple[int, int, int, float | None, int]:
         path = "spec.budget"
@@ -180,4 +222,18 @@ class SpecValidator:
             raise InvalidArgument(f"{path}.gpu_memory_gb", f"must not be negative, got {memory:g}")
         if memory > MAX_GPU_MEMORY_GB:
             raise InvalidArgument(f"{path}.gpu_memory_gb", f"must be at most {MAX_GPU_MEMORY_GB:g} GiB, got {memory:g}")
-        return {"gpus_per_trial": gpus, "priority": priority, "gpu_memory_gb": memory}
+        fuse = to_int(resources.get("fuse", 0), f"{path}.fuse")
+        if not 0 <= fuse <= MAX_FUSE:
+            raise InvalidArgument(f"{path}.fuse", f"must be between 0 and {MAX_FUSE} (0 or 1: off), got {fuse}")
+        return {"gpus_per_trial": gpus, "priority": priority, "gpu_memory_gb": memory, "fuse": fuse}
+
+
+def _check_fuse(out: dict[str, Any]) -> None:
+    """Fusion trains the built-in trainer's trials, each on one device: anything else refuses it."""
+    if out["resources"]["fuse"] <= 1:
+        return
+    path = "spec.resources.fuse"
+    if "trainable" in out:
+        raise InvalidArgument(path, "a trainable (a user's training function) cannot train fused: leave fuse at 0")
+    if out["resources"]["gpus_per_trial"] > 1:
+        raise InvalidArgument(path, "a data-parallel trial (gpus_per_trial > 1) cannot train fused: leave fuse at 0")

@@ -60,7 +60,7 @@ class ObjectiveChecker:
     def _objective(self, objective: Any, path: str, normalised: dict[str, Any]) -> Objective:
         if not isinstance(objective, dict):
             raise InvalidArgument(path, "must be an object")
-        metric, known = self._metric(objective.get("metric"), f"{path}.metric", normalised)
+        metric, known = self.metric_name(objective.get("metric"), f"{path}.metric", normalised)
         mode = objective.get("mode") or ""
         if mode and mode not in MODES:
             raise InvalidArgument(f"{path}.mode", f"must be MAXIMIZE or MINIMIZE, got {mode!r}")
@@ -68,7 +68,7 @@ class ObjectiveChecker:
             raise InvalidArgument(f"{path}.mode", f"say whether {metric!r} is to be MAXIMIZEd or MINIMIZEd")
         return Objective(metric=metric, mode=MODES[mode] if mode else known[metric])
 
-    def _metric(self, metric: Any, path: str, normalised: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    def metric_name(self, metric: Any, path: str, normalised: dict[str, Any]) -> tuple[str, dict[str, str]]:
         """The metric's name (the task's default when absent) and the metrics whose direction is known."""
         if metric is not None and not isinstance(metric, str):
             raise InvalidArgument(path, f"must be a metric name, got {metric!r}")

@@ -44,6 +44,11 @@ class SpaceChecker:
 
     def check(self, params: Any, spec: dict[str, Any]) -> tuple[Parameter, ...]:
         """The parameters in order; a condition's parent must be listed before it."""
+        return self.parse(params, spec)
+
+    def parse(self, params: Any, spec: dict[str, Any] | None = None) -> tuple[Parameter, ...]:
+        """The parameters with their domains and conditions checked; with `spec` (normalised), also
+        what each sets. Without it, only the space itself (another study's, to compare with)."""
         if not isinstance(params, list):
             raise InvalidArgument("spec.search_space", "must be a list")
         if len(params) > MAX_PARAMETERS:
@@ -53,24 +58,28 @@ class SpaceChecker:
         alternatives: dict[str, _Alternatives] = {}
         for i, raw in enumerate(params):
             path = f"spec.search_space[{i}]"
-            if not isinstance(raw, dict):
-                raise InvalidArgument(path, "must be an object")
-            name = raw.get("name")
-            if not isinstance(name, str) or not name:
-                raise InvalidArgument(f"{path}.name", "required")
-            if len(name) > MAX_NAME_CHARS:
-                raise InvalidArgument(f"{path}.name", f"longer than {MAX_NAME_CHARS} characters")
-            domain = self._domain(raw, path)
-            condition = self._condition(raw.get("condition"), names, f"{path}.condition")
-            param = Parameter(name=name, domain=domain, condition=condition)
-            if name in alternatives:
-                alternatives[name].add(param, f"{path}.name")
+            param = self._parameter(raw, path, names)
+            if param.name in alternatives:
+                alternatives[param.name].add(param, f"{path}.name")
             else:
-                alternatives[name] = _Alternatives(param)
-            self._check_target(param, spec, names, path)
-            names.setdefault(name, param)
+                alternatives[param.name] = _Alternatives(param)
+            if spec is not None:
+                self._check_target(param, spec, names, path)
+            names.setdefault(param.name, param)
             out.append(param)
         return tuple(out)
+
+    def _parameter(self, raw: Any, path: str, names: dict[str, Parameter]) -> Parameter:
+        if not isinstance(raw, dict):
+            raise InvalidArgument(path, "must be an object")
+        name = raw.get("name")
+        if not isinstance(name, str) or not name:
+            raise InvalidArgument(f"{path}.name", "required")
+        if len(name) > MAX_NAME_CHARS:
+            raise InvalidArgument(f"{path}.name", f"longer than {MAX_NAME_CHARS} characters")
+        domain = self._domain(raw, path)
+        condition = self._condition(raw.get("condition"), names, f"{path}.condition")
+        return Parameter(name=name, domain=domain, condition=condition)
 
     def _domain(self, raw: dict[str, Any], path: str) -> IntRange | FloatRange | Choice:
         present = [k for k in ("int_range", "float_range", "choice") if k in raw]

@@ -17,7 +17,7 @@ from tuneyard.server.study.domain import TrialRecord, TrialState, trial_to_dict
 from tuneyard.server.study.journal import StudyJournal
 from tuneyard.server.study.outcomes import Ending, final_state
 from tuneyard.server.study.results import Results, trial_end
-from tuneyard.server.study.search import build_search
+from tuneyard.server.study.search import build_search, tell
 from tuneyard.server.study.spec import StudyPlan
 from tuneyard.server.study.stopping import StopperLedger
 
@@ -46,7 +46,7 @@ class TrialBook:
         cls, study_id: str, plan: StudyPlan, *, storage: Store, journal: StudyJournal, registry: PluginRegistry
     ) -> TrialBook:
         """A study's book with its searcher and early stopper built from the plan, and no results yet."""
-        searcher, stopping = build_search(plan, registry)
+        searcher, stopping = build_search(plan, registry, storage)
         return cls(
             study_id,
             plan,
@@ -86,7 +86,7 @@ class TrialBook:
         if state == TrialState.FAILED:
             self.results.failures += 1
         value = end.objective_value if state in (TrialState.COMPLETED, TrialState.PRUNED) else None
-        self.searcher.observe(trial_id, state.value, value)
+        tell(self.searcher, self.plan, trial_id, end, value)
         self.stopping.complete(trial_id, value)
         with self.storage.atomic():
             trial = self.storage.end_trial(self.study_id, trial_id, end)

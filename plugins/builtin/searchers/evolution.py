@@ -5,6 +5,9 @@ arrived); after that, draw `sample_size` observed members at random, take the be
 and mutate it. Observe: a COMPLETED or PRUNED result joins the population, and the oldest member
 leaves once it holds more than `population_size`. Failed and cancelled trials leave no member.
 
+Initial configs are filled at random; an earlier study's trials (a warm start) join the population
+as results do (a feasible one with a value), and are not suggested again.
+
 Mutation respects conditions: the child is rebuilt in space order, keeping the parent's values,
 mutating the chosen ones, sampling parameters that became active (a new alternative included)
 and dropping those that became inactive.
@@ -78,11 +81,30 @@ class EvolutionSearcher:
 
     def observe(self, trial_id: int, state: str, value: float | None) -> None:
         config = self._pending.pop(trial_id, None)
-        if config is None or state not in ("COMPLETED", "PRUNED") or value is None or not math.isfinite(value):
+        if config is not None:
+            self._join(config, state, value)
+
+    def _join(self, config: Config, state: str, value: float | None) -> None:
+        """A result joins the population (a finite COMPLETED or PRUNED one)."""
+        if state not in ("COMPLETED", "PRUNED") or value is None or not math.isfinite(value):
             return
         self._population.append((config, float(value)))
         if len(self._population) > self.population_size:
             self._population.pop(0)  # aging: the oldest member leaves, however good
+
+    def suggest_initial(self, trial_id: int, partial: Config) -> Config | None:
+        """`partial` with the other active parameters drawn; None when that config was suggested."""
+        config = _space.fill(self.space, partial, self._rng)
+        if config in self._seen:
+            return None
+        self._pending[trial_id] = self._seen.add(config)
+        return dict(config)
+
+    def observe_prior(self, config: Config, state: str, value: float | None, constraints: Sequence[float]) -> None:
+        """An earlier study's trial: never suggested again, and a member while feasible with a result."""
+        self._seen.add(dict(config))
+        if not any(c > 0 for c in constraints):
+            self._join(dict(config), state, value)
 
     def state_dict(self) -> dict[str, Any]:
         version, internal, gauss = self._rng.getstate()

@@ -29,6 +29,15 @@ class RandomSearcher:
     def observe(self, trial_id: int, state: str, value: float | None) -> None:
         """Random search ignores results."""
 
+    def suggest_initial(self, trial_id: int, partial: Config) -> Config | None:
+        """`partial` with the other active parameters drawn; None when that config was suggested."""
+        config = _space.fill(self.space, partial, self._rng)
+        return None if config in self._seen else self._seen.add(config)
+
+    def observe_prior(self, config: Config, state: str, value: float | None, constraints: Sequence[float]) -> None:
+        """An earlier study's trial: its config is not suggested again."""
+        self._seen.add(dict(config))
+
     def state_dict(self) -> dict[str, Any]:
         version, internal, gauss = self._rng.getstate()
         return {"rng": [version, list(internal), gauss], "seen": list(self._seen.keys)}

@@ -66,6 +66,11 @@ def build(space: Sequence[Parameter], pick: Callable[[int, Parameter, Config], A
     return config
 
 
+def fill(space: Sequence[Parameter], partial: Config, rng: random.Random) -> Config:
+    """A config with `partial`'s values (an initial config) and the other active parameters drawn."""
+    return build(space, lambda i, p, c: partial[p.name] if p.name in partial else sample(p.domain, rng))
+
+
 def active_indices(space: Sequence[Parameter], config: Config) -> list[int]:
     """Indices of the parameters (alternatives included) that produced `config`'s values."""
     out: list[int] = []
