@@ -159,3 +159,27 @@ def test_a_trained_model_over_its_params_budget_completes_infeasible(server: Any
     assert (small.violated_constraints, large.violated_constraints) == ([], ["params <= 2000"])
     study = stub.GetStudy(pb.GetStudyRequest(study_id=study_id))
     assert study.state == pb.STUDY_COMPLETED and study.best_trial.trial_id == small.trial_id
+
+
+def test_a_store_written_before_constraints_gains_the_column_and_keeps_its_trials(tmp_path: Any) -> None:
+    import sqlite3
+    import time
+
+    from tuneyard.server.storage.sqlite import Storage
+    from tuneyard.server.storage.sqlite_file import DB_NAME
+    from tuneyard.server.study.domain import TrialEnd
+
+    store = Storage(tmp_path)
+    study, _ = store.create_study(external_spec(), "")
+    store.create_trial(study.study_id, 1, {"x": 1.0}, "client:a", "")
+    store.end_trial(study.study_id, 1, TrialEnd(TrialState.COMPLETED, time.time(), objective_value=0.5))
+    store.close()
+    with sqlite3.connect(tmp_path / DB_NAME) as db:  # the trials table as the release before wrote it
+        db.execute("ALTER TABLE trials DROP COLUMN violated_constraints")
+    store = Storage(tmp_path)
+    old = store.get_trial(study.study_id, 1)
+    assert (old.objective_value, old.violated_constraints, old.feasible) == (0.5, [], True)
+    store.create_trial(study.study_id, 2, {"x": 2.0}, "client:a", "")
+    end = TrialEnd(TrialState.COMPLETED, time.time(), objective_value=0.9, violated_constraints=["params <= 1000"])
+    assert store.end_trial(study.study_id, 2, end).violated_constraints == ["params <= 1000"]
+    store.close()

@@ -121,3 +121,21 @@ def test_an_unknown_study_or_another_space_is_refused_naming_the_study_and_param
             validator.validate(spec_of({"name": "tpe"}, 3, space, warm_start={"study_ids": ids}))
         assert err.value.field == path and why in err.value.reason, err.value
     assert validator.validate(spec_of({"name": "tpe"}, 3, warm_start={"study_ids": [earlier]})).warm_start == (earlier,)
+
+
+def test_a_restored_search_does_not_tell_the_earlier_trials_twice(ext: tuple[Any, Any], earlier: str) -> None:
+    from tuneyard.server.study.search import build_search
+
+    handle = ext[0]
+    registry = PluginRegistry.load(entry_points=False)
+    plan = SpecValidator(registry).validate(spec_of({"name": "tpe"}, 3, warm_start={"study_ids": [earlier]}))
+    searcher, _ = build_search(plan, registry, handle.storage)
+    searcher.suggest(1)
+    journaled = searcher.state_dict()
+    told = [e for e in journaled["searcher"]["events"] if e[0] == "prior"]
+    assert len(told) == 20 and journaled["guided"]["primed"]
+    restored, _ = build_search(plan, registry, handle.storage)
+    restored.load_state_dict(journaled)
+    assert restored.suggest(2) == searcher.suggest(2)
+    events = restored.state_dict()["searcher"]["events"]
+    assert [e[0] for e in events].count("prior") == 20
