@@ -108,7 +108,7 @@ def test_hostile_warm_starts_are_refused_with_their_path(
 def test_an_unknown_study_or_another_space_is_refused_naming_the_study_and_parameter(
     ext: tuple[Any, Any], earlier: str
 ) -> None:
-    validator = SpecValidator(PluginRegistry.load(entry_points=False), studies=ext[0].storage)
+    validator = SpecValidator(PluginRegistry.load(entry_points=False))
     wider = [SPACE[0], {"name": "y", "float_range": {"low": 0.0, "high": 2.0}}]
     more = [*SPACE, {"name": "w", "choice": {"values": [1, 2]}}]
     for space, ids, path, why in (
@@ -117,10 +117,13 @@ def test_an_unknown_study_or_another_space_is_refused_naming_the_study_and_param
         (more, [earlier], "spec.warm_start.study_ids[0]", f"study {earlier!r} does not search 'w'"),
         (SPACE[:1], [earlier], "spec.warm_start.study_ids[0]", "also searches 'y', which this study does not"),
     ):
+        plan = validator.validate(spec_of({"name": "tpe"}, 3, space, warm_start={"study_ids": ids}))
         with pytest.raises(InvalidArgument) as err:
-            validator.validate(spec_of({"name": "tpe"}, 3, space, warm_start={"study_ids": ids}))
+            validator.check_earlier_studies(plan, ext[0].storage)
         assert err.value.field == path and why in err.value.reason, err.value
-    assert validator.validate(spec_of({"name": "tpe"}, 3, warm_start={"study_ids": [earlier]})).warm_start == (earlier,)
+    plan = validator.validate(spec_of({"name": "tpe"}, 3, warm_start={"study_ids": [earlier]}))
+    validator.check_earlier_studies(plan, ext[0].storage)
+    assert plan.warm_start == (earlier,)
 
 
 def test_a_restored_search_does_not_tell_the_earlier_trials_twice(ext: tuple[Any, Any], earlier: str) -> None:
@@ -139,3 +142,20 @@ def test_a_restored_search_does_not_tell_the_earlier_trials_twice(ext: tuple[Any
     assert restored.suggest(2) == searcher.suggest(2)
     events = restored.state_dict()["searcher"]["events"]
     assert [e[0] for e in events].count("prior") == 20
+
+
+def test_a_search_leaves_out_an_earlier_study_deleted_or_of_another_space(ext: tuple[Any, Any], earlier: str) -> None:
+    from tuneyard.server.study.search import warm_priors
+    from tuneyard.server.study.spec_components import ComponentChecker
+    from tuneyard.server.study.spec_space import SpaceChecker
+
+    handle, stub = ext
+    other, _ = run(stub, spec_of({"name": "random"}, 2, SPACE[:1]), 2, lambda c: c["x"])
+    gone, _ = run(stub, spec_of({"name": "random"}, 2), 2)
+    handle.storage.delete_study(gone)
+    registry = PluginRegistry.load(entry_points=False)
+    plan = SpecValidator(registry).validate(
+        spec_of({"name": "tpe"}, 3, warm_start={"study_ids": [other, gone, earlier]})
+    )
+    priors = warm_priors(plan, handle.storage, SpaceChecker(ComponentChecker(registry)))
+    assert len(priors) == 20 and all(set(p.config) == {"x", "y"} and p.state == "COMPLETED" for p in priors)

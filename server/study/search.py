@@ -19,6 +19,7 @@ and the earlier trials are not told twice.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections.abc import Callable
@@ -36,6 +37,7 @@ from tuneyard.server.study.spec_search import check_warm_studies, in_domain
 from tuneyard.server.study.spec_space import SpaceChecker
 from tuneyard.server.study.stopping import StopperLedger
 
+log = logging.getLogger(__name__)
 _PAGE = 500
 _TOLD = (TrialState.COMPLETED, TrialState.PRUNED, TrialState.FAILED, TrialState.INFEASIBLE)
 
@@ -52,8 +54,7 @@ def max_epochs(plan: StudyPlan) -> int:
 
 def build_search(plan: StudyPlan, registry: PluginRegistry, storage: Store | None = None) -> tuple[Any, StopperLedger]:
     """The searcher (guided by the plan's constraints, initial configs and warm start), and the early
-    stopper (none without `early_stopping`) in its ledger. A warm start needs `storage`; its
-    studies' spaces are checked again here (InvalidArgument)."""
+    stopper (none without `early_stopping`) in its ledger. A warm start needs `storage`."""
     searcher_spec = plan.spec["searcher"]
     searcher = registry.create(
         "searcher",
@@ -68,9 +69,8 @@ def build_search(plan: StudyPlan, registry: PluginRegistry, storage: Store | Non
     if plan.initial_configs or plan.warm_start:
         if plan.warm_start and storage is None:
             raise ValueError("a warm start reads earlier studies: build_search needs the store")
-        if storage is not None and plan.warm_start:
-            check_warm_studies(list(plan.warm_start), plan.space, storage, SpaceChecker(ComponentChecker(registry)))
-        searcher = GuidedSearcher(searcher, plan, lambda: warm_priors(plan, storage) if storage else [])
+        parser = SpaceChecker(ComponentChecker(registry))
+        searcher = GuidedSearcher(searcher, plan, lambda: warm_priors(plan, storage, parser) if storage else [])
     stopper = None
     if plan.spec.get("early_stopping"):
         es = plan.spec["early_stopping"]
@@ -104,11 +104,18 @@ class Prior:
     constraints: tuple[float, ...]
 
 
-def warm_priors(plan: StudyPlan, storage: Store) -> list[Prior]:
+def warm_priors(plan: StudyPlan, storage: Store, parser: SpaceChecker) -> list[Prior]:
     """The finished trials of the warm start's studies, in study then trial order. A COMPLETED or
-    PRUNED trial without a finite value of this study's objective is left out (nothing to learn)."""
+    PRUNED trial without a finite value of this study's objective is left out (nothing to learn), and
+    so is a study deleted since this one was created, or one whose space is not this one's (refused
+    at creation; a searcher must never be told configs of another space)."""
     out: list[Prior] = []
     for study_id in plan.warm_start:
+        try:
+            check_warm_studies([study_id], plan.space, storage, parser)
+        except InvalidArgument as exc:
+            log.warning("warm start of %s: study %s left out: %s", plan.spec.get("name", ""), study_id, exc.reason)
+            continue
         token = ""
         while True:
             trials, token = storage.list_trials(study_id, _PAGE, token)

@@ -103,13 +103,11 @@ class SpecValidator:
     """Checks a spec against the plugin registry; one instance serves every request.
 
     `data_root` is the server's `--data-root`: path options must lie inside it. "" means none is
-    configured, and then only empty path values pass. `studies` is the store a warm start's earlier
-    studies are read from; without it their spaces are not compared (the search checks them again).
+    configured, and then only empty path values pass.
     """
 
-    def __init__(self, registry: PluginRegistry, data_root: str = "", studies: Store | None = None) -> None:
+    def __init__(self, registry: PluginRegistry, data_root: str = "") -> None:
         self.registry = registry
-        self.studies = studies
         self.data_root = data_root
         self.components = ComponentChecker(registry, data_root)
         self.space = SpaceChecker(self.components)
@@ -171,14 +169,19 @@ class SpecValidator:
         constraints = check_constraints(spec.get("constraints") or [], out, self.objectives)
         initial = check_initial_configs(spec.get("initial_configs") or [], space, max_trials)
         warm = check_warm_start(spec["warm_start"]) if spec.get("warm_start") is not None else []
-        if warm and self.studies is not None:
-            check_warm_studies(warm, space, self.studies, self.space)
         for key, value in (("constraints", constraints_dict(constraints)), ("initial_configs", initial)):
             if value:
                 out[key] = value
         if warm:
             out["warm_start"] = {"study_ids": warm}
         return constraints, initial, warm
+
+    def check_earlier_studies(self, plan: StudyPlan, store: Store) -> None:
+        """A new study's warm start against the store: each earlier study exists and searches exactly
+        this space, else InvalidArgument (`spec.warm_start.study_ids[i]`, naming study and parameter).
+        Asked when a study is created, not when it resumes (an earlier study may be deleted since)."""
+        if plan.warm_start:
+            check_warm_studies(list(plan.warm_start), plan.space, store, self.space)
 
     def _budget(self, budget: Any) -> tuple[int, int, int, float | None, int]:
         path = "spec.budget"
