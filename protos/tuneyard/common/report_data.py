@@ -181,7 +181,7 @@ def _numeric_axis(name: str, values: list[float], log: bool, integer: bool = Fal
     inner = [
         v
         for v in _inner_ticks(min(values), max(values), log)
-        if (not integer or float(v).is_integer()) and 0.1 < (position(v) or 0.0) < 0.9  # clear of the ends
+        if (not integer or float(v).is_integer()) and 0.15 < (position(v) or 0.0) < 0.85  # clear of the ends
     ]
     marks = [min(values), *inner, max(values)] if hi > lo else [min(values)]
     labels = [(position(v) or 0.0, number(int(v) if integer else v)) for v in marks]

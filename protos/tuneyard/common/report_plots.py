@@ -119,7 +119,7 @@ def parallel_plot(data: ReportData) -> str:
     axes, lines = parallel_data(data)
     if len(axes) < 2:
         return empty_note("nothing to compare yet: no trial has parameters and an objective value")
-    top, bottom, right = M["top"] + 14, 380 - M["bottom"] - 24, 1000 - 170
+    top, bottom, right = M["top"] + 14, 380 - M["bottom"] - 24, 1000 - 190
     step = (right - M["left"]) / (len(axes) - 1)
     xs = [M["left"] + i * step for i in range(len(axes))]
 
@@ -149,7 +149,7 @@ def parallel_plot(data: ReportData) -> str:
     if has_objective:
         body.append(
             colour_bar(
-                right + 100,
+                right + 110,
                 top + 10,
                 bottom - top - 20,
                 min(scored.values()),
