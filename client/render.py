@@ -17,10 +17,10 @@ from rich.text import Text
 
 from tuneyard.client.results import RunResult, objective_values, objectives_of
 from tuneyard.client.specfile import config_to_dict
+from tuneyard.common.report_data import FINISHED, finished_count, trials_done
 from tuneyard.common.trials import last_line, number, trial_label
 from tuneyard.v1 import service_pb2, spec_pb2
 
-_FINISHED = ("completed", "failed", "pruned", "cancelled", "infeasible")
 STDERR_LINES = 50  # the server keeps this many; a longer tail is cut to it here as well
 # Per-epoch columns of `tuneyard trial` beside the objectives (all metrics are in "final metrics").
 _CURVE_METRICS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "lr")
@@ -186,21 +186,10 @@ def study_phase(study: service_pb2.Study) -> str:
     return f"{state} (waiting for a slot)"
 
 
-def finished_count(study: service_pb2.Study) -> int:
-    """Trials that ended, whatever the way (infeasible ones included: the budget counts them)."""
-    return sum(getattr(study.trial_counts, name) for name in _FINISHED)
-
-
-def _unsuccessful(study: service_pb2.Study) -> str:
-    """``1 failed, 2 infeasible`` (empty when none)."""
-    counts = study.trial_counts
-    return ", ".join(f"{getattr(counts, n)} {n}" for n in ("failed", "infeasible") if getattr(counts, n))
-
-
 def result_yaml(result: RunResult) -> str:
     """The outcome of a study as a YAML document whose comments are the headings."""
     study = result.study
-    counts = ", ".join(f"{getattr(study.trial_counts, n)} {n}" for n in _FINISHED if getattr(study.trial_counts, n))
+    counts = ", ".join(f"{getattr(study.trial_counts, n)} {n}" for n in FINISHED if getattr(study.trial_counts, n))
     out = [f"# study {study.study_id} ({study.spec.name or 'unnamed'}): {study_state(study.state)}"]
     if counts:
         out[0] += f"; trials: {counts}"
@@ -252,10 +241,7 @@ def _rounded(metrics: Mapping[str, float]) -> dict[str, float]:
 def studies_table(studies: Iterable[service_pb2.Study]) -> Table:
     table = Table("id", "name", "state", "trials done", "best value", title="studies")
     for study in studies:
-        budget = study.spec.budget.max_trials
-        done = f"{finished_count(study)}/{budget}" if budget else str(finished_count(study))
-        if unsuccessful := _unsuccessful(study):
-            done += f" ({unsuccessful})"
+        done = trials_done(study)
         best = objective_text(study.best_trial, study.spec) if study.HasField("best_trial") else ""
         _row(table, study.study_id, study.spec.name, study_phase(study), done, best)
     return table
