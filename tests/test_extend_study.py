@@ -41,13 +41,18 @@ def value_of(config: dict[str, float]) -> float:
 
 
 @pytest.fixture(scope="module")
-def ext(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def ext_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from tuneyard.server.app import start_server
 
     handle = start_server(data_dir=tmp_path_factory.mktemp("extend-data"), devices="cpu", cpu_slots=1)
-    with grpc.insecure_channel(handle.address) as channel:
-        yield service_pb2_grpc.TrainingServiceStub(channel)
+    yield handle
     handle.stop()
+
+
+@pytest.fixture(scope="module")
+def ext(ext_server: Any) -> Iterator[Any]:
+    with grpc.insecure_channel(ext_server.address) as channel:
+        yield service_pb2_grpc.TrainingServiceStub(channel)
 
 
 def create(stub: Any, body: dict[str, Any]) -> str:
@@ -189,3 +194,20 @@ def test_an_extension_survives_a_kill_right_after_it(server_process: Any, tmp_pa
     study = stub.GetStudy(pb.GetStudyRequest(study_id=study_id), timeout=30)
     assert study.state == pb.STUDY_COMPLETED and study.trial_counts.completed == 4
     restarted.kill()  # nothing left to keep: a graceful stop only takes longer
+
+
+def test_the_cli_extends_with_a_duration_and_detaches(ext: Any, ext_server: Any, capsys: Any) -> None:
+    from tuneyard.client.cli import main
+    from tuneyard.client.lifecycle import parse_duration
+
+    assert [parse_duration(v) for v in ("90", "90s", "10m", "1h30m", "1.5h", 2)] == [90, 90, 600, 5400, 5400, 2]
+    study_id = create(ext, spec(1, "random"))
+    evaluate_all(ext, study_id)
+    address = ext_server.address
+    assert main(["extend", study_id, "--trials", "1", "--duration", "10m", "--detach", "--server", address]) == 0
+    assert f"study {study_id} extended: max_trials 2, max_duration 60" in capsys.readouterr().out
+    budget = ext.GetStudy(pb.GetStudyRequest(study_id=study_id), timeout=30).spec.budget
+    assert 600 <= budget.max_duration.ToTimedelta().total_seconds() < 610  # the time it ran, plus 10 minutes
+    assert len(evaluate_all(ext, study_id)) == 1
+    assert main(["extend", study_id, "--duration", "soon", "--server", address]) == 2
+    assert "not a duration" in capsys.readouterr().err
