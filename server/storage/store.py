@@ -6,7 +6,7 @@ is the one backend. Contract (after Optuna's `storages/_base.py`):
   `atomic()` makes every call inside its block one transaction; blocks nest (an inner one joins the
   outermost), and an exception leaving the outermost block undoes every write inside it.
 - Only a study's runner writes its trials and events; RPC handlers only read, except `create_study`
-  (and the study manager ends a study it cannot resume).
+  (and the study manager ends a study it cannot resume, and extends or deletes an ended one).
 - Durability order: a write (an epoch's metrics, an event) is committed when its method returns,
   or when the outermost `atomic()` block ends. The event hub announces an event only after
   `append_event` returned, so a watcher that reconnects with its last sequence sees each event once.

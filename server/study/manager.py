@@ -1,4 +1,5 @@
-"""Owns the study runners: creates studies, starts and cancels their runners, resumes after a restart."""
+"""Owns the study runners: creates studies, starts and cancels their runners, resumes after a restart,
+and extends or deletes studies that have ended."""
 
 from __future__ import annotations
 
