@@ -17,7 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from tuneyard.plugins.builtin.models import convnet, mlp, simple_cnn
+from tuneyard.plugins.builtin.tasks.heads import Classification, Regression
+from tuneyard.server.worker.batches import Batches
+from tuneyard.server.worker.fused.epoch import FusedTotals, MemberLosses, evaluate_members
 from tuneyard.server.worker.fused.stack import FusedModel, fusable, fused_step, member_losses
+from tuneyard.server.worker.measure import evaluate_split
 
 SHAPE = (1, 8, 8)  # the digits dataset's input
 CLASSES = 10
@@ -263,3 +267,43 @@ def test_fused_forward_backward_time_k8_simple_cnn() -> None:
         f"\nK=8 simple_cnn, batch 64, 1 thread: sequential {seq * 1e3:.1f} ms, fused {fus * 1e3:.1f} ms, "
         f"speed-up {seq / fus:.2f}x"
     )
+
+
+def test_member_losses_are_each_members_cross_entropy_with_its_label_smoothing() -> None:
+    """One op for every member's built-in classification loss: the solo gradients bitwise, the losses to rounding."""
+    smoothing = (0.0, 0.1, 0.0, 0.25)
+    tasks = [Classification(num_classes=CLASSES, label_smoothing=s) for s in smoothing]
+    outputs = torch.randn(len(tasks), 32, CLASSES, generator=torch.Generator().manual_seed(3), requires_grad=True)
+    y = batch(1, n=32)[1]
+    fused = MemberLosses(tasks)(outputs, y)
+    alone = torch.stack([F.cross_entropy(outputs[k], y, label_smoothing=s) for k, s in enumerate(smoothing)])
+    close(fused.detach(), alone.detach(), 1e-6)
+    (fused_grad,) = torch.autograd.grad(fused.sum(), outputs)
+    (alone_grad,) = torch.autograd.grad(alone.sum(), outputs)
+    assert torch.equal(fused_grad, alone_grad)
+    # any other task is called once per member
+    plain = MemberLosses([Regression(), Regression(loss="l1")])(outputs[:2, :, :1], y.float())
+    assert torch.equal(
+        plain, torch.stack([F.mse_loss(outputs[0, :, 0], y.float()), F.l1_loss(outputs[1, :, 0], y.float())])
+    )
+
+
+def test_fused_totals_and_validation_equal_each_members_solo_measurement() -> None:
+    """`evaluate_members` (one vmapped pass) gives every member what `evaluate_split` gives its module."""
+    solos = members("convnet_bn")
+    fused = FusedModel(solos)
+    fused_step(fused, *batch(2), F.cross_entropy)  # batch norm statistics that differ per member
+    data = [(x, y) for x, y in zip(torch.randn(100, *SHAPE), torch.randint(0, CLASSES, (100,)), strict=True)]
+    batches = Batches(data, 32, device=torch.device("cpu"), shuffle=False, seed=0)
+    task = Classification(num_classes=CLASSES)
+    got = evaluate_members(fused, batches, task, "fp32", torch.device("cpu"), lambda: None)
+    for k in range(len(solos)):
+        alone = evaluate_split(fused.unstack(k), batches, task, "fp32", torch.device("cpu"), lambda: None)
+        assert got[k]["accuracy"] == alone["accuracy"]
+        assert got[k]["loss"] == pytest.approx(alone["loss"], abs=1e-6)
+    totals = FusedTotals(task, 3, torch.device("cpu"))
+    x, y = batch(4)
+    out = fused(x).detach()
+    totals.add(MemberLosses([task] * 3)(out, y), out, y)
+    totals.keep([0, 2])  # member 1 left the group mid-pass
+    assert [r["accuracy"] for r in totals.read()] == [float((out[k].argmax(1) == y).float().mean()) for k in (0, 2)]

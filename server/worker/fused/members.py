@@ -32,7 +32,6 @@ from tuneyard.server.execution.messages import TrainTask
 from tuneyard.server.study.settings import Component, TrialSettings
 from tuneyard.server.worker.fused.optimizers import FACTORIES, StackedOptimizer, Unfusable, fuse_optimizer
 from tuneyard.server.worker.fused.stack import FusedModel
-from tuneyard.server.worker.task_totals import TaskTotals
 
 FUSABLE = ("training.optimizer.options", "training.label_smoothing", "training.lr_scheduler.options")
 
@@ -112,7 +111,6 @@ class Member:
     metrics: dict[str, float] = field(default_factory=dict)
     best: Any = None
     since_best: int = 0
-    totals: TaskTotals | None = None
 
     @property
     def lr(self) -> float:

@@ -30,6 +30,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -40,6 +41,14 @@ from tuneyard.server.execution.messages import TrainTask
 from tuneyard.server.study.settings import TrainingSettings, TrialSettings
 from tuneyard.server.worker.batches import Batches
 from tuneyard.server.worker.checkpoints import load_resume, resume_path, save_epoch
+from tuneyard.server.worker.fused.epoch import (
+    FusedTotals,
+    MemberLosses,
+    StateOf,
+    evaluate_members,
+    run_all,
+    writer_pool,
+)
 from tuneyard.server.worker.fused.members import (
     Member,
     ModelView,
@@ -50,9 +59,9 @@ from tuneyard.server.worker.fused.members import (
     settings_problem,
 )
 from tuneyard.server.worker.fused.optimizers import StackedOptimizer, Unfusable, fuse_optimizer
-from tuneyard.server.worker.fused.stack import FusedModel, fusable, member_losses
-from tuneyard.server.worker.measure import autocast, evaluate_split, latency_ms, peak_memory
-from tuneyard.server.worker.task_totals import TaskTotals, build_task, prefixed
+from tuneyard.server.worker.fused.stack import FusedModel, fusable
+from tuneyard.server.worker.measure import autocast, latency_ms, peak_memory
+from tuneyard.server.worker.task_totals import build_task, prefixed
 from tuneyard.server.worker.trainer import EVAL_BATCH, Trainer
 
 GroupReport = Callable[[int, int, dict[str, float]], None]  # (trial_id, epoch, metrics)
@@ -74,6 +83,11 @@ class _Group:
     counts: dict[str, float]
     epoch: int = 0  # the last epoch every remaining member finished
     results: dict[int, dict[str, Any]] = field(default_factory=dict)
+    totals: FusedTotals | None = None  # this pass's training sums, a row per member
+
+    def losses(self) -> MemberLosses:
+        """The members' training losses (their label smoothing), in one op when the task is built in."""
+        return MemberLosses([m.loss for m in self.members])
 
     def sync_lr(self) -> None:
         """The members' schedules' lr into the fused optimizer."""
@@ -116,6 +130,7 @@ class GroupTrainer(Trainer):
 
     def __init__(self, registry: PluginRegistry, device: str, data_root: str = "") -> None:
         super().__init__(registry, device, data_root)
+        self._writers = writer_pool()
 
     # ---- refusals ----
 
@@ -249,29 +264,33 @@ class GroupTrainer(Trainer):
         if keep:
             options = [group.members[i].settings.training.optimizer.options for i in keep]
             group.fused, group.optimizer = regroup(group.fused, group.optimizer, keep, options)
+            if group.totals is not None:
+                group.totals.keep(keep)
         group.members = [group.members[i] for i in keep]
 
     def _fused_epoch(self, group: _Group, epoch: int, should_stop: GroupShouldStop) -> _Pass | None:
         """One pass over the batches for every member; None when every member stopped before its end."""
         started = time.perf_counter()
         group.fused.train()
-        for member in group.members:
-            member.totals = TaskTotals(member.loss, self.device)
+        group.totals = FusedTotals(group.members[0].loss, len(group.members), self.device)
+        losses = group.losses()
         x = torch.empty(0)
         for x, y in group.train_batches:
             stopped = [m for m in group.members if should_stop(m.task.trial_id)]
-            self._leave(group, {m.task.trial_id: _result(m.metrics, epoch - 1, True) for m in stopped})
-            if not group.members:
-                return None
-            self._step(group, x, y)
+            if stopped:
+                self._leave(group, {m.task.trial_id: _result(m.metrics, epoch - 1, True) for m in stopped})
+                if not group.members:
+                    return None
+                losses = group.losses()
+            self._step(group, losses, x, y)
         return _Pass(x, started, time.perf_counter() - started)
 
-    def _step(self, group: _Group, x: torch.Tensor, y: torch.Tensor) -> None:
+    def _step(self, group: _Group, member_losses: MemberLosses, x: torch.Tensor, y: torch.Tensor) -> None:
         """One fused step: every member's loss, one backward, clipping and the step per member."""
         fused, training = group.fused, group.training
         with autocast(self.device, training.precision):
             outputs = fused(x)
-            losses = member_losses(outputs, y, [m.loss.loss for m in group.members])
+            losses = member_losses(outputs, y)
         losses.sum().backward()
         if training.grad_clip_norm:
             clip_members(fused.params, training.grad_clip_norm)
@@ -281,30 +300,35 @@ class GroupTrainer(Trainer):
             for member in group.members:
                 member.scheduler.step()
             group.sync_lr()
-        for k, member in enumerate(group.members):
-            assert member.totals is not None
-            member.totals.add(losses[k], outputs[k], y)
+        assert group.totals is not None
+        group.totals.add(losses, outputs, y)
 
     def _end_epoch(
         self, group: _Group, epoch: int, done: _Pass, report: GroupReport, should_stop: GroupShouldStop
     ) -> None:
-        """Each member's metrics, schedule step, checkpoint and report; then who leaves."""
+        """Each member's metrics and schedule step, the checkpoints (written together), the reports; then who leaves."""
         leaving: dict[int, dict[str, Any]] = {}
-        for index, member in enumerate(group.members):
-            assert member.totals is not None
-            train = member.totals.read()
-            if not math.isfinite(train["loss"]):
+        saved: list[int] = []
+        for index, (member, metrics) in enumerate(zip(group.members, self._measure(group, done), strict=True)):
+            if not math.isfinite(metrics["train_loss"]):
                 leaving[member.task.trial_id] = {"error": f"training loss diverged at epoch {epoch}"}
                 continue
-            module = group.fused.unstack(index)
-            member.metrics = self._metrics(group, member, module, train, done)
+            member.metrics = {
+                **metrics,
+                "lr": member.lr,
+                "epoch_seconds": time.perf_counter() - done.started,
+                "train_seconds": done.train_seconds,
+                **peak_memory(self.device),
+                **group.counts,
+            }
             if member.scheduler is not None and group.interval == "epoch":
                 member.scheduler.step(member.metrics[group.monitor]) if group.monitor else member.scheduler.step()
                 group.optimizer.lr[index] = member.lr  # before the checkpoint, which saves it
             member.best, member.since_best = _track(member, member.metrics)
-            progress = {"epoch": epoch, "metrics": member.metrics, "best": member.best, "since_best": member.since_best}
-            path = Path(member.task.checkpoint)
-            save_epoch(path, module, self._parts(group, index), group.train_batches, progress, self.device)
+            saved.append(index)
+        run_all(self._writers, [partial(self._save, group, index, epoch) for index in saved])
+        for index in saved:
+            member = group.members[index]
             report(member.task.trial_id, epoch, member.metrics)
             patience = member.settings.training.early_stop_patience
             if should_stop(member.task.trial_id):
@@ -314,22 +338,34 @@ class GroupTrainer(Trainer):
         group.epoch = epoch
         self._leave(group, leaving)
 
-    def _metrics(
-        self, group: _Group, member: Member, module: torch.nn.Module, train: dict[str, float], done: _Pass
-    ) -> dict[str, float]:
-        """A member's epoch metrics, named as the solo trainer names them."""
-        precision = group.training.precision
-        val = evaluate_split(module, group.val_batches, member.measured, precision, self.device, self.heartbeat)
-        return {
-            "inference_latency_ms": latency_ms(module, done.last_input[:1], self.device),
-            **prefixed("train", train),
-            **prefixed("val", val),
-            "lr": member.lr,
-            "epoch_seconds": time.perf_counter() - done.started,
-            "train_seconds": done.train_seconds,
-            **peak_memory(self.device),
-            **group.counts,
-        }
+    def _measure(self, group: _Group, done: _Pass) -> list[dict[str, float]]:
+        """Every member's train and val metrics (one vmapped validation) and the group's latency, solo names.
+
+        The inference latency is the architecture's (one input through one member's module), which
+        every member shares, so it is measured once per group and reported by each member.
+        """
+        assert group.totals is not None
+        trains = group.totals.read()
+        measured, precision = group.members[0].measured, group.training.precision
+        vals = evaluate_members(group.fused, group.val_batches, measured, precision, self.device, self.heartbeat)
+        latency = latency_ms(group.fused.unstack(0), done.last_input[:1], self.device)
+        return [
+            {
+                "inference_latency_ms": latency,
+                **prefixed("train", train),
+                **prefixed("val", val),
+            }
+            for train, val in zip(trains, vals, strict=True)
+        ]
+
+    def _save(self, group: _Group, index: int, epoch: int) -> None:
+        """Member `index`'s solo per-epoch files; its weights are copied out of the stack once for both."""
+        member = group.members[index]
+        model = StateOf(group.fused.member_state_dict(index))
+        parts = {**self._parts(group, index), "model": model}
+        progress = {"epoch": epoch, "metrics": member.metrics, "best": member.best, "since_best": member.since_best}
+        path = Path(member.task.checkpoint)
+        save_epoch(path, cast(torch.nn.Module, model), parts, group.train_batches, progress, self.device)
 
 
 def _track(member: Member, metrics: dict[str, float]) -> tuple[Any, int]:

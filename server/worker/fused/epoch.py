@@ -1,0 +1,150 @@
+"""A fused epoch's per-member measurements in few calls: losses, sums, validation, checkpoint writes.
+
+The solo trainer calls its task's `loss` and `sums` once per batch; a group of K members calling
+them K times per batch (and validating K unstacked copies, probing K latencies) spends its epoch in
+Python, not in the fused kernels. For the built-in classification task (`Classification`, the
+task of every built-in classification dataset) the members' losses and sums are computed here in
+one vectorised op over the outputs (K, N, C), with each member's label smoothing as a (K,) tensor:
+torch's own formula (log-softmax, the mean NLL, ``(1 - ls) * nll + ls / C * smooth``), so every
+member's gradient is bitwise its solo `F.cross_entropy`'s and its loss equal to rounding (2e-7).
+Any other task (a plugin's, regression, multilabel) is called once per member, as before. `vmap`
+over a task's functions was measured and not used: its fixed cost (about 0.7 ms a call on CPU) is
+more than K plain calls up to K=16.
+
+Imported only in worker processes (it imports torch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import torch
+
+from tuneyard.plugins.api import Task
+from tuneyard.plugins.builtin.tasks.heads import Classification
+from tuneyard.server.worker.batches import Batches
+from tuneyard.server.worker.fused.stack import FusedModel
+from tuneyard.server.worker.measure import autocast
+
+SAVE_THREADS = 4  # checkpoint writes wait on the file system (rename, write-back), not on the GIL
+
+
+def _class_indices(targets: torch.Tensor) -> bool:
+    return targets.dim() == 1 and not targets.is_floating_point()
+
+
+def _classification_losses(outputs: torch.Tensor, targets: torch.Tensor, smoothing: torch.Tensor) -> torch.Tensor:
+    """(K,) `F.cross_entropy(outputs[k], targets, label_smoothing=smoothing[k])`, in one op over the members."""
+    logp = torch.log_softmax(outputs.float(), -1)
+    index = targets.view(1, -1, 1).expand(outputs.shape[0], -1, 1)
+    nll = -logp.gather(-1, index).squeeze(-1).mean(1)
+    if not bool(smoothing.any()):
+        return nll
+    smoothing = smoothing.to(logp.device)
+    smooth = -logp.sum(-1).mean(1)
+    kept, spread = (1 - smoothing).to(logp.dtype), (smoothing / outputs.shape[-1]).to(logp.dtype)
+    return torch.where(smoothing.ne(0), kept * nll + smooth * spread, nll)  # torch skips the smoothing at 0
+
+
+class MemberLosses:
+    """(K,) losses: member k's task loss on its outputs; one op for all when they are built-in classification."""
+
+    def __init__(self, tasks: Sequence[Task]) -> None:
+        self.tasks = list(tasks)
+        smoothing = [float(t.label_smoothing) for t in self.tasks if type(t) is Classification]
+        fast = len(smoothing) == len(self.tasks)
+        self._smoothing = torch.tensor(smoothing, dtype=torch.float64) if fast else None
+
+    def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if len(self.tasks) != outputs.shape[0]:
+            raise ValueError(f"{len(self.tasks)} losses for {outputs.shape[0]} members")
+        if self._smoothing is not None and _class_indices(targets):
+            return _classification_losses(outputs, targets, self._smoothing)
+        return torch.stack([task.loss(outputs[k], targets) for k, task in enumerate(self.tasks)])
+
+
+def member_sums(task: Task, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The task's sums for every member's outputs (K, N, ...): (K,) tensors."""
+    if type(task) is Classification and _class_indices(targets):
+        return {"correct": (outputs.argmax(-1) == targets).sum(-1)}
+    each = [task.sums(outputs[k], targets) for k in range(outputs.shape[0])]
+    return {key: torch.stack([e[key] for e in each]) for key in each[0]}
+
+
+class FusedTotals:
+    """`TaskTotals` for K members at once: (K,) loss sums and (K,) task sums, read once per pass."""
+
+    def __init__(self, task: Task, size: int, device: torch.device) -> None:
+        self.task, self.size = task, size
+        self.loss = torch.zeros(size, device=device)
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    def add(self, losses: torch.Tensor, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        """One batch: `losses` (K,) are the members' mean losses, `outputs` (K, N, ...)."""
+        n = len(targets)
+        self.loss += losses.detach().float() * n  # as TaskTotals.add, element by element
+        for key, value in member_sums(self.task, outputs.detach(), targets).items():
+            value = value.detach()
+            self.sums[key] = self.sums[key] + value if key in self.sums else value
+        self.count += n
+
+    def keep(self, members: Sequence[int]) -> None:
+        """Only these members' rows go on (the others left the group mid-pass)."""
+        index = torch.tensor(list(members), dtype=torch.long, device=self.loss.device)
+        self.loss = self.loss[index]
+        self.sums = {key: value[index] for key, value in self.sums.items()}
+        self.size = len(members)
+
+    def read(self) -> list[dict[str, float]]:
+        """Per member, `loss` (mean per sample) and the task's metrics, as `TaskTotals.read` gives them."""
+        losses = [float(v) / max(self.count, 1) for v in self.loss.tolist()]
+        columns = {key: [float(v) for v in value.tolist()] for key, value in self.sums.items()}
+        return [
+            {"loss": losses[k], **self.task.metrics({key: col[k] for key, col in columns.items()}, self.count)}
+            for k in range(self.size)
+        ]
+
+
+@torch.no_grad()
+def evaluate_members(
+    fused: FusedModel,
+    batches: Batches,
+    task: Task,
+    precision: str,
+    device: torch.device,
+    heartbeat: Callable[[], None],
+) -> list[dict[str, float]]:
+    """Every member's `measure.evaluate_split` in one vmapped forward per batch (same batches, same sums)."""
+    fused.eval()
+    losses = MemberLosses([task] * fused.size)
+    totals = FusedTotals(task, fused.size, device)
+    for x, y in batches:
+        heartbeat()
+        with autocast(device, precision):
+            outputs = fused(x)
+        totals.add(losses(outputs, y), outputs, y)
+    return totals.read()
+
+
+class StateOf:
+    """A part whose state dict is already taken (a member's weights, copied once for both files)."""
+
+    def __init__(self, state: dict[str, Any]) -> None:
+        self.state = state
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.state
+
+
+def run_all(pool: ThreadPoolExecutor, jobs: Sequence[Callable[[], None]]) -> None:
+    """Runs the jobs (members' checkpoint writes) on the pool's threads; the first failure is raised."""
+    for future in [pool.submit(job) for job in jobs]:
+        future.result()
+
+
+def writer_pool() -> ThreadPoolExecutor:
+    """The threads that write a group's checkpoints (kept for the trainer's life: starting threads costs)."""
+    return ThreadPoolExecutor(max_workers=SAVE_THREADS, thread_name_prefix="fused-checkpoints")
