@@ -8,6 +8,7 @@ reach into the study runner. The sequence for one trial is:
     searcher.suggest(trial_id) -> config          (None: the space is exhausted)
     run: the built-in trainer reports metrics once per epoch, or a trainable calls trial.report(step, ...)
     early_stopper.report(trial_id, epoch, value) -> Decision.CONTINUE | Decision.STOP
+    searcher.observe_step(trial_id, epoch, value)  (optional: only a searcher that has it)
     early_stopper.complete(trial_id, value)        (when the trial ends)
     searcher.observe(trial_id, state, value)       (state: "COMPLETED", "FAILED", "PRUNED", ...)
 
@@ -256,6 +257,10 @@ class Decision(enum.Enum):
 
 @runtime_checkable
 class Searcher(Protocol):
+    """Optional, so not a member here: `observe_step(trial_id, step, value)`, each stored step's objective
+    value (maybe NaN), called only on a searcher that has it (`bohb`). After `load_state_dict` a restart
+    repeats the steps stored for the trials that were running: a repeated step must change nothing."""
+
     def suggest(self, trial_id: int) -> dict[str, Any] | None: ...
 
     def observe(self, trial_id: int, state: str, value: float | None) -> None: ...

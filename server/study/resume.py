@@ -1,5 +1,6 @@
-"""Reading an unfinished study back after a restart: the journaled search state, what was found,
-and the trials that were interrupted (the runner then ends or re-runs each)."""
+"""Reading an unfinished study back after a restart: the journaled search state (with the steps of
+interrupted trials replayed into a searcher that observes steps), what was found, and the trials
+that were interrupted (the runner then ends or re-runs each)."""
 
 from __future__ import annotations
 
@@ -37,4 +38,19 @@ def restore(store: Store, study_id: str, searcher: Any, stopping: StopperLedger,
             results.failures += 1
         if not trial.state.terminal:
             restored.interrupted.append(trial)
+            replay_steps(searcher, trial, stopping.objective.metric)
     return restored
+
+
+def replay_steps(searcher: Any, trial: TrialRecord, metric: str) -> None:
+    """Tells a searcher with `observe_step` an interrupted trial's stored steps: those after the last
+    journaled state are in no state_dict (it is journaled at trial starts and ends, and an ended
+    trial's steps all came before its end); steps it had seen already are told again, which
+    `observe_step` takes as a repeat."""
+    observe_step = getattr(searcher, "observe_step", None)
+    if observe_step is None:
+        return
+    for epoch in trial.metrics:
+        value = epoch.values.get(metric)
+        if value is not None:
+            observe_step(trial.trial_id, epoch.epoch, value)

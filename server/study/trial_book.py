@@ -69,13 +69,19 @@ class TrialBook:
 
     def step(self, trial_id: int, step: int, metrics: dict[str, float], *, judge: bool = True) -> bool:
         """Stores a step's metrics; with `judge`, asks the early stopper first. True when it says STOP
-        (stored with the step, so a restart ends the trial PRUNED however far it got)."""
+        (stored with the step, so a restart ends the trial PRUNED however far it got). Once stored, a
+        searcher with `observe_step` is told the objective's value (`resume` replays the steps the
+        journal had not caught up with)."""
         stop = judge and self.stopping.tell(trial_id, step, metrics)
         with self.storage.atomic():
             self.storage.add_epoch(self.study_id, trial_id, step, metrics)
             if stop:
                 self.storage.mark_pruned(self.study_id, trial_id, step)
             self.journal.publish("trial_progress", {"trial_id": trial_id, "epoch": step, "metrics": metrics})
+        observe_step = getattr(self.searcher, "observe_step", None)
+        value = metrics.get(self.plan.objective.metric)
+        if observe_step is not None and value is not None:
+            observe_step(trial_id, step, value)
         self.registry.on_trial_report(self.study_id, trial_id, step, dict(metrics))
         return stop
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from tuneyard.plugins import hookimpl
 from tuneyard.plugins.api import Bounds, Objective, Parameter
+from tuneyard.plugins.builtin.searchers.bohb import BohbSearcher
 from tuneyard.plugins.builtin.searchers.evolution import EvolutionSearcher
 from tuneyard.plugins.builtin.searchers.grid_search import GridSearcher
 from tuneyard.plugins.builtin.searchers.random_search import RandomSearcher
@@ -197,6 +198,57 @@ def evolution(
     )
 
 
+def bohb(
+    *,
+    space: Sequence[Parameter],
+    objective: Objective,
+    seed: int,
+    ranking: str = "reach",
+    min_points_in_model: int | None = None,
+    top_n_percent: float = 10.0,
+    num_samples: int = 64,
+    random_fraction: float = 1 / 3,
+    bandwidth_factor: float = 3.0,
+    min_bandwidth: float = 1e-3,
+    magic_clip: bool = True,
+    prior_weight: float = 1.0,
+) -> BohbSearcher:
+    """BOHB (Falkner et al. 2018): kernel densities of the results on the rungs, with asha or hyperband.
+
+    Each step a trial reports is a budget. Trials are ranked by the highest budget they reached,
+    then by their value there; a density of the best top_n_percent and one of the rest are fitted,
+    and a suggestion is the best of num_samples candidates drawn around the good results by the
+    ratio good/bad. Before min_points_in_model + 2 results, and for random_fraction of
+    suggestions, the config is drawn at random.
+
+    Args:
+        ranking: "reach" ranks every trial by the highest budget reached, then its value there;
+            "budget" splits only the results of the highest budget with enough of them (the paper).
+        min_points_in_model: results a density needs at least; None: the number of parameters + 1.
+        top_n_percent: percent of the ranked results that count as good.
+        num_samples: candidates drawn per suggestion to maximise good/bad.
+        random_fraction: fraction of suggestions drawn at random.
+        bandwidth_factor: how much wider than the good density candidates are drawn.
+        min_bandwidth: smallest kernel bandwidth (on the unit scale of each parameter).
+        magic_clip: floor a density's bandwidths at 1 / (its results + 1), as TPE does.
+        prior_weight: weight, in results, of a uniform prior in both densities (0: none).
+    """
+    return BohbSearcher(
+        space,
+        objective,
+        seed,
+        ranking=ranking,
+        min_points_in_model=min_points_in_model,
+        top_n_percent=top_n_percent,
+        num_samples=num_samples,
+        random_fraction=random_fraction,
+        bandwidth_factor=bandwidth_factor,
+        min_bandwidth=min_bandwidth,
+        magic_clip=magic_clip,
+        prior_weight=prior_weight,
+    )
+
+
 MAX_SEARCH_WIDTH = 10_000
 
 
@@ -220,5 +272,18 @@ def tuneyard_register_searchers(register: Any) -> None:
             "sample_size": Bounds(ge=1),
             "mutation_rate": Bounds(ge=0, le=1),
             "mutation_scale": Bounds(gt=0),
+        },
+    )
+    register(
+        "bohb",
+        bohb,
+        bounds={
+            "min_points_in_model": Bounds(ge=1),
+            "top_n_percent": Bounds(gt=0, lt=100),
+            "num_samples": Bounds(ge=1, le=MAX_SEARCH_WIDTH),
+            "random_fraction": Bounds(ge=0, le=1),
+            "bandwidth_factor": Bounds(gt=0),
+            "min_bandwidth": Bounds(gt=0),
+            "prior_weight": Bounds(ge=0),
         },
     )
