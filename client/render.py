@@ -279,7 +279,7 @@ def trial_detail(trial: service_pb2.Trial, spec: spec_pb2.StudySpec) -> Renderab
     if failed or trial.failure_reason:
         rows.append(("reason", _REASONS.get(trial.failure_reason, trial.failure_reason or "not given")))
     rows += [("exit", exit_text(trial)), ("retries", str(trial.retries) if trial.retries or failed else "")]
-    rows += [("device", trial.device), ("epochs", str(trial.epochs_completed))]
+    rows += [("device", trial.device), ("fused group", trial.fused_group), ("epochs", str(trial.epochs_completed))]
     rows += [(name, _value(value)) for name, value in objective_values(trial, spec).items()]
     seconds = _seconds(trial)
     rows += [("time", f"{seconds:.1f}s" if seconds is not None else ""), ("checkpoint", trial.checkpoint)]

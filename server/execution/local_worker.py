@@ -41,6 +41,7 @@ from tuneyard.server.execution.messages import (
     Sink,
     Stop,
     WorkerStart,
+    task_key,
 )
 from tuneyard.server.execution.spawner import spawner
 from tuneyard.server.execution.task_holder import TaskHolder, sink_for
@@ -120,9 +121,10 @@ class Worker(TaskHolder):
                 pass  # the reader sees the death and reports the task as crashed
 
     def stop(self, key: Any) -> None:
-        """Asks the worker to end task `key` at its next batch boundary."""
+        """Asks the worker to end task `key` at its next batch boundary (a `MemberKey`: one member of
+        the fused group it runs)."""
         with self._lock:
-            if sink_for(self._task, key) is not None:
+            if sink_for(self._task, task_key(key)) is not None:
                 try:
                     self._conn.send(Stop(key))
                 except (BrokenPipeError, OSError):

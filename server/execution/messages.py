@@ -3,7 +3,8 @@
 One module, so the local executor (`workers`), the Ray executor (`ray_executor`), the worker
 process (`worker`) and the study runner agree on what a message holds; each side dispatches with
 `match`. Messages cross a multiprocessing pipe (pickle) and Ray (cloudpickle), so they hold plain
-data only. A task's key is its trial id, or "test" for the best trial's test evaluation.
+data only. A task's key is its trial id, "test" for the best trial's test evaluation, or a fused
+group's id ("g5": `TrainGroup`, issue 17).
 
 To a worker: `Train` or `Evaluate` (a task), `Stop` (end task `key` at its next batch boundary),
 `Shutdown`. From a worker: `Ready` once torch is imported, `Beat` at most every `worker.HEARTBEAT_S`
@@ -12,6 +13,12 @@ while a task makes progress, `Epoch` per finished epoch, and one final message p
 `Crashed` when the process running a task died or was killed, and the stderr tail to an `Error`.
 The runner's own inbox also carries `Wake` (look again at the loop's conditions). The ranks of a
 data-parallel trial are folded into one task's messages by the executor (`gang.Gang`).
+
+A fused group (`TrainGroup`) is one task in one worker: its `Epoch`s name their member
+(`Epoch.member`), its one `Done` holds every member's result ({"members": {trial_id: result}}, a
+diverged member's result being {"error": ...}) or why the worker refused to fuse them
+({"refused": reason}: the runner then runs them solo). `Stop(MemberKey(group, trial_id))` stops one
+member; `Stop(group)` all of them. Executors route a `MemberKey` by its group (`task_key`).
 """
 
 from __future__ import annotations
@@ -83,11 +90,39 @@ class EvaluateTask:
 
 
 @dataclass(frozen=True, slots=True)
+class TrainGroupTask:
+    """Trials trained as one fused model (`resources.fuse`): every member's own task, in stack order."""
+
+    tasks: tuple[TrainTask, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MemberKey:
+    """One member of the fused group task `group`, as a stop request names it."""
+
+    group: Any
+    trial_id: int
+
+
+def task_key(key: Any) -> Any:
+    """The key of the task a message or stop request of `key` belongs to: a member's is its group's."""
+    return key.group if isinstance(key, MemberKey) else key
+
+
+@dataclass(frozen=True, slots=True)
 class Train:
     """Train (or resume) a trial."""
 
     key: Any
     task: TrainTask
+
+
+@dataclass(frozen=True, slots=True)
+class TrainGroup:
+    """Train (or resume) a fused group of trials as one task; `key` is the group's id."""
+
+    key: Any
+    task: TrainGroupTask
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +135,8 @@ class Evaluate:
 
 @dataclass(frozen=True, slots=True)
 class Stop:
-    """End task `key` at its next batch boundary; ignored when that task already ended."""
+    """End task `key` at its next batch boundary (a `MemberKey`: that member of a fused group); ignored
+    when that task already ended."""
 
     key: Any
 
@@ -129,11 +165,12 @@ class Beat:
 
 @dataclass(frozen=True, slots=True)
 class Epoch:
-    """Task `key` finished `epoch` with these validation metrics."""
+    """Task `key` finished `epoch` with these validation metrics (of trial `member` of a fused group)."""
 
     key: Any
     epoch: int
     metrics: dict[str, float]
+    member: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,8 +223,8 @@ class Wake:
     """Nothing happened to a trial; the runner should look at its loop's conditions again."""
 
 
-ToWorker = Train | Evaluate | Stop | Shutdown
-Request = Train | Evaluate
+ToWorker = Train | TrainGroup | Evaluate | Stop | Shutdown
+Request = Train | TrainGroup | Evaluate
 Final = Done | Error | Infeasible | Crashed  # the one message that ends a task
 TaskMessage = Epoch | Final  # what a task's sink receives
 FromWorker = Ready | Beat | Epoch | Done | Error | Infeasible

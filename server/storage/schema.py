@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS trials (
     retries INTEGER NOT NULL DEFAULT 0,
     pruned_epoch INTEGER NOT NULL DEFAULT 0,
     violated_constraints TEXT NOT NULL DEFAULT '[]',
+    fused_group TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (study_id, trial_id)
 );
 CREATE TABLE IF NOT EXISTS metrics (
@@ -77,6 +78,7 @@ ADDED_COLUMNS = {
         "retries": "INTEGER NOT NULL DEFAULT 0",
         "pruned_epoch": "INTEGER NOT NULL DEFAULT 0",
         "violated_constraints": "TEXT NOT NULL DEFAULT '[]'",
+        "fused_group": "TEXT NOT NULL DEFAULT ''",
     },
     "studies": {"stopper_state": "TEXT", "budget_start": "REAL"},
 }

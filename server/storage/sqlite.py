@@ -205,6 +205,9 @@ class Storage(StoreConnection):
     def set_retries(self, study_id: str, trial_id: int, retries: int) -> None:
         self._set_trial(study_id, trial_id, {"retries": retries})
 
+    def set_fused_group(self, study_id: str, trial_id: int, group: str) -> None:
+        self._set_trial(study_id, trial_id, {"fused_group": group})
+
     def mark_pruned(self, study_id: str, trial_id: int, epoch: int) -> None:
         self._set_trial(study_id, trial_id, {"pruned_epoch": epoch})
 

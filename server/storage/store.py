@@ -152,6 +152,10 @@ class Store(Protocol):
         """The trial has been retried `retries` times; NotFound."""
         ...
 
+    def set_fused_group(self, study_id: str, trial_id: int, group: str) -> None:
+        """The trial trains in fused group `group` now ("": solo; `resources.fuse`); NotFound."""
+        ...
+
     def mark_pruned(self, study_id: str, trial_id: int, epoch: int) -> None:
         """The early stopper said STOP at `epoch` (store it with that epoch, in one `atomic()`); NotFound."""
         ...

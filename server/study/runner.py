@@ -12,6 +12,10 @@ started on an unfinished study (`resume`) rebuilds the search exactly, runs its 
 trials again from their last epoch checkpoint, and continues the event sequence without gaps
 or repeats. Tasks that stop sending heartbeats, or ignore a stop request for STOP_GRACE_S,
 have their worker killed; a crashed or hung trial is re-run up to `budget.trial_retries` times.
+
+With `resources.fuse: K` a free slot gets up to K trials that may train as one fused model
+(`fused_groups`): one task in one worker, each member still its own trial (its own start, epochs,
+stopper verdicts and end); a group that crashes resumes from its members' checkpoints.
 """
 
 from __future__ import annotations
@@ -20,17 +24,13 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import replace
 from typing import Any
 
 from tuneyard.plugins.manager import PluginRegistry
 from tuneyard.server.execution.messages import (
     Epoch,
-    Evaluate,
-    EvaluateTask,
     Final,
     Inbox,
-    Train,
     TrainTask,
     Wake,
 )
@@ -38,15 +38,17 @@ from tuneyard.server.execution.scheduler import Allocation, DeviceScheduler
 from tuneyard.server.storage.store import Store
 from tuneyard.server.study.domain import StoreError, TrialRecord
 from tuneyard.server.study.events import EventHub
+from tuneyard.server.study.fused_groups import Fusion, Launcher
 from tuneyard.server.study.journal import StudyJournal
 from tuneyard.server.study.outcomes import Ending, Finish, RunAgain, decide, ending_of
 from tuneyard.server.study.results import Results, study_end
 from tuneyard.server.study.resume import restore
-from tuneyard.server.study.settings import TrialSettings, resolve
+from tuneyard.server.study.settings import resolve
 from tuneyard.server.study.spec import StudyPlan
 from tuneyard.server.study.stopping import StopperLedger
+from tuneyard.server.study.test_evaluation import TestEvaluation
 from tuneyard.server.study.trial_book import TrialBook
-from tuneyard.server.study.trial_runs import TEST, EvaluationRun, TaskBoard, TrialRun, placement
+from tuneyard.server.study.trial_runs import TEST, EvaluationRun, GroupRun, TaskBoard, TrialRun
 
 log = logging.getLogger(__name__)
 POLL_S = 0.5
@@ -85,6 +87,9 @@ class StudyRunner(threading.Thread):
         self._book: TrialBook | None = None  # made once the search is built
         self._next_id = 1
         self._exhausted = False  # the searcher has no more configurations
+        self._fusion = Fusion(study_id, plan.resources.fuse)
+        self._launcher = Launcher(self._board, storage, self._inbox.put, self._memory_gb, self._fusion)
+        self._test = TestEvaluation(plan, registry, self._board, self._inbox.put, self._memory_gb)
 
     # ---- control ----
 
@@ -205,30 +210,45 @@ class StudyRunner(threading.Thread):
 
     def _restart_requeued(self) -> None:
         """Trials to run again — out of GPU memory beside others (with a larger share), crashed
-        (a retry), or interrupted by a server stop — start from their last checkpoint."""
+        (a retry), or interrupted by a server stop — start from their last checkpoint; with fusion,
+        those that may resume together as one group."""
         while self._board.requeued and not self._cancelled.is_set() and not self._halted.is_set():
-            run = self._board.trials[self._board.requeued[0]]
-            alloc = self._acquire(run.units)
+            members = self._fusion.resume_members([self._board.trials[t] for t in self._board.requeued])
+            alloc = self._acquire(max(run.units for run in members))
             if alloc is None:
                 return
-            self._board.requeued.pop(0)
-            self._board.hold(run.trial_id, run, alloc)
-            self.storage.move_trial(self.study_id, run.trial_id, alloc.name)
-            task = replace(run.task, placement=placement(alloc, self._memory_gb), resume=True)
-            alloc.gang.submit(Train(run.trial_id, task), self._inbox.put)
+            for run in members:
+                self._board.requeued.remove(run.trial_id)
+                self.storage.move_trial(self.study_id, run.trial_id, alloc.name)
+            self._launcher.launch(members, alloc, resume=True)
 
     def _start_new_trials(self, deadline: float | None) -> None:
         while not self._board.requeued and self._may_start(deadline):
             alloc = self._acquire(self._units)
             if alloc is None:
                 return
+            members = self._new_trials(alloc.name, deadline)
+            if not members:
+                self.scheduler.release(alloc)
+                return
+            self._launcher.launch(members, alloc, resume=False)
+
+    def _new_trials(self, device: str, deadline: float | None) -> list[TrialRun]:
+        """New trials for one slot: one, or with fusion up to `resources.fuse` asked of the searcher one by
+        one while they may train together; one that may not waits for the next free slot."""
+        members: list[TrialRun] = []
+        while len(members) < self._fusion.size and (not members or self._may_start(deadline)):
             config = self._searcher.suggest(self._next_id)
             if config is None:
                 self._exhausted = True
-                self.scheduler.release(alloc)
-                return
-            self._start_trial(self._next_id, config, alloc)
+                break
+            run = self._new_trial(self._next_id, config, device)
             self._next_id += 1
+            if members and not self._fusion.together(members[0], run):
+                self._board.requeued.append(run.trial_id)
+                break
+            members.append(run)
+        return members
 
     def _may_start(self, deadline: float | None) -> bool:
         plan = self.plan
@@ -249,25 +269,25 @@ class StudyRunner(threading.Thread):
         settings = resolve(self.plan.spec, config, self.registry)
         return TrainTask(trial_id, settings, checkpoint, self.plan.objective, study_id=self.study_id)
 
-    def _start_trial(self, trial_id: int, config: dict[str, Any], alloc: Allocation) -> None:
+    def _new_trial(self, trial_id: int, config: dict[str, Any], device: str) -> TrialRun:
         # The store keeps the checkpoint's path relative to its checkpoint directory, so the data
         # directory may be moved; `checkpoint_path` says where it lies now.
         checkpoint_key = f"{self.study_id}/trial-{trial_id}/checkpoint.pt"
         task = self._task(trial_id, config, self.storage.checkpoint_path(checkpoint_key))
         run = TrialRun(trial_id=trial_id, task=task, units=self._units)
         self._board.trials[trial_id] = run
-        self._board.hold(run.trial_id, run, alloc)
         assert self._book is not None
-        self._book.start(trial_id, config, alloc.name, checkpoint_key)
-        task = replace(task, placement=placement(alloc, self._memory_gb))
-        alloc.gang.submit(Train(trial_id, task), self._inbox.put)
-
-    # ---- stopping and policing running tasks ----
+        self._book.start(trial_id, config, device, checkpoint_key)
+        return run
 
     # ---- messages from workers ----
 
     def _handle(self, msg: Inbox) -> None:
         if isinstance(msg, Wake):
+            return
+        group = self._board.groups.get(msg.key) if isinstance(msg.key, str) else None
+        if group is not None:
+            self._on_group_message(group, msg)
             return
         evaluation = self._board.evaluation
         if msg.key == TEST:
@@ -288,16 +308,37 @@ class StudyRunner(threading.Thread):
         run.epochs = epoch
         trial_id = run.trial_id
         assert self._book is not None
-        stop = self._book.step(trial_id, epoch, metrics, judge=run.stop_reason is None)
+        group = self._board.groups.get(run.group)
+        judge = run.stop_reason is None and (group is None or group.stop_reason is None)
+        stop = self._book.step(trial_id, epoch, metrics, judge=judge)
         self._measured_gb = max(self._measured_gb, float(metrics.get("peak_memory_gb", 0.0)))
         if stop:
-            self._board.ask_stop(trial_id, run, "pruned")
+            self._board.ask_stop_trial(run, "pruned")
+
+    def _on_group_message(self, group: GroupRun, msg: Inbox) -> None:
+        """A fused group's message: a member's epoch, or the group's end (each member's ending)."""
+        if group.alloc is None:
+            return  # a late message of a group that ended
+        if isinstance(msg, Epoch):
+            run = self._board.trials.get(msg.member) if msg.member is not None else None
+            if run is not None and run.group == group.key:
+                self._on_epoch(run, msg.epoch, msg.metrics)
+            return
+        assert not isinstance(msg, Wake)
+        alloc, group.alloc = group.alloc, None
+        self.scheduler.release(alloc)
+        for run, ending in self._launcher.ended(group, msg):
+            self._decide(run, ending, alloc)
 
     def _on_end(self, run: TrialRun, ending: Ending) -> None:
         alloc = run.alloc
         assert alloc is not None
         run.alloc = None
         self.scheduler.release(alloc)
+        self._decide(run, ending, alloc)
+
+    def _decide(self, run: TrialRun, ending: Ending, alloc: Allocation) -> None:
+        """Whether the trial whose run ended on `alloc` runs again or finishes, and then that."""
         decision = decide(
             ending,
             stop_reason=run.stop_reason,
@@ -338,35 +379,15 @@ class StudyRunner(threading.Thread):
     def _evaluating(self) -> bool:
         """Whether the study's last task, the best trial's test evaluation, is still to run or running;
         starts it when a slot is free."""
-        best = self._results.best
         ended = self._cancelled.is_set() or self._halted.is_set() or self._results.failures_exceeded()
-        if ended or best is None or not self.plan.has_test_split:
-            return self._board.evaluation is not None and self._board.evaluation.alloc is not None
-        if self._board.evaluation is None:
-            self._board.evaluation = EvaluationRun(trial_id=best.trial_id)
-        evaluation = self._board.evaluation
-        if evaluation.error or evaluation.test_metrics is not None:
-            return False
-        if evaluation.alloc is None:
-            alloc = self._acquire(min(self._units, 1.0))
-            if alloc is not None:
-                self._board.hold(TEST, evaluation, alloc)
-                settings = resolve(self.plan.spec, best.config, self.registry)
-                assert isinstance(settings, TrialSettings)
-                task = EvaluateTask(settings, best.checkpoint, placement(alloc, self._memory_gb))
-                alloc.gang.submit(Evaluate(TEST, task), self._inbox.put)
-        return True
+        return self._test.pending(self._results.best, ended, lambda: self._acquire(min(self._units, 1.0)))
 
     def _on_evaluation_end(self, evaluation: EvaluationRun, msg: Final) -> None:
         assert evaluation.alloc is not None
         self.scheduler.withdraw(self.study_id)
         self.scheduler.release(evaluation.alloc)
         evaluation.alloc = None
-        match ending_of(msg):
-            case Ending(kind="done", result=result):
-                evaluation.test_metrics = dict(result)
-            case failed:  # an evaluation that cannot run ends the study: waiting would never end
-                evaluation.error = f"test evaluation of trial {evaluation.trial_id} failed: {failed.error}"
+        self._test.ended(evaluation, msg)
 
     def _conclude(self) -> None:
         self.scheduler.withdraw(self.study_id)

@@ -11,7 +11,7 @@ cross a pipe (pickle) and Ray (cloudpickle) unchanged.
 from __future__ import annotations
 
 import copy
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any, get_type_hints
 
 from tuneyard.plugins.api import DEFAULT_TASK, REQUIRED, Bounds, ParamSpec
@@ -184,3 +184,23 @@ def resolve(spec: dict[str, Any], config: dict[str, Any], registry: PluginRegist
             else:
                 component["options"][parts[1]] = value
     return _typed(settings)
+
+
+# The settings a fused group's members may differ in (issue 17); the worker's
+# `fused.members.FUSABLE` is the same list, and its `group_problem` has the final word.
+FUSABLE = ("training.optimizer.options", "training.label_smoothing", "training.lr_scheduler.options")
+
+
+def fusion_key(settings: Settings) -> TrialSettings | None:
+    """The settings with the fusable ones blanked: trials whose keys are equal may train as one fused
+    group. None for a trainable's settings, which never fuse. Decided in the server without torch."""
+    if not isinstance(settings, TrialSettings):
+        return None
+    training, schedule = settings.training, settings.training.lr_scheduler
+    blank = replace(
+        training,
+        optimizer=Component(training.optimizer.name),
+        label_smoothing=0.0,
+        lr_scheduler=None if schedule is None else Component(schedule.name),
+    )
+    return replace(settings, training=blank)

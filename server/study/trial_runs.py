@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from tuneyard.server.execution.messages import Placement, TrainTask
+from tuneyard.server.execution.messages import MemberKey, Placement, TrainTask
 from tuneyard.server.execution.scheduler import Allocation
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,18 @@ class TrialRun(TaskRun):
     units: float  # of a device it asks for (doubled after an out-of-memory beside other trials)
     epochs: int = 0  # the last epoch stored
     retries: int = 0
+    group: str = ""  # the fused group it trains in now (`GroupRun.key`); "" when solo or waiting
+    solo: bool = False  # a group it was in could not train fused: it runs solo from now on
+
+
+@dataclass(kw_only=True)
+class GroupRun(TaskRun):
+    """A fused group of trials (`resources.fuse`) training as one task on one allocation; its
+    members' `TrialRun`s hold no allocation of their own while it runs."""
+
+    key: str
+    members: list[int]
+    resume: bool = False
 
 
 @dataclass(kw_only=True)
@@ -75,14 +87,19 @@ class TaskBoard:
     def __init__(self, study_id: str, heartbeat_timeout: float) -> None:
         self.study_id, self.heartbeat_timeout = study_id, heartbeat_timeout
         self.trials: dict[int, TrialRun] = {}
+        self.groups: dict[str, GroupRun] = {}  # fused groups, by key, while they hold an allocation
         self.requeued: list[int] = []
         self.evaluation: EvaluationRun | None = None
 
     def running(self) -> Iterator[tuple[Any, TaskRun]]:
-        """Every task that holds an allocation, with its key: running trials and the test evaluation."""
+        """Every task that holds an allocation, with its key: running trials, fused groups and the test
+        evaluation."""
         for trial_id, run in self.trials.items():
             if run.alloc is not None:
                 yield trial_id, run
+        for key, group in self.groups.items():
+            if group.alloc is not None:
+                yield key, group
         if self.evaluation is not None and self.evaluation.alloc is not None:
             yield TEST, self.evaluation
 
@@ -105,6 +122,14 @@ class TaskBoard:
     def ask_stop(self, key: Any, run: TaskRun, reason: str) -> None:
         if run.asked_to_stop(reason, time.monotonic()) and run.alloc is not None:
             run.alloc.gang.stop(key)
+
+    def ask_stop_trial(self, run: TrialRun, reason: str) -> None:
+        """Asks one trial to stop: its own task, or its member of the fused group it trains in."""
+        group = self.groups.get(run.group) if run.group else None
+        if group is None:
+            self.ask_stop(run.trial_id, run, reason)
+        elif run.asked_to_stop(reason, time.monotonic()) and group.alloc is not None:
+            group.alloc.gang.stop(MemberKey(group.key, run.trial_id))
 
     def stop_trials(self, reason: str) -> None:
         for key, run in list(self.running()):

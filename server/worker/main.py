@@ -31,15 +31,26 @@ from tuneyard.server.execution.messages import (
     EvaluateTask,
     FromWorker,
     Infeasible,
+    MemberKey,
     Ready,
     Request,
     Shutdown,
     Stop,
     Train,
+    TrainGroup,
+    TrainGroupTask,
     TrainTask,
     WorkerStart,
+    task_key,
 )
-from tuneyard.server.worker.protocol import Report, ShouldStop, TaskTrainer
+from tuneyard.server.worker.protocol import (
+    GroupReport,
+    GroupShouldStop,
+    GroupTaskTrainer,
+    Report,
+    ShouldStop,
+    TaskTrainer,
+)
 
 HEARTBEAT_S = 1.0
 PARENT_CHECK_S = 0.5  # where the kernel cannot end this process with the server (not Linux)
@@ -95,10 +106,13 @@ def _redirect_stderr(path: str) -> None:
 
 class Trainers:
     """The worker's `TaskTrainer`: each task goes to the trainer its settings name, the built-in
-    trainer or a trainable's runner; the worker protocol is the same for both."""
+    trainer or a trainable's runner, and a fused group to the group trainer (made on first use); the
+    worker protocol is the same for all."""
 
-    def __init__(self, builtin: TaskTrainer, trainable: TaskTrainer) -> None:
+    def __init__(self, builtin: TaskTrainer, trainable: TaskTrainer, fused: Callable[[], Any] | None = None) -> None:
         self.builtin, self.trainable = builtin, trainable
+        self._make_fused = fused
+        self._fused: Any = None  # the group trainer, once a group came
 
     @property
     def heartbeat(self) -> Callable[[], None]:
@@ -107,6 +121,22 @@ class Trainers:
     @heartbeat.setter
     def heartbeat(self, beat: Callable[[], None]) -> None:
         self.builtin.heartbeat = self.trainable.heartbeat = beat
+        if self._fused is not None:
+            self._fused.heartbeat = beat
+
+    def train_group(self, group: TrainGroupTask, report: GroupReport, should_stop: GroupShouldStop) -> dict[str, Any]:
+        """The group trained fused, or why `group_problem` refuses it (nothing trained then)."""
+        if self._make_fused is None:
+            return {"refused": "this worker has no group trainer"}
+        if self._fused is None:
+            self._fused = self._make_fused()
+            self._fused.heartbeat = self.builtin.heartbeat
+        problem = self._fused.problem(group.tasks)
+        if problem is not None:
+            ids = ", ".join(str(task.trial_id) for task in group.tasks)
+            print(f"trials {ids} cannot train fused: {problem}", file=sys.stderr, flush=True)
+            return {"refused": problem}
+        return {"members": self._fused.train_group(group.tasks, report, should_stop)}
 
     def train(self, task: TrainTask, report: Report, should_stop: ShouldStop) -> dict[str, Any]:
         from tuneyard.server.study.settings import TrainableSettings
@@ -131,16 +161,50 @@ def make_trainer(device: str, threads: int, data_root: str, plugins_dir: str = "
     from tuneyard.server.worker.trainer import Trainer
 
     registry = PluginRegistry.load(plugins_dir=plugins_dir)
-    return Trainers(Trainer(registry, device, data_root), TrainableRunner(registry, device, int(threads), data_root))
+
+    def fused() -> Any:
+        from tuneyard.server.worker.fused.trainer import GroupTrainer
+
+        return GroupTrainer(registry, device, data_root)
+
+    builtin = Trainer(registry, device, data_root)
+    return Trainers(builtin, TrainableRunner(registry, device, int(threads), data_root), fused)
+
+
+def _train_group(
+    trainer: TaskTrainer,
+    request: TrainGroup,
+    send: Callable[[FromWorker], None],
+    stop_all: ShouldStop,
+    member_stopped: Callable[[Any], bool],
+) -> dict[str, Any]:
+    """A fused group's task: each member's epochs sent under the group's key, naming the member."""
+    if not isinstance(trainer, GroupTaskTrainer):
+        raise TypeError(f"{type(trainer).__name__} cannot train fused groups")
+    key = request.key
+
+    def report(trial_id: int, epoch: int, metrics: dict[str, float]) -> None:
+        send(Epoch(key, epoch, metrics, member=trial_id))
+
+    def should_stop(trial_id: int) -> bool:
+        return stop_all() or member_stopped(MemberKey(key, trial_id))
+
+    return trainer.train_group(request.task, report, should_stop)
 
 
 def run_task(
-    trainer: TaskTrainer, request: Request, send: Callable[[FromWorker], None], stop_requested: Callable[[], bool]
+    trainer: TaskTrainer,
+    request: Request,
+    send: Callable[[FromWorker], None],
+    stop_requested: Callable[[], bool],
+    member_stopped: Callable[[Any], bool] = lambda key: False,
 ) -> None:
     """Runs one task, sending its messages (beats, epochs, and one final message) through `send`.
 
     Shared by the local worker process and the Ray actor, so both executors report alike.
+    `member_stopped(MemberKey)`: one member of a fused group was asked to stop.
     """
+
     from tuneyard.plugins.api import Infeasible as InfeasibleConfig
 
     key = request.key
@@ -164,6 +228,8 @@ def run_task(
         match request:
             case Train(task=task):
                 result: Any = trainer.train(task, report, should_stop)
+            case TrainGroup():
+                result = _train_group(trainer, request, send, should_stop, member_stopped)
             case Evaluate(task=task):
                 result = trainer.evaluate(task)
         send(Done(key, result))
@@ -201,13 +267,17 @@ def worker_main(conn: Connection, start: WorkerStart) -> None:
         match msg:
             case Shutdown():
                 return
-            case Train() | Evaluate():
-                pending_stop.discard(msg.key)
+            case Train() | TrainGroup() | Evaluate():
+                pending_stop.difference_update({k for k in pending_stop if task_key(k) == msg.key})
 
                 def stop_requested(key: Any = msg.key) -> bool:
                     drain()
                     return key in pending_stop
 
-                run_task(trainer, msg, conn.send, stop_requested)
+                def member_stopped(key: Any) -> bool:
+                    drain()
+                    return key in pending_stop
+
+                run_task(trainer, msg, conn.send, stop_requested, member_stopped)
             case _:
                 continue  # a Stop of a task that already ended

@@ -9,12 +9,14 @@ imports no torch, so the server may type against it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
-from tuneyard.server.execution.messages import EvaluateTask, TrainTask
+from tuneyard.server.execution.messages import EvaluateTask, TrainGroupTask, TrainTask
 
 Report = Callable[[int, dict[str, float]], None]  # (epoch, validation metrics), once per finished epoch
 ShouldStop = Callable[[], bool]  # polled at batch boundaries: the server asked this task to end
+GroupReport = Callable[[int, int, dict[str, float]], None]  # (trial_id, epoch, metrics) of a fused group's member
+GroupShouldStop = Callable[[int], bool]  # (trial_id): the server asked this member, or the whole group, to end
 
 
 class TaskTrainer(Protocol):
@@ -30,4 +32,14 @@ class TaskTrainer(Protocol):
 
     def evaluate(self, task: EvaluateTask) -> dict[str, float]:
         """Scores the checkpoint on the test split."""
+        ...
+
+
+@runtime_checkable
+class GroupTaskTrainer(Protocol):
+    """A `TaskTrainer` that also trains fused groups of trials (issue 17)."""
+
+    def train_group(self, group: TrainGroupTask, report: GroupReport, should_stop: GroupShouldStop) -> dict[str, Any]:
+        """{"members": {trial_id: result}} (a member's result as `train`'s, or {"error": ...} for one that
+        diverged), or {"refused": why} when the members cannot train fused (the server runs them solo)."""
         ...
