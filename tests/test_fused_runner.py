@@ -245,3 +245,43 @@ def test_tuneyard_trial_shows_the_fused_group() -> None:
         render.trial_detail(pb.Trial(study_id="st-1", trial_id=4, state=pb.TRIAL_COMPLETED), spec_pb2.StudySpec())
     )
     assert "fused" not in solo.export_text()
+
+
+@pytest.mark.parametrize(
+    ("resources", "why"),
+    [
+        ({"fuse": 65}, "spec.resources.fuse: must be between 0 and 64"),
+        ({"fuse": -1}, "spec.resources.fuse: must be between 0 and 64"),
+        ({"fuse": 2, "gpus_per_trial": 2}, "spec.resources.fuse: a data-parallel trial"),
+    ],
+)
+def test_fuse_out_of_bounds_or_with_data_parallel_trials_is_refused(resources: dict[str, Any], why: str) -> None:
+    from tuneyard.plugins.manager import PluginRegistry
+    from tuneyard.server.study.domain import InvalidArgument
+    from tuneyard.server.study.spec import SpecValidator
+
+    with pytest.raises(InvalidArgument) as err:
+        SpecValidator(PluginRegistry.load(entry_points=False)).validate(spec(LRS, resources=resources))
+    assert err.value.field == "spec.resources.fuse" and str(err.value).startswith(why), str(err.value)
+
+
+def test_a_trainable_refuses_fuse_and_fuse_one_is_off() -> None:
+    from support import REPO
+
+    from tuneyard.plugins.manager import PluginRegistry
+    from tuneyard.server.study.domain import InvalidArgument
+    from tuneyard.server.study.spec import SpecValidator
+
+    validator = SpecValidator(PluginRegistry.load(plugins_dir=str(REPO / "tests" / "trainable_plugins")))
+    trainable = {
+        "trainable": {"name": "bowl"},
+        "training": {"epochs": 3, "seed": 1},
+        "search_space": [{"name": "trainable.x", "float_range": {"low": 0.0, "high": 6.0}}],
+        "objective": {"metric": "loss", "mode": "MINIMIZE"},
+        "budget": {"max_trials": 3},
+    }
+    with pytest.raises(InvalidArgument) as err:
+        validator.validate({**trainable, "resources": {"fuse": 2}})
+    assert err.value.field == "spec.resources.fuse" and "trainable" in str(err.value)
+    plan = validator.validate({**trainable, "resources": {"fuse": 1}})
+    assert plan.resources.fuse == 1 and not plan.resources.fused
