@@ -8,11 +8,14 @@ fused optimizer (`optimizers.fuse_optimizer`). All members share one pass of bat
 batch size, shuffle, per-sample augmentations), which is what the solo run of each would draw.
 
 Per member: its loss (its task with its label smoothing), a real torch schedule driving a shadow
-optimizer whose lr is copied into the fused `lr` (`members`), its train sums, its validation on
-`FusedModel.unstack(i)` through `measure.evaluate_split`, `report(trial_id, epoch, metrics)` with the
-solo trainer's metric names, and the solo per-epoch checkpoint at its `task.checkpoint`, so a member
-resumes solo and a solo trial's checkpoint resumes in a group. Without dropout a member's metrics
-match its solo run to float rounding; with dropout each member draws its own masks (see `stack`).
+optimizer whose lr is copied into the fused `lr` (`members`), its train and val sums (a row each of
+`epoch.FusedTotals`; validation is one vmapped pass over the val batches for all members, the same
+batches and sums as `measure.evaluate_split`), `report(trial_id, epoch, metrics)` with the solo
+trainer's metric names, and the solo per-epoch checkpoint at its `task.checkpoint` (written on a few
+threads, all before any member's report), so a member resumes solo and a solo trial's checkpoint
+resumes in a group. `inference_latency_ms` is the architecture's, measured once per group epoch on
+one member's module. Without dropout a member's metrics match its solo run to float rounding (see
+`stack` for where rounding differs); with dropout each member draws its own masks.
 
 A member leaves the group at a batch boundary when `should_stop(trial_id)` says so, when its early
 stop patience runs out, or when its train loss is not finite (its result is then an error): the
