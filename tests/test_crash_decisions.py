@@ -112,7 +112,10 @@ def test_a_moved_data_directory_keeps_its_checkpoints(server_process, tmp_path):
     assert "test_accuracy" in study.test_metrics
     for trial in stub.ListTrials(pb.ListTrialsRequest(study_id=sid)).trials:
         assert trial.state == pb.TRIAL_COMPLETED and trial.epochs_completed == EPOCHS
-        assert Path(trial.checkpoint).is_relative_to(new) and Path(trial.checkpoint).exists()
+        assert (
+            trial.checkpoint == f"studies/{sid}/trial-{trial.trial_id}/checkpoint.pt"
+            and (new / trial.checkpoint).exists()
+        )
     started = epochs_started(log_dir, 2)
     assert started[0] == 1 and started.count(1) == 1  # the second trial resumed, it did not start over
     assert not old.exists()  # nothing was recreated at the old place

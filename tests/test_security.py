@@ -39,9 +39,11 @@ CALLS: list[tuple[str, Any]] = [
     ("SuggestTrials", pb.SuggestTrialsRequest(study_id="st-x", count=1)),
     ("ReportTrial", pb.ReportTrialRequest(study_id="st-x", trial_id=1, step=1, metrics={"v": 1.0})),
     ("CompleteTrial", pb.CompleteTrialRequest(study_id="st-x", trial_id=1, state=pb.TRIAL_COMPLETED)),
+    ("DeleteStudy", pb.DeleteStudyRequest(study_id="st-x")),
+    ("ExtendStudy", pb.ExtendStudyRequest(study_id="st-x", add_trials=1)),
 ]
-# Every unary RPC of the service is in CALLS (WatchStudy, the stream, is tried on its own).
-assert {name for name, _ in CALLS} | {"WatchStudy"} == set(
+# Every unary RPC of the service is in CALLS (the streams, WatchStudy and DownloadCheckpoint, are tried on their own).
+assert {name for name, _ in CALLS} | {"WatchStudy", "DownloadCheckpoint"} == set(
     pb.DESCRIPTOR.services_by_name["TrainingService"].methods_by_name
 )
 
@@ -205,6 +207,8 @@ def test_every_rpc_and_the_stream_refuse_a_missing_or_wrong_token(tls_server, ce
                 pytest.fail(f"{name} answered without a valid token")
         stream = stub.WatchStudy(pb.WatchStudyRequest(study_id="st-x"), metadata=metadata, timeout=10)
         assert code_of(lambda: list(stream)) == grpc.StatusCode.UNAUTHENTICATED
+        download = stub.DownloadCheckpoint(pb.DownloadCheckpointRequest(study_id="st-x"), metadata=metadata, timeout=10)
+        assert code_of(lambda: list(download)) == grpc.StatusCode.UNAUTHENTICATED
         assert stub.ListStudies(pb.ListStudiesRequest(), metadata=bearer(TOKEN)).studies == []  # nothing created
 
 

@@ -22,7 +22,7 @@ def kinds(events: list[pb.StudyEvent]) -> list[str]:
     return [e.WhichOneof("event") for e in events]
 
 
-def test_create_watch_best_returns_a_trained_configuration(stub):
+def test_create_watch_best_returns_a_trained_configuration(stub, server):
     study = create(stub, tiny_spec())
     events = watch_all(stub, study.study_id)
 
@@ -42,7 +42,8 @@ def test_create_watch_best_returns_a_trained_configuration(stub):
     assert best.objective_value == best.final_metrics["val_accuracy"]
     assert best.epochs_completed == 2 and len(best.metrics) == 2
     assert 0.0 < done.test_metrics["test_accuracy"] <= 1.0
-    assert os.path.exists(best.checkpoint)
+    assert best.checkpoint == f"studies/{study.study_id}/trial-{best.trial_id}/checkpoint.pt"  # in the data dir
+    assert os.path.exists(server.storage.data_dir / best.checkpoint)
     trials = stub.ListTrials(pb.ListTrialsRequest(study_id=study.study_id)).trials
     assert max(t.objective_value for t in trials) == best.objective_value
 

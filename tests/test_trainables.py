@@ -99,13 +99,14 @@ def test_a_search_over_a_trainable_stores_exactly_what_it_reported(tstub: Any) -
     assert dict(study.test_metrics) == {}  # a trainable has no test split
 
 
-def test_a_trainable_gets_its_share_of_the_machine_and_its_trials_folder(tstub: Any) -> None:
+def test_a_trainable_gets_its_share_of_the_machine_and_its_trials_folder(tstub: Any, trainable_server: Any) -> None:
     spec = trainable_spec("torch_regression", training={"epochs": 2, "seed": 5}, search_space=[],
                           objective={"metric": "val_mse"}, budget={"max_trials": 1})  # fmt: skip
     study_id = create(tstub, spec)
     assert watch_all(tstub, study_id)[-1].study_state.state == pb.STUDY_COMPLETED
     (trial,) = trials_of(tstub, study_id)
-    runs = [json.loads(line) for line in (Path(trial.checkpoint).parent / "steps.log").read_text().splitlines()]
+    folder = (trainable_server.storage.data_dir / trial.checkpoint).parent  # the checkpoint: relative to it
+    runs = [json.loads(line) for line in (folder / "steps.log").read_text().splitlines()]
     assert [r["step"] for r in runs] == [1, 2]
     # Two CPU slots on this server: each trial gets its half of the cores, as the built-in trainer does.
     assert {(r["device"], r["threads"], r["resumed"], r["study"]) for r in runs} == {
