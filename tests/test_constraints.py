@@ -108,6 +108,9 @@ def test_violating_trials_complete_infeasible_and_stay_off_the_best_and_the_fron
     assert {t["trial_id"]: t["violated_constraints"] for t in finished} == {
         t: stored[t].violated_constraints for t in ids
     }
+    listed = stub.ListTrials(pb.ListTrialsRequest(study_id=study_id)).trials
+    shown = {t.trial_id: list(t.violated_constraints) for t in listed}  # Trial.violated_constraints
+    assert shown == {t: stored[t].violated_constraints for t in ids}
 
 
 def _tpe_run(stub: Any, constrained: bool) -> tuple[list[float], Any]:

@@ -159,3 +159,15 @@ def test_a_search_leaves_out_an_earlier_study_deleted_or_of_another_space(ext: t
     )
     priors = warm_priors(plan, handle.storage, SpaceChecker(ComponentChecker(registry)))
     assert len(priors) == 20 and all(set(p.config) == {"x", "y"} and p.state == "COMPLETED" for p in priors)
+
+
+def test_create_refuses_an_unknown_or_incompatible_earlier_study(ext: tuple[Any, Any], earlier: str) -> None:
+    wider = [SPACE[0], {"name": "y", "float_range": {"low": 0.0, "high": 2.0}}]
+    for space, ids, path in (
+        (SPACE, [earlier, "st-000000000000"], "spec.warm_start.study_ids[1]"),
+        (wider, [earlier], "spec.warm_start.study_ids[0]"),
+    ):
+        with pytest.raises(grpc.RpcError) as err:
+            create(ext[1], spec_of({"name": "tpe"}, 3, space, warm_start={"study_ids": ids}))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details().startswith(f"{path}: "), err.value.details()

@@ -141,6 +141,7 @@ def trial_to_proto(trial: TrialRecord) -> pb.Trial:
     if trial.objective_value is not None:
         msg.objective_value = trial.objective_value
     msg.objective_values.extend(trial.objective_values)
+    msg.violated_constraints.extend(trial.violated_constraints)
     for epoch in trial.metrics:
         msg.metrics.add(epoch=epoch.epoch, values=epoch.values, time=_timestamp(epoch.time))
     return msg

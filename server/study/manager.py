@@ -57,6 +57,7 @@ class StudyManager:
     def create(self, spec: dict[str, Any], request_id: str) -> StudyRecord:
         """Validates, stores and starts a study; a repeated request_id returns the first study."""
         plan = self.validator.validate(spec)
+        self.validator.check_earlier_studies(plan, self.storage)  # warm_start names stored studies
         why = self.scheduler.check(plan.resources.gpus_per_trial)
         if why:
             raise InvalidArgument("spec.resources.gpus_per_trial", why)

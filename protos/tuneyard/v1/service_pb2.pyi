@@ -74,7 +74,7 @@ class EpochMetrics(_message.Message):
     def __init__(self, epoch: _Optional[int] = ..., values: _Optional[_Mapping[str, float]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Trial(_message.Message):
-    __slots__ = ("study_id", "trial_id", "state", "config", "device", "metrics", "final_metrics", "objective_value", "error", "checkpoint", "epochs_completed", "start_time", "end_time", "objective_values", "failure_reason", "exit_code", "exit_signal", "stderr_tail", "retries", "fused_group")
+    __slots__ = ("study_id", "trial_id", "state", "config", "device", "metrics", "final_metrics", "objective_value", "error", "checkpoint", "epochs_completed", "start_time", "end_time", "objective_values", "failure_reason", "exit_code", "exit_signal", "stderr_tail", "retries", "fused_group", "violated_constraints")
     class FinalMetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +102,7 @@ class Trial(_message.Message):
     STDERR_TAIL_FIELD_NUMBER: _ClassVar[int]
     RETRIES_FIELD_NUMBER: _ClassVar[int]
     FUSED_GROUP_FIELD_NUMBER: _ClassVar[int]
+    VIOLATED_CONSTRAINTS_FIELD_NUMBER: _ClassVar[int]
     study_id: str
     trial_id: int
     state: TrialState
@@ -122,7 +123,8 @@ class Trial(_message.Message):
     stderr_tail: str
     retries: int
     fused_group: str
-    def __init__(self, study_id: _Optional[str] = ..., trial_id: _Optional[int] = ..., state: _Optional[_Union[TrialState, str]] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., device: _Optional[str] = ..., metrics: _Optional[_Iterable[_Union[EpochMetrics, _Mapping]]] = ..., final_metrics: _Optional[_Mapping[str, float]] = ..., objective_value: _Optional[float] = ..., error: _Optional[str] = ..., checkpoint: _Optional[str] = ..., epochs_completed: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., objective_values: _Optional[_Iterable[float]] = ..., failure_reason: _Optional[str] = ..., exit_code: _Optional[int] = ..., exit_signal: _Optional[str] = ..., stderr_tail: _Optional[str] = ..., retries: _Optional[int] = ..., fused_group: _Optional[str] = ...) -> None: ...
+    violated_constraints: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, study_id: _Optional[str] = ..., trial_id: _Optional[int] = ..., state: _Optional[_Union[TrialState, str]] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., device: _Optional[str] = ..., metrics: _Optional[_Iterable[_Union[EpochMetrics, _Mapping]]] = ..., final_metrics: _Optional[_Mapping[str, float]] = ..., objective_value: _Optional[float] = ..., error: _Optional[str] = ..., checkpoint: _Optional[str] = ..., epochs_completed: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., objective_values: _Optional[_Iterable[float]] = ..., failure_reason: _Optional[str] = ..., exit_code: _Optional[int] = ..., exit_signal: _Optional[str] = ..., stderr_tail: _Optional[str] = ..., retries: _Optional[int] = ..., fused_group: _Optional[str] = ..., violated_constraints: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TrialCounts(_message.Message):
     __slots__ = ("pending", "running", "completed", "failed", "pruned", "cancelled", "infeasible")
