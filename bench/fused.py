@@ -3,8 +3,8 @@
     .venv/bin/python bench/fused.py            # 32 trials x 6 epochs per workload, K in 1, 2, 4, 8, 16, 2 rounds
     .venv/bin/python bench/fused.py --quick    # 16 trials x 3 epochs per workload, 3 rounds
 
-The fused path is not wired into the server's runner yet, so this measures the engine in one
-process: the same trials trained by `server.worker.fused.trainer.GroupTrainer.train_group` in
+This measures the engine in one process (the runner's fused path, `resources.fuse`, runs the same
+`GroupTrainer` in a worker and is not timed here): the same trials trained by `server.worker.fused.trainer.GroupTrainer.train_group` in
 groups of K, and one by one by the solo `server.worker.trainer.Trainer` (K=1: what today's warm
 worker does per trial), both warm (datasets loaded and code paths run once before the clocks) and
 on one torch thread (`Placement(threads=1)`, one CPU slot).
