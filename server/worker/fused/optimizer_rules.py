@@ -31,6 +31,7 @@ class Hyper:
     def __init__(self, values: Mapping[str, Tensor]) -> None:
         self.values = dict(values)
         self._any = {name: bool(value.ne(0).any()) for name, value in self.values.items()}
+        self._columns: dict[str, Tensor] = {}
 
     def __getitem__(self, name: str) -> Tensor:
         return self.values[name]
@@ -38,6 +39,16 @@ class Hyper:
     def any(self, name: str) -> bool:
         """Whether any member has a non-zero (or true) value for ``name``."""
         return self._any.get(name, False)
+
+    def column(self, key: str, like: Tensor, make: Callable[[], Tensor]) -> Tensor:
+        """``col(make(), like)``, made once: only for values of these fixed hyperparameters (never lr or step).
+
+        A step then skips the float64 arithmetic and the casts for them, with the very same values.
+        """
+        cached = self._columns.get(key)
+        if cached is None or cached.dtype != like.dtype or cached.device != like.device or cached.dim() != like.dim():
+            cached = self._columns[key] = col(make(), like)
+        return cached
 
 
 Update = Callable[[Tensor, Tensor, dict[str, Tensor], Hyper, Tensor, Tensor], Tensor]
@@ -140,8 +151,10 @@ def _moments(grad: Tensor, st: dict[str, Tensor], hp: Hyper) -> tuple[Tensor, Te
     """The Adam family's first and second moment updates; returns (exp_avg, exp_avg_sq)."""
     beta1, beta2 = hp["beta1"], hp["beta2"]
     exp_avg, exp_avg_sq = st["exp_avg"], st["exp_avg_sq"]
-    exp_avg.lerp_(grad, col(1 - beta1, grad))
-    exp_avg_sq.mul_(col(beta2, grad)).add_(col(1 - beta2, grad) * grad * grad)
+    exp_avg.lerp_(grad, hp.column("1 - beta1", grad, lambda: 1 - beta1))
+    exp_avg_sq.mul_(hp.column("beta2", grad, lambda: beta2)).add_(
+        hp.column("1 - beta2", grad, lambda: 1 - beta2) * grad * grad
+    )
     return exp_avg, exp_avg_sq
 
 
@@ -163,7 +176,7 @@ def adam_update(param: Tensor, grad: Tensor, st: dict[str, Tensor], hp: Hyper, l
         max_sq = st["max_exp_avg_sq"]
         torch.maximum(max_sq, exp_avg_sq, out=max_sq)
         second = torch.where(col(hp["amsgrad"], param), max_sq, exp_avg_sq)
-    denom = (second.sqrt() / col(bias_correction2_sqrt, param)).add_(col(hp["eps"], param))
+    denom = (second.sqrt() / col(bias_correction2_sqrt, param)).add_(hp.column("eps", param, lambda: hp["eps"]))
     param.add_(exp_avg / denom * col(-(lr / bias_correction1), param))
     return _ones(live)
 
