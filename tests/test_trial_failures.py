@@ -47,7 +47,7 @@ def test_exceeding_max_failures_fails_the_study(stub):
 def test_max_duration_stops_running_trials_and_keeps_their_results(stub):
     spec = tiny_spec(
         training={"epochs": 500, "batch_size": 32, "optimizer": {"name": "adam"}},
-        budget={"max_trials": 5, "max_concurrent_trials": 1, "max_duration": "12s"},
+        budget={"max_trials": 5, "max_concurrent_trials": 1, "max_duration": "8s"},
     )
     study, events = run_study(stub, spec)
     assert study.state == pb.STUDY_COMPLETED
