@@ -28,7 +28,7 @@ WIDTHS = [1, 2, 3, 4]
 def slow_grid_spec(log_dir: Path, **overrides: Any) -> dict[str, Any]:
     """Four trials (a grid over `model.width`) of four slow epochs each, one at a time."""
     spec = tiny_spec(
-        model={"name": "faulty", "options": {"epoch_sleep": 0.6, "epoch_log": str(log_dir)}},
+        model={"name": "faulty", "options": {"epoch_sleep": 0.3, "epoch_log": str(log_dir)}},
         training={"epochs": EPOCHS, "batch_size": 256, "optimizer": {"name": "adam"}, "seed": 0},
         search_space=[{"name": "model.width", "choice": {"values": WIDTHS}}],
         searcher={"name": "grid"},
