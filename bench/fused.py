@@ -4,10 +4,11 @@
     .venv/bin/python bench/fused.py --quick    # 16 trials x 3 epochs per workload, 3 rounds
 
 This measures the engine in one process (the runner's fused path, `resources.fuse`, runs the same
-`GroupTrainer` in a worker and is not timed here): the same trials trained by `server.worker.fused.trainer.GroupTrainer.train_group` in
-groups of K, and one by one by the solo `server.worker.trainer.Trainer` (K=1: what today's warm
-worker does per trial), both warm (datasets loaded and code paths run once before the clocks) and
-on one torch thread (`Placement(threads=1)`, one CPU slot).
+`GroupTrainer` in a worker and is not timed here): the same trials trained by
+`server.worker.fused.trainer.GroupTrainer.train_group` in groups of K, and one by one by the solo
+`server.worker.trainer.Trainer` (K=1: what today's warm worker does per trial), both warm (datasets
+loaded and code paths run once before the clocks) and on one torch thread (`Placement(threads=1)`,
+one CPU slot).
 
 Workloads: `simple_cnn` on `digits` (SGD with momentum) and `mlp` on `breast_cancer` (Adam), one
 shared seed (fusion needs it), searching `optimizer.lr` (log range) and `optimizer.weight_decay`
