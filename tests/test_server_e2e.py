@@ -63,8 +63,10 @@ def test_watch_after_sequence_replays_only_later_events(stub):
 
 
 def test_killed_worker_fails_its_trial_and_the_study_goes_on(server, stub):
+    # 12 epochs: the victim, found running after its first epoch, has 11 more to be killed in; the two
+    # trials after it train all of theirs (40 epochs each once, most of this test's time).
     spec = tiny_spec(
-        training={"epochs": 40, "batch_size": 32, "optimizer": {"name": "adam"}},
+        training={"epochs": 12, "batch_size": 32, "optimizer": {"name": "adam"}},
         budget={"max_trials": 3, "max_concurrent_trials": 1},
     )
     study = create(stub, spec)
