@@ -118,6 +118,9 @@ def test_a_fused_study_trains_one_group_whose_members_match_their_solo_runs(stub
     assert study.state == pb.STUDY_COMPLETED and sorted(fused) == [1, 2, 3, 4], study.error
     assert launched(caplog, fused_id) == [f"study {fused_id}: trials [1, 2, 3, 4] train fused as group g1"]
     assert stored_groups(server[1], fused_id) == {1: "g1", 2: "g1", 3: "g1", 4: "g1"}
+    assert {t.fused_group for t in fused.values()} == {"g1"} and {t.fused_group for t in solo.values()} == {""}
+    got = stub.GetTrial(pb.GetTrialRequest(study_id=fused_id, trial_id=2), timeout=30)
+    assert got.fused_group == "g1"
     for trial_id, trial in fused.items():
         assert trial.state == pb.TRIAL_COMPLETED and trial.epochs_completed == 3
         assert_same_epochs(trial, solo[trial_id])

@@ -135,6 +135,7 @@ def trial_to_proto(trial: TrialRecord) -> pb.Trial:
         exit_signal=trial.exit_signal,
         stderr_tail=trial.stderr_tail,
         retries=trial.retries,
+        fused_group=trial.fused_group,
     )
     if trial.exit_code is not None:
         msg.exit_code = trial.exit_code

@@ -38,6 +38,7 @@ from tuneyard.server.execution.messages import (
     Request,
     Sink,
     TaskMessage,
+    task_key,
 )
 from tuneyard.server.execution.pooled import PooledWorkers
 from tuneyard.server.execution.protocol import Node
@@ -174,8 +175,9 @@ class RayWorker(TaskHolder):
             task.sink(Crashed(task.key, why, reason, exit_code=None, exit_signal="", stderr_tail=tail))
 
     def stop(self, key: Any) -> None:
+        """Asks the actor to end task `key` (a `MemberKey`: one member of the fused group it runs)."""
         with self._lock:
-            if sink_for(self._task, key) is not None:
+            if sink_for(self._task, task_key(key)) is not None:
                 self._actor.stop.remote(key)
 
     def kill(self, reason: str = "crash") -> None:

@@ -140,6 +140,7 @@ def _trial_record(study_id: str, row: sqlite3.Row, epochs: list[EpochRecord], ch
         retries=row["retries"],
         pruned_epoch=row["pruned_epoch"],
         violated_constraints=json.loads(row["violated_constraints"]),
+        fused_group=row["fused_group"],
     )
 
 

@@ -132,6 +132,7 @@ class TrialRecord:
     # The spec's constraints its final metrics violate ("params <= 1e+06"): a COMPLETED trial with any
     # is infeasible for the objective, never the best trial nor on the Pareto front.
     violated_constraints: list[str] = field(default_factory=list)
+    fused_group: str = ""  # the fused group (resources.fuse) it trains or last trained in; "" solo
 
     @property
     def feasible(self) -> bool:
