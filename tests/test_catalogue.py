@@ -50,7 +50,7 @@ CATALOGUE = {
         "iris",
         "csv",
     ],
-    "searcher": ["random", "grid", "sobol", "tpe", "cmaes", "evolution", "gp"],
+    "searcher": ["random", "grid", "sobol", "tpe", "cmaes", "evolution", "gp", "bohb"],
     "early_stopper": ["median", "asha", "hyperband"],
     "task": ["classification", "regression", "multilabel"],
 }

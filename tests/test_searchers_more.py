@@ -14,7 +14,7 @@ import pytest
 from tuneyard.plugins.api import Choice, Condition, FloatRange, IntRange, Objective, Parameter, Searcher
 from tuneyard.plugins.manager import PluginRegistry
 
-ALL = ("random", "grid", "sobol", "tpe", "cmaes", "gp", "evolution")
+ALL = ("random", "grid", "sobol", "tpe", "cmaes", "gp", "evolution", "bohb")
 # A GP suggestion costs up to a second of CPU: the GP has its own compact test below instead.
 FAST = tuple(name for name in ALL if name != "gp")
 SGD, ADAM = Condition("optimizer.name", ("sgd",)), Condition("optimizer.name", ("adam",))

@@ -25,7 +25,7 @@ from tuneyard.v1 import service_pb2 as pb
 
 HIGH = 5 * 10**8
 HUGE = (Parameter("n", IntRange(0, HIGH)), Parameter("c", Choice(("a", "b"))))
-ALL = ("random", "grid", "sobol", "tpe", "cmaes", "gp", "evolution")
+ALL = ("random", "grid", "sobol", "tpe", "cmaes", "gp", "evolution", "bohb")
 # Model-based searchers leave their start-up phase within the 20 suggestions, so their models see the range.
 # (A GP suggestion costs up to a second of CPU: it models only the last few.)
 OPTIONS: dict[str, dict[str, Any]] = {"tpe": {"n_startup_trials": 5}, "gp": {"n_startup_trials": 18}}
