@@ -186,8 +186,8 @@ def resolve(spec: dict[str, Any], config: dict[str, Any], registry: PluginRegist
     return _typed(settings)
 
 
-# The settings a fused group's members may differ in (issue 17); the worker's
-# `fused.members.FUSABLE` is the same list, and its `group_problem` has the final word.
+# The settings a fused group's members may differ in (issue 17); the worker's `fused.members`
+# checks a group against the same key, and its `group_problem` has the final word.
 FUSABLE = ("training.optimizer.options", "training.label_smoothing", "training.lr_scheduler.options")
 
 

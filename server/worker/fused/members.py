@@ -18,7 +18,6 @@ Imported only in worker processes (it imports torch).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,24 +28,9 @@ from torch import nn
 from tuneyard.plugins.api import Task
 from tuneyard.plugins.manager import PluginRegistry
 from tuneyard.server.execution.messages import TrainTask
-from tuneyard.server.study.settings import Component, TrialSettings
+from tuneyard.server.study.settings import FUSABLE, TrialSettings, fusion_key
 from tuneyard.server.worker.fused.optimizers import FACTORIES, StackedOptimizer, Unfusable, fuse_optimizer
 from tuneyard.server.worker.fused.stack import FusedModel
-
-FUSABLE = ("training.optimizer.options", "training.label_smoothing", "training.lr_scheduler.options")
-
-
-def _without_fusable(settings: TrialSettings) -> TrialSettings:
-    """The settings with the fusable ones blanked: what all members of a group must share."""
-    training = settings.training
-    schedule = training.lr_scheduler
-    blank = dataclasses.replace(
-        training,
-        optimizer=Component(training.optimizer.name),
-        label_smoothing=0.0,
-        lr_scheduler=None if schedule is None else Component(schedule.name),
-    )
-    return dataclasses.replace(settings, training=blank)
 
 
 def _one_problem(task: TrainTask, registry: PluginRegistry, device: torch.device) -> str | None:
@@ -84,9 +68,9 @@ def settings_problem(tasks: Sequence[TrainTask], registry: PluginRegistry, devic
         problem = _one_problem(task, registry, device)
         if problem is not None:
             return f"member {index} (trial {task.trial_id}): {problem}"
-    first = _without_fusable(tasks[0].settings)  # type: ignore[arg-type]  # checked above
+    first = fusion_key(tasks[0].settings)
     for index, task in enumerate(tasks[1:], start=1):
-        if _without_fusable(task.settings) != first:  # type: ignore[arg-type]
+        if fusion_key(task.settings) != first:
             return f"member {index} (trial {task.trial_id}) differs from member 0 outside {', '.join(FUSABLE)}"
         if task.resume != tasks[0].resume:
             return f"member {index} (trial {task.trial_id}) resumes and member 0 does not, or the other way round"

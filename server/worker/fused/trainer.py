@@ -1,6 +1,6 @@
 """Trains a group of trials as one fused model in one worker (issue 17): one forward and backward per batch.
 
-The members' settings differ only in the fusable ones (`members.FUSABLE`: optimizer options, label
+The members' settings differ only in the fusable ones (`settings.FUSABLE`: optimizer options, label
 smoothing, lr-schedule options); `group_problem` says why a group cannot train fused (and must be
 trained solo). Each member is built as the solo `Trainer` builds it, in the same order of random
 draws (seed, dataset, task, model), then the members are stacked (`stack.FusedModel`) under one
