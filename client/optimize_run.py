@@ -98,8 +98,11 @@ class OptimizeRun:
             self._fail(exc)
 
     def _evaluate(self) -> None:
-        while (trial := self._todo.get()) is not None:
-            self._ended.put(self._studies.evaluate(trial, self._fn))
+        try:
+            while (trial := self._todo.get()) is not None:
+                self._ended.put(self._studies.evaluate(trial, self._fn))
+        except BaseException as exc:  # a result that is no number nor metrics: the run stops, and says why
+            self._fail(exc)
 
     def _dispatch(self, client_id: str, n_workers: int) -> None:
         """Tell what ended, ask for as many trials as workers are free; when none is free, wait for an end."""
