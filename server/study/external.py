@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from tuneyard.plugins.manager import PluginRegistry
 from tuneyard.server.storage.store import Store
-from tuneyard.server.study.domain import InvalidArgument, TrialRecord, TrialState, WrongState, under
+from tuneyard.server.study.domain import DomainError, InvalidArgument, TrialRecord, TrialState, WrongState, under
 from tuneyard.server.study.events import EventHub
 from tuneyard.server.study.journal import StudyJournal
 from tuneyard.server.study.outcomes import Ending
@@ -186,24 +186,38 @@ class ExternalStudy(threading.Thread):
 
     def suggest(self, count: int, client_id: str, completions: Sequence[Completion] = ()) -> Handout:
         """Ends `completions` in order (tell), then leases up to `count` trials to `client_id` (ask),
-        in one hold of the lock: a client that tells one trial and asks for the next waits once."""
+        in one hold of the lock and one store transaction: a client that tells the trials it finished
+        and asks for more waits once, and the server commits once. A refused completion hands nothing
+        out; the ones before it stay ended (committed), and the refusal is raised after the commit."""
         for i, completion in enumerate(completions):
             with under(f"completions[{i}]."):
                 _check_ending(completion)
-        with self._lock:
+        refused: DomainError | None = None
+        with self._lock, self.storage.atomic():
             completed = []
-            for i, completion in enumerate(completions):
-                with under(f"completions[{i}]."):
-                    completed.append(self._complete(completion))
-            self._police()
-            handed: list[TrialRecord] = []
-            while len(handed) < count:
-                trial = self._hand_out(client_id)
-                if trial is None:
-                    break
-                handed.append(trial)
-            self._end_if_done()
-            return Handout(handed, self._ended or self._exhausted, completed)
+            try:
+                for i, completion in enumerate(completions):
+                    with under(f"completions[{i}]."):
+                        completed.append(self._complete(completion))
+            except DomainError as exc:  # raised before the refused one wrote anything
+                refused = exc
+            if refused is None:
+                handed = self._hand_out_up_to(count, client_id)
+                done = self._ended or self._exhausted
+        if refused is not None:
+            raise refused
+        return Handout(handed, done, completed)
+
+    def _hand_out_up_to(self, count: int, client_id: str) -> list[TrialRecord]:
+        self._police()
+        handed: list[TrialRecord] = []
+        while len(handed) < count:
+            trial = self._hand_out(client_id)
+            if trial is None:
+                break
+            handed.append(trial)
+        self._end_if_done()
+        return handed
 
     def report(self, trial_id: int, step: int, metrics: dict[str, float], client_id: str = "") -> bool:
         """Stores step `step` of a trial, renews its lease; True: STOP. A `client_id` must be the holder's."""
