@@ -193,7 +193,7 @@ class ExternalStudy(threading.Thread):
             with under(f"completions[{i}]."):
                 _check_ending(completion)
         refused: DomainError | None = None
-        with self._lock, self.storage.atomic():
+        with self._lock, self.storage.atomic(), self._book.batched():
             completed = []
             try:
                 for i, completion in enumerate(completions):

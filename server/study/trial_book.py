@@ -9,6 +9,8 @@ The one place both kinds of study write trials through: the runner whose workers
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from tuneyard.plugins.manager import PluginRegistry
@@ -40,6 +42,7 @@ class TrialBook:
         self.study_id, self.plan = study_id, plan
         self.storage, self.journal, self.registry = storage, journal, registry
         self.searcher, self.stopping, self.results = searcher, stopping, results
+        self._deferred = self._search_changed = False  # see `batched`
 
     @classmethod
     def built(
@@ -58,11 +61,30 @@ class TrialBook:
             results=Results(plan),
         )
 
+    @contextmanager
+    def batched(self) -> Iterator[None]:
+        """Inside one store transaction (`storage.atomic()`): the search state is written once, at the
+        end, instead of at every trial's start and end (they commit together, so only the last counts)."""
+        self._deferred = True
+        try:
+            yield
+            self._deferred = False
+            if self._search_changed:
+                self.journal.search_state(self.searcher, self.stopping)
+        finally:
+            self._deferred = self._search_changed = False
+
+    def _journal_search(self) -> None:
+        if self._deferred:
+            self._search_changed = True
+        else:
+            self.journal.search_state(self.searcher, self.stopping)
+
     def start(self, trial_id: int, config: dict[str, Any], device: str, checkpoint: str = "") -> TrialRecord:
         """Stores a new RUNNING trial with the search state that suggested it, and announces it."""
         with self.storage.atomic():
             trial = self.storage.create_trial(self.study_id, trial_id, config, device, checkpoint)
-            self.journal.search_state(self.searcher, self.stopping)
+            self._journal_search()
             self.journal.publish("trial_started", {"trial": trial_to_dict(trial)})
         self.registry.on_trial_start(self.study_id, trial_id, dict(config))
         return trial
@@ -96,7 +118,7 @@ class TrialBook:
         self.stopping.complete(trial_id, value)
         with self.storage.atomic():
             trial = self.storage.end_trial(self.study_id, trial_id, end)
-            self.journal.search_state(self.searcher, self.stopping)
+            self._journal_search()
             self.journal.publish("trial_finished", {"trial": trial_to_dict(trial)})
             if self.results.offer_to_front(trial):
                 self.storage.set_pareto(self.study_id, [trial_id for trial_id, _ in self.results.front])
