@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import os
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tuneyard.server.execution.devices import Device
@@ -55,6 +56,11 @@ class WorkerPool(PooledWorkers):
         return [Node(host, host, alive=True, cpus=float(os.cpu_count() or 1), gpus=float(gpus), memory_bytes=memory)]
 
     def close(self) -> None:
-        for worker in self.workers:
-            if not worker.closed:
-                worker.close()
+        """Closes every worker at once (each hears Shutdown and exits in about a second: closed one
+        after another, a pool of many packed workers took tens of seconds to stop)."""
+        open_workers = [worker for worker in self.workers if not worker.closed]
+        if not open_workers:
+            return
+        with ThreadPoolExecutor(max_workers=len(open_workers), thread_name_prefix="close-worker") as closing:
+            for done in [closing.submit(worker.close) for worker in open_workers]:
+                done.result()
