@@ -22,6 +22,21 @@ from google.protobuf import json_format
 from tuneyard.v1 import service_pb2 as pb
 from tuneyard.v1 import service_pb2_grpc, spec_pb2
 
+# The sections of a study's report and dashboard page, in their order (tests/test_report.py, test_dashboard.py).
+REPORT_SECTIONS = (
+    "best",
+    "learning-curves",
+    "history",
+    "parallel-coordinates",
+    "slice",
+    "contour",
+    "importance",
+    "trials",
+    "pareto",
+    "occupancy",
+)
+
+
 REPO = Path(__file__).resolve().parents[1]
 
 # The built-in augmentations by where the trainer applies them: per sample (before normalisation), per batch.

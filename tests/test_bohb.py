@@ -12,20 +12,15 @@ from typing import Any
 
 import grpc
 import pytest
+from test_searchers_more import CONDITIONAL
 
-from tuneyard.plugins.api import Choice, Condition, FloatRange, IntRange, Objective, Parameter, Searcher
+from tuneyard.plugins.api import Choice, FloatRange, Objective, Parameter, Searcher
 from tuneyard.plugins.manager import PluginRegistry
 from tuneyard.v1 import service_pb2 as pb
 from tuneyard.v1 import service_pb2_grpc
 
-SGD, ADAM = Condition("optimizer.name", ("sgd",)), Condition("optimizer.name", ("adam",))
-EVERY_TYPE = (
-    Parameter("optimizer.name", Choice(("sgd", "adam"))),
-    Parameter("optimizer.lr", FloatRange(1e-3, 1.0, log=True), SGD),
-    Parameter("optimizer.lr", FloatRange(1e-5, 1e-2, log=True), ADAM),
-    Parameter("optimizer.momentum", FloatRange(0.0, 0.99), SGD),
-    Parameter("model.layers", IntRange(1, 4)),
-    Parameter("training.batch_size", IntRange(16, 256, log=True, step=16)),
+EVERY_TYPE = (  # the conditional space of the other searchers' tests, with a choice of ints and a fixed float
+    *CONDITIONAL,
     Parameter("model.kernel", Choice((3, 5, 7))),
     Parameter("model.dropout", FloatRange(0.25, 0.25)),
 )

@@ -19,6 +19,7 @@ from typing import Any
 
 import grpc
 import pytest
+from support import REPORT_SECTIONS as SECTIONS
 from support import tiny_spec, to_proto, watch_all
 
 from tuneyard.server.api.security import Token
@@ -26,18 +27,6 @@ from tuneyard.v1 import service_pb2 as pb
 from tuneyard.v1 import service_pb2_grpc
 
 TOKEN = "dash-" + "5e1c0a9f3b7d2e6a4c8b"
-SECTIONS = (
-    "best",
-    "learning-curves",
-    "history",
-    "parallel-coordinates",
-    "slice",
-    "contour",
-    "importance",
-    "trials",
-    "pareto",
-    "occupancy",
-)
 
 
 @pytest.fixture(scope="module")

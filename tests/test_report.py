@@ -8,6 +8,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from support import REPORT_SECTIONS as SECTIONS
 from support import tiny_spec, to_proto, watch_all
 
 from tuneyard.client import report
@@ -16,18 +17,6 @@ from tuneyard.common import report_data, report_html
 from tuneyard.v1 import service_pb2 as pb
 from tuneyard.v1 import service_pb2_grpc
 
-SECTIONS = (
-    "best",
-    "learning-curves",
-    "history",
-    "parallel-coordinates",
-    "slice",
-    "contour",
-    "importance",
-    "trials",
-    "pareto",
-    "occupancy",
-)
 SVGS = {"best": 0, "trials": 0, "pareto": 0, "slice": 2}  # single objective, two parameters; others 1
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 
