@@ -9,6 +9,7 @@ Every trial is leased to the one ``client_id`` of the optimize.
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 import time
@@ -168,12 +169,10 @@ class OptimizeRun:
         return self._told(lambda: self._studies.ask(self._study_id, max(count, 1), client_id, told), bool(told))
 
     def _tell(self, told: list[Completion]) -> None:
-        if told:
-            self._told(lambda: self._rpc._call("CompleteTrial", told[0]) if len(told) == 1 else self._ask_none(told))
-
-    def _ask_none(self, told: list[Completion]) -> Any:
-        request = service_pb2.SuggestTrialsRequest(study_id=self._study_id, count=1, completions=told)
-        return self._rpc._call("SuggestTrials", request)
+        """Ends `told` without asking for more (a SuggestTrials could lease a trial no worker takes)."""
+        for completion in told:
+            if self._told(functools.partial(self._rpc._call, "CompleteTrial", completion)) is None:
+                return  # the study ended meanwhile: the server ended the rest too
 
     def _told(self, call: Callable[[], T], telling: bool = True) -> T | None:
         """``call()``, or None when it told a trial's end and failed because the study ended meanwhile
