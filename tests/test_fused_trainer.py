@@ -228,6 +228,26 @@ def test_group_checkpoints_resume_solo_and_solo_checkpoints_resume_as_a_group(tm
         assert_same(regrouped[i], [_solo_cached(each)[1][-1]])  # already done: the last epoch, reported again
 
 
+@pytest.mark.parametrize("written", [1, 2])
+def test_a_kill_among_the_groups_checkpoint_writes_resumes_from_the_epoch_all_members_hold(written, tmp_path):
+    """Epoch `written`'s writes were cut: member 0 never wrote it, member 1 was between its two
+    renames (only its previous state is there), member 2 wrote it. The group goes on from the epoch
+    before, fused, and matches the solo runs."""
+    from tuneyard.server.worker.checkpoints import previous_resume_path, resume_path
+
+    group(ADAM_STEP, tmp_path, stop=lambda trial_id, reports: len(reports) >= written)
+    first, second = (tmp_path / f"t{i}" / "checkpoint.pt" for i in (0, 1))
+    if written == 1:
+        resume_path(first).unlink()
+    else:
+        previous_resume_path(first).replace(resume_path(first))
+        resume_path(second).unlink()
+    assert group_problem(_tasks(ADAM_STEP, tmp_path, resume=True), REGISTRY) is None
+    _, resumed = group(ADAM_STEP, tmp_path, resume=True)
+    for i, each in enumerate(ADAM_STEP):
+        assert_same(resumed[i], _solo_cached(each)[1])  # from the common epoch (epoch 1 reported again, or fresh)
+
+
 def test_stopped_members_leave_and_the_others_match_their_solo_runs(tmp_path):
     polls = {2: 0}
 
@@ -286,8 +306,8 @@ def test_group_problem_refuses_what_it_does_not_implement(tmp_path):
         digits, model=Component("finetune", {"backbone": "resnet18", "unfreeze_at_epoch": 1})
     )
     assert "on_epoch_start" in _problem([unfusable, unfusable], tmp_path)
-    solo(base, tmp_path / "t0" / "checkpoint.pt", stop_after=1)
-    assert "different epochs" in _problem([base, base], tmp_path, resume=True)
+    solo(base, tmp_path / "t0" / "checkpoint.pt", stop_after=2)  # two epochs ahead of member 1: no common epoch
+    assert "different epochs ([0, 2])" in _problem([base, base], tmp_path, resume=True)
     assert group_problem(_tasks([base, changed(label_smoothing=0.1)], tmp_path), REGISTRY) is None
 
 

@@ -5,6 +5,10 @@ the weights a test run evaluates (the EMA weights when averaging). `resume.pt` h
 needs to go on after its last finished epoch: the progress (`epoch`, `metrics`, `best`,
 `since_best`), every part's state (model, optimizer, schedule, EMA, gradient scaler) and the
 random generators. Both are written atomically (a temporary file, then a rename).
+
+A fused group's members also keep their previous epoch's state (`resume.prev.pt`): a group's K
+writes are not one atomic step, so a kill among them leaves some members one epoch ahead, and the
+group resumes from the epoch all of them hold (`resume_states`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,11 @@ def resume_path(checkpoint: Path) -> Path:
     return checkpoint.with_name("resume.pt")
 
 
+def previous_resume_path(checkpoint: Path) -> Path:
+    """Where a fused member's state of the epoch before its last lives."""
+    return checkpoint.with_name("resume.prev.pt")
+
+
 def save_epoch(
     path: Path,
     evaluated: nn.Module,
@@ -32,31 +41,63 @@ def save_epoch(
     batches: Batches,
     progress: dict[str, Any],
     device: torch.device,
+    *,
+    keep_previous: bool = False,
 ) -> None:
-    """Writes the epoch's resume state, then its checkpoint; `parts` maps a name to a part or None."""
+    """Writes the epoch's resume state, then its checkpoint; `parts` maps a name to a part or None.
+    With `keep_previous` the state it replaces becomes `resume.prev.pt`."""
     rng = {"torch": torch.get_rng_state(), "python": random.getstate(), "shuffle": batches.generator.get_state()}
     if device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state(device)
     parts_state = {name: part.state_dict() for name, part in parts.items() if part is not None}
-    _write(resume_path(path), {**progress, "parts": parts_state, "rng": rng})
+    state = {**progress, "parts": parts_state, "rng": rng}
+    if keep_previous:
+        tmp = _temporary(resume_path(path))
+        torch.save(state, tmp)
+        if resume_path(path).exists():
+            os.replace(resume_path(path), previous_resume_path(path))
+        os.replace(tmp, resume_path(path))
+    else:
+        _write(resume_path(path), state)
+        previous_resume_path(path).unlink(missing_ok=True)  # a fused member's, now stale
     _write(path, {"model": evaluated.state_dict(), "epoch": progress["epoch"]})
 
 
+def _temporary(path: Path) -> Path:
+    return path.with_name(f"{path.name}.{os.getpid()}.tmp")
+
+
 def _write(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp = _temporary(path)
     torch.save(state, tmp)
     os.replace(tmp, path)
+
+
+def _read(path: Path) -> dict[str, Any]:
+    # Written by this trainer into the server's own data directory; it holds schedule objects
+    # that weights_only loading refuses.
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def resume_states(path: Path) -> list[dict[str, Any]]:
+    """The trial's saved resume states, newest first: its last epoch's and, for a fused member,
+    the one before (alone when a kill came between the two renames of `save_epoch`)."""
+    return [_read(each) for each in (resume_path(path), previous_resume_path(path)) if each.exists()]
 
 
 def load_resume(path: Path, parts: dict[str, Any], batches: Batches, device: torch.device) -> dict[str, Any] | None:
     """Restores the parts and generators from the trial's last epoch, when an earlier attempt left
     its state; returns that state (with its progress), or None."""
-    saved = resume_path(path)
-    if not saved.exists():
+    saved = next((each for each in (resume_path(path), previous_resume_path(path)) if each.exists()), None)
+    if saved is None:
         return None
-    # Written by this trainer into the server's own data directory; it holds schedule objects
-    # that weights_only loading refuses.
-    state = torch.load(saved, map_location="cpu", weights_only=False)
+    state = _read(saved)
+    restore(state, parts, batches, device)
+    return state
+
+
+def restore(state: dict[str, Any], parts: dict[str, Any], batches: Batches, device: torch.device) -> None:
+    """Sets the parts and the random generators to a saved resume state."""
     for name, part_state in state["parts"].items():
         if parts.get(name) is not None:
             parts[name].load_state_dict(part_state)
@@ -66,4 +107,3 @@ def load_resume(path: Path, parts: dict[str, Any], batches: Batches, device: tor
     batches.generator.set_state(rng["shuffle"])
     if "cuda" in rng and device.type == "cuda":
         torch.cuda.set_rng_state(rng["cuda"], device)
-    return state

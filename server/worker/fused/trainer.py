@@ -43,7 +43,7 @@ from tuneyard.plugins.manager import PluginRegistry
 from tuneyard.server.execution.messages import TrainTask
 from tuneyard.server.study.settings import TrainingSettings, TrialSettings
 from tuneyard.server.worker.batches import Batches
-from tuneyard.server.worker.checkpoints import load_resume, resume_path, save_epoch
+from tuneyard.server.worker.checkpoints import restore, resume_states, save_epoch
 from tuneyard.server.worker.fused.epoch import (
     FusedTotals,
     MemberLosses,
@@ -110,22 +110,30 @@ def _result(metrics: dict[str, float], epochs: int, stopped: bool) -> dict[str, 
     return {"final_metrics": metrics, "epochs": epochs, "stopped": stopped}
 
 
-def _resume_mismatch(saved: Sequence[dict[str, Any] | None]) -> str | None:
-    """Why these members' resume states cannot go on as one group (different epochs or generators)."""
-    epochs = {0 if s is None else int(s["epoch"]) for s in saved}
-    if len(epochs) > 1:
-        return f"the members' checkpoints are at different epochs ({sorted(epochs)}); resume them solo"
-    states = [s["rng"] for s in saved if s is not None]
-    for rng in states[1:]:
-        same = torch.equal(rng["torch"], states[0]["torch"]) and torch.equal(rng["shuffle"], states[0]["shuffle"])
-        if not same or rng["python"] != states[0]["python"]:
+def _common_resume(tasks: Sequence[TrainTask]) -> list[dict[str, Any] | None] | str:
+    """Each member's state at the epoch all of them can resume from, or why there is none.
+
+    A kill among a group's checkpoint writes leaves some members one epoch ahead: they go back to
+    their previous state (or to the start, from their first epoch), which the others hold. The
+    states must also agree on the random generators (one batch order for the whole group)."""
+    saved = [resume_states(Path(task.checkpoint)) for task in tasks]
+    epoch = min((int(states[0]["epoch"]) if states else 0) for states in saved)
+    picked: list[dict[str, Any] | None] = []
+    for states in saved:
+        at = [s for s in states if int(s["epoch"]) == epoch]
+        if not at and epoch == 0 and (not states or int(states[0]["epoch"]) == 1):
+            picked.append(None)
+        elif at:
+            picked.append(at[0])
+        else:
+            epochs = sorted({int(states[0]["epoch"]) if states else 0 for states in saved})
+            return f"the members' checkpoints are at different epochs ({epochs}); resume them solo"
+    kept = [s["rng"] for s in picked if s is not None]
+    for rng in kept[1:]:
+        same = torch.equal(rng["torch"], kept[0]["torch"]) and torch.equal(rng["shuffle"], kept[0]["shuffle"])
+        if not same or rng["python"] != kept[0]["python"]:
             return "the members' checkpoints hold different random generator states (batch order); resume them solo"
-    return None
-
-
-def _read_resume(task: TrainTask) -> dict[str, Any] | None:
-    path = resume_path(Path(task.checkpoint))
-    return torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
+    return picked
 
 
 class GroupTrainer(Trainer):
@@ -141,7 +149,8 @@ class GroupTrainer(Trainer):
         """Why these tasks cannot train as one fused group on this trainer's device; None when they can."""
         problem = settings_problem(tasks, self.registry, self.device)
         if problem is None and tasks[0].resume:
-            problem = _resume_mismatch([_read_resume(task) for task in tasks])
+            common = _common_resume(tasks)
+            problem = common if isinstance(common, str) else None
         if problem is not None:
             return problem
         models, splits = [], None
@@ -238,13 +247,12 @@ class GroupTrainer(Trainer):
 
     def _resume(self, group: _Group, report: GroupReport) -> None:
         """Every member from its own checkpoint; they must agree on the epoch and the generators."""
-        saved = [
-            load_resume(Path(m.task.checkpoint), self._parts(group, i), group.train_batches, self.device)
-            for i, m in enumerate(group.members)
-        ]
-        mismatch = _resume_mismatch(saved)
-        if mismatch is not None:
-            raise ValueError(f"these trials cannot resume fused: {mismatch}")
+        saved = _common_resume([m.task for m in group.members])
+        if isinstance(saved, str):
+            raise ValueError(f"these trials cannot resume fused: {saved}")
+        for i, state in enumerate(saved):
+            if state is not None:
+                restore(state, self._parts(group, i), group.train_batches, self.device)
         group.sync_lr()
         leaving: dict[int, dict[str, Any]] = {}
         for member, state in zip(group.members, saved, strict=True):
@@ -368,7 +376,9 @@ class GroupTrainer(Trainer):
         parts = {**self._parts(group, index), "model": model}
         progress = {"epoch": epoch, "metrics": member.metrics, "best": member.best, "since_best": member.since_best}
         path = Path(member.task.checkpoint)
-        save_epoch(path, cast(torch.nn.Module, model), parts, group.train_batches, progress, self.device)
+        save_epoch(
+            path, cast(torch.nn.Module, model), parts, group.train_batches, progress, self.device, keep_previous=True
+        )
 
 
 def _track(member: Member, metrics: dict[str, float]) -> tuple[Any, int]:
