@@ -40,6 +40,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "tuneyard.plugins.builtin.datasets",
     "tuneyard.plugins.builtin.searchers",
     "tuneyard.plugins.builtin.early_stoppers",
+    "tuneyard.plugins.builtin.pbt",
     "tuneyard.plugins.builtin.tasks",
     "tuneyard.plugins.builtin.tensorboard_logger",
     "tuneyard.plugins.builtin.mlflow_logger",

@@ -43,7 +43,7 @@ def test_unknown_kind_or_name_is_a_key_error(reg: PluginRegistry) -> None:
     for call in (lambda: reg.get("widget", "x"), lambda: reg.names("widget"), lambda: reg.entries("widget")):
         with pytest.raises(KeyError, match="unknown plugin kind 'widget'"):
             call()
-    assert reg.names("early_stopper") == ["asha", "hyperband", "median"]
+    assert reg.names("early_stopper") == ["asha", "hyperband", "median", "pbt"]
     assert set(KINDS) >= {e.kind for e in reg.entries()}
 
 
