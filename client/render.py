@@ -131,6 +131,11 @@ def event_line(event: service_pb2.StudyEvent, spec: spec_pb2.StudySpec) -> str:
         progress = event.trial_progress
         metrics = metrics_text(progress.metrics, objective_names(spec)[0])
         return f"{head} trial {progress.trial_id} epoch {progress.epoch}  {metrics}"
+    if kind == "trial_exploited":
+        exploit = event.trial_exploited
+        config = compact_config(config_to_dict(exploit.change.config, spec))
+        source, epoch = exploit.change.source_trial_id, exploit.change.epoch
+        return f"{head} trial {exploit.trial_id} goes on from trial {source}'s epoch {epoch}  {config}".rstrip()
     if kind == "trial_finished":
         return f"{head} {trial_line(event.trial_finished.trial, spec)}"
     if kind == "best_trial_changed":
@@ -290,6 +295,8 @@ def trial_detail(trial: service_pb2.Trial, spec: spec_pb2.StudySpec) -> Renderab
     config = config_to_dict(trial.config, spec)
     if config:
         parts.append(_key_values("config", config))
+    if trial.config_history:
+        parts.append(_config_history(trial, spec))
     if trial.metrics:
         parts.append(_curve(trial, spec))
     if trial.final_metrics:
@@ -302,6 +309,20 @@ def trial_detail(trial: service_pb2.Trial, spec: spec_pb2.StudySpec) -> Renderab
         title = f"stderr (last {len(lines)} {'line' if len(lines) == 1 else 'lines'})"
         parts.append(Panel(Text("\n".join(lines)), title=title, title_align="left", border_style="yellow"))
     return Group(*parts)
+
+
+def _config_history(trial: service_pb2.Trial, spec: spec_pb2.StudySpec) -> Table:
+    """Its PBT exploits: after which epoch it went on from which trial's checkpoint, with what changed."""
+    table = Table(title="config history (pbt)", title_justify="left", box=None, padding=(0, 2))
+    for column in ("after epoch", "from trial", "changed"):
+        table.add_column(column, overflow="fold")
+    before = config_to_dict(trial.config, spec)
+    for change in trial.config_history:
+        config = config_to_dict(change.config, spec)
+        changed = ", ".join(f"{k}={number(v)}" for k, v in config.items() if before.get(k) != v)
+        table.add_row(str(change.epoch), str(change.source_trial_id), changed or "nothing")
+        before = config
+    return table
 
 
 def _key_values(title: str, values: Mapping[str, Any]) -> Table:

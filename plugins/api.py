@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 # Re-exported: plugin authors import every name they need from this module.
@@ -36,6 +35,9 @@ from tuneyard.plugins.data_paths import MAX_PATH_CHARS as MAX_PATH_CHARS
 from tuneyard.plugins.data_paths import MAX_PATH_PART_BYTES as MAX_PATH_PART_BYTES
 from tuneyard.plugins.data_paths import DataPath as DataPath
 from tuneyard.plugins.data_paths import resolve_data_path as resolve_data_path
+from tuneyard.plugins.population import Exploit as Exploit
+from tuneyard.plugins.population import PopulationStopper as PopulationStopper
+from tuneyard.plugins.trial_context import TrialContext as TrialContext
 
 KINDS: tuple[str, ...] = (
     "optimizer",
@@ -58,7 +60,7 @@ INJECTED: dict[str, frozenset[str]] = {
     "model": frozenset({"input_shape", "num_classes"}),
     "dataset": frozenset({"root"}),
     "searcher": frozenset({"space", "objective", "seed"}),
-    "early_stopper": frozenset({"objective", "max_epochs"}),
+    "early_stopper": frozenset({"objective", "max_epochs", "space", "study_seed"}),
     "trainable": frozenset({"trial", "epochs"}),
     "task": frozenset({"num_classes", "label_smoothing"}),
 }
@@ -316,59 +318,6 @@ class DatasetSplits:
     # (num_classes,), `num_classes` being the number of targets) or "multilabel" (0/1 float
     # targets of shape (num_classes,)). It must be the task the dataset registered.
     task: str = DEFAULT_TASK
-
-
-class TrialContext(Protocol):
-    """What a trainable receives as its `trial` argument: where it runs, and the one way it talks to
-    the study.
-
-    `report(step, metrics)` stores the step's metrics (an event, and a heartbeat: a step longer than
-    the server's `--trial-heartbeat-timeout` needs a larger one), hands the objective's value to the
-    early stopper, and raises `Pruned` when the trial must end: the stopper pruned it, the study was
-    cancelled, or its `max_duration` passed. The stopper's verdict on a step reaches the trial while
-    it works on the next one, so `report` raises at the first report after it. `step` counts from 1
-    and is at most `training.epochs`; a run again (a retry, a server restart) may report a step it
-    reported before, and the study keeps the first.
-
-    `checkpoint_dir` is the trial's own folder: it persists across retries and server restarts, and
-    a trial run again (`resumed`) finds there what it saved.
-    """
-
-    @property
-    def device(self) -> str:
-        """torch's name for the trial's device: "cpu", "cuda:0"."""
-        ...
-
-    @property
-    def threads(self) -> int:
-        """The CPU threads the trial may use (torch is set to them already)."""
-        ...
-
-    @property
-    def seed(self) -> int:
-        """`training.seed`, searched or fixed."""
-        ...
-
-    @property
-    def study_id(self) -> str: ...
-
-    @property
-    def trial_id(self) -> int: ...
-
-    @property
-    def data_root(self) -> str:
-        """The server's `--data-root` ("" when it has none)."""
-        ...
-
-    @property
-    def checkpoint_dir(self) -> Path: ...
-
-    @property
-    def resumed(self) -> bool:
-        """True when this trial ran before (a retry, or a server restart): look in checkpoint_dir."""
-        ...
-
-    def report(self, step: int, metrics: dict[str, float]) -> None: ...
 
 
 class Task(Protocol):

@@ -51,7 +51,7 @@ CATALOGUE = {
         "csv",
     ],
     "searcher": ["random", "grid", "sobol", "tpe", "cmaes", "evolution", "gp", "bohb"],
-    "early_stopper": ["median", "asha", "hyperband"],
+    "early_stopper": ["median", "asha", "hyperband", "pbt"],
     "task": ["classification", "regression", "multilabel"],
 }
 

@@ -38,8 +38,12 @@ def reg() -> PluginRegistry:
     return PluginRegistry.load(entry_points=False)
 
 
-def make(reg: PluginRegistry, objective: Objective = MAX, space: Any = SPACE, seed: int = 7, **options: Any) -> Any:
-    stopper = reg.create("early_stopper", "pbt", options, objective=objective, max_epochs=20, space=space, seed=seed)
+def make(
+    reg: PluginRegistry, objective: Objective = MAX, space: Any = SPACE, study_seed: int = 7, **options: Any
+) -> Any:
+    stopper = reg.create(
+        "early_stopper", "pbt", options, objective=objective, max_epochs=20, space=space, study_seed=study_seed
+    )
     assert isinstance(stopper, PopulationStopper) and isinstance(stopper, EarlyStopper)
     return stopper
 
@@ -215,7 +219,7 @@ def test_state_dict_round_trip_through_json_continues_identically(reg):
     half = len(log) // 2
     before = [first.exploit(*entry) for entry in log[:half]]
     saved = json.dumps(first.state_dict(), allow_nan=False)
-    restored = make(reg, resample_probability=0.5, seed=123)  # the saved RNG state replaces the seed's
+    restored = make(reg, resample_probability=0.5, study_seed=123)  # the saved RNG state replaces the seed's
     restored.load_state_dict(json.loads(saved))
     assert restored.state_dict() == first.state_dict()
     rest_first = [first.exploit(*entry) for entry in log[half:]]
@@ -234,20 +238,20 @@ def test_registry_options_defaults_seed_and_validation(reg):
     entry = reg.get("early_stopper", "pbt")
     assert entry.distribution == "tuneyard" and entry.description
     defaults = {p.name: p.default for p in entry.parameters}
-    assert {k: defaults[k] for k in ("interval", "quantile", "resample_probability", "rng_seed")} == {
+    assert {k: defaults[k] for k in ("interval", "quantile", "resample_probability", "seed")} == {
         "interval": 4,
         "quantile": 0.25,
         "resample_probability": 0.25,
-        "rng_seed": 0,
+        "seed": 0,
     }
     assert list(defaults["perturbation_factors"]) == [0.8, 1.2]
     pbt = make(reg, interval=2.0, perturbation_factors=[0.5, 2])  # Struct numbers arrive as floats
     assert isinstance(pbt, PopulationBasedTraining) and pbt.checkpoint_interval == 2 and pbt.factors == [0.5, 2.0]
     assert make(reg, space=[]).space == []
     log = run_log(8)
-    runs = [make(reg, seed=5), make(reg, seed=9, rng_seed=5), make(reg, seed=6)]
+    runs = [make(reg, study_seed=5), make(reg, study_seed=9, seed=5), make(reg, study_seed=6)]
     verdicts = [[pbt.exploit(*e) for e in log] for pbt in runs]
-    assert verdicts[0] == verdicts[1] != verdicts[2]  # rng_seed overrides the study's seed
+    assert verdicts[0] == verdicts[1] != verdicts[2]  # the seed option overrides the study's seed
     bad = {
         "interval": 0,
         "quantile": 0.75,

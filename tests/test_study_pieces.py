@@ -28,6 +28,7 @@ from tuneyard.server.study.spec import SpecValidator, StudyPlan
 from tuneyard.server.study.stopping import StopperLedger
 from tuneyard.server.study.trial_runs import STOP_GRACE_S, TEST, EvaluationRun, TaskBoard, TrialRun
 
+CONTINUE, STOP = Decision.CONTINUE, Decision.STOP
 ACCURACY = {"metric": "val_accuracy", "mode": "MAXIMIZE"}
 LOSS = {"metric": "val_loss", "mode": "MINIMIZE"}
 
@@ -221,18 +222,18 @@ def test_each_epoch_is_told_to_the_stopper_once() -> None:
 
 def test_a_stop_verdict_is_true() -> None:
     ledger = StopperLedger(ScriptedStopper(stop_at=2), OBJECTIVE)
-    assert [ledger.tell(1, epoch, {"val_accuracy": 0.1}) for epoch in (1, 2, 3)] == [False, True, False]
+    assert [ledger.tell(1, epoch, {"val_accuracy": 0.1}) for epoch in (1, 2, 3)] == [CONTINUE, STOP, CONTINUE]
 
 
 def test_an_epoch_without_the_objective_metric_is_not_told() -> None:
     stopper = ScriptedStopper(stop_at=1)
     ledger = StopperLedger(stopper, OBJECTIVE)
-    assert not ledger.tell(1, 1, {"val_loss": 0.1}) and stopper.reports == [] and ledger.reported == {}
+    assert ledger.tell(1, 1, {"val_loss": 0.1}) == CONTINUE and stopper.reports == [] and ledger.reported == {}
 
 
 def test_without_a_stopper_nothing_stops_and_nothing_is_journaled() -> None:
     ledger = StopperLedger(None, OBJECTIVE)
-    assert not ledger.tell(1, 1, {"val_accuracy": 0.1})
+    assert ledger.tell(1, 1, {"val_accuracy": 0.1}) == CONTINUE
     ledger.complete(1, 0.1)
     ledger.restore({"state": {}, "reported": {"1": 2}})
     assert ledger.state() is None and ledger.reported == {}

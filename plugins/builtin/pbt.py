@@ -229,12 +229,12 @@ def pbt(
     *,
     objective: Objective,
     space: Sequence[Parameter] = (),
-    seed: int | None = None,
+    study_seed: int | None = None,
     interval: int = 4,
     quantile: float = 0.25,
     perturbation_factors: Sequence[float] = (0.8, 1.2),
     resample_probability: float = 0.25,
-    rng_seed: int = 0,
+    seed: int = 0,
 ) -> PopulationBasedTraining:
     """Population-based training: bottom trials go on from a top trial's checkpoint, config explored.
 
@@ -248,7 +248,7 @@ def pbt(
         perturbation_factors: factors a range value is multiplied by (one drawn per value); a choice
             moves to an adjacent value.
         resample_probability: probability that a value is drawn afresh from its domain instead.
-        rng_seed: seed of PBT's draws; 0 uses the study's seed.
+        seed: seed of PBT's draws; 0 uses the study's seed.
     """
     return PopulationBasedTraining(
         objective,
@@ -257,7 +257,7 @@ def pbt(
         quantile=quantile,
         perturbation_factors=perturbation_factors,
         resample_probability=resample_probability,
-        seed=rng_seed or (seed or 0),
+        seed=seed or (study_seed or 0),
     )
 
 
@@ -267,6 +267,6 @@ def tuneyard_register_early_stoppers(register: Any) -> None:
         "interval": Bounds(ge=1),
         "quantile": Bounds(gt=0, le=0.5),
         "resample_probability": Bounds(ge=0, le=1),
-        "rng_seed": Bounds(ge=0),
+        "seed": Bounds(ge=0),
     }
     register(KIND, pbt, bounds=bounds)

@@ -143,6 +143,9 @@ def trial_to_proto(trial: TrialRecord) -> pb.Trial:
         msg.objective_value = trial.objective_value
     msg.objective_values.extend(trial.objective_values)
     msg.violated_constraints.extend(trial.violated_constraints)
+    for change in trial.config_history:
+        source, config = change.source_trial_id, _struct(change.config)
+        msg.config_history.add(epoch=change.epoch, source_trial_id=source, config=config)
     for epoch in trial.metrics:
         msg.metrics.add(epoch=epoch.epoch, values=epoch.values, time=_timestamp(epoch.time))
     return msg
@@ -192,6 +195,9 @@ def event_to_proto(event: EventRecord) -> pb.StudyEvent:
         msg.trial_started.trial.CopyFrom(trial_to_proto(trial_from_dict(p["trial"])))
     elif event.kind == "trial_progress":
         msg.trial_progress.CopyFrom(pb.TrialProgress(trial_id=p["trial_id"], epoch=p["epoch"], metrics=p["metrics"]))
+    elif event.kind == "trial_exploited":
+        change = pb.ConfigChange(epoch=p["epoch"], source_trial_id=p["source_trial_id"], config=_struct(p["config"]))
+        msg.trial_exploited.CopyFrom(pb.TrialExploited(trial_id=p["trial_id"], change=change))
     elif event.kind == "trial_finished":
         msg.trial_finished.trial.CopyFrom(trial_to_proto(trial_from_dict(p["trial"])))
     elif event.kind == "best_trial_changed":

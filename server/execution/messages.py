@@ -78,6 +78,11 @@ class TrainTask:
     rank: Rank = Rank()
     resume: bool = False  # go on from the checkpoint, if there is one
     study_id: str = ""
+    # PBT (`execution.snapshots`): keep the folder's files of every step that is a multiple of this
+    # (0: none); the epoch of the trial's last exploit (0: none), whose checkpoint, when it resumes
+    # from it, is another trial's: the settings' optimizer and schedule options go over its state.
+    keep_every: int = 0
+    explored_at: int = 0
 
 
 @dataclass(frozen=True, slots=True)

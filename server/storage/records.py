@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneyard.server.study.domain import (
+    ConfigChange,
     EpochRecord,
     EventRecord,
     NotFound,
@@ -141,6 +142,7 @@ def _trial_record(study_id: str, row: sqlite3.Row, epochs: list[EpochRecord], ch
         pruned_epoch=row["pruned_epoch"],
         violated_constraints=json.loads(row["violated_constraints"]),
         fused_group=row["fused_group"],
+        config_history=[ConfigChange(**change) for change in json.loads(row["config_history"])],
     )
 
 

@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS trials (
     pruned_epoch INTEGER NOT NULL DEFAULT 0,
     violated_constraints TEXT NOT NULL DEFAULT '[]',
     fused_group TEXT NOT NULL DEFAULT '',
+    config_history TEXT NOT NULL DEFAULT '[]',
     PRIMARY KEY (study_id, trial_id)
 );
 CREATE TABLE IF NOT EXISTS metrics (
@@ -79,6 +80,7 @@ ADDED_COLUMNS = {
         "pruned_epoch": "INTEGER NOT NULL DEFAULT 0",
         "violated_constraints": "TEXT NOT NULL DEFAULT '[]'",
         "fused_group": "TEXT NOT NULL DEFAULT ''",
+        "config_history": "TEXT NOT NULL DEFAULT '[]'",
     },
     "studies": {"stopper_state": "TEXT", "budget_start": "REAL"},
 }

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from tuneyard.server.storage.sqlite_file import DB_NAME
 from tuneyard.server.storage.store import JsonState
 from tuneyard.server.storage.tokens import decode_token, encode_token
 from tuneyard.server.study.domain import (
+    ConfigChange,
     EventRecord,
     NotFound,
     StudyRecord,
@@ -207,6 +209,9 @@ class Storage(StoreConnection):
 
     def set_fused_group(self, study_id: str, trial_id: int, group: str) -> None:
         self._set_trial(study_id, trial_id, {"fused_group": group})
+
+    def set_config_history(self, study_id: str, trial_id: int, history: list[ConfigChange]) -> None:
+        self._set_trial(study_id, trial_id, {"config_history": json.dumps([asdict(change) for change in history])})
 
     def mark_pruned(self, study_id: str, trial_id: int, epoch: int) -> None:
         self._set_trial(study_id, trial_id, {"pruned_epoch": epoch})

@@ -27,7 +27,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
 
-from tuneyard.server.study.domain import EventRecord, StudyRecord, StudyState, TrialEnd, TrialRecord
+from tuneyard.server.study.domain import ConfigChange, EventRecord, StudyRecord, StudyState, TrialEnd, TrialRecord
 
 
 class JsonState(dict[str, Any]):
@@ -154,6 +154,10 @@ class Store(Protocol):
 
     def set_fused_group(self, study_id: str, trial_id: int, group: str) -> None:
         """The trial trains in fused group `group` now ("": solo; `resources.fuse`); NotFound."""
+        ...
+
+    def set_config_history(self, study_id: str, trial_id: int, history: list[ConfigChange]) -> None:
+        """The trial's PBT exploits, oldest first (a new one journaled with its step, in one `atomic()`); NotFound."""
         ...
 
     def mark_pruned(self, study_id: str, trial_id: int, epoch: int) -> None:

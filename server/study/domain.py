@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
@@ -107,6 +107,19 @@ class EpochRecord:
     time: float
 
 
+@dataclass(frozen=True)
+class ConfigChange:
+    """A population stopper's exploit (PBT) of the trial: from the epoch after `epoch` it trains
+    `config` (its whole searched config), going on from trial `source_trial_id`'s checkpoint of
+    `epoch`. Journaled with the step before the runner acts; `applied` once the trial's files are
+    the source's, so a restart copies them again only when they were not."""
+
+    epoch: int
+    source_trial_id: int
+    config: dict[str, Any]
+    applied: bool = False
+
+
 @dataclass
 class TrialRecord:
     study_id: str
@@ -133,11 +146,17 @@ class TrialRecord:
     # is infeasible for the objective, never the best trial nor on the Pareto front.
     violated_constraints: list[str] = field(default_factory=list)
     fused_group: str = ""  # the fused group (resources.fuse) it trains or last trained in; "" solo
+    config_history: list[ConfigChange] = field(default_factory=list)  # its PBT exploits, oldest first
 
     @property
     def feasible(self) -> bool:
         """Whether the trial may count for the objective (it violates no constraint)."""
         return not self.violated_constraints
+
+    @property
+    def current_config(self) -> dict[str, Any]:
+        """The config it trains now: its last exploit's, else the one it started with."""
+        return self.config_history[-1].config if self.config_history else self.config
 
 
 @dataclass(frozen=True)
@@ -220,6 +239,7 @@ def trial_to_dict(trial: TrialRecord) -> dict[str, Any]:
     data["final_metrics"] = dict(trial.final_metrics)
     data["objective_values"] = list(trial.objective_values)
     data["violated_constraints"] = list(trial.violated_constraints)
+    data["config_history"] = [asdict(change) for change in trial.config_history]
     return data
 
 
@@ -227,4 +247,5 @@ def trial_from_dict(data: dict[str, Any]) -> TrialRecord:
     fields = dict(data)
     fields["state"] = TrialState(fields["state"])
     fields["metrics"] = [EpochRecord(**m) for m in fields.get("metrics", [])]
+    fields["config_history"] = [ConfigChange(**c) for c in fields.get("config_history", [])]
     return TrialRecord(**fields)

@@ -22,6 +22,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from tuneyard.plugins.api import Decision
 from tuneyard.plugins.manager import PluginRegistry
 from tuneyard.server.storage.store import Store
 from tuneyard.server.study.domain import DomainError, InvalidArgument, TrialRecord, TrialState, WrongState, under
@@ -129,7 +130,7 @@ class ExternalStudy(threading.Thread):
         for trial in restored.interrupted:
             lease = Lease(trial.trial_id, "", now + self.lease_s, steps=trial.epochs_completed, retries=trial.retries)
             for epoch in trial.metrics:  # steps the stopper had not journaled yet
-                if self._book.stopping.tell(trial.trial_id, epoch.epoch, epoch.values):
+                if self._book.stopping.tell(trial.trial_id, epoch.epoch, epoch.values, trial.config) == Decision.STOP:
                     lease.stop_reason = "pruned"
             if trial.pruned_epoch:
                 lease.stop_reason = "pruned"
@@ -238,7 +239,8 @@ class ExternalStudy(threading.Thread):
             lease.expires = time.monotonic() + self.lease_s
             if step > lease.steps:  # the same step again (a client's retry) is stored once
                 lease.steps = step
-                if self._book.step(trial_id, step, metrics, judge=lease.stop_reason is None):
+                verdict = self._book.step(trial_id, step, metrics, judge=lease.stop_reason is None)
+                if verdict == Decision.STOP:
                     lease.stop_reason = "pruned"
             return lease.stop_reason is not None
 

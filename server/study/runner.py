@@ -15,7 +15,8 @@ have their worker killed; a crashed or hung trial is re-run up to `budget.trial_
 
 With `resources.fuse: K` a free slot gets up to K trials that may train as one fused model
 (`fused_groups`): one task in one worker, each member still its own trial (its own start, epochs,
-stopper verdicts and end); a group that crashes resumes from its members' checkpoints.
+stopper verdicts and end); a group that crashes resumes from its members' checkpoints. A PBT
+exploit (`trial_tasks`) stops a trial's run and runs it again from another trial's checkpoint.
 """
 
 from __future__ import annotations
@@ -26,29 +27,29 @@ import threading
 import time
 from typing import Any
 
+from tuneyard.plugins.api import Decision
 from tuneyard.plugins.manager import PluginRegistry
 from tuneyard.server.execution.messages import (
     Epoch,
     Final,
     Inbox,
-    TrainTask,
     Wake,
 )
 from tuneyard.server.execution.scheduler import Allocation, DeviceScheduler
 from tuneyard.server.storage.store import Store
-from tuneyard.server.study.domain import StoreError, TrialRecord
+from tuneyard.server.study.domain import ConfigChange, StoreError, TrialRecord
 from tuneyard.server.study.events import EventHub
 from tuneyard.server.study.fused_groups import Fusion, Launcher
 from tuneyard.server.study.journal import StudyJournal
 from tuneyard.server.study.outcomes import Ending, Finish, RunAgain, decide, ending_of
 from tuneyard.server.study.results import Results, study_end
 from tuneyard.server.study.resume import restore
-from tuneyard.server.study.settings import resolve
 from tuneyard.server.study.spec import StudyPlan
 from tuneyard.server.study.stopping import StopperLedger
 from tuneyard.server.study.test_evaluation import TestEvaluation
 from tuneyard.server.study.trial_book import TrialBook
 from tuneyard.server.study.trial_runs import TEST, EvaluationRun, GroupRun, TaskBoard, TrialRun
+from tuneyard.server.study.trial_tasks import TrialTasks
 
 log = logging.getLogger(__name__)
 POLL_S = 0.5
@@ -89,6 +90,7 @@ class StudyRunner(threading.Thread):
         self._exhausted = False  # the searcher has no more configurations
         self._fusion = Fusion(study_id, plan.resources.fuse)
         self._launcher = Launcher(self._board, storage, self._inbox.put, self._memory_gb, self._fusion)
+        self._tasks = TrialTasks(study_id, plan, registry, storage)
         self._test = TestEvaluation(plan, registry, self._board, self._inbox.put, self._memory_gb)
 
     # ---- control ----
@@ -129,6 +131,8 @@ class StudyRunner(threading.Thread):
             self.study_id, self.plan, storage=self.storage, journal=self._journal, registry=self.registry
         )
         self._searcher, self._stopping, self._results = self._book.searcher, self._book.stopping, self._book.results
+        population = self._stopping.population
+        self._tasks.keep_every = population.checkpoint_interval if population else 0
         study = self.storage.get_study(self.study_id)
         if study.start_time is None:
             started_at = time.time()
@@ -183,13 +187,12 @@ class StudyRunner(threading.Thread):
     def _restore_trial(self, trial: TrialRecord) -> None:
         """An interrupted trial: replays the epochs the stopper had not journaled, then either ends it
         PRUNED (the stopper had said STOP) or queues it to run again from its checkpoint."""
-        task = self._task(trial.trial_id, trial.config, trial.checkpoint)
-        run = TrialRun(trial_id=trial.trial_id, task=task, units=self._units, epochs=trial.epochs_completed)
-        run.retries = trial.retries
+        run = self._tasks.restored(trial)  # an exploit journaled before the stop applied first
         self._board.trials[trial.trial_id] = run
         replayed_stop = False
         for epoch in trial.metrics:  # reports the stopper had not journaled yet
-            replayed_stop = self._stopping.tell(trial.trial_id, epoch.epoch, epoch.values) or replayed_stop
+            verdict = self._stopping.tell(trial.trial_id, epoch.epoch, epoch.values, run.config)
+            replayed_stop = verdict == Decision.STOP or replayed_stop
         if trial.pruned_epoch or replayed_stop:
             log.info(
                 "study %s: trial %s was pruned at epoch %s before the restart; it ends PRUNED",
@@ -265,16 +268,12 @@ class StudyRunner(threading.Thread):
     def _wants_trials(self, deadline: float | None) -> bool:
         return bool(self._board.requeued) or self._may_start(deadline)
 
-    def _task(self, trial_id: int, config: dict[str, Any], checkpoint: str) -> TrainTask:
-        settings = resolve(self.plan.spec, config, self.registry)
-        return TrainTask(trial_id, settings, checkpoint, self.plan.objective, study_id=self.study_id)
-
     def _new_trial(self, trial_id: int, config: dict[str, Any], device: str) -> TrialRun:
         # The store keeps the checkpoint's path relative to its checkpoint directory, so the data
         # directory may be moved; `checkpoint_path` says where it lies now.
         checkpoint_key = f"{self.study_id}/trial-{trial_id}/checkpoint.pt"
-        task = self._task(trial_id, config, self.storage.checkpoint_path(checkpoint_key))
-        run = TrialRun(trial_id=trial_id, task=task, units=self._units)
+        task = self._tasks.task(trial_id, config, self.storage.checkpoint_path(checkpoint_key))
+        run = TrialRun(trial_id=trial_id, task=task, config=config, units=self._units)
         self._board.trials[trial_id] = run
         assert self._book is not None
         self._book.start(trial_id, config, device, checkpoint_key)
@@ -303,17 +302,20 @@ class StudyRunner(threading.Thread):
             self._on_end(run, ending_of(msg))
 
     def _on_epoch(self, run: TrialRun, epoch: int, metrics: dict[str, float]) -> None:
-        if epoch <= run.epochs:
-            return  # a resumed run re-reports the epoch of its checkpoint; this one is stored already
+        if epoch <= run.epochs or run.exploit is not None:
+            return  # stored already (a resumed run re-reports its checkpoint's), or after the exploit's step
         run.epochs = epoch
         trial_id = run.trial_id
         assert self._book is not None
         group = self._board.groups.get(run.group)
         judge = run.stop_reason is None and (group is None or group.stop_reason is None)
-        stop = self._book.step(trial_id, epoch, metrics, judge=judge)
+        verdict = self._book.step(trial_id, epoch, metrics, judge=judge, config=run.config)
         self._measured_gb = max(self._measured_gb, float(metrics.get("peak_memory_gb", 0.0)))
-        if stop:
+        if verdict == Decision.STOP:
             self._board.ask_stop_trial(run, "pruned")
+        elif isinstance(verdict, ConfigChange):
+            run.exploit = verdict
+            self._board.ask_stop_trial(run, "exploit")
 
     def _on_group_message(self, group: GroupRun, msg: Inbox) -> None:
         """A fused group's message: a member's epoch, or the group's end (each member's ending)."""
@@ -339,6 +341,10 @@ class StudyRunner(threading.Thread):
 
     def _decide(self, run: TrialRun, ending: Ending, alloc: Allocation) -> None:
         """Whether the trial whose run ended on `alloc` runs again or finishes, and then that."""
+        if run.exploit is not None:  # however it ended, it goes on from the exploit's checkpoint
+            self._tasks.explore(run)
+            self._board.requeued.append(run.trial_id)
+            return
         decision = decide(
             ending,
             stop_reason=run.stop_reason,
@@ -355,14 +361,8 @@ class StudyRunner(threading.Thread):
                 self._board.requeued.append(run.trial_id)
             case RunAgain(units=units, retry=True):
                 run.retries += 1
-                log.warning(
-                    "trial %s/%s: %s; retry %d of %d from its last checkpoint",
-                    self.study_id,
-                    run.trial_id,
-                    ending.error,
-                    run.retries,
-                    self.plan.trial_retries,
-                )
+                why = f"{ending.error}; retry {run.retries} of {self.plan.trial_retries} from its last checkpoint"
+                log.warning("trial %s/%s: %s", self.study_id, run.trial_id, why)
                 self.storage.set_retries(self.study_id, run.trial_id, run.retries)
                 run.units = units
                 self._board.requeued.append(run.trial_id)

@@ -31,6 +31,7 @@ from tuneyard.plugins.builtin.searchers import space as _space
 from tuneyard.plugins.manager import PluginRegistry
 from tuneyard.server.storage.store import Store
 from tuneyard.server.study.domain import InvalidArgument, TrialEnd, TrialRecord, TrialState
+from tuneyard.server.study.settings import explorable
 from tuneyard.server.study.spec import StudyPlan
 from tuneyard.server.study.spec_components import ComponentChecker
 from tuneyard.server.study.spec_search import check_warm_studies, in_domain
@@ -74,10 +75,18 @@ def build_search(plan: StudyPlan, registry: PluginRegistry, storage: Store | Non
     stopper = None
     if plan.spec.get("early_stopping"):
         es = plan.spec["early_stopping"]
+        changeable = [param for param in plan.space if explorable(param.name)]
         stopper = registry.create(
-            "early_stopper", es["name"], es["options"], objective=plan.objective, max_epochs=max_epochs(plan)
+            "early_stopper",
+            es["name"],
+            es["options"],
+            objective=plan.objective,
+            max_epochs=max_epochs(plan),
+            space=changeable,
+            study_seed=plan.seed,
         )
-    return searcher, StopperLedger(stopper, plan.objective)
+        return searcher, StopperLedger(stopper, plan.objective, max_epochs(plan), [p.name for p in changeable])
+    return searcher, StopperLedger(None, plan.objective)
 
 
 def tell(searcher: Any, plan: StudyPlan, trial_id: int, end: TrialEnd, value: float | None) -> None:

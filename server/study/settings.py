@@ -191,6 +191,16 @@ def resolve(spec: dict[str, Any], config: dict[str, Any], registry: PluginRegist
 FUSABLE = ("training.optimizer.options", "training.label_smoothing", "training.lr_scheduler.options")
 
 
+def explorable(name: str) -> bool:
+    """Whether PBT (`early_stopping: pbt`) may change searched parameter `name` during training: the
+    optimizer's and schedule's options and label smoothing (what a checkpoint does not fix, as
+    FUSABLE), and every option of a trainable (it reads its config when it resumes)."""
+    head, _, rest = name.partition(".")
+    if head in ("optimizer", "lr_scheduler"):
+        return rest != "name"
+    return name == "training.label_smoothing" or head == "trainable"
+
+
 def fusion_key(settings: Settings) -> TrialSettings | None:
     """The settings with the fusable ones blanked: trials whose keys are equal may train as one fused
     group. None for a trainable's settings, which never fuse. Decided in the server without torch."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tuneyard.plugins.api import Objective, Parameter
+from tuneyard.plugins.api import Objective, Parameter, PopulationStopper
 from tuneyard.plugins.manager import PluginRegistry
 from tuneyard.server.limits import (
     MAX_GPU_MEMORY_GB,
@@ -144,6 +144,7 @@ class SpecValidator:
             why = "a trainable runs in one process on one device: at most 1 (0.5, 0.25, ... share one GPU)"
             raise InvalidArgument("spec.resources.gpus_per_trial", why)
         _check_fuse(out)
+        self._check_population(out, objectives[0])
         constraints, initial, warm = self._guidance(spec, out, space, max_trials)
         return StudyPlan(
             constraints=constraints,
@@ -229,6 +230,26 @@ class SpecValidator:
         if not 0 <= fuse <= MAX_FUSE:
             raise InvalidArgument(f"{path}.fuse", f"must be between 0 and {MAX_FUSE} (0 or 1: off), got {fuse}")
         return {"gpus_per_trial": gpus, "priority": priority, "gpu_memory_gb": memory, "fuse": fuse}
+
+    def _check_population(self, out: dict[str, Any], objective: Objective) -> None:
+        """A population stopper (PBT) goes on from checkpoints the server's workers keep, one per trial."""
+        es = out.get("early_stopping")
+        if not es:
+            return
+        stopper = self.registry.create(
+            "early_stopper", es["name"], es["options"], objective=objective, max_epochs=1, space=[], study_seed=0
+        )
+        if not isinstance(stopper, PopulationStopper):
+            return
+        name, path = es["name"], "spec.early_stopping"
+        if "external" in out:
+            raise InvalidArgument(
+                path, f"{name!r} goes on from checkpoints the server keeps: not for a study its clients evaluate"
+            )
+        if out["resources"]["fuse"] > 1:
+            raise InvalidArgument(
+                path, f"{name!r} changes one trial's run at a time: it cannot train fused (leave resources.fuse at 0)"
+            )
 
 
 def _check_fuse(out: dict[str, Any]) -> None:

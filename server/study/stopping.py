@@ -1,13 +1,19 @@
 """The study's early stopper and how far each trial was reported to it, journaled together so a
-resumed runner replays exactly the epochs stored after the journal entry."""
+resumed runner replays exactly the epochs stored after the journal entry.
+
+A population stopper (`pbt`, `plugins.population`) is asked `exploit` instead of `report`: its
+verdict on a step may be an `Exploit` (go on from another trial's checkpoint with a changed
+config). Its decisions hang on the other trials' steps, so the runner journals its state with
+every step it decides on (`decides_at`), and a restart replays none of them."""
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from typing import Any
 
-from tuneyard.plugins.api import Decision, Objective
+from tuneyard.plugins.api import Decision, Exploit, Objective, PopulationStopper
 from tuneyard.server.storage.store import JsonState
 
 log = logging.getLogger(__name__)
@@ -25,20 +31,46 @@ def plain_state(obj: Any, what: str) -> dict[str, Any] | None:
         return None
 
 
-class StopperLedger:
-    """The early stopper (or none) with the last epoch told to it per unfinished trial."""
+Verdict = Decision | Exploit
 
-    def __init__(self, stopper: Any, objective: Objective) -> None:
+
+class StopperLedger:
+    """The early stopper (or none) with the last epoch told to it per unfinished trial; for a
+    population stopper, the study's last epoch (no exploit there) and the parameters it may change."""
+
+    def __init__(self, stopper: Any, objective: Objective, last_epoch: int = 0, changeable: Sequence[str] = ()) -> None:
         self.stopper, self.objective = stopper, objective
+        self.last_epoch, self.changeable = last_epoch, tuple(changeable)
         self.reported: dict[int, int] = {}
 
-    def tell(self, trial_id: int, epoch: int, metrics: dict[str, float]) -> bool:
-        """Reports an epoch to the early stopper once; True when it says STOP."""
+    @property
+    def population(self) -> PopulationStopper | None:
+        return self.stopper if isinstance(self.stopper, PopulationStopper) else None
+
+    def decides_at(self, epoch: int) -> bool:
+        """Whether a population stopper decides on this epoch (its state is journaled with the step)."""
+        population = self.population
+        return population is not None and 0 < epoch < self.last_epoch and epoch % population.checkpoint_interval == 0
+
+    def tell(
+        self, trial_id: int, epoch: int, metrics: dict[str, float], config: dict[str, Any] | None = None
+    ) -> Verdict:
+        """Reports an epoch to the early stopper once (`config`: what the trial trains now, which a
+        population stopper explores); STOP, an Exploit, or CONTINUE."""
         value = metrics.get(self.objective.metric)
         if self.stopper is None or value is None or epoch <= self.reported.get(trial_id, 0):
-            return False
+            return Decision.CONTINUE
         self.reported[trial_id] = epoch
-        return bool(self.stopper.report(trial_id, epoch, value) == Decision.STOP)
+        population = self.population
+        if population is None:
+            return Decision.STOP if self.stopper.report(trial_id, epoch, value) == Decision.STOP else Decision.CONTINUE
+        if not self.decides_at(epoch):
+            return Decision.CONTINUE
+        changeable = {name: value for name, value in (config or {}).items() if name in self.changeable}
+        exploit = population.exploit(trial_id, epoch, value, changeable)
+        if exploit is None:
+            return Decision.CONTINUE
+        return Exploit(exploit.source_trial_id, exploit.source_step, dict(exploit.config))
 
     def complete(self, trial_id: int, value: float | None) -> None:
         self.reported.pop(trial_id, None)

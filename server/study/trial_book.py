@@ -11,17 +11,22 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from typing import Any
 
+from tuneyard.plugins.api import Decision, Exploit
 from tuneyard.plugins.manager import PluginRegistry
 from tuneyard.server.storage.store import Store
-from tuneyard.server.study.domain import TrialRecord, TrialState, trial_to_dict
+from tuneyard.server.study.domain import ConfigChange, TrialRecord, TrialState, trial_to_dict
 from tuneyard.server.study.journal import StudyJournal
 from tuneyard.server.study.outcomes import Ending, final_state
 from tuneyard.server.study.results import Results, trial_end
 from tuneyard.server.study.search import build_search, tell
 from tuneyard.server.study.spec import StudyPlan
 from tuneyard.server.study.stopping import StopperLedger
+
+Config = dict[str, Any]
+Verdict = Decision | ConfigChange  # a step's: go on, stop (PRUNED), or go on from another trial's checkpoint
 
 
 class TrialBook:
@@ -89,23 +94,44 @@ class TrialBook:
         self.registry.on_trial_start(self.study_id, trial_id, dict(config))
         return trial
 
-    def step(self, trial_id: int, step: int, metrics: dict[str, float], *, judge: bool = True) -> bool:
-        """Stores a step's metrics; with `judge`, asks the early stopper first. True when it says STOP
-        (stored with the step, so a restart ends the trial PRUNED however far it got). Once stored, a
-        searcher with `observe_step` is told the objective's value (`resume` replays the steps the
-        journal had not caught up with)."""
-        stop = judge and self.stopping.tell(trial_id, step, metrics)
+    def step(
+        self, trial_id: int, step: int, metrics: dict[str, float], *, judge: bool = True, config: Config | None = None
+    ) -> Verdict:
+        """Stores a step's metrics; with `judge`, asks the early stopper first (`config`: what the trial
+        trains now, for a population stopper). Its verdict is stored with the step — STOP, so a restart
+        ends the trial PRUNED however far it got; an exploit as the trial's `ConfigChange`, returned —
+        and a population stopper's state with each step it decides on. Once stored, a searcher with
+        `observe_step` is told the objective's value (`resume` replays the steps the journal had not
+        caught up with)."""
+        verdict = self.stopping.tell(trial_id, step, metrics, config) if judge else Decision.CONTINUE
+        change = self._change(trial_id, verdict) if isinstance(verdict, Exploit) else None
         with self.storage.atomic():
             self.storage.add_epoch(self.study_id, trial_id, step, metrics)
-            if stop:
+            if verdict == Decision.STOP:
                 self.storage.mark_pruned(self.study_id, trial_id, step)
+            if change is not None:
+                history = self.storage.get_trial(self.study_id, trial_id).config_history
+                self.storage.set_config_history(self.study_id, trial_id, [*history, change])
+                self.journal.publish("trial_exploited", {"trial_id": trial_id, **asdict(change)})
+            if judge and self.stopping.decides_at(step):
+                self._journal_search()
             self.journal.publish("trial_progress", {"trial_id": trial_id, "epoch": step, "metrics": metrics})
         observe_step = getattr(self.searcher, "observe_step", None)
         value = metrics.get(self.plan.objective.metric)
         if observe_step is not None and value is not None:
             observe_step(trial_id, step, value)
         self.registry.on_trial_report(self.study_id, trial_id, step, dict(metrics))
-        return stop
+        if change is not None:
+            return change
+        assert isinstance(verdict, Decision)
+        return verdict
+
+    def _change(self, trial_id: int, exploit: Exploit) -> ConfigChange:
+        """The exploit as the trial's config change: the source's config at that step, with the values
+        the stopper explored in place of its changeable ones."""
+        source = self.storage.get_trial(self.study_id, exploit.source_trial_id).current_config
+        kept = {name: value for name, value in source.items() if name not in self.stopping.changeable}
+        return ConfigChange(exploit.source_step, exploit.source_trial_id, {**kept, **exploit.config})
 
     def finish(self, trial_id: int, ending: Ending, stop_reason: str | None) -> TrialRecord:
         """Stores the trial's end with the search state and its events, in one transaction."""

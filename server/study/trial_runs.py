@@ -11,6 +11,7 @@ from typing import Any
 
 from tuneyard.server.execution.messages import MemberKey, Placement, TrainTask
 from tuneyard.server.execution.scheduler import Allocation
+from tuneyard.server.study.domain import ConfigChange
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,10 @@ class TrialRun(TaskRun):
     trial_id: int
     task: TrainTask
     units: float  # of a device it asks for (doubled after an out-of-memory beside other trials)
+    config: dict[str, Any] = field(default_factory=dict)  # its searched values now (its last PBT exploit's)
     epochs: int = 0  # the last epoch stored
     retries: int = 0
+    exploit: ConfigChange | None = None  # a PBT exploit journaled, its run asked to stop: then applied
     group: str = ""  # the fused group it trains in now (`GroupRun.key`); "" when solo or waiting
     solo: bool = False  # a group it was in could not train fused: it runs solo from now on
 

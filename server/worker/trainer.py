@@ -30,9 +30,11 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tuneyard.plugins.api import DatasetSplits, Objective
 from tuneyard.plugins.manager import PluginRegistry
 from tuneyard.server.execution.messages import EvaluateTask, Placement, TrainTask
+from tuneyard.server.execution.snapshots import take_snapshot
 from tuneyard.server.study.settings import Component, TrainingSettings, TrialSettings
 from tuneyard.server.worker.batches import Batches, Transform
 from tuneyard.server.worker.checkpoints import load_resume, save_epoch
+from tuneyard.server.worker.explore import apply_explored
 from tuneyard.server.worker.measure import autocast, evaluate_split, latency_ms, peak_memory
 from tuneyard.server.worker.parts import BatchTransform, TrialParts
 from tuneyard.server.worker.protocol import Report, ShouldStop
@@ -264,6 +266,8 @@ class Trainer:
         saved = load_resume(checkpoint, parts.stateful(), parts.train_batches, self.device) if task.resume else None
         if saved is not None:
             done, metrics, best, since_best = saved["epoch"], saved["metrics"], saved["best"], saved["since_best"]
+            if task.explored_at and done == task.explored_at:  # another trial's state, this trial's options
+                apply_explored(parts.optimizer, parts.scheduler, parts.training)
             report(done, metrics)  # the server keeps what it already has of this epoch
             if bool(patience) and since_best >= patience:
                 return _result(metrics, done, False)
@@ -282,6 +286,8 @@ class Trainer:
             best, since_best = _track(task.objective, metrics, best, since_best)
             progress = {"epoch": epoch, "metrics": metrics, "best": best, "since_best": since_best}
             save_epoch(checkpoint, parts.evaluated, parts.stateful(), parts.train_batches, progress, self.device)
+            if task.keep_every and epoch % task.keep_every == 0:
+                take_snapshot(checkpoint.parent, epoch, link=True)
             report(epoch, metrics)
             if should_stop():
                 ranks.agree(True)

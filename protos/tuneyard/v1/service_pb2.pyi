@@ -73,8 +73,18 @@ class EpochMetrics(_message.Message):
     time: _timestamp_pb2.Timestamp
     def __init__(self, epoch: _Optional[int] = ..., values: _Optional[_Mapping[str, float]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
+class ConfigChange(_message.Message):
+    __slots__ = ("epoch", "source_trial_id", "config")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_TRIAL_ID_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    source_trial_id: int
+    config: _struct_pb2.Struct
+    def __init__(self, epoch: _Optional[int] = ..., source_trial_id: _Optional[int] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
 class Trial(_message.Message):
-    __slots__ = ("study_id", "trial_id", "state", "config", "device", "metrics", "final_metrics", "objective_value", "error", "checkpoint", "epochs_completed", "start_time", "end_time", "objective_values", "failure_reason", "exit_code", "exit_signal", "stderr_tail", "retries", "fused_group", "violated_constraints")
+    __slots__ = ("study_id", "trial_id", "state", "config", "device", "metrics", "final_metrics", "objective_value", "error", "checkpoint", "epochs_completed", "start_time", "end_time", "objective_values", "failure_reason", "exit_code", "exit_signal", "stderr_tail", "retries", "fused_group", "violated_constraints", "config_history")
     class FinalMetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -103,6 +113,7 @@ class Trial(_message.Message):
     RETRIES_FIELD_NUMBER: _ClassVar[int]
     FUSED_GROUP_FIELD_NUMBER: _ClassVar[int]
     VIOLATED_CONSTRAINTS_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_HISTORY_FIELD_NUMBER: _ClassVar[int]
     study_id: str
     trial_id: int
     state: TrialState
@@ -124,7 +135,8 @@ class Trial(_message.Message):
     retries: int
     fused_group: str
     violated_constraints: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, study_id: _Optional[str] = ..., trial_id: _Optional[int] = ..., state: _Optional[_Union[TrialState, str]] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., device: _Optional[str] = ..., metrics: _Optional[_Iterable[_Union[EpochMetrics, _Mapping]]] = ..., final_metrics: _Optional[_Mapping[str, float]] = ..., objective_value: _Optional[float] = ..., error: _Optional[str] = ..., checkpoint: _Optional[str] = ..., epochs_completed: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., objective_values: _Optional[_Iterable[float]] = ..., failure_reason: _Optional[str] = ..., exit_code: _Optional[int] = ..., exit_signal: _Optional[str] = ..., stderr_tail: _Optional[str] = ..., retries: _Optional[int] = ..., fused_group: _Optional[str] = ..., violated_constraints: _Optional[_Iterable[str]] = ...) -> None: ...
+    config_history: _containers.RepeatedCompositeFieldContainer[ConfigChange]
+    def __init__(self, study_id: _Optional[str] = ..., trial_id: _Optional[int] = ..., state: _Optional[_Union[TrialState, str]] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., device: _Optional[str] = ..., metrics: _Optional[_Iterable[_Union[EpochMetrics, _Mapping]]] = ..., final_metrics: _Optional[_Mapping[str, float]] = ..., objective_value: _Optional[float] = ..., error: _Optional[str] = ..., checkpoint: _Optional[str] = ..., epochs_completed: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., objective_values: _Optional[_Iterable[float]] = ..., failure_reason: _Optional[str] = ..., exit_code: _Optional[int] = ..., exit_signal: _Optional[str] = ..., stderr_tail: _Optional[str] = ..., retries: _Optional[int] = ..., fused_group: _Optional[str] = ..., violated_constraints: _Optional[_Iterable[str]] = ..., config_history: _Optional[_Iterable[_Union[ConfigChange, _Mapping]]] = ...) -> None: ...
 
 class TrialCounts(_message.Message):
     __slots__ = ("pending", "running", "completed", "failed", "pruned", "cancelled", "infeasible")
@@ -279,8 +291,16 @@ class BestTrialChanged(_message.Message):
     trial: Trial
     def __init__(self, trial: _Optional[_Union[Trial, _Mapping]] = ...) -> None: ...
 
+class TrialExploited(_message.Message):
+    __slots__ = ("trial_id", "change")
+    TRIAL_ID_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_FIELD_NUMBER: _ClassVar[int]
+    trial_id: int
+    change: ConfigChange
+    def __init__(self, trial_id: _Optional[int] = ..., change: _Optional[_Union[ConfigChange, _Mapping]] = ...) -> None: ...
+
 class StudyEvent(_message.Message):
-    __slots__ = ("sequence", "time", "study_id", "study_state", "trial_started", "trial_progress", "trial_finished", "best_trial_changed")
+    __slots__ = ("sequence", "time", "study_id", "study_state", "trial_started", "trial_progress", "trial_finished", "best_trial_changed", "trial_exploited")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     STUDY_ID_FIELD_NUMBER: _ClassVar[int]
@@ -289,6 +309,7 @@ class StudyEvent(_message.Message):
     TRIAL_PROGRESS_FIELD_NUMBER: _ClassVar[int]
     TRIAL_FINISHED_FIELD_NUMBER: _ClassVar[int]
     BEST_TRIAL_CHANGED_FIELD_NUMBER: _ClassVar[int]
+    TRIAL_EXPLOITED_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     time: _timestamp_pb2.Timestamp
     study_id: str
@@ -297,7 +318,8 @@ class StudyEvent(_message.Message):
     trial_progress: TrialProgress
     trial_finished: TrialFinished
     best_trial_changed: BestTrialChanged
-    def __init__(self, sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., study_id: _Optional[str] = ..., study_state: _Optional[_Union[StudyStateChanged, _Mapping]] = ..., trial_started: _Optional[_Union[TrialStarted, _Mapping]] = ..., trial_progress: _Optional[_Union[TrialProgress, _Mapping]] = ..., trial_finished: _Optional[_Union[TrialFinished, _Mapping]] = ..., best_trial_changed: _Optional[_Union[BestTrialChanged, _Mapping]] = ...) -> None: ...
+    trial_exploited: TrialExploited
+    def __init__(self, sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., study_id: _Optional[str] = ..., study_state: _Optional[_Union[StudyStateChanged, _Mapping]] = ..., trial_started: _Optional[_Union[TrialStarted, _Mapping]] = ..., trial_progress: _Optional[_Union[TrialProgress, _Mapping]] = ..., trial_finished: _Optional[_Union[TrialFinished, _Mapping]] = ..., best_trial_changed: _Optional[_Union[BestTrialChanged, _Mapping]] = ..., trial_exploited: _Optional[_Union[TrialExploited, _Mapping]] = ...) -> None: ...
 
 class ListTrialsRequest(_message.Message):
     __slots__ = ("study_id", "page_size", "page_token")
