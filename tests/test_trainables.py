@@ -308,3 +308,29 @@ def test_a_server_killed_mid_trial_resumes_the_trainable_on_restart(server_proce
     assert resumed and resumed[0]["step"] > 1 and resumed[-1]["step"] == 6
     history = [p.epoch for p in stub.GetTrial(pb.GetTrialRequest(study_id=study_id, trial_id=1), timeout=30).metrics]
     assert history == [1, 2, 3, 4, 5, 6]
+
+
+def test_pbt_hands_a_trainable_the_source_trials_files_and_its_explored_options(tstub: Any) -> None:
+    """Trial 2 (lr 5e-4) is the worse at step 2 and goes on from trial 1's files of step 2 with trial 1's
+    lr (a factor of 1): it runs steps 3 and 4 only, and they are trial 1's."""
+    spec = trainable_spec(
+        "torch_regression",
+        training={"epochs": 4, "seed": 5},
+        search_space=[{"name": "trainable.lr", "float_range": {"low": 1e-5, "high": 0.5, "log": True}}],
+        initial_configs=[{"trainable.lr": 0.05}, {"trainable.lr": 0.0005}],
+        objective={"metric": "val_mse", "mode": "MINIMIZE"},
+        early_stopping={
+            "name": "pbt",
+            "options": {"interval": 2, "quantile": 0.5, "perturbation_factors": [1.0], "resample_probability": 0},
+        },
+        budget={"max_trials": 2, "max_concurrent_trials": 1},
+    )
+    study_id = create(tstub, spec)
+    watch_all(tstub, study_id)
+    source, exploiter = trials_of(tstub, study_id)
+    assert [(c.epoch, c.source_trial_id, dict(c.config)) for c in exploiter.config_history] == [
+        (2, 1, {"trainable.lr": 0.05})
+    ]
+    assert exploiter.state == pb.TRIAL_COMPLETED and exploiter.final_metrics["steps_run_here"] == 2.0
+    mse = [[m.values["val_mse"] for m in t.metrics] for t in (source, exploiter)]
+    assert mse[1][1] > mse[0][1] and mse[1][2:] == pytest.approx(mse[0][2:], abs=1e-6)

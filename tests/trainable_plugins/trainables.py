@@ -42,8 +42,8 @@ def bowl(
 
 def regression(*, trial: TrialContext, epochs: int, lr: float = 0.05, step_sleep: float = 0.0) -> dict[str, float]:
     """A linear regression trained with SGD in torch, one step per report, checkpointed every step
-    in `trial.checkpoint_dir`; a resumed run goes on from the last saved step. Each step it starts
-    is appended to `steps.log` there, with the context's facts.
+    in `trial.checkpoint_dir`; a resumed run goes on from the last saved step (with its own `lr` after
+    a PBT exploit). Each step it starts is appended to `steps.log` there, with the context's facts.
 
     Args:
         lr: the SGD learning rate.
@@ -63,6 +63,9 @@ def regression(*, trial: TrialContext, epochs: int, lr: float = 0.05, step_sleep
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         done = int(state["step"])
+        if trial.explored_at == done:  # PBT: another trial's state, this trial's (explored) learning rate
+            for group in optimizer.param_groups:
+                group["lr"] = lr
     facts = {"device": trial.device, "threads": trial.threads, "resumed": trial.resumed, "study": trial.study_id}
     mse = 0.0
     for step in range(done + 1, epochs + 1):
