@@ -114,8 +114,10 @@ def _executor(
     *,
     log_dir: Path,
     plugins_dir: str,
+    mps: bool = False,
 ) -> WorkerPool | RayPool:
-    """The Ray cluster's actors, or worker processes on this machine (one slot per planned device)."""
+    """The Ray cluster's actors, or worker processes on this machine (one slot per planned device;
+    with `mps`, under an MPS control daemon whose folders lie beside the logs)."""
     if kind == "ray":
         return RayPool(ray_address, data_root=data_root, cpu_slots=cpu_slots, plugins_dir=plugins_dir)
     return WorkerPool(
@@ -124,6 +126,7 @@ def _executor(
         max_trials_per_worker=max_trials_per_worker,
         log_dir=log_dir,
         plugins_dir=plugins_dir,
+        mps_folder=log_dir.parent / "mps" if mps else None,
     )
 
 
@@ -265,11 +268,19 @@ def _resume_unfinished(handle: ServerHandle) -> None:
 
 
 def _refuse_unusable(
-    executor: str, host: str, tls: TlsFiles | None, insecure: bool, metrics_port: int | None, mlflow_uri: str
+    executor: str,
+    host: str,
+    tls: TlsFiles | None,
+    insecure: bool,
+    metrics_port: int | None,
+    mlflow_uri: str,
+    mps: bool = False,
 ) -> None:
     """Settings the server cannot or must not run with, refused before anything is opened or bound."""
     if executor not in ("local", "ray"):
         raise ValueError(f"unknown executor {executor!r}: local or ray")
+    if mps and executor != "local":
+        raise ValueError("--mps shares this machine's GPUs between its worker processes: not with --executor ray")
     check_bind(host, tls, insecure)
     if metrics_port is not None:
         check_metrics_bind(host, insecure)
@@ -338,6 +349,7 @@ def start_server(
     plugins_dir: Path | None = None,
     metrics_port: int | None = None,
     mlflow_tracking_uri: str = "",
+    mps: bool = False,
 ) -> ServerHandle:
     """Starts a server on host:port (0 picks a free port) and returns once it is SERVING.
 
@@ -349,9 +361,10 @@ def start_server(
     integrity check) raises a `StoreError` before any worker starts. `plugins_dir`: every `*.py` in it
     is loaded as a plugin module, by the server and by every worker. `metrics_port`: Prometheus
     metrics on host:port/metrics (plain HTTP: a non-loopback host needs `insecure`; 0 picks a port).
-    `mlflow_tracking_uri`: every trial becomes an MLflow run there (the `mlflow` extra).
+    `mlflow_tracking_uri`: every trial becomes an MLflow run there (the `mlflow` extra). `mps`: packed
+    workers share their GPU under an NVIDIA MPS control daemon the server starts (MpsError when it cannot).
     """
-    _refuse_unusable(executor, host, tls, insecure, metrics_port, mlflow_tracking_uri)
+    _refuse_unusable(executor, host, tls, insecure, metrics_port, mlflow_tracking_uri, mps)
     credentials = tls.credentials() if tls is not None else None
     authenticator = Authenticator(tokens) if tokens else None
     data_dir = Path(data_dir)
@@ -359,7 +372,9 @@ def start_server(
     plugins = _plugins_folder(plugins_dir)
     storage = Storage(data_dir, checkpoint_dir, check_integrity=check_store)  # first: a bad store starts nothing
     logs, limit = data_dir / "logs", max_trials_per_worker
-    pool = _executor(executor, ray_address, devices, cpu_slots, data_root, limit, log_dir=logs, plugins_dir=plugins)
+    pool = _executor(
+        executor, ray_address, devices, cpu_slots, data_root, limit, log_dir=logs, plugins_dir=plugins, mps=mps
+    )
     _point_tensorboard_at(tensorboard_dir)
     studies = _study_manager(storage, pool, trial_heartbeat_timeout, data_root, max_active_studies, plugins)
     registry = _metrics_registry(studies, pool, metrics_port)

@@ -31,6 +31,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", default=None, help="cpu, all, or cuda:0,cuda:2 (default: all GPUs, else CPU)")
     p.add_argument("--cpu-slots", type=int, default=None, help="trials at once without CUDA (default cores/2)")
     p.add_argument(
+        "--mps",
+        action="store_true",
+        help="run packed workers (gpus_per_trial < 1) under an NVIDIA MPS control daemon the server starts and stops",
+    )
+    p.add_argument(
         "--executor",
         choices=("local", "ray"),
         default="local",
@@ -181,6 +186,7 @@ def serve_main(argv: list[str]) -> int:
             check_store=args.check_store,
             metrics_port=args.metrics_port,
             mlflow_tracking_uri=args.mlflow_tracking_uri,
+            mps=args.mps,
         )
     except (OSError, ValueError, StoreError, DeviceProbeError) as exc:  # one line, no traceback: it says what to do
         print(f"error: {exc}", file=sys.stderr)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tuneyard.server.execution.devices import Device
 from tuneyard.server.execution.local_worker import Worker
+from tuneyard.server.execution.mps import start_mps
 from tuneyard.server.execution.pooled import PooledWorkers
 from tuneyard.server.execution.protocol import Node
 
@@ -33,11 +34,18 @@ class WorkerPool(PooledWorkers):
         max_trials_per_worker: int = 0,
         log_dir: Path | None = None,
         plugins_dir: str = "",
+        mps_folder: Path | None = None,
     ) -> None:
         self._data_root, self._plugins_dir = data_root, plugins_dir
         self._max_tasks = max_trials_per_worker
         self._log_dir = log_dir
-        self._init_pool(devices, start_one=True)
+        # `--mps`: the daemon runs before any worker starts (they inherit its folders) and quits after the last.
+        self._mps = start_mps(mps_folder, devices) if mps_folder is not None else None
+        try:
+            self._init_pool(devices, start_one=True)
+        except BaseException:
+            self.close()
+            raise
         # Workers are not daemonic (their DataLoaders start worker processes of their own), so
         # close them before multiprocessing joins its children at exit.
         atexit.register(self.close)
@@ -58,9 +66,11 @@ class WorkerPool(PooledWorkers):
     def close(self) -> None:
         """Closes every worker at once (each hears Shutdown and exits in about a second: closed one
         after another, a pool of many packed workers took tens of seconds to stop)."""
-        open_workers = [worker for worker in self.workers if not worker.closed]
-        if not open_workers:
-            return
-        with ThreadPoolExecutor(max_workers=len(open_workers), thread_name_prefix="close-worker") as closing:
-            for done in [closing.submit(worker.close) for worker in open_workers]:
-                done.result()
+        open_workers = [worker for worker in getattr(self, "workers", []) if not worker.closed]
+        if open_workers:
+            with ThreadPoolExecutor(max_workers=len(open_workers), thread_name_prefix="close-worker") as closing:
+                for done in [closing.submit(worker.close) for worker in open_workers]:
+                    done.result()
+        if self._mps is not None:
+            self._mps.stop()
+            self._mps = None
