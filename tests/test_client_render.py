@@ -227,3 +227,21 @@ def test_trial_view_fits_a_narrow_terminal() -> None:
     text = _text(render.trial_detail(_failed(), SPEC), width=60)
     assert max(len(line) for line in text.splitlines()) <= 60
     assert "stderr line 60 [cuda:0]" in text
+
+
+def test_trial_view_and_event_line_show_a_pbt_exploit() -> None:
+    trial = _completed()
+    trial.config.update({"optimizer.lr": 0.001, "model.num_filters": 32})
+    first = trial.config_history.add(epoch=4, source_trial_id=2)
+    first.config.update({"optimizer.lr": 0.012, "model.num_filters": 64})
+    second = trial.config_history.add(epoch=8, source_trial_id=5)
+    second.config.update({"optimizer.lr": 0.012, "model.num_filters": 64})
+    lines = _text(render.trial_detail(trial, SPEC)).splitlines()
+    table = lines[next(i for i, line in enumerate(lines) if "config history (pbt)" in line) + 1 :]
+    assert table[0].split() == ["after", "epoch", "from", "trial", "changed"]
+    assert table[1].split() == ["4", "2", "model.num_filters=64,", "optimizer.lr=0.012"]
+    assert table[2].split() == ["8", "5", "nothing"]  # the source's config, unchanged: weights only
+    event = pb.StudyEvent(sequence=9, study_id="st-1")
+    event.trial_exploited.trial_id = 1
+    event.trial_exploited.change.CopyFrom(first)
+    assert "trial 1 goes on from trial 2's epoch 4" in render.event_line(event, SPEC)
