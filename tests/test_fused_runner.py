@@ -131,7 +131,9 @@ def test_a_fused_study_trains_one_group_whose_members_match_their_solo_runs(stub
 def test_asha_prunes_a_member_and_the_others_finish(stub):
     body = spec([0.2, 1e-6, 0.1, 2e-6], epochs=6, early_stopping={"name": "asha"})
     body["early_stopping"]["options"] = {"grace_period": 1, "reduction_factor": 3}
-    study, trials = run(stub, body)
+    study_id = create(stub, body)
+    events = watch_all(stub, study_id)
+    study, trials = finish(stub, study_id)
     states = {i: t.state for i, t in trials.items()}
     assert study.state == pb.STUDY_COMPLETED, states
     pruned = [t for t in trials.values() if t.state == pb.TRIAL_PRUNED]
@@ -139,6 +141,11 @@ def test_asha_prunes_a_member_and_the_others_finish(stub):
     assert pruned and completed, states
     assert all(t.epochs_completed == 6 for t in completed)
     assert all(t.epochs_completed < 6 for t in pruned)
+    # A pruned member ends when the stopper says so, not when its group does: its trial_finished
+    # event (and the searcher's news) comes before the others' last epochs.
+    finished = {e.trial_finished.trial.trial_id: e.sequence for e in events if e.HasField("trial_finished")}
+    last_epoch = max(e.sequence for e in events if e.HasField("trial_progress") and e.trial_progress.epoch == 6)
+    assert all(finished[t.trial_id] < last_epoch for t in pruned), (finished, last_epoch)
 
 
 def test_a_diverging_member_fails_alone(stub):

@@ -6,6 +6,7 @@ start fresh together or resume from the same epoch. The worker's `group_problem`
 word: a group it refuses comes back as `{"refused": why}`; its members then run solo, and no later
 trial with the same non-fusable settings is grouped again. A group's one final message becomes one
 `Ending` per member: its own result, its own error (a member that diverged), or the group's crash.
+A member the early stopper prunes leaves at once (`left`): it ends with the epoch it was judged on.
 """
 
 from __future__ import annotations
@@ -126,6 +127,13 @@ class Launcher:
         run.group = key
         if self.fusion.on:
             self.storage.set_fused_group(self.fusion.study_id, run.trial_id, key)
+
+    def left(self, group: GroupRun, run: TrialRun, epoch: int, metrics: dict[str, float]) -> Ending:
+        """A member the stopper pruned after `epoch` leaves the group (the worker drops it at its next
+        batch): it ends now with that epoch's metrics, the group's end no longer about it."""
+        group.members.remove(run.trial_id)
+        run.group = ""
+        return Ending("done", result={"final_metrics": dict(metrics), "epochs": epoch, "stopped": True})
 
     def ended(self, group: GroupRun, msg: Final) -> list[tuple[TrialRun, Ending]]:
         """The group (its allocation released) is over: each member with its ending, its stop reason

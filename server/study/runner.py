@@ -313,6 +313,8 @@ class StudyRunner(threading.Thread):
         self._measured_gb = max(self._measured_gb, float(metrics.get("peak_memory_gb", 0.0)))
         if verdict == Decision.STOP:
             self._board.ask_stop_trial(run, "pruned")
+            if group is not None:  # it leaves its fused group now: its end need not wait for the group's
+                self._finish_trial(run, self._launcher.left(group, run, epoch, metrics))
         elif isinstance(verdict, ConfigChange):
             run.exploit = verdict
             self._board.ask_stop_trial(run, "exploit")
@@ -333,9 +335,8 @@ class StudyRunner(threading.Thread):
             self._decide(run, ending, alloc)
 
     def _on_end(self, run: TrialRun, ending: Ending) -> None:
-        alloc = run.alloc
+        alloc, run.alloc = run.alloc, None
         assert alloc is not None
-        run.alloc = None
         self.scheduler.release(alloc)
         self._decide(run, ending, alloc)
 
