@@ -25,7 +25,7 @@ test: $(STAMP) chromium
 	$(PY) -m pytest
 
 test-bench: $(STAMP)
-	$(PY) -m pytest -m bench tests/test_bench_overhead.py tests/test_bench_asktell.py tests/test_bench_fused.py tests/test_bench_multifidelity.py
+	$(PY) -m pytest -m bench tests/test_bench_overhead.py tests/test_bench_asktell.py tests/test_bench_fused.py tests/test_bench_multifidelity.py tests/test_bench_pbt.py
 
 test-load: $(STAMP)
 	$(PY) -m pytest -m load -s tests/test_load.py
