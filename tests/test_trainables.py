@@ -334,3 +334,30 @@ def test_pbt_hands_a_trainable_the_source_trials_files_and_its_explored_options(
     assert exploiter.state == pb.TRIAL_COMPLETED and exploiter.final_metrics["steps_run_here"] == 2.0
     mse = [[m.values["val_mse"] for m in t.metrics] for t in (source, exploiter)]
     assert mse[1][1] > mse[0][1] and mse[1][2:] == pytest.approx(mse[0][2:], abs=1e-6)
+
+
+def test_pbt_lets_a_trial_go_on_as_it_is_when_its_sources_files_are_gone(trainable_server: Any, tstub: Any) -> None:
+    """Trial 1's kept step-2 files are deleted once it has ended: trial 2, the worse at step 2, has
+    no source to go on from and trains on with its own state and config."""
+    import shutil
+
+    spec = trainable_spec(
+        "bowl",
+        {"step_sleep": 0.5},
+        training={"epochs": 4, "seed": 1},
+        initial_configs=[{"trainable.x": 3.0}, {"trainable.x": 0.0}],
+        early_stopping={"name": "pbt", "options": {"interval": 2, "quantile": 0.5}},
+        budget={"max_trials": 2, "max_concurrent_trials": 1},
+    )
+    study_id = create(tstub, spec)
+    stream = tstub.WatchStudy(pb.WatchStudyRequest(study_id=study_id), timeout=120)
+    for event in stream:
+        if event.HasField("trial_finished") and event.trial_finished.trial.trial_id == 1:
+            folder = Path(trainable_server.storage.data_dir) / Path(event.trial_finished.trial.checkpoint).parent
+            shutil.rmtree(folder / "snapshots" / "epoch-2")  # trial 2 reaches step 2 a second later
+            break
+    watch_all(tstub, study_id)
+    first, second = trials_of(tstub, study_id)
+    assert first.metrics[1].values["loss"] < second.metrics[1].values["loss"]  # it was the worse
+    assert second.state == pb.TRIAL_COMPLETED and list(second.config_history) == []
+    assert [m.values["x"] for m in second.metrics] == [0.0] * 4

@@ -9,13 +9,16 @@ The one place both kinds of study write trials through: the runner whose workers
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from tuneyard.plugins.api import Decision, Exploit
 from tuneyard.plugins.manager import PluginRegistry
+from tuneyard.server.execution.snapshots import snapshot_dir
 from tuneyard.server.storage.store import Store
 from tuneyard.server.study.domain import ConfigChange, TrialRecord, TrialState, trial_to_dict
 from tuneyard.server.study.journal import StudyJournal
@@ -25,6 +28,7 @@ from tuneyard.server.study.search import build_search, tell
 from tuneyard.server.study.spec import StudyPlan
 from tuneyard.server.study.stopping import StopperLedger
 
+log = logging.getLogger(__name__)
 Config = dict[str, Any]
 Verdict = Decision | ConfigChange  # a step's: go on, stop (PRUNED), or go on from another trial's checkpoint
 
@@ -105,6 +109,8 @@ class TrialBook:
         caught up with)."""
         verdict = self.stopping.tell(trial_id, step, metrics, config) if judge else Decision.CONTINUE
         change = self._change(trial_id, verdict) if isinstance(verdict, Exploit) else None
+        if isinstance(verdict, Exploit) and change is None:
+            verdict = Decision.CONTINUE
         with self.storage.atomic():
             self.storage.add_epoch(self.study_id, trial_id, step, metrics)
             if verdict == Decision.STOP:
@@ -126,11 +132,21 @@ class TrialBook:
         assert isinstance(verdict, Decision)
         return verdict
 
-    def _change(self, trial_id: int, exploit: Exploit) -> ConfigChange:
+    def _change(self, trial_id: int, exploit: Exploit) -> ConfigChange | None:
         """The exploit as the trial's config change: the source's config at that step, with the values
-        the stopper explored in place of its changeable ones."""
-        source = self.storage.get_trial(self.study_id, exploit.source_trial_id).current_config
-        kept = {name: value for name, value in source.items() if name not in self.stopping.changeable}
+        the stopper explored in place of its changeable ones; None (logged) when the source's files of
+        that step are gone (deleted by hand), so the trial goes on as it is."""
+        source = self.storage.get_trial(self.study_id, exploit.source_trial_id)
+        if not snapshot_dir(Path(source.checkpoint).parent, exploit.source_step).is_dir():
+            log.warning(
+                "study %s: trial %s would go on from trial %s's epoch %s, whose files are gone; it goes on as it is",
+                self.study_id,
+                trial_id,
+                exploit.source_trial_id,
+                exploit.source_step,
+            )
+            return None
+        kept = {name: value for name, value in source.current_config.items() if name not in self.stopping.changeable}
         return ConfigChange(exploit.source_step, exploit.source_trial_id, {**kept, **exploit.config})
 
     def finish(self, trial_id: int, ending: Ending, stop_reason: str | None) -> TrialRecord:
