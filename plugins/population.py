@@ -1,12 +1,15 @@
 """The contract of a population early stopper (PBT): an early stopper that, instead of stopping a
 trial, may have it go on from a better trial's checkpoint with changed hyperparameters.
 
-Re-exported by `tuneyard.plugins.api`. The runner calls `exploit` in place of `report` on an early
+Re-exported by `tuneyard.plugins.api`. The runner calls `record` in place of `report` on an early
 stopper that has it, with the trial's current values of the parameters the stopper may change (the
 `space` it was built with: for the built-in trainer, the searched optimizer options, schedule
-options and `training.label_smoothing`; for a trainable, its searched options). Every trial keeps
-the files of each step that is a multiple of `checkpoint_interval`, so a verdict's `source_step`
-names files that exist; the runner journals the verdict with the step before acting on it.
+options and `training.label_smoothing`; for a trainable, its searched options), and asks `exploit`
+for the verdict as late as it can: a trial at a decision step pauses while trials with less
+progress wait to run (Ray Tune's PBT time-multiplexes the same way), and is judged when it is
+next to run, against the population that has caught up. Every trial keeps the files of each step
+that is a multiple of `checkpoint_interval`, so a verdict's `source_step` names files that exist;
+the runner journals every record and verdict before acting on it.
 """
 
 from __future__ import annotations
@@ -32,9 +35,15 @@ class PopulationStopper(Protocol):
         """Every trial keeps its checkpoint of each step that is a multiple of this."""
         ...
 
-    def exploit(self, trial_id: int, step: int, value: float, config: dict[str, Any]) -> Exploit | None:
-        """The verdict on a trial's step (`value` its objective's value, `config` the values it trained
-        that step with): None to go on as it is, or an `Exploit` whose `source_step` is this `step`."""
+    def record(self, trial_id: int, step: int, value: float, config: dict[str, Any]) -> None:
+        """A trial's step that is a multiple of the interval (`value` its objective's value, `config`
+        the values it trained that step with) joins that step's population."""
+        ...
+
+    def exploit(self, trial_id: int, step: int) -> Exploit | None:
+        """The verdict on a recorded step: None to go on as it is, or an `Exploit` whose `source_step`
+        is this `step`. Asked once the trials behind it have caught up (or none is waiting); asked
+        again after a restart, it must give the same verdict."""
         ...
 
     def complete(self, trial_id: int, value: float | None) -> None: ...

@@ -21,9 +21,11 @@ class TrialContext(Protocol):
 
     `checkpoint_dir` is the trial's own folder: it persists across retries and server restarts, and
     a trial run again (`resumed`) finds there what it saved. With `early_stopping: pbt` a report of
-    a step that is a multiple of the stopper's interval first keeps a copy of the folder; after an
-    exploit the trial runs again with its explored options and the source trial's copy of step
-    `explored_at` in its folder (save before you report; set your optimizer from the options).
+    a step that is a multiple of the stopper's interval (but the last) first keeps a copy of the
+    folder, and then raises `Pruned`: the trial waits for its turn and is judged, and runs again
+    (`resumed`) from its own files or, after an exploit, with its explored options and the source
+    trial's copy of step `explored_at` in its folder (save before you report; on resume set your
+    optimizer from the options).
     """
 
     @property

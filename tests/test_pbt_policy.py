@@ -48,6 +48,12 @@ def make(
     return stopper
 
 
+def judged(pbt: Any, trial_id: int, step: int, value: float, config: dict[str, Any]) -> Any:
+    """A step recorded and judged at once (as the runner does when no trial is behind it)."""
+    pbt.record(trial_id, step, value, config)
+    return pbt.exploit(trial_id, step)
+
+
 def cfg(i: int) -> dict[str, Any]:
     return {"lr": 0.01 * (i + 1), "batch": 8 * (1 + i % 8), "width": (16, 32, 64, 128)[i % 4]}
 
@@ -59,13 +65,13 @@ def test_bottom_quantile_exploits_a_top_trial_and_the_others_go_on(reg):
     pbt = make(reg, resample_probability=0.0)
     assert pbt.checkpoint_interval == 4
     # Ascending arrivals: each newcomer is the best so far, so none is in the bottom quantile.
-    assert [pbt.exploit(t, 4, 0.1 * t, cfg(t)) for t in (1, 2, 3, 4)] == [None] * 4
-    verdict = pbt.exploit(5, 4, 0.05, cfg(5))  # n = 5: n_q = ceil(1.25) = 2, top two are 3 and 4
+    assert [judged(pbt, t, 4, 0.1 * t, cfg(t)) for t in (1, 2, 3, 4)] == [None] * 4
+    verdict = judged(pbt, 5, 4, 0.05, cfg(5))  # n = 5: n_q = ceil(1.25) = 2, top two are 3 and 4
     assert isinstance(verdict, Exploit) and verdict.source_trial_id in (3, 4) and verdict.source_step == 4
     source = cfg(verdict.source_trial_id)
     assert verdict.config["lr"] in (pytest.approx(source["lr"] * 0.8), pytest.approx(source["lr"] * 1.2))
-    assert pbt.exploit(6, 4, 0.25, cfg(6)) is None  # n = 6: bottom two are 5 and 1; 6 is in the middle
-    assert pbt.exploit(7, 4, 0.0, cfg(7)).source_trial_id in (3, 4)  # n = 7: top two still 3 and 4
+    assert judged(pbt, 6, 4, 0.25, cfg(6)) is None  # n = 6: bottom two are 5 and 1; 6 is in the middle
+    assert judged(pbt, 7, 4, 0.0, cfg(7)).source_trial_id in (3, 4)  # n = 7: top two still 3 and 4
 
 
 def test_non_interval_steps_give_none_and_record_nothing(reg):
@@ -73,10 +79,10 @@ def test_non_interval_steps_give_none_and_record_nothing(reg):
     empty = pbt.state_dict()
     for step in (1, 2, 4, 5, 7):
         for trial, value in ((1, 0.9), (2, 0.1), (3, 0.5)):
-            assert pbt.exploit(trial, step, value, cfg(trial)) is None
+            assert judged(pbt, trial, step, value, cfg(trial)) is None
     assert pbt.state_dict() == empty
-    assert pbt.exploit(1, 3, 0.9, cfg(1)) is None  # alone at step 3
-    assert pbt.exploit(2, 3, 0.1, cfg(2)).source_trial_id == 1
+    assert judged(pbt, 1, 3, 0.9, cfg(1)) is None  # alone at step 3
+    assert judged(pbt, 2, 3, 0.1, cfg(2)).source_trial_id == 1
     assert pbt.report(2, 3, 0.1) is Decision.CONTINUE
 
 
@@ -85,8 +91,8 @@ def test_quantile_rule_caps_at_half_and_is_exact_for_tenths(reg):
         pbt = make(reg, quantile=quantile)
         others = [r for r in range(n) if r != rank]
         for r in others:
-            pbt.exploit(r, 4, float(r), cfg(r))
-        return pbt.exploit(rank, 4, float(rank), cfg(rank))
+            judged(pbt, r, 4, float(r), cfg(r))
+        return judged(pbt, rank, 4, float(rank), cfg(rank))
 
     # n = 25, quantile 0.28: n_q = 7 (25 * 0.28 is 7.000000000000001 in floats; still 7).
     assert last_verdict(6, 25, 0.28).source_trial_id in range(18, 25)
@@ -102,35 +108,35 @@ def test_min_mode_decides_as_max_mode_on_negated_values(reg):
     rng = random.Random(3)
     reports = [(t, s, rng.random()) for s in (4, 8, 12) for t in rng.sample(range(12), 12)]
     high, low = make(reg, MAX), make(reg, MIN)
-    verdicts_max = [high.exploit(t, s, v, cfg(t)) for t, s, v in reports]
-    verdicts_min = [low.exploit(t, s, -v, cfg(t)) for t, s, v in reports]
+    verdicts_max = [judged(high, t, s, v, cfg(t)) for t, s, v in reports]
+    verdicts_min = [judged(low, t, s, -v, cfg(t)) for t, s, v in reports]
     assert verdicts_max == verdicts_min and sum(v is not None for v in verdicts_min) >= 6
 
 
 def test_non_finite_and_missing_values_score_worst(reg):
     pbt = make(reg, MIN, quantile=0.5)
-    assert pbt.exploit(1, 4, 0.3, cfg(1)) is None
-    assert pbt.exploit(2, 4, 0.5, cfg(2)).source_trial_id == 1  # the higher loss is the worse
-    assert pbt.exploit(3, 4, 0.4, cfg(3)) is None  # n = 3: n_q = 1, and 2 is the worst
-    assert pbt.exploit(4, 4, math.nan, cfg(4)).source_trial_id in (1, 3)  # n = 4, n_q = 2: best are 1, 3
-    assert pbt.exploit(5, 4, math.inf, cfg(5)) is not None  # +inf loss is not the best, it is the worst
-    assert pbt.exploit(6, 4, None, cfg(6)) is not None  # type: ignore[arg-type]
-    assert pbt.exploit(7, 4, 0.1, cfg(7)) is None
+    assert judged(pbt, 1, 4, 0.3, cfg(1)) is None
+    assert judged(pbt, 2, 4, 0.5, cfg(2)).source_trial_id == 1  # the higher loss is the worse
+    assert judged(pbt, 3, 4, 0.4, cfg(3)) is None  # n = 3: n_q = 1, and 2 is the worst
+    assert judged(pbt, 4, 4, math.nan, cfg(4)).source_trial_id in (1, 3)  # n = 4, n_q = 2: best are 1, 3
+    assert judged(pbt, 5, 4, math.inf, cfg(5)) is not None  # +inf loss is not the best, it is the worst
+    assert judged(pbt, 6, 4, None, cfg(6)) is not None  # type: ignore[arg-type]
+    assert judged(pbt, 7, 4, 0.1, cfg(7)) is None
     ties = make(reg)  # equal scores: the later trial (higher id) ranks lower
-    assert [ties.exploit(t, 8, math.nan, cfg(t)) for t in (5, 6, 7, 8)] == [None] + [
+    assert [judged(ties, t, 8, math.nan, cfg(t)) for t in (5, 6, 7, 8)] == [None] + [
         Exploit(5, 8, ties.state_dict()["verdicts"][i][3]) for i in (1, 2, 3)
     ]
 
 
 def test_a_repeated_step_gets_the_first_verdict_without_drawing_again(reg):
     pbt = make(reg)
-    pbt.exploit(1, 4, 0.9, cfg(1))
-    first = pbt.exploit(2, 4, 0.1, cfg(2))
+    judged(pbt, 1, 4, 0.9, cfg(1))
+    first = judged(pbt, 2, 4, 0.1, cfg(2))
     assert first is not None
     rng_before = pbt.state_dict()["rng"]
-    assert pbt.exploit(2, 4, 0.1, cfg(2)) == first
-    assert pbt.exploit(2, 4, 0.99, cfg(3)) == first  # a replay is judged as the first time
-    assert pbt.exploit(1, 4, 0.0, cfg(1)) is None
+    assert judged(pbt, 2, 4, 0.1, cfg(2)) == first
+    assert judged(pbt, 2, 4, 0.99, cfg(3)) == first  # a replay is judged as the first time
+    assert judged(pbt, 1, 4, 0.0, cfg(1)) is None
     assert pbt.state_dict()["rng"] == rng_before
 
 
@@ -217,15 +223,15 @@ def test_state_dict_round_trip_through_json_continues_identically(reg):
     log = run_log(6)
     first = make(reg, resample_probability=0.5)
     half = len(log) // 2
-    before = [first.exploit(*entry) for entry in log[:half]]
+    before = [judged(first, *entry) for entry in log[:half]]
     saved = json.dumps(first.state_dict(), allow_nan=False)
     restored = make(reg, resample_probability=0.5, study_seed=123)  # the saved RNG state replaces the seed's
     restored.load_state_dict(json.loads(saved))
     assert restored.state_dict() == first.state_dict()
-    rest_first = [first.exploit(*entry) for entry in log[half:]]
-    rest_restored = [restored.exploit(*entry) for entry in log[half:]]
+    rest_first = [judged(first, *entry) for entry in log[half:]]
+    rest_restored = [judged(restored, *entry) for entry in log[half:]]
     assert rest_first == rest_restored and sum(v is not None for v in rest_first) >= 5
-    assert [restored.exploit(*entry) for entry in log[:half]] == before  # replays keep their verdicts
+    assert [judged(restored, *entry) for entry in log[:half]] == before  # replays keep their verdicts
     with pytest.raises(ValueError, match="not a pbt state"):
         restored.load_state_dict({"kind": "asha"})
 
@@ -250,7 +256,7 @@ def test_registry_options_defaults_seed_and_validation(reg):
     assert make(reg, space=[]).space == []
     log = run_log(8)
     runs = [make(reg, study_seed=5), make(reg, study_seed=9, seed=5), make(reg, study_seed=6)]
-    verdicts = [[pbt.exploit(*e) for e in log] for pbt in runs]
+    verdicts = [[judged(pbt, *e) for e in log] for pbt in runs]
     assert verdicts[0] == verdicts[1] != verdicts[2]  # the seed option overrides the study's seed
     bad = {
         "interval": 0,

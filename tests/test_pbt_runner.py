@@ -132,3 +132,27 @@ def test_a_kill_after_the_exploit_is_journaled_ends_the_same(stub, server_proces
         assert history(trial) == history(unkilled[trial_id])
         for got, want in zip(epochs(trial), epochs(unkilled[trial_id]), strict=True):
             assert got == pytest.approx(want, abs=1e-6)
+
+
+def test_the_population_runs_in_turns_and_the_first_trial_is_judged_once_the_others_caught_up(stub):
+    """Four trials on one slot: each runs to epoch 2 and waits until all four have; trial 1, the worst
+    there though it arrived first, is then judged against all of them and exploits the best."""
+    lrs = [0.0001, 0.1, 0.05, 0.02]
+    spec = pbt_spec(
+        [1.0],
+        initial_configs=[{"optimizer.lr": lr} for lr in lrs],
+        budget={"max_trials": 4, "max_concurrent_trials": 1},
+    )
+    spec["early_stopping"]["options"]["quantile"] = 0.25
+    study_id = create(stub, spec)
+    events = watch_all(stub, study_id)
+    progress = [(e.trial_progress.trial_id, e.trial_progress.epoch) for e in events if e.HasField("trial_progress")]
+    first_past_two = next(i for i, (_, epoch) in enumerate(progress) if epoch > 2)
+    assert sorted(progress[:first_past_two]) == [(t, e) for t in (1, 2, 3, 4) for e in (1, 2)]
+    trials = trials_of(stub, study_id)
+    at_two = {t: trials[t].metrics[1].values["val_accuracy"] for t in trials}
+    best = max(at_two, key=lambda t: (at_two[t], -t))
+    assert min(at_two, key=at_two.get) == 1
+    assert history(trials[1]) == [{"epoch": 2, "source_trial_id": best, "config": {"optimizer.lr": lrs[best - 1]}}]
+    assert all(history(trials[t]) == [] for t in (2, 3, 4))
+    assert all(t.state == pb.TRIAL_COMPLETED and t.epochs_completed == EPOCHS for t in trials.values())

@@ -337,8 +337,9 @@ def test_pbt_hands_a_trainable_the_source_trials_files_and_its_explored_options(
 
 
 def test_pbt_lets_a_trial_go_on_as_it_is_when_its_sources_files_are_gone(trainable_server: Any, tstub: Any) -> None:
-    """Trial 1's kept step-2 files are deleted once it has ended: trial 2, the worse at step 2, has
-    no source to go on from and trains on with its own state and config."""
+    """Trial 1 waits at step 2 while trial 2 runs; its kept step-2 files are deleted as trial 2
+    starts. Trial 2, the worse at step 2, then has no source to go on from: it trains on with its
+    own state and config."""
     import shutil
 
     spec = trainable_spec(
@@ -350,12 +351,14 @@ def test_pbt_lets_a_trial_go_on_as_it_is_when_its_sources_files_are_gone(trainab
         budget={"max_trials": 2, "max_concurrent_trials": 1},
     )
     study_id = create(tstub, spec)
-    stream = tstub.WatchStudy(pb.WatchStudyRequest(study_id=study_id), timeout=120)
-    for event in stream:
-        if event.HasField("trial_finished") and event.trial_finished.trial.trial_id == 1:
-            folder = Path(trainable_server.storage.data_dir) / Path(event.trial_finished.trial.checkpoint).parent
-            shutil.rmtree(folder / "snapshots" / "epoch-2")  # trial 2 reaches step 2 a second later
-            break
+    folders: dict[int, Path] = {}
+    for event in tstub.WatchStudy(pb.WatchStudyRequest(study_id=study_id), timeout=120):
+        if event.HasField("trial_started"):
+            trial = event.trial_started.trial
+            folders[trial.trial_id] = Path(trainable_server.storage.data_dir) / Path(trial.checkpoint).parent
+            if trial.trial_id == 2:  # it reaches step 2 a second from now
+                shutil.rmtree(folders[1] / "snapshots" / "epoch-2")
+                break
     watch_all(tstub, study_id)
     first, second = trials_of(tstub, study_id)
     assert first.metrics[1].values["loss"] < second.metrics[1].values["loss"]  # it was the worse

@@ -116,8 +116,9 @@ class PopulationBasedTraining:
     """PBT's policy: who exploits whom at each interval step, and the explored config.
 
     Scores and configs are recorded per (step, trial) at interval steps only; a verdict is made
-    once per (trial, step) and stored, so a replayed step (a restart) gets the same verdict
-    without drawing from the RNG again.
+    once per (trial, step), when the runner asks (as late as it can: once the trials behind have
+    caught up), and stored, so asking again (a restart) gets the same verdict without drawing from
+    the RNG again.
     """
 
     def __init__(
@@ -149,16 +150,22 @@ class PopulationBasedTraining:
         """PBT never stops a trial (it satisfies the EarlyStopper protocol; the runner calls exploit)."""
         return Decision.CONTINUE
 
-    def exploit(self, trial_id: int, step: int, value: float, config: dict[str, Any]) -> Exploit | None:
-        if step % self.interval != 0:
-            return None
-        if (trial_id, step) in self._verdicts:
-            return self._verdicts[(trial_id, step)]
+    def record(self, trial_id: int, step: int, value: float, config: dict[str, Any]) -> None:
+        """Adds the trial's score and config at an interval step to that step's population (once:
+        a replayed step keeps the first)."""
+        if step % self.interval != 0 or trial_id in self._scores.get(step, {}):
+            return
         self._scores.setdefault(step, {})[trial_id] = _score(self.objective, value)
         self._configs.setdefault(step, {})[trial_id] = dict(config)
-        verdict = self._decide(trial_id, step)
-        self._verdicts[(trial_id, step)] = verdict
-        return verdict
+
+    def exploit(self, trial_id: int, step: int) -> Exploit | None:
+        """The verdict on a recorded step, against the population recorded at that step so far; made
+        once and stored, so asking again (a restart) gives the same verdict."""
+        if trial_id not in self._scores.get(step, {}):
+            return None
+        if (trial_id, step) not in self._verdicts:
+            self._verdicts[(trial_id, step)] = self._decide(trial_id, step)
+        return self._verdicts[(trial_id, step)]
 
     def _decide(self, trial_id: int, step: int) -> Exploit | None:
         """Ray's rule: n_q = ceil(n * quantile), at most n // 2; the bottom n_q copy a top n_q trial."""

@@ -78,10 +78,14 @@ class TrainTask:
     rank: Rank = Rank()
     resume: bool = False  # go on from the checkpoint, if there is one
     study_id: str = ""
-    # PBT (`execution.snapshots`): keep the folder's files of every step that is a multiple of this
-    # (0: none); the epoch of the trial's last exploit (0: none), whose checkpoint, when it resumes
-    # from it, is another trial's: the settings' optimizer and schedule options go over its state.
-    keep_every: int = 0
+    # PBT (`study.population`): after every epoch that is a multiple of this (0: none), but the last,
+    # the run keeps its folder's files of that epoch (`execution.snapshots`) and ends, to be judged;
+    # the epoch of the trial's last exploit (0: none), whose checkpoint, when it resumes from it, is
+    # another trial's: the settings' optimizer and schedule options go over its state.
+    decide_every: int = 0
+    stored_epochs: int = (
+        0  # what the study holds of it when the run starts: a run ends at no decision epoch up to there
+    )
     explored_at: int = 0
 
 

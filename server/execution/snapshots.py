@@ -1,10 +1,11 @@
 """A trial folder's kept steps, for population-based training (`early_stopping: pbt`).
 
 A population stopper's exploit sends a trial on from another trial's checkpoint of an earlier step,
-so every trial keeps its folder's files of each step that is a multiple of the stopper's
-`checkpoint_interval` (`TrainTask.keep_every`) in `snapshots/epoch-<step>/`, taken in the worker
-after the step's files are written and before the step is reported: a reported step's snapshot
-exists. The server's runner then copies a source's snapshot over the exploiting trial's files.
+so every trial keeps its folder's files of each decision step — a multiple of the stopper's
+`checkpoint_interval` (`TrainTask.decide_every`) below the last — in `snapshots/epoch-<step>/`,
+taken in the worker after the step's files are written and before the step is reported (a
+reported step's snapshot exists); the run then ends, for the server to judge the trial. The
+server's runner copies a source's snapshot over an exploiting trial's files.
 No torch here: the server imports it.
 """
 
@@ -14,7 +15,16 @@ import os
 import shutil
 from pathlib import Path
 
+from tuneyard.server.execution.messages import TrainTask
+
 SNAPSHOTS = "snapshots"
+
+
+def decision_epoch(task: TrainTask, epoch: int, epochs: int) -> bool:
+    """Whether the task's run keeps its files of `epoch` and ends there (PBT judges it): a multiple
+    of `decide_every` below the trial's last epoch and above the epochs stored of it when the run
+    started (those were judged already; a trainable that starts over reports them again)."""
+    return bool(task.decide_every) and epoch % task.decide_every == 0 and task.stored_epochs < epoch < epochs
 
 
 def snapshot_dir(folder: Path, epoch: int) -> Path:

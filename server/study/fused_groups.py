@@ -107,7 +107,7 @@ class Launcher:
     def launch(self, members: Sequence[TrialRun], alloc: Allocation, *, resume: bool) -> None:
         """Starts these trials on `alloc` (fresh, or from their checkpoints with `resume`)."""
         where = placement(alloc, self.memory_gb)
-        tasks = tuple(replace(run.task, placement=where, resume=resume) for run in members)
+        tasks = tuple(replace(run.task, placement=where, resume=resume, stored_epochs=run.epochs) for run in members)
         if len(members) == 1:
             self.board.hold(members[0].trial_id, members[0], alloc)
             self._join(members[0], "")

@@ -16,7 +16,7 @@ have their worker killed; a crashed or hung trial is re-run up to `budget.trial_
 With `resources.fuse: K` a free slot gets up to K trials that may train as one fused model
 (`fused_groups`): one task in one worker, each member still its own trial (its own start, epochs,
 stopper verdicts and end); a group that crashes resumes from its members' checkpoints. A PBT
-exploit (`trial_tasks`) stops a trial's run and runs it again from another trial's checkpoint.
+study (`population`) runs its trials in turns, from decision epoch to decision epoch.
 """
 
 from __future__ import annotations
@@ -37,11 +37,12 @@ from tuneyard.server.execution.messages import (
 )
 from tuneyard.server.execution.scheduler import Allocation, DeviceScheduler
 from tuneyard.server.storage.store import Store
-from tuneyard.server.study.domain import ConfigChange, StoreError, TrialRecord
+from tuneyard.server.study.domain import StoreError, TrialRecord
 from tuneyard.server.study.events import EventHub
 from tuneyard.server.study.fused_groups import Fusion, Launcher
 from tuneyard.server.study.journal import StudyJournal
 from tuneyard.server.study.outcomes import Ending, Finish, RunAgain, decide, ending_of
+from tuneyard.server.study.population import PopulationSchedule
 from tuneyard.server.study.results import Results, study_end
 from tuneyard.server.study.resume import restore
 from tuneyard.server.study.spec import StudyPlan
@@ -91,6 +92,8 @@ class StudyRunner(threading.Thread):
         self._fusion = Fusion(study_id, plan.resources.fuse)
         self._launcher = Launcher(self._board, storage, self._inbox.put, self._memory_gb, self._fusion)
         self._tasks = TrialTasks(study_id, plan, registry, storage)
+        self._population = PopulationSchedule(self._board, self._tasks)
+        self._deadline: float | None = None
         self._test = TestEvaluation(plan, registry, self._board, self._inbox.put, self._memory_gb)
 
     # ---- control ----
@@ -131,8 +134,7 @@ class StudyRunner(threading.Thread):
             self.study_id, self.plan, storage=self.storage, journal=self._journal, registry=self.registry
         )
         self._searcher, self._stopping, self._results = self._book.searcher, self._book.stopping, self._book.results
-        population = self._stopping.population
-        self._tasks.keep_every = population.checkpoint_interval if population else 0
+        self._population = PopulationSchedule(self._board, self._tasks, self._book)
         study = self.storage.get_study(self.study_id)
         if study.start_time is None:
             started_at = time.time()
@@ -142,7 +144,7 @@ class StudyRunner(threading.Thread):
             self._restore()
         # An extended study's max_duration counts from its budget start: the time it sat finished is left out.
         counted_from = self.storage.budget_start(self.study_id) or started_at
-        deadline = counted_from + self.plan.max_duration_s if self.plan.max_duration_s else None
+        deadline = self._deadline = counted_from + self.plan.max_duration_s if self.plan.max_duration_s else None
         while True:
             if self._halted.is_set():
                 self._board.stop_all("halted")
@@ -177,29 +179,22 @@ class StudyRunner(threading.Thread):
         for trial in restored.interrupted:
             self._restore_trial(trial)
         if restored.stored or self._results.best is not None:
-            log.info(
-                "study %s resumes: %d trials stored, %d to run again from their checkpoints",
-                self.study_id,
-                restored.stored,
-                len(self._board.requeued),
-            )
+            again = len(self._board.requeued)
+            log.info("study %s resumes: %d trials stored, %d to run again", self.study_id, restored.stored, again)
 
     def _restore_trial(self, trial: TrialRecord) -> None:
         """An interrupted trial: replays the epochs the stopper had not journaled, then either ends it
         PRUNED (the stopper had said STOP) or queues it to run again from its checkpoint."""
         run = self._tasks.restored(trial)  # an exploit journaled before the stop applied first
+        self._population.restored(run, trial)
         self._board.trials[trial.trial_id] = run
         replayed_stop = False
         for epoch in trial.metrics:  # reports the stopper had not journaled yet
             verdict = self._stopping.tell(trial.trial_id, epoch.epoch, epoch.values, run.config)
             replayed_stop = verdict == Decision.STOP or replayed_stop
         if trial.pruned_epoch or replayed_stop:
-            log.info(
-                "study %s: trial %s was pruned at epoch %s before the restart; it ends PRUNED",
-                self.study_id,
-                trial.trial_id,
-                trial.pruned_epoch or trial.epochs_completed,
-            )
+            at = trial.pruned_epoch or trial.epochs_completed
+            log.info("study %s: trial %s was pruned at epoch %s before the stop", self.study_id, trial.trial_id, at)
             run.stop_reason = "pruned"
             self._finish_trial(run, Ending("done", result={"final_metrics": trial.final_metrics, "stopped": True}))
             return
@@ -212,21 +207,25 @@ class StudyRunner(threading.Thread):
         return self.scheduler.try_acquire(self.study_id, units, self._wake, self._priority, int(need_gb * 2**30))
 
     def _restart_requeued(self) -> None:
-        """Trials to run again — out of GPU memory beside others (with a larger share), crashed
-        (a retry), or interrupted by a server stop — start from their last checkpoint; with fusion,
-        those that may resume together as one group."""
-        while self._board.requeued and not self._cancelled.is_set() and not self._halted.is_set():
-            members = self._fusion.resume_members([self._board.trials[t] for t in self._board.requeued])
+        """Trials to run again (out of GPU memory, a retry, a server stop, a PBT pause) start from their
+        last checkpoint; with fusion, those that may resume together as one group."""
+        while not self._cancelled.is_set() and not self._halted.is_set():
+            free = self.plan.max_concurrent_trials - (len(self._board.trials) - len(self._board.requeued))
+            waiting = self._population.waiting(self._board.requeued, self._budget_left(self._deadline), free)
+            if not waiting:
+                return
+            members = self._fusion.resume_members([self._board.trials[t] for t in waiting])
             alloc = self._acquire(max(run.units for run in members))
             if alloc is None:
                 return
             for run in members:
                 self._board.requeued.remove(run.trial_id)
                 self.storage.move_trial(self.study_id, run.trial_id, alloc.name)
+                self._population.resuming(run)
             self._launcher.launch(members, alloc, resume=True)
 
     def _start_new_trials(self, deadline: float | None) -> None:
-        while not self._board.requeued and self._may_start(deadline):
+        while not self._population.blocks_new_trials(self._board.requeued) and self._may_start(deadline):
             alloc = self._acquire(self._units)
             if alloc is None:
                 return
@@ -254,13 +253,16 @@ class StudyRunner(threading.Thread):
         return members
 
     def _may_start(self, deadline: float | None) -> bool:
-        plan = self.plan
+        running = len(self._board.trials) - self._population.paused()  # paused PBT trials hold no slot
+        return self._budget_left(deadline) and running < self.plan.max_concurrent_trials
+
+    def _budget_left(self, deadline: float | None) -> bool:
+        """Whether new trials may still start, concurrency aside."""
         return (
             not self._cancelled.is_set()
             and not self._halted.is_set()
             and not self._exhausted
-            and self._next_id <= plan.max_trials
-            and len(self._board.trials) < plan.max_concurrent_trials
+            and self._next_id <= self.plan.max_trials
             and (deadline is None or time.time() < deadline)
             and not self._results.failures_exceeded()
         )
@@ -302,8 +304,8 @@ class StudyRunner(threading.Thread):
             self._on_end(run, ending_of(msg))
 
     def _on_epoch(self, run: TrialRun, epoch: int, metrics: dict[str, float]) -> None:
-        if epoch <= run.epochs or run.exploit is not None:
-            return  # stored already (a resumed run re-reports its checkpoint's), or after the exploit's step
+        if epoch <= run.epochs or self._population.skips(run):
+            return  # stored already (a resumed run re-reports its checkpoint's), or after a PBT decision epoch
         run.epochs = epoch
         trial_id = run.trial_id
         assert self._book is not None
@@ -315,9 +317,7 @@ class StudyRunner(threading.Thread):
             self._board.ask_stop_trial(run, "pruned")
             if group is not None:  # it leaves its fused group now: its end need not wait for the group's
                 self._finish_trial(run, self._launcher.left(group, run, epoch, metrics))
-        elif isinstance(verdict, ConfigChange):
-            run.exploit = verdict
-            self._board.ask_stop_trial(run, "exploit")
+        self._population.at_step(run, epoch)
 
     def _on_group_message(self, group: GroupRun, msg: Inbox) -> None:
         """A fused group's message: a member's epoch, or the group's end (each member's ending)."""
@@ -342,9 +342,7 @@ class StudyRunner(threading.Thread):
 
     def _decide(self, run: TrialRun, ending: Ending, alloc: Allocation) -> None:
         """Whether the trial whose run ended on `alloc` runs again or finishes, and then that."""
-        if run.exploit is not None:  # however it ended, it goes on from the exploit's checkpoint
-            self._tasks.explore(run)
-            self._board.requeued.append(run.trial_id)
+        if self._population.ended(run, ending):  # at a PBT decision epoch: it waits its turn
             return
         decision = decide(
             ending,

@@ -1,10 +1,11 @@
 """The study's early stopper and how far each trial was reported to it, journaled together so a
 resumed runner replays exactly the epochs stored after the journal entry.
 
-A population stopper (`pbt`, `plugins.population`) is asked `exploit` instead of `report`: its
-verdict on a step may be an `Exploit` (go on from another trial's checkpoint with a changed
-config). Its decisions hang on the other trials' steps, so the runner journals its state with
-every step it decides on (`decides_at`), and a restart replays none of them."""
+A population stopper (`pbt`, `plugins.population`) records decision epochs instead of judging
+them (`tell`), and is asked for its verdict apart (`verdict`): an `Exploit` (go on from another
+trial's checkpoint with a changed config) or none. Its decisions hang on the other trials' steps,
+so the runner journals its state with every decision epoch (`decides_at`) and every verdict, and a
+restart replays none of them."""
 
 from __future__ import annotations
 
@@ -31,9 +32,6 @@ def plain_state(obj: Any, what: str) -> dict[str, Any] | None:
         return None
 
 
-Verdict = Decision | Exploit
-
-
 class StopperLedger:
     """The early stopper (or none) with the last epoch told to it per unfinished trial; for a
     population stopper, the study's last epoch (no exploit there) and the parameters it may change."""
@@ -54,9 +52,10 @@ class StopperLedger:
 
     def tell(
         self, trial_id: int, epoch: int, metrics: dict[str, float], config: dict[str, Any] | None = None
-    ) -> Verdict:
-        """Reports an epoch to the early stopper once (`config`: what the trial trains now, which a
-        population stopper explores); STOP, an Exploit, or CONTINUE."""
+    ) -> Decision:
+        """Reports an epoch to the early stopper once: STOP or CONTINUE. A population stopper records
+        its decision epochs (`config`: what the trial trains now, which it explores) and never says
+        STOP; its verdict is asked apart (`verdict`)."""
         value = metrics.get(self.objective.metric)
         if self.stopper is None or value is None or epoch <= self.reported.get(trial_id, 0):
             return Decision.CONTINUE
@@ -64,13 +63,16 @@ class StopperLedger:
         population = self.population
         if population is None:
             return Decision.STOP if self.stopper.report(trial_id, epoch, value) == Decision.STOP else Decision.CONTINUE
-        if not self.decides_at(epoch):
-            return Decision.CONTINUE
-        changeable = {name: value for name, value in (config or {}).items() if name in self.changeable}
-        exploit = population.exploit(trial_id, epoch, value, changeable)
-        if exploit is None:
-            return Decision.CONTINUE
-        return Exploit(exploit.source_trial_id, exploit.source_step, dict(exploit.config))
+        if self.decides_at(epoch):
+            changeable = {name: value for name, value in (config or {}).items() if name in self.changeable}
+            population.record(trial_id, epoch, float(metrics[self.objective.metric]), changeable)
+        return Decision.CONTINUE
+
+    def verdict(self, trial_id: int, epoch: int) -> Exploit | None:
+        """A population stopper's verdict on a recorded decision epoch (none without one)."""
+        population = self.population
+        exploit = population.exploit(trial_id, epoch) if population is not None else None
+        return None if exploit is None else Exploit(exploit.source_trial_id, exploit.source_step, dict(exploit.config))
 
     def complete(self, trial_id: int, value: float | None) -> None:
         self.reported.pop(trial_id, None)

@@ -30,7 +30,6 @@ from tuneyard.server.study.stopping import StopperLedger
 
 log = logging.getLogger(__name__)
 Config = dict[str, Any]
-Verdict = Decision | ConfigChange  # a step's: go on, stop (PRUNED), or go on from another trial's checkpoint
 
 
 class TrialBook:
@@ -100,25 +99,17 @@ class TrialBook:
 
     def step(
         self, trial_id: int, step: int, metrics: dict[str, float], *, judge: bool = True, config: Config | None = None
-    ) -> Verdict:
+    ) -> Decision:
         """Stores a step's metrics; with `judge`, asks the early stopper first (`config`: what the trial
-        trains now, for a population stopper). Its verdict is stored with the step — STOP, so a restart
-        ends the trial PRUNED however far it got; an exploit as the trial's `ConfigChange`, returned —
-        and a population stopper's state with each step it decides on. Once stored, a searcher with
-        `observe_step` is told the objective's value (`resume` replays the steps the journal had not
-        caught up with)."""
+        trains now, for a population stopper). A STOP is stored with the step, so a restart ends the
+        trial PRUNED however far it got; a population stopper's state is journaled with each decision
+        epoch. Once stored, a searcher with `observe_step` is told the objective's value (`resume`
+        replays the steps the journal had not caught up with)."""
         verdict = self.stopping.tell(trial_id, step, metrics, config) if judge else Decision.CONTINUE
-        change = self._change(trial_id, verdict) if isinstance(verdict, Exploit) else None
-        if isinstance(verdict, Exploit) and change is None:
-            verdict = Decision.CONTINUE
         with self.storage.atomic():
             self.storage.add_epoch(self.study_id, trial_id, step, metrics)
             if verdict == Decision.STOP:
                 self.storage.mark_pruned(self.study_id, trial_id, step)
-            if change is not None:
-                history = self.storage.get_trial(self.study_id, trial_id).config_history
-                self.storage.set_config_history(self.study_id, trial_id, [*history, change])
-                self.journal.publish("trial_exploited", {"trial_id": trial_id, **asdict(change)})
             if judge and self.stopping.decides_at(step):
                 self._journal_search()
             self.journal.publish("trial_progress", {"trial_id": trial_id, "epoch": step, "metrics": metrics})
@@ -127,10 +118,23 @@ class TrialBook:
         if observe_step is not None and value is not None:
             observe_step(trial_id, step, value)
         self.registry.on_trial_report(self.study_id, trial_id, step, dict(metrics))
-        if change is not None:
-            return change
-        assert isinstance(verdict, Decision)
         return verdict
+
+    def decide(self, trial_id: int, epoch: int) -> ConfigChange | None:
+        """The population stopper's verdict on the trial's decision epoch, journaled: an exploit as the
+        trial's new `ConfigChange` (with its event), or None to go on. Asked again (a restart), it
+        returns the change already stored and writes nothing."""
+        history = self.storage.get_trial(self.study_id, trial_id).config_history
+        if history and history[-1].epoch == epoch:
+            return history[-1]
+        exploit = self.stopping.verdict(trial_id, epoch)
+        change = self._change(trial_id, exploit) if exploit is not None else None
+        with self.storage.atomic():
+            if change is not None:
+                self.storage.set_config_history(self.study_id, trial_id, [*history, change])
+                self.journal.publish("trial_exploited", {"trial_id": trial_id, **asdict(change)})
+            self._journal_search()  # the verdict is in the stopper's state
+        return change
 
     def _change(self, trial_id: int, exploit: Exploit) -> ConfigChange | None:
         """The exploit as the trial's config change: the source's config at that step, with the values

@@ -11,7 +11,6 @@ from typing import Any
 
 from tuneyard.server.execution.messages import MemberKey, Placement, TrainTask
 from tuneyard.server.execution.scheduler import Allocation
-from tuneyard.server.study.domain import ConfigChange
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +53,7 @@ class TrialRun(TaskRun):
     config: dict[str, Any] = field(default_factory=dict)  # its searched values now (its last PBT exploit's)
     epochs: int = 0  # the last epoch stored
     retries: int = 0
-    exploit: ConfigChange | None = None  # a PBT exploit journaled, its run asked to stop: then applied
+    paused_at: int = 0  # PBT: the decision epoch its run ended at, to be judged when it runs again
     group: str = ""  # the fused group it trains in now (`GroupRun.key`); "" when solo or waiting
     solo: bool = False  # a group it was in could not train fused: it runs solo from now on
 

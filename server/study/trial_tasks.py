@@ -1,10 +1,10 @@
 """A study's trial tasks: what a trial's run is handed, from its config, and its PBT exploits
 (`early_stopping: pbt`) carried out.
 
-The trial book journals an exploit with the step it judged (`TrialRecord.config_history`); the runner
-stops the trial's run, and once it has ended this copies the source trial's snapshot of that step
-over the trial's files, marks the change applied, and gives the trial its explored config and a
-task that resumes from there. A restart finds an unapplied change and copies the files again: the
+The trial book journals an exploit of a trial waiting at a decision epoch (`TrialRecord.config_history`);
+before the trial runs again this copies the source trial's snapshot of that epoch over the trial's
+files, marks the change applied, and gives the trial its explored config and a task that resumes
+from there. A restart finds an unapplied change and copies the files again: the
 snapshot does not change, so it ends the same.
 """
 
@@ -28,11 +28,11 @@ log = logging.getLogger(__name__)
 
 
 class TrialTasks:
-    """Builds a study's trial tasks; `keep_every` is the population stopper's checkpoint interval (0: none)."""
+    """Builds a study's trial tasks; `decide_every` is the population stopper's interval (0: none)."""
 
     def __init__(self, study_id: str, plan: StudyPlan, registry: PluginRegistry, storage: Store) -> None:
         self.study_id, self.plan, self.registry, self.storage = study_id, plan, registry, storage
-        self.keep_every = 0
+        self.decide_every = 0
 
     def task(self, trial_id: int, config: dict[str, Any], checkpoint: str, explored_at: int = 0) -> TrainTask:
         """The trial's task with this config (`explored_at`: the epoch of its last exploit, 0 none)."""
@@ -43,7 +43,7 @@ class TrialTasks:
             checkpoint,
             self.plan.objective,
             study_id=self.study_id,
-            keep_every=self.keep_every,
+            decide_every=self.decide_every,
             explored_at=explored_at,
         )
 
@@ -57,10 +57,10 @@ class TrialTasks:
         return run
 
     def explore(self, run: TrialRun) -> None:
-        """The run's journaled exploit applied: the source's files, the explored config, a new task."""
+        """The trial's journaled exploit applied: the source's files, the explored config, a new task."""
         change = self.adopt(self.storage.get_trial(self.study_id, run.trial_id))
         assert change is not None
-        run.config, run.epochs, run.exploit = change.config, change.epoch, None
+        run.config, run.epochs = change.config, change.epoch
         run.task = self.task(run.trial_id, change.config, run.task.checkpoint, change.epoch)
         run.stop_reason = run.stop_time = None
         run.killed = False

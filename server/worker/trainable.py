@@ -21,7 +21,7 @@ from typing import Any
 from tuneyard.plugins.api import Pruned
 from tuneyard.plugins.manager import PluginRegistry
 from tuneyard.server.execution.messages import EvaluateTask, TrainTask
-from tuneyard.server.execution.snapshots import take_snapshot
+from tuneyard.server.execution.snapshots import decision_epoch, take_snapshot
 from tuneyard.server.study.settings import TrainableSettings
 from tuneyard.server.worker.protocol import Report, ShouldStop
 
@@ -61,10 +61,10 @@ class TrialHandle:
     checkpoint_dir: Path
     resumed: bool
     epochs: int  # the most steps it may report
-    explored_at: int  # the step of its last PBT exploit (0: none): its folder held the source's files then
-    keep_every: int  # PBT: the folder's files of each step that is a multiple of this are kept (0: none)
     send: Report
     stop_requested: ShouldStop
+    explored_at: int = 0  # the step of its last PBT exploit (0: none): its folder held the source's files then
+    task: TrainTask | None = None  # what it runs (PBT: `decide_every`)
     last: dict[str, float] = field(default_factory=dict)  # the last step's metrics
     steps: int = 0  # the last step reported
     stopped: bool = False  # a report raised Pruned
@@ -78,10 +78,14 @@ class TrialHandle:
         if self.stop_requested():  # a verdict on an earlier step, a cancel, the deadline: this step is not kept
             self.stopped = True
             raise Pruned(f"trial {self.trial_id} was asked to stop before step {step}")
-        if self.keep_every and step % self.keep_every == 0:  # the step's files, before the step counts
+        decides = self.task is not None and decision_epoch(self.task, step, self.epochs)
+        if decides:  # PBT: the step's files, before the step counts
             take_snapshot(self.checkpoint_dir, step, link=False)
         self.send(step, clean)
         self.last, self.steps = clean, step
+        if decides:  # the run ends here; the server judges the trial and runs it again (`resumed`)
+            self.stopped = True
+            raise Pruned(f"trial {self.trial_id} waits at step {step} for population-based training")
 
 
 class TrainableRunner:
@@ -110,7 +114,7 @@ class TrainableRunner:
             resumed=task.resume,
             epochs=settings.epochs,
             explored_at=task.explored_at,
-            keep_every=task.keep_every,
+            task=task,
             send=report,
             stop_requested=should_stop,
         )

@@ -30,7 +30,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tuneyard.plugins.api import DatasetSplits, Objective
 from tuneyard.plugins.manager import PluginRegistry
 from tuneyard.server.execution.messages import EvaluateTask, Placement, TrainTask
-from tuneyard.server.execution.snapshots import take_snapshot
+from tuneyard.server.execution.snapshots import decision_epoch, take_snapshot
 from tuneyard.server.study.settings import Component, TrainingSettings, TrialSettings
 from tuneyard.server.worker.batches import Batches, Transform
 from tuneyard.server.worker.checkpoints import load_resume, save_epoch
@@ -286,14 +286,15 @@ class Trainer:
             best, since_best = _track(task.objective, metrics, best, since_best)
             progress = {"epoch": epoch, "metrics": metrics, "best": best, "since_best": since_best}
             save_epoch(checkpoint, parts.evaluated, parts.stateful(), parts.train_batches, progress, self.device)
-            if task.keep_every and epoch % task.keep_every == 0:
+            decides = decision_epoch(task, epoch, parts.training.epochs)
+            if decides:
                 take_snapshot(checkpoint.parent, epoch, link=True)
             report(epoch, metrics)
             if should_stop():
                 ranks.agree(True)
                 return _result(metrics, epoch, True)
-            if ranks.agree(bool(patience) and since_best >= patience):
-                break
+            if ranks.agree(decides or (bool(patience) and since_best >= patience)):
+                return _result(metrics, epoch, decides)  # a PBT decision epoch: the server judges, then resumes it
         return _result(metrics, epoch, False)
 
     def _train_epoch(self, parts: TrialParts, epoch: int, ranks: Ranks, should_stop: ShouldStop) -> _EpochSums | None:
