@@ -272,3 +272,13 @@ def test_registry_options_defaults_seed_and_validation(reg):
             make(reg, perturbation_factors=factors)
     with pytest.raises(ValueError, match="quantile"):
         make(reg, quantile=0.0)
+
+
+def test_a_step_judged_late_is_judged_against_the_population_recorded_by_then(reg):
+    early, late = make(reg, quantile=0.25), make(reg, quantile=0.25)
+    assert judged(early, 1, 4, 0.1, cfg(1)) is None  # alone at step 4: nobody to compare with
+    for trial_id in (1, 2, 3, 4):
+        late.record(trial_id, 4, 0.1 * trial_id, cfg(trial_id))
+    verdict = late.exploit(1, 4)  # recorded first, judged once all four are in: the worst of them
+    assert verdict is not None and verdict.source_trial_id == 4 and verdict.source_step == 4
+    assert late.exploit(4, 4) is None and late.exploit(1, 5) is None  # the best; a step never recorded
