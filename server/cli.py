@@ -28,20 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, default=Path("tuneyard-data"), help="SQLite store and checkpoints")
     p.add_argument("--data-root", default="", help="folder datasets are read from (default DATA_DIR/datasets)")
     p.add_argument("--plugins-dir", type=Path, default=None, help="load every *.py in this folder as a plugin module")
-    p.add_argument("--devices", default=None, help="cpu, all, or cuda:0,cuda:2 (default: all GPUs, else CPU)")
-    p.add_argument("--cpu-slots", type=int, default=None, help="trials at once without CUDA (default cores/2)")
-    p.add_argument(
-        "--mps",
-        action="store_true",
-        help="run packed workers (gpus_per_trial < 1) under an NVIDIA MPS control daemon the server starts and stops",
-    )
-    p.add_argument(
-        "--executor",
-        choices=("local", "ray"),
-        default="local",
-        help="local worker processes, or a Ray cluster (default local)",
-    )
-    p.add_argument("--ray-address", default="", help="Ray cluster to join, HOST:PORT (default: start one on 127.0.0.1)")
+    _add_device_args(p)
     p.add_argument(
         "--checkpoint-dir",
         type=Path,
@@ -84,6 +71,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_operations_args(p)
     return p
+
+
+def _add_device_args(p: argparse.ArgumentParser) -> None:
+    """Where trials run: this machine's devices (shared under MPS, or not), or a Ray cluster."""
+    p.add_argument("--devices", default=None, help="cpu, all, or cuda:0,cuda:2 (default: all GPUs, else CPU)")
+    p.add_argument("--cpu-slots", type=int, default=None, help="trials at once without CUDA (default cores/2)")
+    p.add_argument(
+        "--mps",
+        action="store_true",
+        help="run packed workers (gpus_per_trial < 1) under an NVIDIA MPS control daemon the server starts and stops",
+    )
+    p.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="local worker processes, or a Ray cluster (default local)",
+    )
+    p.add_argument("--ray-address", default="", help="Ray cluster to join, HOST:PORT (default: start one on 127.0.0.1)")
 
 
 def _add_operations_args(p: argparse.ArgumentParser) -> None:
