@@ -199,7 +199,10 @@ class Trainer:
     def _seed(seed: int, deterministic: bool) -> None:
         random.seed(seed)
         torch.manual_seed(seed)
-        torch.use_deterministic_algorithms(deterministic, warn_only=True)
+        # Only on a change: the call imports torch._inductor (2.6 s of a new worker's first trial).
+        enabled = torch.are_deterministic_algorithms_enabled()
+        if enabled != deterministic or (deterministic and not torch.is_deterministic_algorithms_warn_only_enabled()):
+            torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
     def _build(self, settings: TrialSettings, ranks: Ranks) -> TrialParts:
         """Every part of a run, in a fixed order (the seeded generators are drawn from in this order)."""

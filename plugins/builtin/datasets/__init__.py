@@ -1,6 +1,7 @@
 """Built-in datasets, each returning float CHW tensors in [0, 1] as TensorDatasets.
 
-`digits` is bundled with scikit-learn and `synthetic` is generated, so neither needs files or a
+`digits` (scikit-learn's 8x8 digits, stored in this package as `digits.npz`: loading it imports
+no scikit-learn, which costs a new worker 1.5 s) and `synthetic` (generated) need no files or
 network. `mnist`, `fashion_mnist`, `cifar10`, `cifar100` read torchvision's on-disk format and
 `image_folder` reads class-per-folder images, all from a folder inside the server's data root
 (``root``); paths that leave it are refused. Nothing is downloaded unless `download: true` is set.
@@ -13,6 +14,7 @@ The server reads these factories' schemas without importing torch: torch and the
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuneyard.plugins import hookimpl
@@ -22,6 +24,22 @@ from tuneyard.plugins.builtin.datasets.tabular import breast_cancer, csv_file, d
 if TYPE_CHECKING:
     import numpy as np
     from torch.utils.data import TensorDataset
+
+
+def stratified_split(labels: np.ndarray, fractions: tuple[float, float], seed: int) -> list[np.ndarray]:
+    """Seeded train / val / test indices holding each class in the same shares: of every class,
+    `fractions` (val, test) of its items, rounded, go to val and test, the rest to train."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    parts: list[list[np.ndarray]] = [[], [], []]
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        val, test = (int(round(len(members) * fraction)) for fraction in fractions)
+        parts[0].append(members[val + test :])
+        parts[1].append(members[:val])
+        parts[2].append(members[val : val + test])
+    return [np.concatenate(part) for part in parts]
 
 
 def digits(*, root: str, val_fraction: float = 0.15, test_fraction: float = 0.15, split_seed: int = 0) -> DatasetSplits:
@@ -34,20 +52,14 @@ def digits(*, root: str, val_fraction: float = 0.15, test_fraction: float = 0.15
     """
     import numpy as np
     import torch
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
     from torch.utils.data import TensorDataset
 
     if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
         raise ValueError("val_fraction and test_fraction must be > 0 and sum to less than 1")
-    bunch = load_digits()
-    images = (bunch.images.astype(np.float32) / 16.0)[:, None, :, :]
-    labels = bunch.target.astype(np.int64)
-    index = np.arange(len(labels))
-    rest, test = train_test_split(index, test_size=test_fraction, stratify=labels, random_state=split_seed)
-    train, val = train_test_split(
-        rest, test_size=val_fraction / (1 - test_fraction), stratify=labels[rest], random_state=split_seed
-    )
+    with np.load(Path(__file__).with_name("digits.npz")) as stored:
+        images = (stored["images"].astype(np.float32) / 16.0)[:, None, :, :]
+        labels = stored["labels"].astype(np.int64)
+    train, val, test = stratified_split(labels, (val_fraction, test_fraction), split_seed)
 
     def subset(idx: np.ndarray) -> TensorDataset:
         idx = np.sort(idx)
