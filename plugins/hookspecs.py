@@ -43,6 +43,7 @@ The sequence for one trial (all plugin objects see plain values and frozen views
              (or the trial's trainable called with its options and a TrialContext)
     per epoch (step): tuneyard_on_trial_report(...)  run + report
                early_stopper.report(...) -> Decision.CONTINUE | Decision.STOP   decide
+               (a population stopper: record(...), then exploit(...) -> Exploit | None)
     early_stopper.complete(trial_id, value)
     searcher.observe(trial_id, state, value)       observe
     tuneyard_on_trial_end(...)                     observers
@@ -174,7 +175,10 @@ def tuneyard_register_early_stoppers(register: Register) -> None:
     trial of the study may train) are injected. ``report(trial_id, epoch, value)`` is called after
     every epoch of every trial, interleaved across concurrent trials; on ``Decision.STOP`` the
     trial ends PRUNED with its last metrics. ``complete(trial_id, value)`` follows when any trial
-    ends (value None when it failed).
+    ends (value None when it failed). ``space`` (the searched parameters it may change) and
+    ``study_seed`` are injected too, for a population stopper (PBT, `tuneyard.plugins.population`):
+    one with ``record`` and ``exploit`` is told its decision epochs and asked for an ``Exploit``
+    instead, and never stops a trial.
     """
 
 
