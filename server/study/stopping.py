@@ -64,8 +64,8 @@ class StopperLedger:
         if population is None:
             return Decision.STOP if self.stopper.report(trial_id, epoch, value) == Decision.STOP else Decision.CONTINUE
         if self.decides_at(epoch):
-            changeable = {name: value for name, value in (config or {}).items() if name in self.changeable}
-            population.record(trial_id, epoch, float(metrics[self.objective.metric]), changeable)
+            changeable = {name: v for name, v in (config or {}).items() if name in self.changeable}
+            population.record(trial_id, epoch, float(value), changeable)
         return Decision.CONTINUE
 
     def verdict(self, trial_id: int, epoch: int) -> Exploit | None:

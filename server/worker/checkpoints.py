@@ -50,25 +50,16 @@ def save_epoch(
     if device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state(device)
     parts_state = {name: part.state_dict() for name, part in parts.items() if part is not None}
-    state = {**progress, "parts": parts_state, "rng": rng}
-    if keep_previous:
-        tmp = _temporary(resume_path(path))
-        torch.save(state, tmp)
-        if resume_path(path).exists():
-            os.replace(resume_path(path), previous_resume_path(path))
-        os.replace(tmp, resume_path(path))
-    else:
-        _write(resume_path(path), state)
+    if keep_previous and resume_path(path).exists():  # until the new one lands, readers take this one
+        os.replace(resume_path(path), previous_resume_path(path))
+    elif not keep_previous:
         previous_resume_path(path).unlink(missing_ok=True)  # a fused member's, now stale
+    _write(resume_path(path), {**progress, "parts": parts_state, "rng": rng})
     _write(path, {"model": evaluated.state_dict(), "epoch": progress["epoch"]})
 
 
-def _temporary(path: Path) -> Path:
-    return path.with_name(f"{path.name}.{os.getpid()}.tmp")
-
-
 def _write(path: Path, state: dict[str, Any]) -> None:
-    tmp = _temporary(path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
 
