@@ -259,7 +259,7 @@ def test_fused_forward_backward_time_k8_simple_cnn() -> None:
             warnings.simplefilter("always")
             together()
         slow = [str(w.message) for w in caught if "performance drop" in str(w.message)]
-        assert not slow, slow  # every op has a batching rule: no per-member loop inside vmap
+        assert not slow, slow  # no per-member loop inside vmap (simple_cnn runs channel-stacked, without it)
     finally:
         torch._C._functorch._set_vmap_fallback_warning_enabled(False)
     seq, fus = _time(sequential, 5), _time(together, 5)
@@ -307,3 +307,55 @@ def test_fused_totals_and_validation_equal_each_members_solo_measurement() -> No
     totals.add(MemberLosses([task] * 3)(out, y), out, y)
     totals.keep([0, 2])  # member 1 left the group mid-pass
     assert [r["accuracy"] for r in totals.read()] == [float((out[k].argmax(1) == y).float().mean()) for k in (0, 2)]
+
+
+@pytest.mark.parametrize("name", ["simple_cnn", "mlp"])
+def test_sequential_models_run_channel_stacked_and_equal_solo_sgd_runs(name: str) -> None:
+    """simple_cnn and mlp take the channel-stacked forward (no vmap); simple_cnn's SGD run is bitwise its solo run's."""
+    solos = members(name)
+    fused = FusedModel(solos)
+    assert not fused.uses_vmap
+    lrs = torch.tensor([0.3, 0.1, 0.05])
+    for i in range(4):
+        x, y = batch(i)
+        fused.zero_grad()
+        fused_step(fused, x, y, F.cross_entropy)
+        with torch.no_grad():
+            for p in fused.parameters():
+                assert p.grad is not None
+                p -= lrs.view(-1, *([1] * (p.dim() - 1))) * p.grad
+        for k, solo in enumerate(solos):
+            solo.zero_grad()
+            F.cross_entropy(solo(x), y).backward()
+            with torch.no_grad():
+                for p in solo.parameters():
+                    assert p.grad is not None
+                    p -= lrs[k] * p.grad
+    tolerance = 0.0 if name == "simple_cnn" else 1e-6  # mlp: baddbmm against the solo addmm
+    for k, solo in enumerate(solos):
+        for key, value in solo.state_dict().items():
+            close(fused.member_state_dict(k)[key], value, tolerance)
+    fused.eval()
+    x, _ = batch(5)
+    out = fused(x)
+    for k, solo in enumerate(solos):
+        close(out[k], solo.eval()(x).detach(), tolerance)
+
+
+def test_other_architectures_and_a_shared_dropout_run_under_vmap() -> None:
+    assert FusedModel(members("convnet_bn")).uses_vmap  # residual blocks: not a flat Sequential
+    with_dropout_first = [nn.Sequential(nn.Dropout(0.5), nn.Flatten(), nn.Linear(64, CLASSES)) for _ in SEEDS]
+    assert FusedModel(with_dropout_first).uses_vmap  # one mask on the shared batch would serve every member
+    no_dropout = [nn.Sequential(nn.Dropout(0.0), nn.Flatten(), nn.Linear(64, CLASSES)) for _ in SEEDS]
+    assert not FusedModel(no_dropout).uses_vmap
+
+
+def test_a_grouped_convolution_on_the_shared_batch_equals_solo() -> None:
+    torch.manual_seed(3)
+    solos = [nn.Sequential(nn.Conv2d(2, 4, 3, groups=2), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 3)) for _ in SEEDS]
+    fused = FusedModel(solos)
+    assert not fused.uses_vmap
+    x = torch.randn(5, 2, 8, 8)
+    out = fused(x)
+    for k, solo in enumerate(solos):
+        close(out[k], solo(x).detach(), 1e-6)

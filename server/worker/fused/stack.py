@@ -32,6 +32,11 @@ What holds, found by experiment (tests/test_fused_stack.py checks it):
 * Only what the base copy's non-tensor attributes say is run: members must agree on them (dropout
   p, activation, pooling, batch norm's eps and momentum, ...), not only on their tensors' shapes.
 
+A flat `nn.Sequential` of common layers (convolutions, batch norm, linear layers, activations,
+pooling, dropout, flatten: `simple_cnn` and `mlp`) skips vmap: `fused.channels` runs its members
+side by side in the channel dim, HFTA's own construction, which is faster and bitwise the solo
+runs for `simple_cnn` (the differences above are vmap's). Everything else runs under vmap.
+
 Of the built-in models, `simple_cnn`, `convnet` (every block, connection, pooling, with or
 without batch norm) and `mlp` fuse, dropout with the caveat above; `finetune` does not (its
 model changes between epochs).
@@ -49,6 +54,8 @@ from typing import Any
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
+
+from tuneyard.server.worker.fused import channels
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -195,13 +202,21 @@ class FusedModel:
         self._base.train(members[0].training)
         self.device = next(iter(self.params.values())).device
         self._run = vmap(self._member_forward, in_dims=(0, 0, None), randomness="different")
+        self._channels = channels.plan(self._base)  # None: the architecture needs vmap
 
     def _member_forward(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], x: Any) -> Any:
         return functional_call(self._base, (params, buffers), (x,))
 
     def forward(self, x: torch.Tensor) -> Any:
         """Every member on the same batch `x`: outputs with a leading member dim, (K, N, ...)."""
+        if self._channels is not None:
+            return self._channels(x, channels.State(self.params, self.buffers, self.size))
         return self._run(self.params, self.buffers, x)
+
+    @property
+    def uses_vmap(self) -> bool:
+        """Whether the forward runs under vmap (False: the channel-stacked layers of `fused.channels`)."""
+        return self._channels is None
 
     __call__ = forward
 
