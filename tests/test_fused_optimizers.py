@@ -313,3 +313,18 @@ def test_lr_is_per_member_and_checked() -> None:
         fused.lr = torch.ones(2)
     with pytest.raises(ValueError, match="groups"):
         fused.load_member_state_dict(0, {"state": {}, "param_groups": [{"lr": 0.1, "params": [0]}]})
+
+
+@pytest.mark.parametrize("case", ["sgd-momentum-mix", "sgd-nesterov-split"])
+def test_fused_sgd_steps_are_bitwise_torchs(case: str) -> None:
+    """SGD's rule rounds as torch does (its `add(alpha=)` is a fused multiply-add: `addcmul` here), so
+    a long run at a large lr cannot drift from its solo run."""
+    name, options = CASES[case]
+    models = _models()
+    solo = _solo(name, models, options)
+    params, _ = stack_module_state(copy.deepcopy(models))
+    fused = _fused(name, params, options)
+    gen = torch.Generator().manual_seed(1)
+    for step in range(STEPS):
+        _step_both(models, solo, params, fused, gen, step)
+        _assert_params(models, params, atol=0.0)

@@ -91,7 +91,7 @@ def _decay(param: Tensor, grad: Tensor, hp: Hyper, lr: Tensor) -> Tensor:
         decoupled = hp["decoupled_weight_decay"]
         param.mul_(col(torch.where(decoupled, 1 - lr * wd, torch.ones_like(wd)), param))
         wd = torch.where(decoupled, torch.zeros_like(wd), wd)
-    return grad.add(param * col(wd, param))
+    return torch.addcmul(grad, param, col(wd, param))  # torch's grad.add(param, alpha=wd), rounded alike
 
 
 def _ones(live: Tensor) -> Tensor:
@@ -103,13 +103,13 @@ def sgd_update(param: Tensor, grad: Tensor, st: dict[str, Tensor], hp: Hyper, lr
     grad = _decay(param, grad, hp, lr)
     if hp.any("momentum"):
         momentum, buf = hp["momentum"], st["momentum_buffer"]
-        running = buf * col(momentum, param) + grad * col(1 - hp["dampening"], param)
+        running = torch.addcmul(buf * col(momentum, param), grad, col(1 - hp["dampening"], param))
         buf.copy_(torch.where(col(live, param), running, grad))
         uses_buffer = momentum.ne(0)
         live = live | uses_buffer.to(live.device)
-        direction = torch.where(col(hp["nesterov"], param), grad + buf * col(momentum, param), buf)
+        direction = torch.where(col(hp["nesterov"], param), torch.addcmul(grad, buf, col(momentum, param)), buf)
         grad = torch.where(col(uses_buffer, param), direction, grad)
-    param.add_(grad * col(-lr, param))
+    param.addcmul_(grad, col(-lr, param))
     return live
 
 
