@@ -34,8 +34,9 @@ What holds, found by experiment (tests/test_fused_stack.py checks it):
 
 A flat `nn.Sequential` of common layers (convolutions, batch norm, linear layers, activations,
 pooling, dropout, flatten: `simple_cnn` and `mlp`) skips vmap: `fused.channels` runs its members
-side by side in the channel dim, HFTA's own construction, which is faster and bitwise the solo
-runs for `simple_cnn` (the differences above are vmap's). Everything else runs under vmap.
+side by side in the channel dim, HFTA's own construction, which is faster and, on contiguous
+inputs, bitwise the solo runs for `simple_cnn` (the differences above are vmap's). Everything else
+runs under vmap.
 
 Of the built-in models, `simple_cnn`, `convnet` (every block, connection, pooling, with or
 without batch norm) and `mlp` fuse, dropout with the caveat above; `finetune` does not (its
