@@ -185,6 +185,9 @@ class PluginEntry:
     # `train_<name>`, `val_<name>` (and `test_<name>` by the test evaluation), with whether lower
     # or higher is better.
     metrics: tuple[Metric, ...] = ()
+    # Models only: options that leave every tensor's shape alone (e.g. dropout), in which the
+    # members of a fused group (`resources.fuse`) may differ.
+    fusable_options: tuple[str, ...] = ()
 
     def param(self, name: str) -> ParamSpec | None:
         return next((p for p in self.parameters if p.name == name), None)

@@ -141,7 +141,9 @@ def tuneyard_register_models(register: Register) -> None:
     -> torch.nn.Module``, mapping a batch ``(N, *input_shape)`` to logits ``(N, num_classes)``.
     ``input_shape`` and ``num_classes`` are injected from the dataset. If the module has
     an ``on_epoch_start(epoch)`` method the trainer calls it before every epoch (from 1),
-    e.g. to unfreeze a fine-tuned backbone.
+    e.g. to unfreeze a fine-tuned backbone. ``register(..., fusable_options=["dropout"])``
+    names options that change no layer and no tensor shape: the members of a fused group
+    (``resources.fuse``) may differ in them.
     """
 
 

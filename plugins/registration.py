@@ -7,6 +7,7 @@ error, rather than met by a user later.
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 from collections.abc import Mapping
@@ -21,6 +22,7 @@ _EXTRAS: dict[str, frozenset[str]] = {
     "lr_scheduler": frozenset({"interval", "monitor"}),
     "dataset": frozenset({"task"}),
     "task": frozenset({"metrics"}),
+    "model": frozenset({"fusable_options"}),
 }
 # LR schedulers' register(interval=...): when the trainer calls scheduler.step().
 _INTERVALS: tuple[str, ...] = ("batch", "epoch")
@@ -49,6 +51,18 @@ def check_registration(kind: str, name: Any, factory: Any, description: Any, ext
         return f"task must be a task plugin's name, got {extra.get('task')!r}"
     if kind == "task":
         return _metrics_problem(extra.get("metrics", {}))
+    if kind == "model":
+        return _fusable_problem(factory, extra.get("fusable_options", ()))
+    return None
+
+
+def _fusable_problem(factory: Any, options: Any) -> str | None:
+    if isinstance(options, str) or not all(isinstance(o, str) for o in options or ()):
+        return f"fusable_options must be a list of option names, got {options!r}"
+    known = set(inspect.signature(factory).parameters)
+    unknown = [o for o in options or () if o not in known]
+    if unknown:
+        return f"fusable_options names {unknown[0]!r}, which is not an option of the factory"
     return None
 
 
@@ -75,6 +89,8 @@ def entry_flags(kind: str, extra: dict[str, Any]) -> dict[str, Any]:
     }
     if kind == "dataset" and extra.get("task"):
         flags["task"] = extra["task"]
+    if kind == "model":
+        flags["fusable_options"] = tuple(extra.get("fusable_options") or ())
     return flags
 
 

@@ -183,6 +183,24 @@ def test_trials_differing_outside_the_fusable_settings_are_not_grouped(stub, ser
     assert stored_groups(server[1], study_id) == {1: "", 2: ""}
 
 
+def test_a_search_over_a_models_fusable_dropout_trains_one_group(stub, server, caplog):
+    """simple_cnn declares dropout fusable: trials that differ only in it share a group and complete."""
+    caplog.set_level(logging.INFO)
+    body = spec(
+        LRS[:3],
+        dataset={"name": "digits"},
+        model={"name": "simple_cnn", "options": {"num_filters": 4, "num_conv_layers": 1}},
+        epochs=1,
+        search_space=[{"name": "model.dropout", "choice": {"values": [0.0, 0.2, 0.5]}}],
+        budget={"max_trials": 3, "max_concurrent_trials": 3},
+    )
+    study_id = create(stub, body)
+    study, trials = finish(stub, study_id)
+    assert study.state == pb.STUDY_COMPLETED and len(trials) == 3, study.error
+    assert launched(caplog, study_id) == [f"study {study_id}: trials [1, 2, 3] train fused as group g1"]
+    assert all(t.state == pb.TRIAL_COMPLETED for t in trials.values())
+
+
 def test_a_group_the_worker_refuses_runs_its_members_solo(stub, server, caplog):
     """Gradient accumulation is the same in every member (so the server groups them), but the group
     trainer does not implement it: the worker refuses and the members train solo, as solo runs do."""

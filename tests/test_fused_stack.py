@@ -171,7 +171,9 @@ def test_fusable_refuses_with_a_reason() -> None:
     pooling = [build("convnet_bn", 0), build("convnet_bn", 1, pooling="avg")]
     assert "MaxPool2d" in (fusable(pooling) or "")
     rates = [build("simple_cnn", 0, dropout=0.1), build("simple_cnn", 1, dropout=0.3)]
-    assert "p=0.1" in (fusable(rates) or "")
+    assert fusable(rates) is None  # channel-stacked: each member its own dropout
+    vmapped_rates = [build("convnet_plain", 0, dropout=0.1), build("convnet_plain", 1, dropout=0.3)]
+    assert "dropout differs" in (fusable(vmapped_rates) or "")  # under vmap the base copy's p is all members'
     cumulative = members("simple_cnn")
     for module in cumulative:
         for sub in module.modules():
@@ -359,3 +361,43 @@ def test_a_grouped_convolution_on_the_shared_batch_equals_solo() -> None:
     out = fused(x)
     for k, solo in enumerate(solos):
         close(out[k], solo(x).detach(), 1e-6)
+
+
+def test_members_with_their_own_dropout_drop_at_their_own_rates() -> None:
+    """Dropout is fusable in a channel-stacked model: member k keeps about 1 - p_k of its units."""
+    rates = (0.0, 0.25, 0.6)
+    torch.manual_seed(4)
+    same = [nn.Sequential(nn.Flatten(), nn.Linear(64, 400), nn.ReLU(), nn.Dropout(p)) for p in rates]
+    for module in same[1:]:
+        module.load_state_dict(same[0].state_dict())  # equal weights: only the masks differ
+    fused = FusedModel(same)
+    assert not fused.uses_vmap
+    x = torch.rand(64, *SHAPE) + 0.1
+    solo = same[0].eval()(x).detach()
+    out = fused(x).detach()
+    close(out[0], solo, 0.0)  # p = 0: untouched
+    for k, p in enumerate(rates[1:], start=1):
+        alive = solo > 0
+        kept = (out[k][alive] != 0).float().mean().item()
+        assert abs(kept - (1 - p)) < 0.02, (p, kept)  # 25,600 units: the binomial's sd is 0.003
+        close(out[k][out[k] != 0], (solo / (1 - p))[out[k] != 0], 1e-5)  # survivors scaled by 1 / (1 - p)
+    fused.eval()
+    for k in range(len(rates)):
+        close(fused(x)[k], solo, 0.0)  # eval mode: no dropout at all
+
+
+def test_conv_members_with_their_own_dropout_after_the_convolutions() -> None:
+    """In the channels layout a member's probability covers its block of channels."""
+    solos = [build("simple_cnn", 0, dropout=p, batch_norm=False) for p in (0.0, 0.5)]
+    solos[1].load_state_dict(solos[0].state_dict())
+    head = nn.Sequential(*list(solos[0].children())[:-3])  # up to the flatten: conv blocks only
+    features = [nn.Sequential(*list(head.children()), nn.Dropout(p)) for p in (0.0, 0.5)]
+    fused = FusedModel(features)
+    assert not fused.uses_vmap
+    x = torch.rand(256, *SHAPE)
+    out = fused(x).detach()
+    plain = head(x).detach()
+    close(out[0], plain, 0.0)
+    alive = plain > 0
+    kept = (out[1][alive] != 0).float().mean().item()
+    assert abs(kept - 0.5) < 0.03, kept

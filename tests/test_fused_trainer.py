@@ -311,6 +311,24 @@ def test_group_problem_refuses_what_it_does_not_implement(tmp_path):
     assert group_problem(_tasks([base, changed(label_smoothing=0.1)], tmp_path), REGISTRY) is None
 
 
+def test_members_may_differ_in_the_models_fusable_dropout(tmp_path):
+    """`simple_cnn` declares dropout fusable (channel-stacked); `convnet` (vmap) and `mlp` (no
+    dropout layers at 0) do not."""
+
+    def with_dropout(model: Component, p: float) -> TrialSettings:
+        return trial("digits", Component(model.name, {**model.options, "dropout": p}), "sgd", {"lr": 0.1})
+
+    members = [with_dropout(CNN, p) for p in (0.0, 0.2, 0.5)]
+    assert group_problem(_tasks(members, tmp_path / "cnn"), REGISTRY) is None
+    results, reports = group(members, tmp_path / "group")
+    assert all("error" not in r for r in results.values())
+    _, alone = solo(members[0], tmp_path / "solo" / "checkpoint.pt")
+    assert_same(reports[0], alone)  # the member without dropout is its solo run
+    assert reports[1][-1][1]["train_loss"] != reports[0][-1][1]["train_loss"]  # the others dropped units
+    for model in (CONVNET, MLP):
+        assert "differs from member 0 outside" in _problem([with_dropout(model, p) for p in (0.0, 0.3)], tmp_path)
+
+
 def _timed(settings: list[TrialSettings], root: Path, repeats: int = 3) -> tuple[float, float]:
     """Seconds for the fused group, and for its members' solo runs one after another (best of `repeats`)."""
     fused, alone = math.inf, math.inf

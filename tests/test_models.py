@@ -369,3 +369,34 @@ def test_building_models_leaves_the_catalogue_whole(reg: PluginRegistry) -> None
     assert again.errors == []
     assert again.names("model") == reg.names("model")
     assert all(inspect.isfunction(entry.factory) for entry in again.entries("model"))
+
+
+def test_model_registration_checks_fusable_options() -> None:
+    from tuneyard.plugins import hookimpl
+
+    def factory(*, input_shape: tuple[int, ...], num_classes: int, dropout: float = 0.0) -> nn.Module:
+        """A test model."""
+        return nn.Linear(1, num_classes)
+
+    class Plugin:
+        def __init__(self, **extra: object) -> None:
+            self.extra = extra
+
+        @hookimpl
+        def tuneyard_register_models(self, register: object) -> None:
+            register("custom", factory, **self.extra)  # type: ignore[operator]
+
+    cases: list[tuple[dict[str, object], str]] = [
+        ({"fusable_options": "dropout"}, "fusable_options must be a list of option names"),
+        ({"fusable_options": ["width"]}, "'width', which is not an option of the factory"),
+    ]
+    for extra, problem in cases:
+        reg = PluginRegistry.load(entry_points=False)
+        reg.add_plugin(Plugin(**extra), name="bad", distribution="t", version="1")
+        assert "custom" not in reg.names("model")
+        assert any(problem in e.message for e in reg.errors), (extra, reg.errors)
+    reg = PluginRegistry.load(entry_points=False)
+    assert reg.add_plugin(Plugin(fusable_options=["dropout"]), name="good")
+    assert reg.get("model", "custom").fusable_options == ("dropout",)
+    assert reg.get("model", "simple_cnn").fusable_options == ("dropout",)
+    assert reg.get("model", "mlp").fusable_options == ()  # no dropout layers at 0: its layers would differ

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import replace
 
+from tuneyard.plugins.manager import PluginRegistry
 from tuneyard.server.execution.messages import Final, Sink, Train, TrainGroup, TrainGroupTask
 from tuneyard.server.execution.scheduler import Allocation
 from tuneyard.server.storage.store import Store
@@ -33,9 +34,10 @@ def group_key(members: Sequence[TrialRun]) -> str:
 class Fusion:
     """A study's fusion policy: the group size, and the settings the worker refused to fuse."""
 
-    def __init__(self, study_id: str, size: int) -> None:
+    def __init__(self, study_id: str, size: int, registry: PluginRegistry | None = None) -> None:
         self.study_id = study_id
         self.size = size if size > 1 else 1
+        self.registry = registry  # which model options are fusable (`PluginEntry.fusable_options`)
         self._refused: list[TrialSettings] = []
 
     @property
@@ -45,14 +47,14 @@ class Fusion:
     def together(self, first: TrialRun, other: TrialRun) -> bool:
         """Whether `other` may train in `first`'s group: same non-fusable settings, same epoch, neither
         marked solo, and settings the worker has not refused before."""
-        key = fusion_key(first.task.settings)
+        key = fusion_key(first.task.settings, self.registry)
         return (
             key is not None
             and not first.solo
             and not other.solo
             and first.epochs == other.epochs
             and key not in self._refused
-            and fusion_key(other.task.settings) == key
+            and fusion_key(other.task.settings, self.registry) == key
         )
 
     def resume_members(self, waiting: Sequence[TrialRun]) -> list[TrialRun]:
@@ -69,7 +71,7 @@ class Fusion:
         (a refusal of fresh trials is about their settings; one on resume may be about checkpoints)."""
         ids = ", ".join(str(run.trial_id) for run in members)
         log.warning("study %s: trials %s cannot train fused (%s); they run solo", self.study_id, ids, why)
-        key = fusion_key(members[0].task.settings)
+        key = fusion_key(members[0].task.settings, self.registry)
         if not resume and key is not None and key not in self._refused:
             self._refused.append(key)
         for run in members:

@@ -89,7 +89,7 @@ class StudyRunner(threading.Thread):
         self._book: TrialBook | None = None  # made once the search is built
         self._next_id = 1
         self._exhausted = False  # the searcher has no more configurations
-        self._fusion = Fusion(study_id, plan.resources.fuse)
+        self._fusion = Fusion(study_id, plan.resources.fuse, registry)
         self._launcher = Launcher(self._board, storage, self._inbox.put, self._memory_gb, self._fusion)
         self._tasks = TrialTasks(study_id, plan, registry, storage)
         self._population = PopulationSchedule(self._board, self._tasks)

@@ -201,11 +201,17 @@ def explorable(name: str) -> bool:
     return name == "training.label_smoothing" or head == "trainable"
 
 
-def fusion_key(settings: Settings) -> TrialSettings | None:
+def fusion_key(settings: Settings, registry: PluginRegistry | None = None) -> TrialSettings | None:
     """The settings with the fusable ones blanked: trials whose keys are equal may train as one fused
-    group. None for a trainable's settings, which never fuse. Decided in the server without torch."""
+    group. With the registry, also the model options its plugin declares fusable (`fusable_options`,
+    e.g. dropout). None for a trainable's settings, which never fuse. Decided in the server without torch."""
     if not isinstance(settings, TrialSettings):
         return None
+    model = settings.model
+    if registry is not None and model.name in registry.names("model"):
+        fusable = registry.get("model", model.name).fusable_options
+        kept = {key: value for key, value in model.options.items() if key not in fusable}
+        settings = replace(settings, model=Component(model.name, kept))
     training, schedule = settings.training, settings.training.lr_scheduler
     blank = replace(
         training,

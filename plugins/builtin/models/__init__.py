@@ -206,6 +206,7 @@ def tuneyard_register_models(register: Any) -> None:
             "filter_size": at_least_one,
             "dropout": dropout,
         },
+        fusable_options=("dropout",),  # fused members may differ in it (the channel-stacked forward)
     )
     register(
         "convnet",
@@ -235,4 +236,4 @@ def tuneyard_register_models(register: Any) -> None:
         "mlp",
         mlp,
         bounds={"depth": Bounds(ge=0, le=MLP_MAX_DEPTH), "width": Bounds(ge=1, le=MLP_MAX_WIDTH), "dropout": dropout},
-    )
+    )  # not fusable_options=("dropout",): at 0 the model has no dropout layers, so its layers differ

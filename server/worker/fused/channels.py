@@ -31,9 +31,10 @@ Imported only in worker processes (it imports torch).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -151,14 +152,38 @@ def _module(module: nn.Module) -> Step:
     return lambda h, s: module(h)
 
 
-def _one(name: str, module: nn.Module, layout: Layout) -> tuple[Step, Layout] | None:
-    """One layer's fused step and the layout after it; None when this table does not cover it here."""
+def _dropout(module: nn.Dropout, ps: tuple[float, ...], layout: Layout) -> Step | None:
+    """Member k's dropout with its own probability ps[k]: its elements kept with 1 - ps[k], scaled by
+    1 / (1 - ps[k]), the masks drawn for all members at once (a member at 0 is left exactly as it is)."""
+    if not any(ps):
+        return lambda h, s: h
+    if layout is Layout.SHARED:
+        return None  # one mask for all members, where their solo runs draw their own
+    if len(set(ps)) == 1:
+        return _module(module)
+    keep = torch.tensor([1.0 - p for p in ps])
+
+    def step(h: torch.Tensor, s: State) -> torch.Tensor:
+        if not module.training:
+            return h
+        if layout is Layout.MEMBERS:
+            per = keep.to(h.device, h.dtype).view(-1, *([1] * (h.dim() - 1)))
+        else:  # (N, K*C, ...): member k's channels share its probability
+            per = keep.to(h.device, h.dtype).repeat_interleave(h.shape[1] // s.size).view(1, -1, *([1] * (h.dim() - 2)))
+        mask = torch.bernoulli(per.expand_as(h))
+        return h * mask / per
+
+    return step
+
+
+def _one(name: str, module: nn.Module, layout: Layout, ps: tuple[float, ...]) -> tuple[Step, Layout] | None:
+    """One layer's fused step and the layout after it; None when this table does not cover it here.
+    `ps` are the members' dropout probabilities when the layer is a dropout."""
     if type(module) in _CHANNELWISE:
         return _module(module), layout
     if type(module) is nn.Dropout:
-        if layout is Layout.SHARED and module.p > 0:
-            return None  # one mask for all members, where their solo runs draw their own
-        return _module(module), layout
+        dropout = _dropout(cast(nn.Dropout, module), ps or (float(cast(nn.Dropout, module).p),), layout)
+        return None if dropout is None else (dropout, layout)
     if type(module) in _POOLS:
         return (_module(module), layout) if layout is not Layout.MEMBERS else None
     if type(module) is nn.Flatten:
@@ -192,10 +217,11 @@ class ChannelStacked:
         return h
 
 
-def plan(base: nn.Module) -> ChannelStacked | None:
+def plan(base: nn.Module, dropouts: Mapping[str, tuple[float, ...]]) -> ChannelStacked | None:
     """The channel-stacked forward of this architecture, or None when it needs vmap.
 
     `base` is the members' weightless copy; its stateless children are called as they are.
+    `dropouts` holds each dropout layer's probability per member (they may differ).
     """
     if type(base) is not nn.Sequential:
         return None
@@ -204,7 +230,7 @@ def plan(base: nn.Module) -> ChannelStacked | None:
     for name, module in base.named_children():
         if any(True for _ in module.children()):
             return None  # a nested container: vmap
-        found = _one(name, module, layout)
+        found = _one(name, module, layout, tuple(dropouts.get(name, ())))
         if found is None:
             return None
         step, layout = found

@@ -68,10 +68,11 @@ def settings_problem(tasks: Sequence[TrainTask], registry: PluginRegistry, devic
         problem = _one_problem(task, registry, device)
         if problem is not None:
             return f"member {index} (trial {task.trial_id}): {problem}"
-    first = fusion_key(tasks[0].settings)
+    first = fusion_key(tasks[0].settings, registry)
     for index, task in enumerate(tasks[1:], start=1):
-        if fusion_key(task.settings) != first:
-            return f"member {index} (trial {task.trial_id}) differs from member 0 outside {', '.join(FUSABLE)}"
+        if fusion_key(task.settings, registry) != first:
+            fusable = ", ".join((*FUSABLE, "the model's fusable options"))
+            return f"member {index} (trial {task.trial_id}) differs from member 0 outside {fusable}"
         if task.resume != tasks[0].resume:
             return f"member {index} (trial {task.trial_id}) resumes and member 0 does not, or the other way round"
     return None

@@ -30,7 +30,8 @@ What holds, found by experiment (tests/test_fused_stack.py checks it):
   order. A member with dropout > 0 is thus a statistically equivalent run, never a bitwise replay
   of its solo run; in eval mode (no dropout) it matches exactly.
 * Only what the base copy's non-tensor attributes say is run: members must agree on them (dropout
-  p, activation, pooling, batch norm's eps and momentum, ...), not only on their tensors' shapes.
+  p, activation, pooling, batch norm's eps and momentum, ...), not only on their tensors' shapes;
+  only the channel-stacked forward (below) lets each member keep its own dropout p.
 
 A flat `nn.Sequential` of common layers (convolutions, batch norm, linear layers, activations,
 pooling, dropout, flatten: `simple_cnn` and `mlp`) skips vmap: `fused.channels` runs its members
@@ -50,7 +51,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -106,8 +107,9 @@ def _own_problem(module: nn.Module) -> str | None:
     return None
 
 
-def _difference(first: nn.Module, other: nn.Module) -> str | None:
-    """How `other` differs from `first` in architecture, None when it does not."""
+def _difference(first: nn.Module, other: nn.Module, vary_dropout: bool = False) -> str | None:
+    """How `other` differs from `first` in architecture, None when it does not (with `vary_dropout`,
+    dropout layers may differ in their probability)."""
     layout, other_layout = _tensor_layout(first), _tensor_layout(other)
     if list(layout) != list(other_layout):
         return "different parameter or buffer names"
@@ -126,12 +128,14 @@ def _difference(first: nn.Module, other: nn.Module) -> str | None:
         if ours.keys() != other_attrs.keys():
             return f"module {where} has different attributes"
         for key, value in ours.items():
+            if vary_dropout and key == "p" and type(module) is nn.Dropout:
+                continue
             if not _same_value(value, other_attrs[key]):
                 return f"module {where} has {key}={value!r} in one member, {other_attrs[key]!r} in another"
     return None
 
 
-def structure_problem(modules: Sequence[nn.Module]) -> str | None:
+def structure_problem(modules: Sequence[nn.Module], vary_dropout: bool = False) -> str | None:
     """Why these members cannot be stacked, from their structure alone; None when they can."""
     if not modules:
         return "no members"
@@ -139,7 +143,7 @@ def structure_problem(modules: Sequence[nn.Module]) -> str | None:
     if problem is not None:
         return problem
     for index, module in enumerate(modules[1:], start=1):
-        difference = _difference(modules[0], module)
+        difference = _difference(modules[0], module, vary_dropout)
         if difference is not None:
             return f"member {index} differs from member 0: {difference}"
     return None
@@ -153,11 +157,16 @@ def fusable(modules: Sequence[nn.Module], sample: torch.Tensor | None = None) ->
     forward on copies, so a module vmap cannot trace is refused with vmap's reason. The members
     themselves are left untouched.
     """
-    problem = structure_problem(modules)
-    if problem is not None or sample is None:
+    problem = structure_problem(modules, vary_dropout=True)
+    if problem is not None:
         return problem
     try:
         fused = FusedModel(modules)
+    except ValueError as error:  # dropout that differs, in a model that needs vmap
+        return str(error)
+    if sample is None:
+        return None
+    try:
         fused.train()
         fused(sample).float().sum().backward()
         fused.eval()
@@ -193,7 +202,7 @@ class FusedModel:
     """
 
     def __init__(self, members: Sequence[nn.Module]) -> None:
-        problem = structure_problem(members)
+        problem = structure_problem(members, vary_dropout=True)
         if problem is not None:
             raise ValueError(f"cannot fuse these members: {problem}")
         self.size = len(members)
@@ -203,7 +212,18 @@ class FusedModel:
         self._base.train(members[0].training)
         self.device = next(iter(self.params.values())).device
         self._run = vmap(self._member_forward, in_dims=(0, 0, None), randomness="different")
-        self._channels = channels.plan(self._base)  # None: the architecture needs vmap
+        dropouts = {
+            name: tuple(float(cast(nn.Dropout, m.get_submodule(name)).p) for m in members)
+            for name, sub in self._base.named_modules()
+            if type(sub) is nn.Dropout
+        }
+        self._channels = channels.plan(self._base, dropouts)  # None: the architecture needs vmap
+        varied = [name for name, ps in dropouts.items() if len(set(ps)) > 1]
+        if self._channels is None and varied:
+            raise ValueError(
+                f"cannot fuse these members: their dropout differs (layer {varied[0]}), which only a flat "
+                "Sequential of common layers can vary per member; this model runs under vmap"
+            )
 
     def _member_forward(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], x: Any) -> Any:
         return functional_call(self._base, (params, buffers), (x,))
