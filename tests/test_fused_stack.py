@@ -350,6 +350,8 @@ def test_other_architectures_and_a_shared_dropout_run_under_vmap() -> None:
     assert FusedModel(with_dropout_first).uses_vmap  # one mask on the shared batch would serve every member
     no_dropout = [nn.Sequential(nn.Dropout(0.0), nn.Flatten(), nn.Linear(64, CLASSES)) for _ in SEEDS]
     assert not FusedModel(no_dropout).uses_vmap
+    indices = [nn.Sequential(nn.MaxPool2d(2, return_indices=True), nn.Flatten(), nn.Linear(16, 3)) for _ in SEEDS]
+    assert FusedModel(indices).uses_vmap  # a pool that returns its indices is not a plain layer
 
 
 def test_a_grouped_convolution_on_the_shared_batch_equals_solo() -> None:

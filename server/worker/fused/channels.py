@@ -22,9 +22,9 @@ batch norm gradients differ by about 1e-8. Digits' batches are (N, 1, 8, 8) with
 oneDNN reads as channels-last; so laid out, a step is about 1.8x faster at K=16 and the first
 layers' gradients differ from the solo ones by a few ulps (the convolutions' backward picks its
 reduction order by the channel count), which a long run at a large lr can amplify. `mlp` members
-agree to float rounding (`baddbmm` against the solo `addmm`). A model
-with any other layer (or a layer in a layout this table does not cover) returns None from `plan`
-and runs under vmap (`stack.FusedModel`).
+agree to float rounding (`baddbmm` against the solo `addmm`). A model with any other layer (or a
+layer in a layout this table does not cover) returns None from `plan` and runs under vmap
+(`stack.FusedModel`).
 
 Imported only in worker processes (it imports torch).
 """
@@ -185,7 +185,8 @@ def _one(name: str, module: nn.Module, layout: Layout, ps: tuple[float, ...]) ->
         dropout = _dropout(cast(nn.Dropout, module), ps or (float(cast(nn.Dropout, module).p),), layout)
         return None if dropout is None else (dropout, layout)
     if type(module) in _POOLS:
-        return (_module(module), layout) if layout is not Layout.MEMBERS else None
+        fits = layout is not Layout.MEMBERS and not getattr(module, "return_indices", False)
+        return (_module(module), layout) if fits else None
     if type(module) is nn.Flatten:
         return _flatten(module, layout)
     step: Step | None = None
