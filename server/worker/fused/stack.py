@@ -107,9 +107,9 @@ def _own_problem(module: nn.Module) -> str | None:
     return None
 
 
-def _difference(first: nn.Module, other: nn.Module, vary_dropout: bool = False) -> str | None:
-    """How `other` differs from `first` in architecture, None when it does not (with `vary_dropout`,
-    dropout layers may differ in their probability)."""
+def _difference(first: nn.Module, other: nn.Module) -> str | None:
+    """How `other` differs from `first` in architecture, None when it does not. Dropout layers may
+    differ in their probability (`FusedModel` refuses that where vmap would run them)."""
     layout, other_layout = _tensor_layout(first), _tensor_layout(other)
     if list(layout) != list(other_layout):
         return "different parameter or buffer names"
@@ -128,14 +128,14 @@ def _difference(first: nn.Module, other: nn.Module, vary_dropout: bool = False) 
         if ours.keys() != other_attrs.keys():
             return f"module {where} has different attributes"
         for key, value in ours.items():
-            if vary_dropout and key == "p" and type(module) is nn.Dropout:
+            if key == "p" and type(module) is nn.Dropout:
                 continue
             if not _same_value(value, other_attrs[key]):
                 return f"module {where} has {key}={value!r} in one member, {other_attrs[key]!r} in another"
     return None
 
 
-def structure_problem(modules: Sequence[nn.Module], vary_dropout: bool = False) -> str | None:
+def structure_problem(modules: Sequence[nn.Module]) -> str | None:
     """Why these members cannot be stacked, from their structure alone; None when they can."""
     if not modules:
         return "no members"
@@ -143,7 +143,7 @@ def structure_problem(modules: Sequence[nn.Module], vary_dropout: bool = False) 
     if problem is not None:
         return problem
     for index, module in enumerate(modules[1:], start=1):
-        difference = _difference(modules[0], module, vary_dropout)
+        difference = _difference(modules[0], module)
         if difference is not None:
             return f"member {index} differs from member 0: {difference}"
     return None
@@ -157,7 +157,7 @@ def fusable(modules: Sequence[nn.Module], sample: torch.Tensor | None = None) ->
     forward on copies, so a module vmap cannot trace is refused with vmap's reason. The members
     themselves are left untouched.
     """
-    problem = structure_problem(modules, vary_dropout=True)
+    problem = structure_problem(modules)
     if problem is not None:
         return problem
     try:
@@ -202,7 +202,7 @@ class FusedModel:
     """
 
     def __init__(self, members: Sequence[nn.Module]) -> None:
-        problem = structure_problem(members, vary_dropout=True)
+        problem = structure_problem(members)
         if problem is not None:
             raise ValueError(f"cannot fuse these members: {problem}")
         self.size = len(members)
