@@ -90,8 +90,10 @@ def _decay(param: Tensor, grad: Tensor, hp: Hyper, lr: Tensor) -> Tensor:
     if hp.any("decoupled_weight_decay"):
         decoupled = hp["decoupled_weight_decay"]
         param.mul_(col(torch.where(decoupled, 1 - lr * wd, torch.ones_like(wd)), param))
-        wd = torch.where(decoupled, torch.zeros_like(wd), wd)
-    return torch.addcmul(grad, param, col(wd, param))  # torch's grad.add(param, alpha=wd), rounded alike
+        coupled = hp.column("coupled weight_decay", param, lambda: torch.where(decoupled, torch.zeros_like(wd), wd))
+    else:
+        coupled = hp.column("weight_decay", param, lambda: wd)
+    return torch.addcmul(grad, param, coupled)  # torch's grad.add(param, alpha=wd), rounded alike
 
 
 def _ones(live: Tensor) -> Tensor:
@@ -102,13 +104,16 @@ def sgd_update(param: Tensor, grad: Tensor, st: dict[str, Tensor], hp: Hyper, lr
     """SGD: the buffer starts as the first gradient, then momentum * buf + (1 - dampening) * grad."""
     grad = _decay(param, grad, hp, lr)
     if hp.any("momentum"):
-        momentum, buf = hp["momentum"], st["momentum_buffer"]
-        running = torch.addcmul(buf * col(momentum, param), grad, col(1 - hp["dampening"], param))
+        buf = st["momentum_buffer"]
+        momentum = hp.column("momentum", param, lambda: hp["momentum"])
+        running = torch.addcmul(buf * momentum, grad, hp.column("1 - dampening", param, lambda: 1 - hp["dampening"]))
         buf.copy_(torch.where(col(live, param), running, grad))
-        uses_buffer = momentum.ne(0)
-        live = live | uses_buffer.to(live.device)
-        direction = torch.where(col(hp["nesterov"], param), torch.addcmul(grad, buf, col(momentum, param)), buf)
-        grad = torch.where(col(uses_buffer, param), direction, grad)
+        live = live | hp["momentum"].ne(0).to(live.device)
+        direction = buf
+        if hp.any("nesterov"):
+            nesterov = hp.column("nesterov", param, lambda: hp["nesterov"])
+            direction = torch.where(nesterov, torch.addcmul(grad, buf, momentum), buf)
+        grad = torch.where(hp.column("momentum != 0", param, lambda: hp["momentum"].ne(0)), direction, grad)
     param.addcmul_(grad, col(-lr, param))
     return live
 
