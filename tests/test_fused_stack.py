@@ -65,6 +65,25 @@ def close(a: torch.Tensor, b: torch.Tensor, tol: float) -> None:
     assert (a.float() - b.float()).abs().max().item() <= tol
 
 
+def sgd_steps_both(fused: FusedModel, solos: list[nn.Module], lrs: torch.Tensor, steps: int) -> None:
+    """Plain SGD steps (member k at lrs[k]) on the fused model and on each solo module, same batches."""
+    for i in range(steps):
+        x, y = batch(i)
+        fused.zero_grad()
+        fused_step(fused, x, y, F.cross_entropy)
+        with torch.no_grad():
+            for p in fused.parameters():
+                assert p.grad is not None
+                p -= lrs.view(-1, *([1] * (p.dim() - 1))) * p.grad
+        for k, solo in enumerate(solos):
+            solo.zero_grad()
+            F.cross_entropy(solo(x), y).backward()
+            with torch.no_grad():
+                for p in solo.parameters():
+                    assert p.grad is not None
+                    p -= lrs[k] * p.grad
+
+
 @pytest.mark.parametrize("name", list(MODELS))
 def test_forward_and_gradients_equal_solo(name: str) -> None:
     solos = members(name)
@@ -92,21 +111,7 @@ def test_sgd_steps_and_batch_norm_statistics_match_solo(name: str) -> None:
     solos = members(name)
     fused = FusedModel(solos)
     lrs = torch.tensor([0.05, 0.1, 0.2])  # each member its own learning rate
-    for i in range(5):
-        x, y = batch(i)
-        fused.zero_grad()
-        fused_step(fused, x, y, F.cross_entropy)
-        with torch.no_grad():
-            for p in fused.parameters():
-                assert p.grad is not None
-                p -= lrs.view(-1, *([1] * (p.dim() - 1))) * p.grad
-        for k, solo in enumerate(solos):
-            solo.zero_grad()
-            F.cross_entropy(solo(x), y).backward()
-            with torch.no_grad():
-                for p in solo.parameters():
-                    assert p.grad is not None
-                    p -= lrs[k] * p.grad
+    sgd_steps_both(fused, solos, lrs, steps=5)
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in solos[0].modules())
     assert has_bn == (name in ("simple_cnn", "convnet_bn", "convnet_inception"))
     for k, solo in enumerate(solos):
@@ -318,21 +323,7 @@ def test_sequential_models_run_channel_stacked_and_equal_solo_sgd_runs(name: str
     fused = FusedModel(solos)
     assert not fused.uses_vmap
     lrs = torch.tensor([0.3, 0.1, 0.05])
-    for i in range(4):
-        x, y = batch(i)
-        fused.zero_grad()
-        fused_step(fused, x, y, F.cross_entropy)
-        with torch.no_grad():
-            for p in fused.parameters():
-                assert p.grad is not None
-                p -= lrs.view(-1, *([1] * (p.dim() - 1))) * p.grad
-        for k, solo in enumerate(solos):
-            solo.zero_grad()
-            F.cross_entropy(solo(x), y).backward()
-            with torch.no_grad():
-                for p in solo.parameters():
-                    assert p.grad is not None
-                    p -= lrs[k] * p.grad
+    sgd_steps_both(fused, solos, lrs, steps=4)
     tolerance = 0.0 if name == "simple_cnn" else 1e-6  # mlp: baddbmm against the solo addmm
     for k, solo in enumerate(solos):
         for key, value in solo.state_dict().items():
