@@ -43,7 +43,7 @@ from tuneyard.plugins.manager import PluginRegistry
 from tuneyard.server.execution.messages import TrainTask
 from tuneyard.server.study.settings import TrainingSettings, TrialSettings
 from tuneyard.server.worker.batches import Batches
-from tuneyard.server.worker.checkpoints import restore, resume_states, save_epoch
+from tuneyard.server.worker.checkpoints import python_state, restore, resume_states, save_epoch
 from tuneyard.server.worker.fused.epoch import (
     FusedTotals,
     MemberLosses,
@@ -131,7 +131,7 @@ def _common_resume(tasks: Sequence[TrainTask]) -> list[dict[str, Any] | None] | 
     kept = [s["rng"] for s in picked if s is not None]
     for rng in kept[1:]:
         same = torch.equal(rng["torch"], kept[0]["torch"]) and torch.equal(rng["shuffle"], kept[0]["shuffle"])
-        if not same or rng["python"] != kept[0]["python"]:
+        if not same or python_state(rng) != python_state(kept[0]):
             return "the members' checkpoints hold different random generator states (batch order); resume them solo"
     return picked
 
