@@ -201,6 +201,15 @@ def explorable(name: str) -> bool:
     return name == "training.label_smoothing" or head == "trainable"
 
 
+def _fusable_model_options(registry: PluginRegistry | None, name: str) -> tuple[str, ...]:
+    if registry is None:
+        return ()
+    try:
+        return registry.get("model", name).fusable_options
+    except KeyError:  # a model no longer registered: its options all count
+        return ()
+
+
 def fusion_key(settings: Settings, registry: PluginRegistry | None = None) -> TrialSettings | None:
     """The settings with the fusable ones blanked: trials whose keys are equal may train as one fused
     group. With the registry, also the model options its plugin declares fusable (`fusable_options`,
@@ -208,8 +217,8 @@ def fusion_key(settings: Settings, registry: PluginRegistry | None = None) -> Tr
     if not isinstance(settings, TrialSettings):
         return None
     model = settings.model
-    if registry is not None and model.name in registry.names("model"):
-        fusable = registry.get("model", model.name).fusable_options
+    fusable = _fusable_model_options(registry, model.name)
+    if fusable:
         kept = {key: value for key, value in model.options.items() if key not in fusable}
         settings = replace(settings, model=Component(model.name, kept))
     training, schedule = settings.training, settings.training.lr_scheduler

@@ -182,8 +182,9 @@ def _one(name: str, module: nn.Module, layout: Layout, ps: tuple[float, ...]) ->
     if type(module) in _CHANNELWISE:
         return _module(module), layout
     if type(module) is nn.Dropout:
-        dropout = _dropout(cast(nn.Dropout, module), ps or (float(cast(nn.Dropout, module).p),), layout)
-        return None if dropout is None else (dropout, layout)
+        dropout = cast(nn.Dropout, module)
+        dropping = _dropout(dropout, ps or (float(dropout.p),), layout)
+        return None if dropping is None else (dropping, layout)
     if type(module) in _POOLS:
         fits = layout is not Layout.MEMBERS and not getattr(module, "return_indices", False)
         return (_module(module), layout) if fits else None

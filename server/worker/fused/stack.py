@@ -218,6 +218,7 @@ class FusedModel:
             if type(sub) is nn.Dropout
         }
         self._channels = channels.plan(self._base, dropouts)  # None: the architecture needs vmap
+        self._channel_state = channels.State(self.params, self.buffers, self.size)
         varied = [name for name, ps in dropouts.items() if len(set(ps)) > 1]
         if self._channels is None and varied:
             raise ValueError(
@@ -231,7 +232,7 @@ class FusedModel:
     def forward(self, x: torch.Tensor) -> Any:
         """Every member on the same batch `x`: outputs with a leading member dim, (K, N, ...)."""
         if self._channels is not None:
-            return self._channels(x, channels.State(self.params, self.buffers, self.size))
+            return self._channels(x, self._channel_state)
         return self._run(self.params, self.buffers, x)
 
     @property
