@@ -200,7 +200,7 @@ ADAM_STEP = [
 def test_group_checkpoints_resume_solo_and_solo_checkpoints_resume_as_a_group(tmp_path):
     import torch
 
-    from tuneyard.server.worker.checkpoints import resume_path
+    from tuneyard.server.worker.checkpoints import resume_states
 
     results, _ = group(ADAM_STEP, tmp_path / "group", stop=lambda trial_id, reports: len(reports) >= 2)
     assert all(r["stopped"] and r["epochs"] == 2 for r in results.values())
@@ -208,8 +208,7 @@ def test_group_checkpoints_resume_solo_and_solo_checkpoints_resume_as_a_group(tm
         member = tmp_path / "group" / f"t{i}" / "checkpoint.pt"
         alone = tmp_path / f"solo{i}" / "checkpoint.pt"
         solo(each, alone, stop_after=2)
-        fused_state = torch.load(resume_path(member), weights_only=False)
-        solo_state = torch.load(resume_path(alone), weights_only=False)
+        fused_state, solo_state = resume_states(member)[0], resume_states(alone)[0]
         assert fused_state["parts"].keys() == solo_state["parts"].keys()
         assert fused_state["parts"]["scheduler"] == solo_state["parts"]["scheduler"]
         fused_opt, solo_opt = fused_state["parts"]["optimizer"], solo_state["parts"]["optimizer"]

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from tuneyard.plugins.builtin import optimizers as builtin
+from tuneyard.server.worker.fused.flat import FlatLayout
 from tuneyard.server.worker.fused.optimizer_rules import FLAGS, RULES, Hyper, Rule
 
 FACTORIES: dict[str, Callable[..., torch.optim.Optimizer]] = {
@@ -156,8 +157,16 @@ class StackedOptimizer:
         self._lr = torch.tensor([float(g[0]["lr"]) for g in self._groups], dtype=torch.float64, device=first.device)
         self._state: dict[str, dict[str, Tensor]] = {}
         self._live: dict[str, Tensor] = {}
-        for pname, tensor in params.items():
-            state = {key: torch.zeros_like(tensor, memory_format=torch.preserve_format) for key in rule.tensors}
+        # One update over all parameters when every member keeps them in one group (`flat`).
+        one_group = all(len(layout) == 1 for layout in self._layouts)
+        self._flat = FlatLayout(params) if one_group and FlatLayout.fits(params) else None
+        self._flat_state = {key: self._flat.buffer() for key in rule.tensors} if self._flat else {}
+        views = {key: self._flat.views(buffer) for key, buffer in self._flat_state.items()} if self._flat else {}
+        for j, (pname, tensor) in enumerate(params.items()):
+            state = {
+                key: views[key][j] if views else torch.zeros_like(tensor, memory_format=torch.preserve_format)
+                for key in rule.tensors
+            }
             state.update({key: torch.zeros(self._k, device=tensor.device) for key in rule.scalars})
             self._state[pname] = state
             self._live[pname] = torch.full((self._k,), rule.eager, dtype=torch.bool, device=tensor.device)
@@ -165,6 +174,7 @@ class StackedOptimizer:
             for j in range(len(self._names)):
                 self._reset(i, j)
         self._hyper: dict[str, Hyper] = {}
+        self._in_step: bool | None = None  # whether all parameters' steps and liveness agree; None: look again
 
     @property
     def lr(self) -> Tensor:
@@ -209,16 +219,50 @@ class StackedOptimizer:
     @torch.no_grad()
     def step(self, grads: Mapping[str, Tensor]) -> None:
         """One step of every member, for each parameter with a gradient in ``grads``."""
-        for j, pname in enumerate(self._names):
-            grad = grads.get(pname)
-            if grad is None:
-                continue
-            param = self.params[pname]
-            if grad.shape != param.shape:
+        for pname, grad in grads.items():
+            param = self.params.get(pname)
+            if param is not None and grad.shape != param.shape:
                 raise ValueError(f"gradient of {pname} has shape {tuple(grad.shape)}, not {tuple(param.shape)}")
-            lr = self._lr.to(param.device)
-            live = self.rule.update(param, grad, self._state[pname], self._hyper_of(j), lr, self._live[pname])
+        if self._flat is not None and all(pname in grads for pname in self._names) and self._params_in_step():
+            self._flat_step(grads)
+            return
+        for j, pname in enumerate(self._names):
+            given = grads.get(pname)
+            if given is None:
+                continue
+            lr = self._lr.to(given.device)
+            param = self.params[pname]
+            live = self.rule.update(param, given, self._state[pname], self._hyper_of(j), lr, self._live[pname])
             self._live[pname] = live
+        self._in_step = None  # a parameter without a gradient fell behind the others
+
+    def _params_in_step(self) -> bool:
+        """Whether every parameter holds the first one's step counts and liveness (so one update serves all)."""
+        if self._in_step is None:
+            first = self._names[0]
+            self._in_step = all(
+                torch.equal(self._live[pname], self._live[first])
+                and all(torch.equal(self._state[pname][key], self._state[first][key]) for key in self.rule.scalars)
+                for pname in self._names[1:]
+            )
+        return self._in_step
+
+    def _flat_step(self, grads: Mapping[str, Tensor]) -> None:
+        """The rule once over all parameters side by side (`flat`): the same elementwise values as per tensor."""
+        assert self._flat is not None
+        first = self._state[self._names[0]]
+        params = [self.params[pname] for pname in self._names]
+        param = self._flat.gather(params)
+        grad = self._flat.gather([grads[pname] for pname in self._names])
+        state = {**self._flat_state, **{key: first[key] for key in self.rule.scalars}}
+        lr = self._lr.to(param.device)
+        live = self.rule.update(param, grad, state, self._hyper_of(0), lr, self._live[self._names[0]])
+        self._flat.scatter(param, params)
+        for pname in self._names:
+            self._live[pname] = live  # one tensor, replaced (never written into) by the next step
+            for key in self.rule.scalars:
+                if self._state[pname][key] is not first[key]:
+                    self._state[pname][key].copy_(first[key])
 
     def _ids(self, i: int) -> list[list[int]]:
         """torch's state-dict ids for member ``i``: numbered through the groups in order."""
@@ -259,6 +303,8 @@ class StackedOptimizer:
         ]
         self._lr[i] = float(self._groups[i][0]["lr"])
         self._hyper.clear()
+        self._live = {pname: live.clone() for pname, live in self._live.items()}  # a flat step shares one
+        self._in_step = None
         entries = state["state"]
         for group, held in zip(saved, layout, strict=True):
             for pid, j in zip(group["params"], held, strict=True):
