@@ -257,6 +257,35 @@ def test_a_parameter_without_gradient_is_left_alone_like_torch() -> None:
         assert len(fused.member_state_dict(i)["state"]) == len(list(models[i].parameters())) - 1
 
 
+@pytest.mark.parametrize("name", ["adam", "sgd"])
+def test_one_update_over_all_parameters_falls_back_when_a_parameter_misses_a_step(name: str) -> None:
+    """Members with one param group step all parameters in one update; a step without some
+    parameter's gradient leaves that parameter (and its step count) behind, as torch does, and the
+    steps after it go per parameter while the parameters' step counts disagree."""
+    options = [{"lr": 0.01}, {"lr": 0.02, "momentum": 0.9}, {"weight_decay": 0.1}]
+    if name == "adam":
+        options = [{"lr": 0.01}, {"lr": 0.02, "beta1": 0.8, "amsgrad": True}, {"weight_decay": 0.1}]
+    models = _models()
+    solo = _solo(name, models, options)
+    params, _ = stack_module_state(copy.deepcopy(models))
+    fused = _fused(name, params, options)
+    assert fused._flat is not None  # every member keeps its parameters in one group
+    gen = torch.Generator().manual_seed(5)
+    for step in range(6):
+        left_out = "fc.bias" if step in (2, 3) else None
+        grads = {n: torch.randn(t.shape, generator=gen) for n, t in params.items() if n != left_out}
+        for i, (model, opt) in enumerate(zip(models, solo, strict=True)):
+            for n, p in model.named_parameters():
+                p.grad = grads[n][i].clone() if n in grads else None
+            opt.step()
+        fused.step(grads)
+        _assert_params(models, params)
+    # Adam's fc.bias is two steps behind the others; SGD counts no steps, so one update serves again.
+    assert fused._params_in_step() == (name == "sgd")
+    for i, opt in enumerate(solo):
+        _assert_same_state(fused.member_state_dict(i), opt.state_dict())
+
+
 @pytest.mark.parametrize("name", ["sgd", "adamw"])
 def test_fused_training_through_vmap_matches_solo_training(name: str) -> None:
     """Real gradients: a regression on fixed data, solo by backward(), fused by vmap(grad(functional_call))."""
