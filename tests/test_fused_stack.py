@@ -162,6 +162,21 @@ def test_unstacked_module_trains_apart_from_the_fused_model() -> None:
         assert torch.equal(value, before[key])
 
 
+def test_the_probe_module_is_kept_and_holds_the_members_current_weights() -> None:
+    """`probe` (timing each epoch) builds its module once; each call copies the member's weights in."""
+    fused = FusedModel(members("convnet_bn"))
+    first = fused.probe(0)
+    x, y = batch(4)
+    fused_step(fused, x, y, F.cross_entropy)  # the weights and running statistics move on
+    again = fused.probe(1)
+    assert again is first
+    for key, value in fused.member_state_dict(1).items():
+        assert torch.equal(again.state_dict()[key], value), key
+    fused.eval()
+    assert not fused.probe(1).training
+    close(again(x).detach(), fused(x)[1], 1e-5)
+
+
 def test_fusable_refuses_with_a_reason() -> None:
     wider = [build("simple_cnn", 0), build("simple_cnn", 1, num_filters=16)]
     reason = fusable(wider)

@@ -210,6 +210,7 @@ class FusedModel:
         self._keys = list(members[0].state_dict().keys())
         self._base = copy.deepcopy(members[0]).to("meta")
         self._base.train(members[0].training)
+        self._probe: nn.Module | None = None  # `probe`'s module, built on first use
         self.device = next(iter(self.params.values())).device
         self._run = vmap(self._member_forward, in_dims=(0, 0, None), randomness="different")
         dropouts = {
@@ -295,7 +296,18 @@ class FusedModel:
     def unstack(self, index: int) -> nn.Module:
         """A real module with member `index`'s weights and buffers (for validation, latency, a test run)."""
         self._check_member(index)
-        module = copy.deepcopy(self._base).to_empty(device=self.device)
+        return self._fill(copy.deepcopy(self._base).to_empty(device=self.device), index)
+
+    @torch.no_grad()
+    def probe(self, index: int) -> nn.Module:
+        """`unstack(index)` into one module kept for this stack's life: timing it each epoch then costs
+        a copy of the weights, not a deep copy of the architecture (about 7 ms for `simple_cnn`)."""
+        self._check_member(index)
+        if self._probe is None:
+            self._probe = copy.deepcopy(self._base).to_empty(device=self.device)
+        return self._fill(self._probe, index)
+
+    def _fill(self, module: nn.Module, index: int) -> nn.Module:
         for name, param in module.named_parameters():
             param.copy_(self.params[name][index])
             param.requires_grad_(self.params[name].requires_grad)

@@ -359,7 +359,7 @@ class GroupTrainer(Trainer):
         trains = group.totals.read()
         measured, precision = group.members[0].measured, group.training.precision
         vals = evaluate_members(group.fused, group.val_batches, measured, precision, self.device, self.heartbeat)
-        latency = latency_ms(group.fused.unstack(0), done.last_input[:1], self.device)
+        latency = latency_ms(group.fused.probe(0), done.last_input[:1], self.device)
         return [
             {
                 "inference_latency_ms": latency,
