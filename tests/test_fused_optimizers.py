@@ -237,6 +237,16 @@ def test_a_loaded_state_brings_its_hyperparameters(case: str) -> None:
     _resume_members_from_solo(case, [{}, {}, {}], zero_step=True)
 
 
+def _step_some(models, solo, params, fused, grads: dict[str, Tensor]) -> None:
+    """One step of both sides with only these gradients (a parameter left out has none), then compared."""
+    for i, (model, opt) in enumerate(zip(models, solo, strict=True)):
+        for n, p in model.named_parameters():
+            p.grad = grads[n][i].clone() if n in grads else None
+        opt.step()
+    fused.step(grads)
+    _assert_params(models, params)
+
+
 def test_a_parameter_without_gradient_is_left_alone_like_torch() -> None:
     name, options = CASES["adam"]
     models = _models()
@@ -246,12 +256,7 @@ def test_a_parameter_without_gradient_is_left_alone_like_torch() -> None:
     gen = torch.Generator().manual_seed(4)
     for _ in range(3):
         grads = {n: torch.randn(t.shape, generator=gen) for n, t in params.items() if n != "fc.bias"}
-        for i, (model, opt) in enumerate(zip(models, solo, strict=True)):
-            for n, p in model.named_parameters():
-                p.grad = grads[n][i].clone() if n in grads else None
-            opt.step()
-        fused.step(grads)
-        _assert_params(models, params)
+        _step_some(models, solo, params, fused, grads)
     for i, opt in enumerate(solo):
         _assert_same_state(fused.member_state_dict(i), opt.state_dict())
         assert len(fused.member_state_dict(i)["state"]) == len(list(models[i].parameters())) - 1
@@ -274,12 +279,7 @@ def test_one_update_over_all_parameters_falls_back_when_a_parameter_misses_a_ste
     for step in range(6):
         left_out = "fc.bias" if step in (2, 3) else None
         grads = {n: torch.randn(t.shape, generator=gen) for n, t in params.items() if n != left_out}
-        for i, (model, opt) in enumerate(zip(models, solo, strict=True)):
-            for n, p in model.named_parameters():
-                p.grad = grads[n][i].clone() if n in grads else None
-            opt.step()
-        fused.step(grads)
-        _assert_params(models, params)
+        _step_some(models, solo, params, fused, grads)
     # Adam's fc.bias is two steps behind the others; SGD counts no steps, so one update serves again.
     assert fused._params_in_step() == (name == "sgd")
     for i, opt in enumerate(solo):
