@@ -1,4 +1,4 @@
-"""A fused epoch's per-member measurements in few calls: losses, sums, validation, checkpoint writes.
+"""A fused epoch's per-member measurements in few calls: losses, sums, validation, checkpoint parts.
 
 The solo trainer calls its task's `loss` and `sums` once per batch; a group of K members calling
 them K times per batch (and validating K unstacked copies, probing K latencies) spends its epoch in
@@ -17,7 +17,6 @@ Imported only in worker processes (it imports torch).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -27,8 +26,6 @@ from tuneyard.plugins.builtin.tasks.heads import Classification
 from tuneyard.server.worker.batches import Batches
 from tuneyard.server.worker.fused.stack import FusedModel
 from tuneyard.server.worker.measure import autocast
-
-SAVE_THREADS = 4  # checkpoint writes wait on the file system (rename, write-back), not on the GIL
 
 
 def _class_indices(targets: torch.Tensor) -> bool:
@@ -137,14 +134,3 @@ class StateOf:
 
     def state_dict(self) -> dict[str, Any]:
         return self.state
-
-
-def run_all(pool: ThreadPoolExecutor, jobs: Sequence[Callable[[], None]]) -> None:
-    """Runs the jobs (members' checkpoint writes) on the pool's threads; the first failure is raised."""
-    for future in [pool.submit(job) for job in jobs]:
-        future.result()
-
-
-def writer_pool() -> ThreadPoolExecutor:
-    """The threads that write a group's checkpoints (kept for the trainer's life: starting threads costs)."""
-    return ThreadPoolExecutor(max_workers=SAVE_THREADS, thread_name_prefix="fused-checkpoints")

@@ -11,8 +11,8 @@ Per member: its loss (its task with its label smoothing), a real torch schedule 
 optimizer whose lr is copied into the fused `lr` (`members`), its train and val sums (a row each of
 `epoch.FusedTotals`; validation is one vmapped pass over the val batches for all members, the same
 batches and sums as `measure.evaluate_split`), `report(trial_id, epoch, metrics)` with the solo
-trainer's metric names, and the solo per-epoch checkpoint at its `task.checkpoint` (written on a few
-threads, all before any member's report), so a member resumes solo and a solo trial's checkpoint
+trainer's metric names, and the solo per-epoch checkpoint at its `task.checkpoint` (all written
+before any member's report), so a member resumes solo and a solo trial's checkpoint
 resumes in a group. `inference_latency_ms` is the architecture's, measured once per group epoch on
 one member's module. Without dropout a member's metrics match its solo run to float rounding (see
 `stack` for where rounding differs); with dropout each member draws its own masks.
@@ -33,7 +33,6 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -49,8 +48,6 @@ from tuneyard.server.worker.fused.epoch import (
     MemberLosses,
     StateOf,
     evaluate_members,
-    run_all,
-    writer_pool,
 )
 from tuneyard.server.worker.fused.members import (
     Member,
@@ -138,10 +135,6 @@ def _common_resume(tasks: Sequence[TrainTask]) -> list[dict[str, Any] | None] | 
 
 class GroupTrainer(Trainer):
     """The solo trainer's building blocks, used to train K members of one fused group."""
-
-    def __init__(self, registry: PluginRegistry, device: str, data_root: str = "") -> None:
-        super().__init__(registry, device, data_root)
-        self._writers = writer_pool()
 
     # ---- refusals ----
 
@@ -337,7 +330,8 @@ class GroupTrainer(Trainer):
                 group.optimizer.lr[index] = member.lr  # before the checkpoint, which saves it
             member.best, member.since_best = _track(member, member.metrics)
             saved.append(index)
-        run_all(self._writers, [partial(self._save, group, index, epoch) for index in saved])
+        for index in saved:  # in turn: pickling holds the GIL, and writer threads measured slower
+            self._save(group, index, epoch)
         for index in saved:
             member = group.members[index]
             report(member.task.trial_id, epoch, member.metrics)
