@@ -19,9 +19,11 @@ from torch import nn
 from tuneyard.plugins.builtin.models import convnet, mlp, simple_cnn
 from tuneyard.plugins.builtin.tasks.heads import Classification, Regression
 from tuneyard.server.worker.batches import Batches
+from tuneyard.server.worker.fused import epoch
 from tuneyard.server.worker.fused.epoch import FusedTotals, MemberLosses, evaluate_members
 from tuneyard.server.worker.fused.stack import FusedModel, fusable, fused_step, member_losses
 from tuneyard.server.worker.measure import evaluate_split
+from tuneyard.server.worker.trainer import EVAL_BATCH
 
 SHAPE = (1, 8, 8)  # the digits dataset's input
 CLASSES = 10
@@ -329,6 +331,42 @@ def test_fused_totals_and_validation_equal_each_members_solo_measurement() -> No
     totals.add(MemberLosses([task] * 3)(out, y), out, y)
     totals.keep([0, 2])  # member 1 left the group mid-pass
     assert [r["accuracy"] for r in totals.read()] == [float((out[k].argmax(1) == y).float().mean()) for k in (0, 2)]
+
+
+def test_a_cpu_eval_batch_goes_through_channel_stacked_members_in_parts_with_the_same_metrics(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`eval_rows` splits an eval batch for samplewise layers on CPU; every member's metrics stay its solo ones."""
+    monkeypatch.setattr(epoch, "EVAL_MEMBER_ROWS", 96)  # 32 rows a part for 3 members
+    solos = members("simple_cnn")
+    fused = FusedModel(solos)
+    fused_step(fused, *batch(2), F.cross_entropy)  # batch norm statistics that differ per member
+    cpu = torch.device("cpu")
+    assert epoch.eval_rows(fused, cpu) == 32
+    data = [(x, y) for x, y in zip(torch.randn(100, *SHAPE), torch.randint(0, CLASSES, (100,)), strict=True)]
+    batches = Batches(data, 100, device=cpu, shuffle=False, seed=0)
+    calls: list[int] = []
+    forward = FusedModel.forward
+    monkeypatch.setattr(FusedModel, "__call__", lambda self, x: calls.append(len(x)) or forward(self, x))
+    task = Classification(num_classes=CLASSES)
+    got = evaluate_members(fused, batches, task, "fp32", cpu, lambda: None)
+    assert calls == [32, 32, 32, 4]
+    for k in range(len(solos)):
+        alone = evaluate_split(fused.unstack(k), batches, task, "fp32", cpu, lambda: None)
+        assert got[k]["accuracy"] == alone["accuracy"]
+        assert got[k]["loss"] == pytest.approx(alone["loss"], abs=1e-6)
+
+
+def test_an_eval_batch_stays_whole_where_a_sample_may_depend_on_the_others() -> None:
+    cpu = torch.device("cpu")
+    assert epoch.eval_rows(FusedModel(members("convnet_bn")), cpu) == EVAL_BATCH  # vmap: unknown layers
+    torch.manual_seed(0)
+    batch_stats = [
+        nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4, track_running_stats=False), nn.Flatten(), nn.Linear(144, 3))
+        for _ in range(3)
+    ]
+    assert epoch.eval_rows(FusedModel(batch_stats), cpu) == EVAL_BATCH  # normalises over the batch in eval too
+    assert epoch.eval_rows(FusedModel(members("simple_cnn")), torch.device("cuda")) == EVAL_BATCH
 
 
 @pytest.mark.parametrize("name", ["simple_cnn", "mlp"])

@@ -206,6 +206,7 @@ class ChannelStacked:
 
     steps: tuple[Step, ...]
     last: Layout
+    samplewise_eval: bool  # in eval mode each sample's outputs depend on that sample alone
 
     def __call__(self, x: torch.Tensor, state: State) -> torch.Tensor:
         """Every member on the same batch `x`: outputs (K, N, ...), as vmap's."""
@@ -237,4 +238,6 @@ def plan(base: nn.Module, dropouts: Mapping[str, tuple[float, ...]]) -> ChannelS
             return None
         step, layout = found
         steps.append(step)
-    return ChannelStacked(tuple(steps), layout)
+    # Batch norm without running statistics normalises over the batch in eval mode too.
+    samplewise = all(m.track_running_stats for m in base.children() if isinstance(m, nn.BatchNorm2d))
+    return ChannelStacked(tuple(steps), layout, samplewise)

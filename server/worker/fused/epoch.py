@@ -26,6 +26,10 @@ from tuneyard.plugins.builtin.tasks.heads import Classification
 from tuneyard.server.worker.batches import Batches
 from tuneyard.server.worker.fused.stack import FusedModel
 from tuneyard.server.worker.measure import autocast
+from tuneyard.server.worker.trainer import EVAL_BATCH
+
+EVAL_MEMBER_ROWS = 1024  # rows times members per fused eval forward on CPU (`eval_rows`)
+EVAL_ROWS_MIN = 32
 
 
 def _class_indices(targets: torch.Tensor) -> bool:
@@ -118,12 +122,26 @@ def evaluate_members(
     fused.eval()
     losses = MemberLosses([task] * fused.size)
     totals = FusedTotals(task, fused.size, device)
+    rows = eval_rows(fused, device)
     for x, y in batches:
         heartbeat()
         with autocast(device, precision):
-            outputs = fused(x)
+            outputs = fused(x) if len(x) <= rows else torch.cat([fused(part) for part in x.split(rows)], dim=1)
         totals.add(losses(outputs, y), outputs, y)
     return totals.read()
+
+
+def eval_rows(fused: FusedModel, device: torch.device) -> int:
+    """How many rows of an eval batch go through the fused model at once.
+
+    On CPU, K members' activations of a whole eval batch (512 rows) are megabytes and far past L2:
+    digits' `simple_cnn` at K=16 validates in 19 ms by 64 rows against 49 ms whole, with outputs
+    bitwise equal. A batch is split only where each sample's outputs depend on it alone, and never
+    on a GPU, which wants the large batch.
+    """
+    if device.type != "cpu" or not fused.samplewise_eval:
+        return EVAL_BATCH
+    return max(EVAL_ROWS_MIN, EVAL_MEMBER_ROWS // fused.size)
 
 
 class StateOf:

@@ -241,6 +241,13 @@ class FusedModel:
         """Whether the forward runs under vmap (False: the channel-stacked layers of `fused.channels`)."""
         return self._channels is None
 
+    @property
+    def samplewise_eval(self) -> bool:
+        """Whether, in eval mode, a sample's outputs depend on that sample alone (so a batch may be split).
+
+        Known only for the channel-stacked layers; a model run under vmap is taken to need its batch whole."""
+        return self._channels is not None and self._channels.samplewise_eval
+
     __call__ = forward
 
     @property
