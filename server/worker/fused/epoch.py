@@ -118,7 +118,7 @@ def evaluate_members(
     device: torch.device,
     heartbeat: Callable[[], None],
 ) -> list[dict[str, float]]:
-    """Every member's `measure.evaluate_split` in one vmapped forward per batch (same batches, same sums)."""
+    """Every member's `measure.evaluate_split` in one fused forward per batch (in parts on CPU: `eval_rows`)."""
     fused.eval()
     losses = MemberLosses([task] * fused.size)
     totals = FusedTotals(task, fused.size, device)
