@@ -24,7 +24,6 @@ class FlatLayout:
     """Where each parameter's elements lie along P, the (K, P) gather and the write-back."""
 
     def __init__(self, params: Mapping[str, Tensor]) -> None:
-        self.names = list(params)
         first = next(iter(params.values()))
         self.k, self.dtype, self.device = first.shape[0], first.dtype, first.device
         self.shapes = [tuple(t.shape) for t in params.values()]
