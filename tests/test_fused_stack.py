@@ -447,3 +447,45 @@ def test_conv_members_with_their_own_dropout_after_the_convolutions() -> None:
     alive = plain > 0
     kept = (out[1][alive] != 0).float().mean().item()
     assert abs(kept - 0.5) < 0.03, kept
+
+
+def test_members_run_in_parts_of_the_stack_as_in_the_whole() -> None:
+    """A run of members (`FusedModel.forward(x, members)`) gives their outputs and gradients as the
+    whole stack does; a dropout member at 0 in a later part keeps its own rate, not the first member's."""
+    rates = (0.5, 0.0, 0.0, 0.5)
+    solos = [build("simple_cnn", seed, dropout=p) for seed, p in enumerate(rates)]
+    fused = FusedModel(solos)
+    assert not fused.uses_vmap
+    x, y = batch(3)
+    whole = fused(x)
+    kept = [1, 2]  # the members without dropout: their outputs do not depend on the masks drawn
+    F.cross_entropy(whole[kept].flatten(0, 1), y.repeat(len(kept)), reduction="sum").backward()
+    grads = {name: p.grad.clone() for name, p in fused.params.items() if p.grad is not None}
+    fused.zero_grad()
+    for part, member in ((slice(0, 2), 1), (slice(2, 4), 2)):
+        out = fused(x, part)
+        assert out.shape == (2, len(x), CLASSES)
+        close(out[member - part.start], whole[member].detach(), 1e-6)
+        F.cross_entropy(out[member - part.start], y, reduction="sum").backward()  # accumulates over the parts
+    for name, grad in grads.items():
+        got = fused.params[name].grad
+        assert got is not None
+        close(got[kept], grad[kept], 1e-5)
+    with pytest.raises(ValueError, match="run of the stack"):
+        fused(x, slice(0, 4, 2))
+
+
+def test_a_cpu_training_step_takes_the_stack_in_parts_of_about_a_megabyte() -> None:
+    cpu = torch.device("cpu")
+    cnn = FusedModel([build("simple_cnn", seed, num_filters=16) for seed in range(16)])  # the bench's digits model
+    x = torch.randn(64, *SHAPE)
+    assert cnn.activation_bytes(x) == 16 * 8 * 8 * 4  # the first convolution's output, per row
+    parts = epoch.train_parts(cnn, x, cpu)
+    assert parts == [slice(0, 4), slice(4, 8), slice(8, 12), slice(12, 16)]  # 64 rows x 4 KB: 4 members a part
+    assert epoch.train_parts(cnn, x[:8], cpu) == [slice(0, 16)]  # 16 x 8 rows x 4 KB fit
+    five = FusedModel([build("simple_cnn", seed, num_filters=16) for seed in range(5)])
+    assert epoch.train_parts(five, x, cpu) == [slice(0, 2), slice(2, 5)]  # two parts of up to 4, balanced
+    assert epoch.train_parts(cnn, x, torch.device("cuda")) == [slice(0, 16)]  # a GPU wants the large kernels
+    vmapped = FusedModel(members("convnet_bn"))
+    assert vmapped.uses_vmap and epoch.train_parts(vmapped, x, cpu) == [slice(0, 3)]
+    assert epoch.train_parts(FusedModel([build("mlp", s) for s in range(16)]), x, cpu) == [slice(0, 16)]

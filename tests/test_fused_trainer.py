@@ -26,6 +26,8 @@ from tuneyard.plugins.api import Objective
 from tuneyard.plugins.manager import PluginRegistry
 from tuneyard.server.execution.messages import TrainTask
 from tuneyard.server.study.settings import Component, TrainingSettings, TrialSettings
+from tuneyard.server.worker.fused import epoch as fused_epoch
+from tuneyard.server.worker.fused import trainer
 from tuneyard.server.worker.fused.trainer import GroupTrainer, group_problem
 from tuneyard.server.worker.trainer import Trainer
 
@@ -180,6 +182,25 @@ def test_simple_cnn_on_digits_with_a_step_schedule(tmp_path):
         for lr, wd, g in ((0.05, 0.0, 0.5), (0.02, 1e-3, 0.1), (0.1, 0.0, 0.9))
     ]
     assert_group_matches_solo(settings, tmp_path)
+
+
+def test_a_group_trained_in_parts_of_the_stack_matches_solo_runs(tmp_path, monkeypatch):
+    """Each member its own part (`epoch.train_parts`), with dropout and label smoothing per member:
+    every member's metrics stay its solo run's."""
+    monkeypatch.setattr(fused_epoch, "TRAIN_PART_BYTES", 1)
+    parts: list[tuple[int, int]] = []  # (first, stop) of each part trained
+
+    def spied(*args: Any) -> Any:
+        parts.append((args[4].start, args[4].stop))
+        return fused_epoch.train_part(*args)
+
+    monkeypatch.setattr(trainer, "train_part", spied)
+    settings = [
+        trial("digits", CNN, "sgd", {"lr": lr, "momentum": 0.9}, epochs=2, label_smoothing=ls)
+        for lr, ls in ((0.05, 0.0), (0.02, 0.1), (0.1, 0.2))
+    ]
+    assert_group_matches_solo(settings, tmp_path)
+    assert set(parts) == {(0, 1), (1, 2), (2, 3)}
 
 
 def test_batch_norm_convnet_with_label_smoothing_and_a_batch_schedule(tmp_path):

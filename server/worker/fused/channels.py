@@ -67,11 +67,13 @@ Tensors = dict[str, torch.Tensor]
 
 @dataclass(frozen=True)
 class State:
-    """The stacked tensors a forward reads: parameters and buffers by their solo names, and K."""
+    """The stacked tensors a forward reads: parameters and buffers by their solo names, and their
+    member count; `first` is the stack index of their first member (a part of the stack: `FusedModel`)."""
 
     params: Tensors
     buffers: Tensors
     size: int
+    first: int = 0
 
 
 Step = Callable[[torch.Tensor, State], torch.Tensor]
@@ -166,10 +168,11 @@ def _dropout(module: nn.Dropout, ps: tuple[float, ...], layout: Layout) -> Step 
     def step(h: torch.Tensor, s: State) -> torch.Tensor:
         if not module.training:
             return h
+        mine = keep[s.first : s.first + s.size].to(h.device, h.dtype)
         if layout is Layout.MEMBERS:
-            per = keep.to(h.device, h.dtype).view(-1, *([1] * (h.dim() - 1)))
+            per = mine.view(-1, *([1] * (h.dim() - 1)))
         else:  # (N, K*C, ...): member k's channels share its probability
-            per = keep.to(h.device, h.dtype).repeat_interleave(h.shape[1] // s.size).view(1, -1, *([1] * (h.dim() - 2)))
+            per = mine.repeat_interleave(h.shape[1] // s.size).view(1, -1, *([1] * (h.dim() - 2)))
         mask = torch.bernoulli(per.expand_as(h))
         return h * mask / per
 

@@ -220,6 +220,7 @@ class FusedModel:
         }
         self._channels = channels.plan(self._base, dropouts)  # None: the architecture needs vmap
         self._channel_state = channels.State(self.params, self.buffers, self.size)
+        self._activation_bytes: dict[tuple[int, ...], int] = {}  # by one input row's shape
         varied = [name for name, ps in dropouts.items() if len(set(ps)) > 1]
         if self._channels is None and varied:
             raise ValueError(
@@ -230,11 +231,37 @@ class FusedModel:
     def _member_forward(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], x: Any) -> Any:
         return functional_call(self._base, (params, buffers), (x,))
 
-    def forward(self, x: torch.Tensor) -> Any:
-        """Every member on the same batch `x`: outputs with a leading member dim, (K, N, ...)."""
+    def forward(self, x: torch.Tensor, members: slice | None = None) -> Any:
+        """Every member on the same batch `x`: outputs with a leading member dim, (K, N, ...).
+
+        With `members` (a slice of the stack) only those members run; each member's outputs
+        and gradients are its own whichever part it runs in, as every layer keeps members apart."""
+        if members is None:
+            params, buffers, state = self.params, self.buffers, self._channel_state
+        else:
+            first, stop, step = members.indices(self.size)
+            if step != 1 or stop <= first:
+                raise ValueError(f"members must be a run of the stack's members, not {members}")
+            params = {name: p[first:stop] for name, p in self.params.items()}
+            buffers = {name: b[first:stop] for name, b in self.buffers.items()}
+            state = channels.State(params, buffers, stop - first, first)
         if self._channels is not None:
-            return self._channels(x, self._channel_state)
-        return self._run(self.params, self.buffers, x)
+            return self._channels(x, state)
+        return self._run(params, buffers, x)
+
+    def activation_bytes(self, sample: torch.Tensor) -> int:
+        """The largest activation one member's forward makes per input row (its Sequential's layers
+        on a one-row meta tensor shaped like `sample`'s rows); 0 for a model that is not a Sequential."""
+        shape = (1, *sample.shape[1:])
+        if shape not in self._activation_bytes:
+            largest, h = 0, torch.empty(shape, dtype=sample.dtype, device="meta")
+            if type(self._base) is nn.Sequential:
+                with torch.no_grad():
+                    for layer in self._base.children():
+                        h = layer(h)
+                        largest = max(largest, h.numel() * h.element_size())
+            self._activation_bytes[shape] = largest
+        return self._activation_bytes[shape]
 
     @property
     def uses_vmap(self) -> bool:

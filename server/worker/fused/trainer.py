@@ -5,7 +5,9 @@ smoothing, lr-schedule options); `group_problem` says why a group cannot train f
 trained solo). Each member is built as the solo `Trainer` builds it, in the same order of random
 draws (seed, dataset, task, model), then the members are stacked (`stack.FusedModel`) under one
 fused optimizer (`optimizers.fuse_optimizer`). All members share one pass of batches (same seed,
-batch size, shuffle, per-sample augmentations), which is what the solo run of each would draw.
+batch size, shuffle, per-sample augmentations), which is what the solo run of each would draw. On
+CPU a step's forward and backward go by parts of the stack that keep its activations near L2's size
+(`epoch.train_parts`); the optimizer steps all members at once.
 
 Per member: its loss (its task with its label smoothing), a real torch schedule driving a shadow
 optimizer whose lr is copied into the fused `lr` (`members`), its train and val sums (a row each of
@@ -48,6 +50,8 @@ from tuneyard.server.worker.fused.epoch import (
     MemberLosses,
     StateOf,
     evaluate_members,
+    train_part,
+    train_parts,
 )
 from tuneyard.server.worker.fused.members import (
     Member,
@@ -60,7 +64,7 @@ from tuneyard.server.worker.fused.members import (
 )
 from tuneyard.server.worker.fused.optimizers import StackedOptimizer, Unfusable, fuse_optimizer
 from tuneyard.server.worker.fused.stack import FusedModel, fusable
-from tuneyard.server.worker.measure import autocast, latency_ms, peak_memory
+from tuneyard.server.worker.measure import latency_ms, peak_memory
 from tuneyard.server.worker.task_totals import build_task, prefixed
 from tuneyard.server.worker.trainer import EVAL_BATCH, Trainer
 
@@ -290,12 +294,14 @@ class GroupTrainer(Trainer):
         return _Pass(x, started, time.perf_counter() - started)
 
     def _step(self, group: _Group, member_losses: MemberLosses, x: torch.Tensor, y: torch.Tensor) -> None:
-        """One fused step: every member's loss, one backward, clipping and the step per member."""
+        """One fused step: every member's loss, one backward per part of the stack (`train_parts`: one
+        on a GPU), clipping and the step per member."""
         fused, training = group.fused, group.training
-        with autocast(self.device, training.precision):
-            outputs = fused(x)
-            losses = member_losses(outputs, y)
-        losses.sum().backward()
+        parts = [
+            train_part(fused, member_losses, x, y, part, self.device, training.precision)
+            for part in train_parts(fused, x, self.device)
+        ]
+        outputs, losses = parts[0] if len(parts) == 1 else (torch.cat(side) for side in zip(*parts, strict=True))
         if training.grad_clip_norm:
             clip_members(fused.params, training.grad_clip_norm)
         group.optimizer.step({name: p.grad for name, p in fused.params.items() if p.grad is not None})
