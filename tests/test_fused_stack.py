@@ -475,6 +475,26 @@ def test_members_run_in_parts_of_the_stack_as_in_the_whole() -> None:
         fused(x, slice(0, 4, 2))
 
 
+@pytest.mark.parametrize(("name", "size"), [("simple_cnn", 16), ("convnet_bn", 4)])
+def test_a_step_in_two_parts_of_the_stack_is_bitwise_the_whole_step(name: str, size: int) -> None:
+    """Outputs, accumulated gradients and batch norm's running statistics, channel-stacked and under vmap."""
+    solos = [build(name, seed) for seed in range(size)]
+    whole, halves = FusedModel(solos), FusedModel(solos)
+    assert whole.uses_vmap == (name == "convnet_bn")
+    x, y = batch(0, 64)
+    out = whole(x)
+    F.cross_entropy(out.flatten(0, 1), y.repeat(size), reduction="sum").backward()
+    outs = []
+    for part in (slice(0, size // 2), slice(size // 2, size)):
+        outs.append(halves(x, part))
+        F.cross_entropy(outs[-1].flatten(0, 1), y.repeat(size // 2), reduction="sum").backward()
+    close(torch.cat(outs), out, 0.0)
+    for key, param in whole.params.items():
+        assert param.grad is not None and torch.equal(halves.params[key].grad, param.grad), key
+    for key, buffer in whole.buffers.items():
+        assert torch.equal(halves.buffers[key], buffer), key  # num_batches_tracked once per member
+
+
 def test_a_cpu_training_step_takes_the_stack_in_parts_of_about_a_megabyte() -> None:
     cpu = torch.device("cpu")
     cnn = FusedModel([build("simple_cnn", seed, num_filters=16) for seed in range(16)])  # the bench's digits model
