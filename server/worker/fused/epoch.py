@@ -17,6 +17,7 @@ Imported only in worker processes (it imports torch).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from itertools import pairwise
 from typing import Any
 
 import torch
@@ -156,6 +157,7 @@ def train_parts(fused: FusedModel, x: torch.Tensor, device: torch.device) -> lis
     `TRAIN_PART_BYTES` of its largest activation. Digits' `simple_cnn` at K=16 (4 MB whole) in parts
     of 4 members ran its forwards and backwards 25% faster with two such processes side by side,
     as a server's two CPU slots run them. A GPU, and a model vmap runs, take the stack whole.
+    Validation splits rows instead (`eval_rows`); training cannot, as batch norm needs the whole batch.
     """
     size = fused.size
     per_member = fused.activation_bytes(x) * len(x)
@@ -163,7 +165,7 @@ def train_parts(fused: FusedModel, x: torch.Tensor, device: torch.device) -> lis
         return [slice(0, size)]
     count = -(-size // max(1, TRAIN_PART_BYTES // per_member))
     bounds = [round(i * size / count) for i in range(count + 1)]
-    return [slice(first, stop) for first, stop in zip(bounds, bounds[1:], strict=False)]
+    return [slice(first, stop) for first, stop in pairwise(bounds)]
 
 
 def train_part(

@@ -194,7 +194,7 @@ def _stack_state(members: Sequence[nn.Module]) -> tuple[dict[str, torch.Tensor],
 
 
 class FusedModel:
-    """K members' stacked parameters and buffers, run in one vmapped forward.
+    """K members' stacked parameters and buffers, run in one fused forward (channel-stacked or vmapped).
 
     `params` are leaf tensors of shape (K, ...) that require grad (hand them to an optimizer);
     `buffers` are stacked alike and updated in place (batch norm's running statistics). The

@@ -11,7 +11,7 @@ CPU a step's forward and backward go by parts of the stack that keep its activat
 
 Per member: its loss (its task with its label smoothing), a real torch schedule driving a shadow
 optimizer whose lr is copied into the fused `lr` (`members`), its train and val sums (a row each of
-`epoch.FusedTotals`; validation is one vmapped pass over the val batches for all members, the same
+`epoch.FusedTotals`; validation is one fused pass over the val batches for all members, the same
 batches and sums as `measure.evaluate_split`), `report(trial_id, epoch, metrics)` with the solo
 trainer's metric names, and the solo per-epoch checkpoint at its `task.checkpoint` (all written
 before any member's report), so a member resumes solo and a solo trial's checkpoint
@@ -301,7 +301,8 @@ class GroupTrainer(Trainer):
             train_part(fused, member_losses, x, y, part, self.device, training.precision)
             for part in train_parts(fused, x, self.device)
         ]
-        outputs, losses = parts[0] if len(parts) == 1 else (torch.cat(side) for side in zip(*parts, strict=True))
+        outputs = torch.cat([out for out, _ in parts]) if len(parts) > 1 else parts[0][0]
+        losses = torch.cat([loss for _, loss in parts]) if len(parts) > 1 else parts[0][1]
         if training.grad_clip_norm:
             clip_members(fused.params, training.grad_clip_norm)
         group.optimizer.step({name: p.grad for name, p in fused.params.items() if p.grad is not None})
@@ -350,7 +351,7 @@ class GroupTrainer(Trainer):
         self._leave(group, leaving)
 
     def _measure(self, group: _Group, done: _Pass) -> list[dict[str, float]]:
-        """Every member's train and val metrics (one vmapped validation) and the group's latency, solo names.
+        """Every member's train and val metrics (one fused validation) and the group's latency, solo names.
 
         The inference latency is the architecture's (one input through one member's module), which
         every member shares, so it is measured once per group and reported by each member.
