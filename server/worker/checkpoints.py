@@ -5,8 +5,8 @@ the weights a test run evaluates (the EMA weights when averaging). `resume.pt` h
 needs to go on after its last finished epoch: the progress (`epoch`, `metrics`, `best`,
 `since_best`), every part's state (model, optimizer, schedule, EMA, gradient scaler) and the
 random generators, its tensors packed into one buffer per dtype (`packed_state`: a fraction of
-`torch.save`'s cost per tensor; older plain states still load). Both are written atomically (a
-temporary file, then a rename).
+`torch.save`'s cost per tensor; older plain states still load). Both are written atomically
+(`atomic_file`).
 
 A fused group's members also keep their previous epoch's state (`resume.prev.pt`): a group's K
 writes are not one atomic step, so a kill among them leaves some members one epoch ahead, and the
@@ -15,17 +15,17 @@ group resumes from the epoch all of them hold (`resume_states`).
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import random
-from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
 import torch
 from torch import nn
 
+from tuneyard.server.worker.atomic_file import write_atomically
 from tuneyard.server.worker.batches import Batches
 from tuneyard.server.worker.packed_state import dumps, loads
 
@@ -66,18 +66,14 @@ def save_epoch(
         rng["cuda"] = torch.cuda.get_rng_state(device)
     parts_state = {name: part.state_dict() for name, part in parts.items() if part is not None}
     if keep_previous and resume_path(path).exists():  # until the new one lands, readers take this one
+        previous_resume_path(path).unlink(missing_ok=True)  # first: a rename over it would flush (`atomic_file`)
         os.replace(resume_path(path), previous_resume_path(path))
     elif not keep_previous:
         previous_resume_path(path).unlink(missing_ok=True)  # a fused member's, now stale
-    _write(resume_path(path), lambda tmp: tmp.write_bytes(dumps({**progress, "parts": parts_state, "rng": rng})))
-    _write(path, partial(torch.save, {"model": evaluated.state_dict(), "epoch": progress["epoch"]}))
-
-
-def _write(path: Path, write: Callable[[Path], object]) -> None:
-    """`write(tmp)`, then the rename that makes it `path` at once."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    write_atomically(resume_path(path), dumps({**progress, "parts": parts_state, "rng": rng}))
+    checkpoint = io.BytesIO()  # then one write: torch.save's many small writes to a file cost more
+    torch.save({"model": evaluated.state_dict(), "epoch": progress["epoch"]}, checkpoint)
+    write_atomically(path, checkpoint.getbuffer())
 
 
 def _read(path: Path) -> dict[str, Any]:
