@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from tuneyard.plugins.api import Objective
 from tuneyard.plugins.manager import PluginRegistry
@@ -329,6 +330,22 @@ def test_group_problem_refuses_what_it_does_not_implement(tmp_path):
     solo(base, tmp_path / "t0" / "checkpoint.pt", stop_after=2)  # two epochs ahead of member 1: no common epoch
     assert "different epochs ([0, 2])" in _problem([base, base], tmp_path, resume=True)
     assert group_problem(_tasks([base, changed(label_smoothing=0.1)], tmp_path), REGISTRY) is None
+
+
+def test_prepare_builds_each_member_once_and_its_check_draws_no_random_numbers(tmp_path, monkeypatch):
+    """The worker's check and its training share one build (`prepare`); the check's trial forward
+    and backward (dropout draws masks) leave the generators where the members' builds left them."""
+    members = [trial("digits", Component("mlp", {"width": 16, "dropout": 0.5}), "sgd", {"lr": lr}) for lr in (0.1, 0.2)]
+    fresh = GroupTrainer(REGISTRY, "cpu")
+    built: list[Component] = []
+    build_model = fresh._model
+    monkeypatch.setattr(fresh, "_model", lambda model, splits: built.append(model) or build_model(model, splits))
+    prepared = fresh.prepare(_tasks(members, tmp_path / "checked"))
+    assert not isinstance(prepared, str) and len(built) == len(members)
+    after_check = torch.get_rng_state()
+    monkeypatch.setattr(trainer, "fusable", lambda models, sample=None: None)
+    assert not isinstance(fresh.prepare(_tasks(members, tmp_path / "unchecked")), str)
+    assert torch.equal(after_check, torch.get_rng_state())
 
 
 def test_members_may_differ_in_the_models_fusable_dropout(tmp_path):

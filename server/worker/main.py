@@ -125,18 +125,18 @@ class Trainers:
             self._fused.heartbeat = beat
 
     def train_group(self, group: TrainGroupTask, report: GroupReport, should_stop: GroupShouldStop) -> dict[str, Any]:
-        """The group trained fused, or why `group_problem` refuses it (nothing trained then)."""
+        """The group trained fused, or why `GroupTrainer.prepare` refuses it (nothing trained then)."""
         if self._make_fused is None:
             return {"refused": "this worker has no group trainer"}
         if self._fused is None:
             self._fused = self._make_fused()
             self._fused.heartbeat = self.builtin.heartbeat
-        problem = self._fused.problem(group.tasks)
-        if problem is not None:
+        prepared = self._fused.prepare(group.tasks)  # built once: to check, then to train
+        if isinstance(prepared, str):
             ids = ", ".join(str(task.trial_id) for task in group.tasks)
-            print(f"trials {ids} cannot train fused: {problem}", file=sys.stderr, flush=True)
-            return {"refused": problem}
-        return {"members": self._fused.train_group(group.tasks, report, should_stop)}
+            print(f"trials {ids} cannot train fused: {prepared}", file=sys.stderr, flush=True)
+            return {"refused": prepared}
+        return {"members": self._fused.train_prepared(prepared, report, should_stop)}
 
     def train(self, task: TrainTask, report: Report, should_stop: ShouldStop) -> dict[str, Any]:
         from tuneyard.server.study.settings import TrainableSettings

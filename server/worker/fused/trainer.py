@@ -1,13 +1,13 @@
 """Trains a group of trials as one fused model in one worker (issue 17): one forward and backward per batch.
 
 The members' settings differ only in the fusable ones (`settings.FUSABLE`: optimizer options, label
-smoothing, lr-schedule options); `group_problem` says why a group cannot train fused (and must be
-trained solo). Each member is built as the solo `Trainer` builds it, in the same order of random
-draws (seed, dataset, task, model), then the members are stacked (`stack.FusedModel`) under one
-fused optimizer (`optimizers.fuse_optimizer`). All members share one pass of batches (same seed,
-batch size, shuffle, per-sample augmentations), which is what the solo run of each would draw. On
-CPU a step's forward and backward go by parts of the stack that keep its activations near L2's size
-(`epoch.train_parts`); the optimizer steps all members at once.
+smoothing, lr-schedule options). `GroupTrainer.prepare` builds a group once, both to check it (or
+say why it must train solo) and to train it. Each member is built as the solo `Trainer` builds it,
+in the same order of random draws (seed, dataset, task, model), then the members are stacked
+(`stack.FusedModel`) under one fused optimizer (`optimizers.fuse_optimizer`). All members share one
+pass of batches (same seed, batch size, shuffle, per-sample augmentations), which is what the solo
+run of each would draw. On CPU a step's forward and backward go by parts of the stack that keep its
+activations near L2's size (`epoch.train_parts`); the optimizer steps all members at once.
 
 Per member: its loss (its task with its label smoothing), a real torch schedule driving a shadow
 optimizer whose lr is copied into the fused `lr` (`members`), its train and val sums (a row each of
@@ -140,36 +140,24 @@ def _common_resume(tasks: Sequence[TrainTask]) -> list[dict[str, Any] | None] | 
 class GroupTrainer(Trainer):
     """The solo trainer's building blocks, used to train K members of one fused group."""
 
-    # ---- refusals ----
+    # ---- refusals and building ----
 
-    def problem(self, tasks: Sequence[TrainTask]) -> str | None:
-        """Why these tasks cannot train as one fused group on this trainer's device; None when they can."""
+    def prepare(self, tasks: Sequence[TrainTask]) -> _Group | str:
+        """The group built to train (`train_prepared`), or why these tasks cannot train fused here."""
         problem = settings_problem(tasks, self.registry, self.device)
         if problem is None and tasks[0].resume:
             common = _common_resume(tasks)
             problem = common if isinstance(common, str) else None
         if problem is not None:
             return problem
-        models, splits = [], None
-        for task in tasks:
-            settings = cast(TrialSettings, task.settings)
-            self._seed(settings.training.seed, settings.training.deterministic)
-            splits = self._dataset(settings.dataset)
-            models.append(self._model(settings.model, splits))
-        assert splits is not None
-        first = splits.train[0][0] if len(splits.train) > 1 else None
-        sample = torch.stack([first, splits.train[1][0]]).to(self.device) if torch.is_tensor(first) else None
-        problem = fusable(models, sample)
-        if problem is not None:
-            return problem
-        training = [cast(TrialSettings, task.settings).training.optimizer for task in tasks]
-        made = fuse_optimizer(training[0].name, FusedModel(models).params, [o.options for o in training])
-        return made.why if isinstance(made, Unfusable) else None
+        self._apply_placement(tasks[0].placement)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        return self._build_group(tasks)
 
-    # ---- building ----
-
-    def _build_group(self, tasks: Sequence[TrainTask]) -> _Group:
-        """Every member's parts in the solo trainer's order of random draws, then the shared ones."""
+    def _build_group(self, tasks: Sequence[TrainTask]) -> _Group | str:
+        """Every member's parts in the solo trainer's order of random draws, then the shared ones; or
+        why the models or optimizers cannot be fused (checked on the built members, drawing nothing)."""
         settings = [cast(TrialSettings, task.settings) for task in tasks]
         losses, models = [], []
         for each in settings:
@@ -177,6 +165,12 @@ class GroupTrainer(Trainer):
             splits = self._dataset(each.dataset)
             losses.append(build_task(self.registry, each, splits, each.training.label_smoothing))
             models.append(self._model(each.model, splits))
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            first = splits.train[0][0] if len(splits.train) > 1 else None
+            sample = torch.stack([first, splits.train[1][0]]).to(self.device) if torch.is_tensor(first) else None
+            problem = fusable(models, sample)  # a trial forward and backward (dropout draws) on copies
+        if problem is not None:
+            return problem
         training = settings[0].training
         per_sample, _ = self._augmentations(training, splits)  # batch-level ones are refused
         train_batches = self._train_batches(training, splits, per_sample, shard=(0, 1))
@@ -184,7 +178,7 @@ class GroupTrainer(Trainer):
         fused = FusedModel(models)
         made = fuse_optimizer(training.optimizer.name, fused.params, [s.training.optimizer.options for s in settings])
         if isinstance(made, Unfusable):
-            raise ValueError(f"cannot fuse the optimizers: {made.why}")
+            return made.why
         members, interval, monitor = [], "epoch", ""
         for task, each, loss, model in zip(tasks, settings, losses, models, strict=True):
             optimizer = each.training.optimizer
@@ -218,16 +212,19 @@ class GroupTrainer(Trainer):
     ) -> dict[int, dict[str, Any]]:
         """Trains the members' epochs fused; per trial id, the solo result shape or `{"error": ...}`.
 
-        Raises ValueError for a group whose settings `group_problem` refuses, or whose checkpoints
-        (on resume) are at different epochs or generator states: call `group_problem` first.
+        Raises ValueError for tasks that `prepare` refuses (for their settings, their models or
+        optimizers, or on resume their checkpoints' epochs or generator states).
         """
-        problem = settings_problem(tasks, self.registry, self.device)
-        if problem is not None:
-            raise ValueError(f"these trials cannot train fused: {problem}")
-        self._apply_placement(tasks[0].placement)
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        group = self._build_group(tasks)
+        group = self.prepare(tasks)
+        if isinstance(group, str):
+            raise ValueError(f"these trials cannot train fused: {group}")
+        return self.train_prepared(group, report, should_stop)
+
+    def train_prepared(
+        self, group: _Group, report: GroupReport, should_stop: GroupShouldStop
+    ) -> dict[int, dict[str, Any]]:
+        """Trains a group `prepare` built, as `train_group` does."""
+        tasks = [member.task for member in group.members]
         for task in tasks:
             Path(task.checkpoint).parent.mkdir(parents=True, exist_ok=True)
         if tasks[0].resume:
@@ -395,4 +392,5 @@ def group_problem(
     tasks: Sequence[TrainTask], registry: PluginRegistry, data_root: str = "", device: str = "cpu"
 ) -> str | None:
     """Why these tasks cannot train as one fused group on `device`; None when they can (then `train_group`)."""
-    return GroupTrainer(registry, device, data_root).problem(tasks)
+    made = GroupTrainer(registry, device, data_root).prepare(tasks)
+    return made if isinstance(made, str) else None
