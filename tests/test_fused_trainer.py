@@ -249,24 +249,68 @@ def test_group_checkpoints_resume_solo_and_solo_checkpoints_resume_as_a_group(tm
         assert_same(regrouped[i], [_solo_cached(each)[1][-1]])  # already done: the last epoch, reported again
 
 
-@pytest.mark.parametrize("written", [1, 2])
-def test_a_kill_among_the_groups_checkpoint_writes_resumes_from_the_epoch_all_members_hold(written, tmp_path):
-    """Epoch `written`'s writes were cut: member 0 never wrote it, member 1 was between its two
-    renames (only its previous state is there), member 2 wrote it. The group goes on from the epoch
-    before, fused, and matches the solo runs."""
-    from tuneyard.server.worker.checkpoints import previous_resume_path, resume_path
+class _Killed(Exception):
+    """Stands for the worker's death: the group run ends where it is, without leaving or ending."""
 
-    group(ADAM_STEP, tmp_path, stop=lambda trial_id, reports: len(reports) >= written)
-    first, second = (tmp_path / f"t{i}" / "checkpoint.pt" for i in (0, 1))
-    if written == 1:
-        resume_path(first).unlink()
-    else:
-        previous_resume_path(first).replace(resume_path(first))
-        resume_path(second).unlink()
+
+def _killed_after(epochs: int) -> Any:
+    def stop(trial_id: int, reports: Reports) -> bool:
+        if trial_id == 0 and len(reports) >= epochs:
+            raise _Killed
+        return False
+
+    return stop
+
+
+def _pointers(root: Path, members: int) -> list[Path]:
+    from tuneyard.server.worker.checkpoints import group_pointer_path
+
+    return [group_pointer_path(root / f"t{i}" / "checkpoint.pt") for i in range(members)]
+
+
+@pytest.mark.parametrize("written", [1, 2])
+def test_a_killed_group_resumes_fused_from_its_one_file_and_matches_the_solo_runs(written, tmp_path):
+    """A group writes one resume file an epoch for all its members, which their folders name; a run
+    killed after epoch `written` leaves that file, and the group goes on from it."""
+    from tuneyard.server.worker.checkpoints import resume_path
+
+    with pytest.raises(_Killed):
+        group(ADAM_STEP, tmp_path, stop=_killed_after(written))
+    assert len(list(tmp_path.glob("t0/group-resume.*.pt"))) == 1
+    assert all(pointer.exists() for pointer in _pointers(tmp_path, len(ADAM_STEP)))
+    assert not any(resume_path(tmp_path / f"t{i}" / "checkpoint.pt").exists() for i in range(len(ADAM_STEP)))
     assert group_problem(_tasks(ADAM_STEP, tmp_path, resume=True), REGISTRY) is None
-    _, resumed = group(ADAM_STEP, tmp_path, resume=True)
+    results, resumed = group(ADAM_STEP, tmp_path, resume=True)
     for i, each in enumerate(ADAM_STEP):
-        assert_same(resumed[i], _solo_cached(each)[1])  # from the common epoch (epoch 1 reported again, or fresh)
+        assert_same(resumed[i], _solo_cached(each)[1][written - 1 :])  # epoch `written` reported again
+        assert results[i]["epochs"] == 3 and resume_path(tmp_path / f"t{i}" / "checkpoint.pt").exists()
+    assert not list(tmp_path.glob("t*/group-resume.*.pt")) and not any(p.exists() for p in _pointers(tmp_path, 3))
+
+
+def test_a_kill_while_a_group_names_its_file_leaves_members_apart_who_resume_from_their_latest(tmp_path):
+    """A group run's first file is written before the members' folders name it. A kill between:
+    on a fresh run a member without a state starts the group over (fused, from the start); after a
+    resume, members named at the new file are an epoch ahead of those still at the old one, so the
+    group is refused and each member resumes solo from its latest state."""
+    with pytest.raises(_Killed):
+        group(ADAM_STEP, tmp_path / "fresh", stop=_killed_after(1))
+    _pointers(tmp_path / "fresh", 3)[0].unlink()  # member 0 was not named yet
+    _, restarted = group(ADAM_STEP, tmp_path / "fresh", resume=True)
+    for i, each in enumerate(ADAM_STEP):
+        assert_same(restarted[i], _solo_cached(each)[1])  # every epoch again, fused
+
+    root = tmp_path / "resumed"
+    with pytest.raises(_Killed):
+        group(ADAM_STEP, root, stop=_killed_after(1))
+    at_first = [pointer.read_text() for pointer in _pointers(root, 3)]
+    with pytest.raises(_Killed):
+        group(ADAM_STEP, root, stop=_killed_after(2), resume=True)  # epoch 1 reported again, then 2
+    for pointer, text in list(zip(_pointers(root, 3), at_first, strict=True))[1:]:
+        pointer.write_text(text)  # members 1 and 2 still name the first run's file
+    assert "different epochs ([1, 2])" in _problem(ADAM_STEP, root, resume=True)
+    for i, each in enumerate(ADAM_STEP):
+        _, alone = solo(each, root / f"t{i}" / "checkpoint.pt", resume=True)
+        assert_same(alone, _solo_cached(each)[1][(1 if i else 2) - 1 :])
 
 
 def test_stopped_members_leave_and_the_others_match_their_solo_runs(tmp_path):

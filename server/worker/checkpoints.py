@@ -8,15 +8,15 @@ random generators, its tensors packed into one buffer per dtype (`packed_state`:
 `torch.save`'s cost per tensor; older plain states still load). Both are written atomically
 (`atomic_file`).
 
-A fused group's members also keep their previous epoch's state (`resume.prev.pt`): a group's K
-writes are not one atomic step, so a kill among them leaves some members one epoch ahead, and the
-group resumes from the epoch all of them hold (`resume_states`).
+A fused group's members resume from one file for the whole group, which each member's folder
+names (`group_pointer_path`; written by `fused.group_resume`): `resume_states` reads a member's
+entry there as it reads the member's own file, newest epoch first.
 """
 
 from __future__ import annotations
 
 import io
-import os
+import json
 import pickle
 import random
 from pathlib import Path
@@ -41,9 +41,20 @@ def resume_path(checkpoint: Path) -> Path:
     return checkpoint.with_name("resume.pt")
 
 
-def previous_resume_path(checkpoint: Path) -> Path:
-    """Where a fused member's state of the epoch before its last lives."""
-    return checkpoint.with_name("resume.prev.pt")
+def group_pointer_path(checkpoint: Path) -> Path:
+    """Where a fused member's folder names its group's resume file and the member's entry in it."""
+    return checkpoint.with_name("resume.group")
+
+
+def capture_rng(batches: Batches, device: torch.device) -> dict[str, Any]:
+    """The random generators a run goes on with: torch's (and CUDA's), Python's, the batch order's."""
+    # Python's state packed as one bytes object: the resume state's pickler calls its Python
+    # persistent-id hook on every object, and this state alone is 625 ints (`packed_state`).
+    python = pickle.dumps(random.getstate())
+    rng = {"torch": torch.get_rng_state(), "python": python, "shuffle": batches.generator.get_state()}
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    return rng
 
 
 def save_epoch(
@@ -53,26 +64,18 @@ def save_epoch(
     batches: Batches,
     progress: dict[str, Any],
     device: torch.device,
-    *,
-    keep_previous: bool = False,
 ) -> None:
-    """Writes the epoch's resume state, then its checkpoint; `parts` maps a name to a part or None.
-    With `keep_previous` the state it replaces becomes `resume.prev.pt`."""
-    # Python's state packed as one bytes object: the resume state's pickler calls its Python
-    # persistent-id hook on every object, and this state alone is 625 ints (`packed_state`).
-    python = pickle.dumps(random.getstate())
-    rng = {"torch": torch.get_rng_state(), "python": python, "shuffle": batches.generator.get_state()}
-    if device.type == "cuda":
-        rng["cuda"] = torch.cuda.get_rng_state(device)
+    """Writes the epoch's resume state, then its checkpoint; `parts` maps a name to a part or None."""
     parts_state = {name: part.state_dict() for name, part in parts.items() if part is not None}
-    if keep_previous and resume_path(path).exists():  # until the new one lands, readers take this one
-        previous_resume_path(path).unlink(missing_ok=True)  # first: a rename over it would flush (`atomic_file`)
-        os.replace(resume_path(path), previous_resume_path(path))
-    elif not keep_previous:
-        previous_resume_path(path).unlink(missing_ok=True)  # a fused member's, now stale
-    write_atomically(resume_path(path), dumps({**progress, "parts": parts_state, "rng": rng}))
+    write_atomically(resume_path(path), dumps({**progress, "parts": parts_state, "rng": capture_rng(batches, device)}))
+    group_pointer_path(path).unlink(missing_ok=True)  # a former fused member's: its own state is newer
+    save_checkpoint(path, evaluated, int(progress["epoch"]))
+
+
+def save_checkpoint(path: Path, evaluated: nn.Module, epoch: int) -> None:
+    """The weights a test run evaluates, as `torch.load(weights_only=True)` reads them."""
     checkpoint = io.BytesIO()  # then one write: torch.save's many small writes to a file cost more
-    torch.save({"model": evaluated.state_dict(), "epoch": progress["epoch"]}, checkpoint)
+    torch.save({"model": evaluated.state_dict(), "epoch": epoch}, checkpoint)
     write_atomically(path, checkpoint.getbuffer())
 
 
@@ -83,20 +86,43 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def resume_states(path: Path) -> list[dict[str, Any]]:
-    """The trial's saved resume states, newest first: its last epoch's and, for a fused member,
-    the one before (alone when a kill came between the two renames of `save_epoch`)."""
-    return [_read(each) for each in (resume_path(path), previous_resume_path(path)) if each.exists()]
+    """The trial's saved resume states, newest epoch first: its own file's and, for a fused member,
+    its entry in its group's file (a member that resumed solo has both)."""
+    own = [_read(resume_path(path))] if resume_path(path).exists() else []
+    grouped = _group_entry(path)
+    return sorted([*own, *([grouped] if grouped is not None else [])], key=lambda state: -int(state["epoch"]))
+
+
+def named_group_file(path: Path) -> tuple[Path, int] | None:
+    """The group resume file a fused member's folder names (resolved), and the member's trial id in it."""
+    try:
+        pointer = json.loads(group_pointer_path(path).read_text())
+    except FileNotFoundError:
+        return None
+    return (path.parent / pointer["file"]).resolve(), int(pointer["trial_id"])
+
+
+def _group_entry(path: Path) -> dict[str, Any] | None:
+    """A fused member's state in its group's file: its progress and parts, and the group's generators."""
+    named = named_group_file(path)
+    if named is None:
+        return None
+    try:
+        group = _read(named[0])
+    except FileNotFoundError:  # its group's file is gone (the group ended: the member left it)
+        return None
+    entry = group["members"].get(named[1])
+    return None if entry is None else {**entry, "rng": group["rng"]}
 
 
 def load_resume(path: Path, parts: dict[str, Any], batches: Batches, device: torch.device) -> dict[str, Any] | None:
     """Restores the parts and generators from the trial's last epoch, when an earlier attempt left
     its state; returns that state (with its progress), or None."""
-    saved = next((each for each in (resume_path(path), previous_resume_path(path)) if each.exists()), None)
-    if saved is None:
+    states = resume_states(path)
+    if not states:
         return None
-    state = _read(saved)
-    restore(state, parts, batches, device)
-    return state
+    restore(states[0], parts, batches, device)
+    return states[0]
 
 
 def restore(state: dict[str, Any], parts: dict[str, Any], batches: Batches, device: torch.device) -> None:

@@ -13,18 +13,20 @@ Per member: its loss (its task with its label smoothing), a real torch schedule 
 optimizer whose lr is copied into the fused `lr` (`members`), its train and val sums (a row each of
 `epoch.FusedTotals`; validation is one fused pass over the val batches for all members, the same
 batches and sums as `measure.evaluate_split`), `report(trial_id, epoch, metrics)` with the solo
-trainer's metric names, and the solo per-epoch checkpoint at its `task.checkpoint` (all written
-before any member's report), so a member resumes solo and a solo trial's checkpoint
-resumes in a group. `inference_latency_ms` is the architecture's, measured once per group epoch on
-one member's module. Without dropout a member's metrics match its solo run to float rounding (see
+trainer's metric names, and its solo per-epoch checkpoint at its `task.checkpoint`; its state to
+resume from is its entry in the group's one file an epoch (`group_resume`; all written before any
+member's report), which a member resuming solo reads too, as a group reads solo trials' states.
+`inference_latency_ms` is the architecture's, measured once per group epoch on one member's module.
+Without dropout a member's metrics match its solo run to float rounding (see
 `stack` for where rounding differs); with dropout each member draws its own masks.
 
 A member leaves the group at a batch boundary when `should_stop(trial_id)` says so, when its early
 stop patience runs out, or when its train loss is not finite (its result is then an error): the
 stack is rebuilt without it (`members.regroup`, weights and optimizer state carried over exactly),
-and the others go on. Resume (`task.resume`, all members or none): every member's checkpoint must be
-at the same epoch with the same random generators (as a group's members, or solo runs of one seed,
-leave them); otherwise the group is refused and the members resume solo.
+and the others go on; a member that leaves gets its own resume file. Resume (`task.resume`, all
+members or none): every member's state must be at one epoch with the same random generators (as a
+group's file, or solo runs of one seed, leave them); otherwise the group is refused and the members
+resume solo.
 
 Imported only in worker processes (it imports torch).
 """
@@ -44,7 +46,7 @@ from tuneyard.plugins.manager import PluginRegistry
 from tuneyard.server.execution.messages import TrainTask
 from tuneyard.server.study.settings import TrainingSettings, TrialSettings
 from tuneyard.server.worker.batches import Batches
-from tuneyard.server.worker.checkpoints import python_state, restore, resume_states, save_epoch
+from tuneyard.server.worker.checkpoints import capture_rng, restore, save_checkpoint
 from tuneyard.server.worker.fused.epoch import (
     FusedTotals,
     MemberLosses,
@@ -53,6 +55,7 @@ from tuneyard.server.worker.fused.epoch import (
     train_part,
     train_parts,
 )
+from tuneyard.server.worker.fused.group_resume import Entry, GroupResume, common_resume
 from tuneyard.server.worker.fused.members import (
     Member,
     ModelView,
@@ -88,6 +91,7 @@ class _Group:
     epoch: int = 0  # the last epoch every remaining member finished
     results: dict[int, dict[str, Any]] = field(default_factory=dict)
     totals: FusedTotals | None = None  # this pass's training sums, a row per member
+    resume: GroupResume | None = None  # the run's resume file (`train_prepared` opens it)
 
     def losses(self) -> MemberLosses:
         """The members' training losses (their label smoothing), in one op when the task is built in."""
@@ -111,32 +115,6 @@ def _result(metrics: dict[str, float], epochs: int, stopped: bool) -> dict[str, 
     return {"final_metrics": metrics, "epochs": epochs, "stopped": stopped}
 
 
-def _common_resume(tasks: Sequence[TrainTask]) -> list[dict[str, Any] | None] | str:
-    """Each member's state at the epoch all of them can resume from, or why there is none.
-
-    A kill among a group's checkpoint writes leaves some members one epoch ahead: they go back to
-    their previous state (or to the start, from their first epoch), which the others hold. The
-    states must also agree on the random generators (one batch order for the whole group)."""
-    saved = [resume_states(Path(task.checkpoint)) for task in tasks]
-    epoch = min((int(states[0]["epoch"]) if states else 0) for states in saved)
-    picked: list[dict[str, Any] | None] = []
-    for states in saved:
-        at = [s for s in states if int(s["epoch"]) == epoch]
-        if not at and epoch == 0 and (not states or int(states[0]["epoch"]) == 1):
-            picked.append(None)
-        elif at:
-            picked.append(at[0])
-        else:
-            epochs = sorted({int(states[0]["epoch"]) if states else 0 for states in saved})
-            return f"the members' checkpoints are at different epochs ({epochs}); resume them solo"
-    kept = [s["rng"] for s in picked if s is not None]
-    for rng in kept[1:]:
-        same = torch.equal(rng["torch"], kept[0]["torch"]) and torch.equal(rng["shuffle"], kept[0]["shuffle"])
-        if not same or python_state(rng) != python_state(kept[0]):
-            return "the members' checkpoints hold different random generator states (batch order); resume them solo"
-    return picked
-
-
 class GroupTrainer(Trainer):
     """The solo trainer's building blocks, used to train K members of one fused group."""
 
@@ -146,7 +124,7 @@ class GroupTrainer(Trainer):
         """The group built to train (`train_prepared`), or why these tasks cannot train fused here."""
         problem = settings_problem(tasks, self.registry, self.device)
         if problem is None and tasks[0].resume:
-            common = _common_resume(tasks)
+            common = common_resume(tasks)
             problem = common if isinstance(common, str) else None
         if problem is not None:
             return problem
@@ -227,6 +205,7 @@ class GroupTrainer(Trainer):
         tasks = [member.task for member in group.members]
         for task in tasks:
             Path(task.checkpoint).parent.mkdir(parents=True, exist_ok=True)
+        group.resume = GroupResume(tasks)
         if tasks[0].resume:
             self._resume(group, report)
         for epoch in range(group.epoch + 1, group.training.epochs + 1):
@@ -237,11 +216,12 @@ class GroupTrainer(Trainer):
                 self._end_epoch(group, epoch, done, report, should_stop)
         for member in group.members:
             group.results[member.task.trial_id] = _result(member.metrics, group.epoch, False)
+        group.resume.end([member.task.trial_id for member in group.members])
         return group.results
 
     def _resume(self, group: _Group, report: GroupReport) -> None:
         """Every member from its own checkpoint; they must agree on the epoch and the generators."""
-        saved = _common_resume([m.task for m in group.members])
+        saved = common_resume([m.task for m in group.members])
         if isinstance(saved, str):
             raise ValueError(f"these trials cannot resume fused: {saved}")
         for i, state in enumerate(saved):
@@ -265,6 +245,9 @@ class GroupTrainer(Trainer):
         if not leaving:
             return
         group.results.update(leaving)
+        for trial_id in leaving:
+            assert group.resume is not None
+            group.resume.leave(trial_id)
         keep = [i for i, m in enumerate(group.members) if m.task.trial_id not in leaving]
         if keep:
             options = [group.members[i].settings.training.optimizer.options for i in keep]
@@ -334,8 +317,7 @@ class GroupTrainer(Trainer):
                 group.optimizer.lr[index] = member.lr  # before the checkpoint, which saves it
             member.best, member.since_best = _track(member, member.metrics)
             saved.append(index)
-        for index in saved:  # in turn: pickling holds the GIL, and writer threads measured slower
-            self._save(group, index, epoch)
+        self._save(group, saved, epoch)
         for index in saved:
             member = group.members[index]
             report(member.task.trial_id, epoch, member.metrics)
@@ -367,16 +349,23 @@ class GroupTrainer(Trainer):
             for train, val in zip(trains, vals, strict=True)
         ]
 
-    def _save(self, group: _Group, index: int, epoch: int) -> None:
-        """Member `index`'s solo per-epoch files; its weights are copied out of the stack once for both."""
-        member = group.members[index]
-        model = StateOf(group.fused.member_state_dict(index))
-        parts = {**self._parts(group, index), "model": model}
-        progress = {"epoch": epoch, "metrics": member.metrics, "best": member.best, "since_best": member.since_best}
-        path = Path(member.task.checkpoint)
-        save_epoch(
-            path, cast(torch.nn.Module, model), parts, group.train_batches, progress, self.device, keep_previous=True
-        )
+    def _save(self, group: _Group, indices: list[int], epoch: int) -> None:
+        """These members' states in the group's resume file, then their checkpoints (`save_epoch`'s
+        order); each member's weights are copied out of the stack once for both."""
+        entries: dict[int, Entry] = {}
+        weights: list[tuple[Path, StateOf]] = []
+        for index in indices:
+            member = group.members[index]
+            model = StateOf(group.fused.member_state_dict(index))
+            parts = {**self._parts(group, index), "model": model}
+            progress = {"epoch": epoch, "metrics": member.metrics, "best": member.best, "since_best": member.since_best}
+            states = {name: part.state_dict() for name, part in parts.items() if part is not None}
+            entries[member.task.trial_id] = {**progress, "parts": states}
+            weights.append((Path(member.task.checkpoint), model))
+        assert group.resume is not None
+        group.resume.save(epoch, entries, capture_rng(group.train_batches, self.device))
+        for path, model in weights:
+            save_checkpoint(path, cast(torch.nn.Module, model), epoch)
 
 
 def _track(member: Member, metrics: dict[str, float]) -> tuple[Any, int]:
