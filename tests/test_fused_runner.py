@@ -4,7 +4,7 @@ worker task each, and every member stays its own trial.
 One real server on a loopback port with two CPU slots trains the built-in `mlp` on `iris` in real
 worker processes. A fused study's members end with the per-epoch metrics of the same study run solo;
 ASHA prunes a member while the others finish; a diverging member fails alone; cancel stops the whole
-group; a SIGKILLed worker's group resumes from its members' checkpoints; trials that differ outside
+group; a SIGKILLed worker's group resumes from its one resume file; trials that differ outside
 the fusable settings are not grouped, and a group the worker refuses runs its members solo.
 """
 
@@ -165,12 +165,33 @@ def wait_for_epoch(stub: Any, study_id: str, epoch: int) -> None:
     raise AssertionError(f"no epoch {epoch} within 60 s")
 
 
-def test_cancel_stops_the_whole_group(stub):
+def _download(stub: Any, study_id: str, trial_id: int) -> bytes:
+    request = pb.DownloadCheckpointRequest(study_id=study_id, trial_id=trial_id)
+    return b"".join(chunk.data for chunk in stub.DownloadCheckpoint(request, timeout=30))
+
+
+def test_cancel_stops_the_whole_group_and_each_member_leaves_its_checkpoint(stub):
+    """While members train, the group keeps their states in one file: a download says so. As they
+    leave (here: cancelled), each writes its checkpoint of its last finished epoch."""
+    import io
+
+    import torch
+
     study_id = create(stub, spec(LRS, epochs=1000))
     wait_for_epoch(stub, study_id, 1)
+    with pytest.raises(grpc.RpcError) as training:
+        _download(stub, study_id, 1)
+    assert training.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "in fused group g" in str(training.value.details()) and "when the trial leaves" in str(
+        training.value.details()
+    )
     assert stub.CancelStudy(pb.CancelStudyRequest(study_id=study_id), timeout=60).state == pb.STUDY_CANCELLED
     _, trials = finish(stub, study_id)
     assert all(t.state == pb.TRIAL_CANCELLED and 1 <= t.epochs_completed < 1000 for t in trials.values())
+    for trial_id, trial in trials.items():
+        saved = torch.load(io.BytesIO(_download(stub, study_id, trial_id)), weights_only=True)
+        # its last finished epoch: the one it reported, or one whose report the cancel overtook
+        assert trial.epochs_completed <= saved["epoch"] <= trial.epochs_completed + 1 and saved["model"].keys()
 
 
 def test_trials_differing_outside_the_fusable_settings_are_not_grouped(stub, server, caplog):

@@ -279,11 +279,13 @@ def test_a_killed_group_resumes_fused_from_its_one_file_and_matches_the_solo_run
     assert len(list(tmp_path.glob("t0/group-resume.*.pt"))) == 1
     assert all(pointer.exists() for pointer in _pointers(tmp_path, len(ADAM_STEP)))
     assert not any(resume_path(tmp_path / f"t{i}" / "checkpoint.pt").exists() for i in range(len(ADAM_STEP)))
+    assert not any((tmp_path / f"t{i}" / "checkpoint.pt").exists() for i in range(3))  # written on leaving
     assert group_problem(_tasks(ADAM_STEP, tmp_path, resume=True), REGISTRY) is None
     results, resumed = group(ADAM_STEP, tmp_path, resume=True)
     for i, each in enumerate(ADAM_STEP):
         assert_same(resumed[i], _solo_cached(each)[1][written - 1 :])  # epoch `written` reported again
         assert results[i]["epochs"] == 3 and resume_path(tmp_path / f"t{i}" / "checkpoint.pt").exists()
+        assert torch.load(tmp_path / f"t{i}" / "checkpoint.pt", weights_only=True)["epoch"] == 3
     assert not list(tmp_path.glob("t*/group-resume.*.pt")) and not any(p.exists() for p in _pointers(tmp_path, 3))
 
 

@@ -31,13 +31,14 @@ def _entry(epoch: int, weight: float) -> dict[str, Any]:
         "metrics": {"val_loss": weight},
         "best": weight,
         "since_best": 0,
-        "parts": {"w": torch.full((3,), weight)},
+        "parts": {"model": {"w": torch.full((3,), weight)}},
     }
 
 
 def _state(root: Path, trial_id: int) -> list[tuple[int, float]]:
     return [
-        (int(s["epoch"]), float(s["parts"]["w"][0])) for s in resume_states(root / f"t{trial_id}" / "checkpoint.pt")
+        (int(s["epoch"]), float(s["parts"]["model"]["w"][0]))
+        for s in resume_states(root / f"t{trial_id}" / "checkpoint.pt")
     ]
 
 
@@ -52,10 +53,13 @@ def test_members_read_their_entries_in_the_one_file_and_a_member_that_leaves_kee
     run.save(1, {3: _entry(1, 0.5), 4: _entry(1, 0.75)}, RNG)
     assert _state(tmp_path, 3) == [(1, 0.5)] and _state(tmp_path, 4) == [(1, 0.75)]
     assert not resume_path(tmp_path / "t3" / "checkpoint.pt").exists()  # one file for the group, named by both
+    assert not (tmp_path / "t3" / "checkpoint.pt").exists()  # written when the member leaves
     assert torch.equal(resume_states(tmp_path / "t4" / "checkpoint.pt")[0]["rng"]["torch"], RNG["torch"])
     run.save(2, {3: _entry(2, 0.4375)}, RNG)  # member 4 failed in epoch 2: it leaves with epoch 1
     assert _state(tmp_path, 4) == [(1, 0.75)] and not _named(tmp_path, 4)
     assert resume_path(tmp_path / "t4" / "checkpoint.pt").exists()
+    saved = torch.load(tmp_path / "t4" / "checkpoint.pt", weights_only=True)
+    assert saved["epoch"] == 1 and torch.equal(saved["model"]["w"], torch.full((3,), 0.75))
     assert _state(tmp_path, 3) == [(2, 0.4375)]
     run.end([3])
     assert _state(tmp_path, 3) == [(2, 0.4375)] and not _named(tmp_path, 3)
@@ -74,7 +78,7 @@ def test_a_run_that_ends_removes_the_earlier_runs_files_no_member_names_any_more
     other.end([1, 2])
     assert not killed.path.exists() and not other.path.exists()
     assert _state(tmp_path, 0) == [(2, 0.375)] and _state(tmp_path, 1) == [(2, 0.25)]
-    assert sorted(p.name for p in (tmp_path / "t0").iterdir()) == ["resume.pt"]
+    assert sorted(p.name for p in (tmp_path / "t0").iterdir()) == ["checkpoint.pt", "resume.pt"]
 
 
 def test_a_solo_epoch_after_the_group_stops_naming_its_file(tmp_path: Path) -> None:

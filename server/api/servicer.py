@@ -331,10 +331,12 @@ class TrainingServicer(service_pb2_grpc.TrainingServiceServicer):
                 raise NotFound(f"study {study_id} has no best trial yet: name a trial")
             trial_id = best.trial_id
         trial = self.storage.get_trial(study_id, trial_id)
+        fused = f" (in fused group {trial.fused_group}, which writes it when the trial leaves)"
+        what = f"trial {trial_id}" + (fused if trial.fused_group and not trial.state.terminal else "")
         if not self._downloads.acquire(blocking=False):
             raise ResourceExhausted(f"{MAX_DOWNLOADS} downloads are running on this server; retry later")
         try:
-            checkpoint = open_checkpoint(self.storage.checkpoint_dir, trial.checkpoint, f"trial {trial_id}")
+            checkpoint = open_checkpoint(self.storage.checkpoint_dir, trial.checkpoint, what)
             with checkpoint.handle:
                 path = shown_path(str(self.storage.data_dir), trial.checkpoint)
                 chunks = checkpoint.chunks(CHECKPOINT_CHUNK_BYTES)

@@ -69,7 +69,7 @@ def open_checkpoint(root: Path, path: str, what: str) -> CheckpointFile:
     try:
         fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError:
-        raise NotFound(f"{what} has no checkpoint file (it saved none, or it was removed)") from None
+        raise NotFound(f"{what} has no checkpoint file (it saved none yet, or it was removed)") from None
     except OSError as exc:
         raise NotFound(f"{what}'s checkpoint cannot be opened ({exc.strerror})") from None
     handle = os.fdopen(fd, "rb")

@@ -69,13 +69,13 @@ def save_epoch(
     parts_state = {name: part.state_dict() for name, part in parts.items() if part is not None}
     write_atomically(resume_path(path), dumps({**progress, "parts": parts_state, "rng": capture_rng(batches, device)}))
     group_pointer_path(path).unlink(missing_ok=True)  # a former fused member's: its own state is newer
-    save_checkpoint(path, evaluated, int(progress["epoch"]))
+    save_checkpoint(path, evaluated.state_dict(), int(progress["epoch"]))
 
 
-def save_checkpoint(path: Path, evaluated: nn.Module, epoch: int) -> None:
-    """The weights a test run evaluates, as `torch.load(weights_only=True)` reads them."""
+def save_checkpoint(path: Path, weights: dict[str, torch.Tensor], epoch: int) -> None:
+    """The weights a test run evaluates (a module's state dict), as `torch.load(weights_only=True)` reads them."""
     checkpoint = io.BytesIO()  # then one write: torch.save's many small writes to a file cost more
-    torch.save({"model": evaluated.state_dict(), "epoch": epoch}, checkpoint)
+    torch.save({"model": weights, "epoch": epoch}, checkpoint)
     write_atomically(path, checkpoint.getbuffer())
 
 

@@ -1,18 +1,20 @@
-"""A fused group's resume state: one file an epoch for all its members, not one per member.
+"""A fused group's files: one resume file an epoch for all its members, and each member's own files when it leaves.
 
-Solo, a trial writes the state it resumes from beside its checkpoint every epoch (`checkpoints`).
-K members doing so write K files and capture the same random generators K times an epoch; at
-K=16 (`mlp` under Adam, CPU) that was 12.2 ms an epoch against 7.8 ms for one file and the members'
-checkpoints. So a group writes one file (in its first member's folder, named for this group run)
-holding each member's solo resume state (its progress and parts) and the group's generators, and
-each member's folder names it and the member's entry (`checkpoints.group_pointer_path`), where
-`checkpoints.resume_states` finds it. The file is replaced whole, so a kill never leaves members at
-different epochs; a member's folder names the file only once the file holds that member.
+Solo, a trial writes its checkpoint and the state it resumes from every epoch (`checkpoints`). K
+members doing so write 2K files and capture the same random generators K times an epoch: at K=16
+(`mlp` under Adam, CPU) 12.2 ms an epoch, a third of the group's time through a server. So a group
+writes one file an epoch (in its first member's folder, named for this group run) holding each
+member's solo resume state (its progress and parts, its weights among them) and the group's
+generators; each member's folder names the file and the member's entry in it
+(`checkpoints.group_pointer_path`), where `checkpoints.resume_states` finds it. The file is
+replaced whole, so a kill never leaves members at different epochs; a member's folder names the
+file only once the file holds that member.
 
-A member that leaves the group (it ends, is stopped, or fails) gets its own resume file of its last
-saved epoch and stops naming the group's, so it resumes alone or in any other group; the group's
-file goes when the run ends. A run that dies (its worker killed) leaves the file and the names: the
-members resume from it.
+A member that leaves the group (it ends, is stopped or pruned, or fails) gets its own files of its
+last saved epoch, its checkpoint (the weights a test run or a download reads) and its resume state,
+and stops naming the group's, so it resumes alone or in any other group; the group's file goes
+when the run ends. While a member trains in the group it has no checkpoint file of its own. A run
+that dies (its worker killed) leaves the file and the names: the members resume from it.
 
 Imported only in worker processes (it imports torch).
 """
@@ -36,6 +38,7 @@ from tuneyard.server.worker.checkpoints import (
     python_state,
     resume_path,
     resume_states,
+    save_checkpoint,
 )
 from tuneyard.server.worker.packed_state import dumps, loads
 
@@ -68,11 +71,13 @@ class GroupResume:
             self._named.add(trial_id)
 
     def leave(self, trial_id: int) -> None:
-        """The member's own resume file of its last saved epoch; its folder then stops naming the group's."""
+        """The member's own files of its last saved epoch, its checkpoint and its resume state (as a
+        solo run leaves them); its folder then stops naming the group's."""
         if trial_id not in self._named:
             return  # nothing saved of it here: its own (or an earlier group's) state is its latest
-        checkpoint = self._checkpoints[trial_id]
-        write_atomically(resume_path(checkpoint), dumps({**self._last[trial_id], "rng": self._rng}))
+        checkpoint, entry = self._checkpoints[trial_id], self._last[trial_id]
+        write_atomically(resume_path(checkpoint), dumps({**entry, "rng": self._rng}))
+        save_checkpoint(checkpoint, entry["parts"]["model"], int(entry["epoch"]))
         group_pointer_path(checkpoint).unlink(missing_ok=True)
         self._named.discard(trial_id)
 

@@ -13,9 +13,9 @@ Per member: its loss (its task with its label smoothing), a real torch schedule 
 optimizer whose lr is copied into the fused `lr` (`members`), its train and val sums (a row each of
 `epoch.FusedTotals`; validation is one fused pass over the val batches for all members, the same
 batches and sums as `measure.evaluate_split`), `report(trial_id, epoch, metrics)` with the solo
-trainer's metric names, and its solo per-epoch checkpoint at its `task.checkpoint`; its state to
-resume from is its entry in the group's one file an epoch (`group_resume`; all written before any
-member's report), which a member resuming solo reads too, as a group reads solo trials' states.
+trainer's metric names, and its entry in the group's one resume file an epoch (`group_resume`,
+written before any member's report), which a member resuming solo reads too, as a group reads solo
+trials' states; a member's own checkpoint and resume file are written when it leaves the group.
 `inference_latency_ms` is the architecture's, measured once per group epoch on one member's module.
 Without dropout a member's metrics match its solo run to float rounding (see
 `stack` for where rounding differs); with dropout each member draws its own masks.
@@ -23,7 +23,7 @@ Without dropout a member's metrics match its solo run to float rounding (see
 A member leaves the group at a batch boundary when `should_stop(trial_id)` says so, when its early
 stop patience runs out, or when its train loss is not finite (its result is then an error): the
 stack is rebuilt without it (`members.regroup`, weights and optimizer state carried over exactly),
-and the others go on; a member that leaves gets its own resume file. Resume (`task.resume`, all
+and the others go on. Resume (`task.resume`, all
 members or none): every member's state must be at one epoch with the same random generators (as a
 group's file, or solo runs of one seed, leave them); otherwise the group is refused and the members
 resume solo.
@@ -46,7 +46,7 @@ from tuneyard.plugins.manager import PluginRegistry
 from tuneyard.server.execution.messages import TrainTask
 from tuneyard.server.study.settings import TrainingSettings, TrialSettings
 from tuneyard.server.worker.batches import Batches
-from tuneyard.server.worker.checkpoints import capture_rng, restore, save_checkpoint
+from tuneyard.server.worker.checkpoints import capture_rng, restore
 from tuneyard.server.worker.fused.epoch import (
     FusedTotals,
     MemberLosses,
@@ -350,22 +350,17 @@ class GroupTrainer(Trainer):
         ]
 
     def _save(self, group: _Group, indices: list[int], epoch: int) -> None:
-        """These members' states in the group's resume file, then their checkpoints (`save_epoch`'s
-        order); each member's weights are copied out of the stack once for both."""
+        """These members' states of `epoch` in the group's one resume file; each writes its own files
+        (its checkpoint among them) when it leaves the group (`group_resume`)."""
         entries: dict[int, Entry] = {}
-        weights: list[tuple[Path, StateOf]] = []
         for index in indices:
             member = group.members[index]
-            model = StateOf(group.fused.member_state_dict(index))
-            parts = {**self._parts(group, index), "model": model}
+            parts = {**self._parts(group, index), "model": StateOf(group.fused.member_state_dict(index))}
             progress = {"epoch": epoch, "metrics": member.metrics, "best": member.best, "since_best": member.since_best}
             states = {name: part.state_dict() for name, part in parts.items() if part is not None}
             entries[member.task.trial_id] = {**progress, "parts": states}
-            weights.append((Path(member.task.checkpoint), model))
         assert group.resume is not None
         group.resume.save(epoch, entries, capture_rng(group.train_batches, self.device))
-        for path, model in weights:
-            save_checkpoint(path, cast(torch.nn.Module, model), epoch)
 
 
 def _track(member: Member, metrics: dict[str, float]) -> tuple[Any, int]:
