@@ -1,7 +1,7 @@
 """Fused trials (issue 17): K trials trained as one fused model against one by one, in one process
 and through a server on two CPU slots.
 
-    .venv/bin/python bench/fused.py              # 32 trials x 6 epochs per workload, K in 1, 2, 4, 8, 16, 2 rounds
+    .venv/bin/python bench/fused.py              # 32 trials x 6 epochs per workload, K in 1, 2, 4, 8, 16, 3 rounds
     .venv/bin/python bench/fused.py --quick      # 16 trials x 3 epochs per workload, 3 rounds
     .venv/bin/python bench/fused.py --no-server  # the engine half alone
 
@@ -312,13 +312,13 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--trials", type=int, default=0, help="trials per workload (default 32, quick 16)")
     parser.add_argument("--epochs", type=int, default=0, help="epochs per trial (default 6, quick 3)")
     parser.add_argument("--ks", default="1,2,4,8,16", help="group sizes, comma-separated (1: solo)")
-    parser.add_argument("--repeat", type=int, default=0, help="rounds per K, median wall (default 2, quick 3)")
+    parser.add_argument("--repeat", type=int, default=0, help="rounds per K, median wall (default 3)")
     parser.add_argument("--workloads", default="", help="comma-separated workload names' first words")
     parser.add_argument("--no-server", action="store_true", help="skip the half through a server on 2 CPU slots")
     args = parser.parse_args(argv)
     args.trials = args.trials or (16 if args.quick else 32)
     args.epochs = args.epochs or (3 if args.quick else 6)
-    args.repeat = args.repeat or (3 if args.quick else 2)
+    args.repeat = args.repeat or 3
     args.ks = sorted({int(k) for k in args.ks.split(",")} | {1})  # K=1 is the baseline
     return args
 
