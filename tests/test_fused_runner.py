@@ -264,8 +264,8 @@ def busy_worker() -> int:
 def test_a_group_whose_worker_is_killed_resumes_its_members_together(stub, server, caplog):
     """The members resume as one group from their checkpoints and end as the same group run unkilled."""
     caplog.set_level(logging.INFO)
-    body = spec([0.01, 0.02, 0.03, 0.05], epochs=20)
-    body["training"]["batch_size"] = 8  # slower epochs: the kill comes mid-study
+    body = spec([0.01, 0.02, 0.03, 0.05], epochs=60)  # the kill after epoch 2 comes mid-study
+    body["training"]["batch_size"] = 8  # slower epochs
     body["budget"]["trial_retries"] = 1
     _, unkilled = run(stub, body)
     study_id = create(stub, body)
@@ -276,8 +276,13 @@ def test_a_group_whose_worker_is_killed_resumes_its_members_together(stub, serve
     assert len(launched(caplog, study_id)) == 2  # the group, then the same group from its checkpoints
     assert stored_groups(server[1], study_id) == {1: "g1", 2: "g1", 3: "g1", 4: "g1"}
     for trial_id, trial in trials.items():
-        assert trial.state == pb.TRIAL_COMPLETED and trial.retries == 1 and trial.epochs_completed == 20
+        assert trial.state == pb.TRIAL_COMPLETED and trial.retries == 1 and trial.epochs_completed == 60
         assert_same_epochs(trial, unkilled[trial_id])
+    folders = [(server[1] / trial.checkpoint).parent for trial in trials.values()]
+    kept = {folder.name: sorted(p.name for p in folder.iterdir()) for folder in folders}
+    assert all({"checkpoint.pt", "resume.pt"} <= set(names) for names in kept.values()), kept
+    left = [p.name for folder in folders for p in folder.iterdir() if "group" in p.name]
+    assert left == []  # the killed run's group file and the members' names for it went with the resumed run
 
 
 def test_tuneyard_trial_shows_the_fused_group() -> None:

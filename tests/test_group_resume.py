@@ -96,3 +96,19 @@ def test_a_solo_epoch_after_the_group_stops_naming_its_file(tmp_path: Path) -> N
     progress = {"epoch": 2, "metrics": {}, "best": None, "since_best": 0}
     save_epoch(path, model, {"model": model}, cast(Any, Batches()), progress, torch.device("cpu"))
     assert not _named(tmp_path, 0) and [int(s["epoch"]) for s in resume_states(path)] == [2]
+
+
+def test_members_a_kill_left_named_at_an_earlier_file_get_their_own_files_when_the_next_run_ends(
+    tmp_path: Path,
+) -> None:
+    """A kill while a run wrote its members' own files (member 3 done, member 4 not): the next run has
+    nothing left to train, and still leaves member 4 its checkpoint and resume state of that epoch."""
+    killed = GroupResume(_tasks(tmp_path, [3, 4]))
+    killed.save(2, {3: _entry(2, 0.5), 4: _entry(2, 0.75)}, RNG)
+    killed.leave(3)  # then the kill
+    assert not (tmp_path / "t4" / "checkpoint.pt").exists() and _named(tmp_path, 4)
+    (tmp_path / "t3" / f"{killed.path.name}.999.tmp").write_bytes(b"half a write")
+    GroupResume(_tasks(tmp_path, [3, 4])).end([3, 4])
+    assert _state(tmp_path, 4) == [(2, 0.75)] and not _named(tmp_path, 4)
+    assert torch.load(tmp_path / "t4" / "checkpoint.pt", weights_only=True)["epoch"] == 2
+    assert sorted(p.name for p in (tmp_path / "t3").iterdir()) == ["checkpoint.pt", "resume.pt"]

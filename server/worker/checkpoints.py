@@ -88,9 +88,13 @@ def _read(path: Path) -> dict[str, Any]:
 def resume_states(path: Path) -> list[dict[str, Any]]:
     """The trial's saved resume states, newest epoch first: its own file's and, for a fused member,
     its entry in its group's file (a member that resumed solo has both)."""
-    own = [_read(resume_path(path))] if resume_path(path).exists() else []
-    grouped = _group_entry(path)
-    return sorted([*own, *([grouped] if grouped is not None else [])], key=lambda state: -int(state["epoch"]))
+    states = [state for state in (own_state(path), group_entry(path)) if state is not None]
+    return sorted(states, key=lambda state: -int(state["epoch"]))
+
+
+def own_state(path: Path) -> dict[str, Any] | None:
+    """The trial's own resume state (`resume.pt`), if it has one."""
+    return _read(resume_path(path)) if resume_path(path).exists() else None
 
 
 def named_group_file(path: Path) -> tuple[Path, int] | None:
@@ -102,7 +106,7 @@ def named_group_file(path: Path) -> tuple[Path, int] | None:
     return (path.parent / pointer["file"]).resolve(), int(pointer["trial_id"])
 
 
-def _group_entry(path: Path) -> dict[str, Any] | None:
+def group_entry(path: Path) -> dict[str, Any] | None:
     """A fused member's state in its group's file: its progress and parts, and the group's generators."""
     named = named_group_file(path)
     if named is None:

@@ -33,8 +33,10 @@ import torch
 from tuneyard.server.execution.messages import TrainTask
 from tuneyard.server.worker.atomic_file import write_atomically
 from tuneyard.server.worker.checkpoints import (
+    group_entry,
     group_pointer_path,
     named_group_file,
+    own_state,
     python_state,
     resume_path,
     resume_states,
@@ -71,13 +73,20 @@ class GroupResume:
             self._named.add(trial_id)
 
     def leave(self, trial_id: int) -> None:
-        """The member's own files of its last saved epoch, its checkpoint and its resume state (as a
-        solo run leaves them); its folder then stops naming the group's."""
-        if trial_id not in self._named:
-            return  # nothing saved of it here: its own (or an earlier group's) state is its latest
-        checkpoint, entry = self._checkpoints[trial_id], self._last[trial_id]
-        write_atomically(resume_path(checkpoint), dumps({**entry, "rng": self._rng}))
-        save_checkpoint(checkpoint, entry["parts"]["model"], int(entry["epoch"]))
+        """The member's own files of its latest state, its checkpoint and its resume state (as a solo
+        run leaves them): this run's last save of it, else its entry in an earlier run's file when
+        that is newer than its own; its folder then names no group file."""
+        checkpoint = self._checkpoints[trial_id]
+        entry: Entry | None
+        if trial_id in self._named:
+            entry = {**self._last[trial_id], "rng": self._rng}
+        else:  # nothing saved of it here: its latest state is its own, or in an earlier run's file
+            entry, own = group_entry(checkpoint), own_state(checkpoint)
+            if entry is not None and own is not None and int(own["epoch"]) >= int(entry["epoch"]):
+                entry = None  # its own file is as new
+        if entry is not None:
+            write_atomically(resume_path(checkpoint), dumps(entry))
+            save_checkpoint(checkpoint, entry["parts"]["model"], int(entry["epoch"]))
         group_pointer_path(checkpoint).unlink(missing_ok=True)
         self._named.discard(trial_id)
 
@@ -91,6 +100,8 @@ class GroupResume:
         for earlier in self._earlier - {self.path.resolve()}:
             if not _still_named(earlier):
                 earlier.unlink(missing_ok=True)
+                for stale in earlier.parent.glob(f"{earlier.name}.*.tmp"):  # a kill's, mid-write
+                    stale.unlink(missing_ok=True)
 
 
 def _still_named(file: Path) -> bool:
