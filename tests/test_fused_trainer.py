@@ -315,6 +315,20 @@ def test_a_kill_while_a_group_names_its_file_leaves_members_apart_who_resume_fro
         assert_same(alone, _solo_cached(each)[1][(1 if i else 2) - 1 :])
 
 
+def test_a_member_killed_after_its_last_epoch_resumes_solo_into_its_own_files(tmp_path):
+    """Nothing is left to train, so the solo run writes the member's group entry to its own files at once."""
+    from tuneyard.server.worker.checkpoints import group_pointer_path
+
+    with pytest.raises(_Killed):
+        group(ADAM_STEP, tmp_path, stop=_killed_after(3))  # the last epoch saved and reported, then the kill
+    member = tmp_path / "t1" / "checkpoint.pt"
+    assert not member.exists() and group_pointer_path(member).exists()
+    result, resumed = solo(ADAM_STEP[1], member, resume=True)
+    assert result["epochs"] == 3
+    assert_same(resumed, _solo_cached(ADAM_STEP[1])[1][-1:])  # its last epoch, reported again
+    assert torch.load(member, weights_only=True)["epoch"] == 3 and not group_pointer_path(member).exists()
+
+
 def test_stopped_members_leave_and_the_others_match_their_solo_runs(tmp_path):
     polls = {2: 0}
 
