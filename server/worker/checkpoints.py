@@ -85,10 +85,11 @@ def _read(path: Path) -> dict[str, Any]:
     return cast(dict[str, Any], loads(path.read_bytes()))
 
 
-def resume_states(path: Path) -> list[dict[str, Any]]:
+def resume_states(path: Path, groups: dict[Path, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """The trial's saved resume states, newest epoch first: its own file's and, for a fused member,
-    its entry in its group's file (a member that resumed solo has both)."""
-    states = [state for state in (own_state(path), group_entry(path)) if state is not None]
+    its entry in its group's file (a member that resumed solo has both). `groups` keeps the group
+    files read, for a caller that reads a whole group's members."""
+    states = [state for state in (own_state(path), group_entry(path, groups)) if state is not None]
     return sorted(states, key=lambda state: -int(state["epoch"]))
 
 
@@ -106,22 +107,39 @@ def named_group_file(path: Path) -> tuple[Path, int] | None:
     return (path.parent / pointer["file"]).resolve(), int(pointer["trial_id"])
 
 
-def group_entry(path: Path) -> dict[str, Any] | None:
+def group_entry(path: Path, groups: dict[Path, dict[str, Any]] | None = None) -> dict[str, Any] | None:
     """A fused member's state in its group's file: its progress and parts, and the group's generators."""
     named = named_group_file(path)
     if named is None:
         return None
+    groups = {} if groups is None else groups
     try:
-        group = _read(named[0])
+        if named[0] not in groups:
+            groups[named[0]] = _read(named[0])
     except FileNotFoundError:  # its group's file is gone (the group ended: the member left it)
         return None
+    group = groups[named[0]]
     entry = group["members"].get(named[1])
     return None if entry is None else {**entry, "rng": group["rng"]}
 
 
+def settle_group_entry(path: Path) -> None:
+    """A fused member's entry in a group's file, when newer than its own state, becomes its own files
+    (its resume state and checkpoint, as a solo run leaves them); its folder then names no group file."""
+    if not group_pointer_path(path).exists():
+        return
+    entry, own = group_entry(path), own_state(path)
+    if entry is not None and (own is None or int(own["epoch"]) < int(entry["epoch"])):
+        write_atomically(resume_path(path), dumps(entry))
+        save_checkpoint(path, entry["parts"]["model"], int(entry["epoch"]))
+    group_pointer_path(path).unlink(missing_ok=True)
+
+
 def load_resume(path: Path, parts: dict[str, Any], batches: Batches, device: torch.device) -> dict[str, Any] | None:
     """Restores the parts and generators from the trial's last epoch, when an earlier attempt left
-    its state; returns that state (with its progress), or None."""
+    its state; returns that state (with its progress), or None. A former fused member's state
+    becomes its own files first (`settle_group_entry`)."""
+    settle_group_entry(path)
     states = resume_states(path)
     if not states:
         return None

@@ -33,7 +33,7 @@ from tuneyard.server.execution.messages import EvaluateTask, Placement, TrainTas
 from tuneyard.server.execution.snapshots import decision_epoch, take_snapshot
 from tuneyard.server.study.settings import Component, TrainingSettings, TrialSettings
 from tuneyard.server.worker.batches import Batches, Transform
-from tuneyard.server.worker.checkpoints import group_pointer_path, load_resume, save_epoch
+from tuneyard.server.worker.checkpoints import load_resume, save_epoch
 from tuneyard.server.worker.explore import apply_explored
 from tuneyard.server.worker.measure import autocast, evaluate_split, latency_ms, peak_memory
 from tuneyard.server.worker.parts import BatchTransform, TrialParts
@@ -271,9 +271,6 @@ class Trainer:
             done, metrics, best, since_best = saved["epoch"], saved["metrics"], saved["best"], saved["since_best"]
             if task.explored_at and done == task.explored_at:  # another trial's state, this trial's options
                 apply_explored(parts.optimizer, parts.scheduler, parts.training)
-            if ranks.leader and group_pointer_path(checkpoint).exists():  # a fused member's state: its own now
-                progress = {"epoch": done, "metrics": metrics, "best": best, "since_best": since_best}
-                save_epoch(checkpoint, parts.evaluated, parts.stateful(), parts.train_batches, progress, self.device)
             report(done, metrics)  # the server keeps what it already has of this epoch
             if bool(patience) and since_best >= patience:
                 return _result(metrics, done, False)

@@ -33,14 +33,13 @@ import torch
 from tuneyard.server.execution.messages import TrainTask
 from tuneyard.server.worker.atomic_file import write_atomically
 from tuneyard.server.worker.checkpoints import (
-    group_entry,
     group_pointer_path,
     named_group_file,
-    own_state,
     python_state,
     resume_path,
     resume_states,
     save_checkpoint,
+    settle_group_entry,
 )
 from tuneyard.server.worker.packed_state import dumps, loads
 
@@ -77,16 +76,12 @@ class GroupResume:
         run leaves them): this run's last save of it, else its entry in an earlier run's file when
         that is newer than its own; its folder then names no group file."""
         checkpoint = self._checkpoints[trial_id]
-        entry: Entry | None
-        if trial_id in self._named:
-            entry = {**self._last[trial_id], "rng": self._rng}
-        else:  # nothing saved of it here: its latest state is its own, or in an earlier run's file
-            entry, own = group_entry(checkpoint), own_state(checkpoint)
-            if entry is not None and own is not None and int(own["epoch"]) >= int(entry["epoch"]):
-                entry = None  # its own file is as new
-        if entry is not None:
-            write_atomically(resume_path(checkpoint), dumps(entry))
-            save_checkpoint(checkpoint, entry["parts"]["model"], int(entry["epoch"]))
+        if trial_id not in self._named:  # nothing saved of it here: its own state, or an earlier run's entry
+            settle_group_entry(checkpoint)
+            return
+        entry = {**self._last[trial_id], "rng": self._rng}
+        write_atomically(resume_path(checkpoint), dumps(entry))
+        save_checkpoint(checkpoint, entry["parts"]["model"], int(entry["epoch"]))
         group_pointer_path(checkpoint).unlink(missing_ok=True)
         self._named.discard(trial_id)
 
@@ -124,7 +119,8 @@ def common_resume(tasks: Sequence[TrainTask]) -> list[dict[str, Any] | None] | s
     or solo runs): those ahead go back to their previous state (or to the start, from their first
     epoch), which the others hold. The states must also agree on the random generators (one batch
     order for the whole group)."""
-    saved = [resume_states(Path(task.checkpoint)) for task in tasks]
+    groups: dict[Path, dict[str, Any]] = {}  # each group file read once for all its members
+    saved = [resume_states(Path(task.checkpoint), groups) for task in tasks]
     epoch = min((int(states[0]["epoch"]) if states else 0) for states in saved)
     picked: list[dict[str, Any] | None] = []
     for states in saved:

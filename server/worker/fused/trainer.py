@@ -23,10 +23,9 @@ Without dropout a member's metrics match its solo run to float rounding (see
 A member leaves the group at a batch boundary when `should_stop(trial_id)` says so, when its early
 stop patience runs out, or when its train loss is not finite (its result is then an error): the
 stack is rebuilt without it (`members.regroup`, weights and optimizer state carried over exactly),
-and the others go on. Resume (`task.resume`, all
-members or none): every member's state must be at one epoch with the same random generators (as a
-group's file, or solo runs of one seed, leave them); otherwise the group is refused and the members
-resume solo.
+and the others go on. Resume (`task.resume`, all members or none): every member's state must be
+at one epoch with the same random generators (as a group's file, or solo runs of one seed, leave
+them); otherwise the group is refused and the members resume solo.
 
 Imported only in worker processes (it imports torch).
 """
@@ -92,6 +91,7 @@ class _Group:
     results: dict[int, dict[str, Any]] = field(default_factory=dict)
     totals: FusedTotals | None = None  # this pass's training sums, a row per member
     resume: GroupResume | None = None  # the run's resume file (`train_prepared` opens it)
+    resume_from: list[dict[str, Any] | None] | None = None  # per member, the state to resume (`prepare`)
 
     def losses(self) -> MemberLosses:
         """The members' training losses (their label smoothing), in one op when the task is built in."""
@@ -123,15 +123,16 @@ class GroupTrainer(Trainer):
     def prepare(self, tasks: Sequence[TrainTask]) -> _Group | str:
         """The group built to train (`train_prepared`), or why these tasks cannot train fused here."""
         problem = settings_problem(tasks, self.registry, self.device)
-        if problem is None and tasks[0].resume:
-            common = common_resume(tasks)
-            problem = common if isinstance(common, str) else None
-        if problem is not None:
-            return problem
+        common = common_resume(tasks) if problem is None and tasks[0].resume else None
+        if problem is not None or isinstance(common, str):
+            return problem or cast(str, common)
         self._apply_placement(tasks[0].placement)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        return self._build_group(tasks)
+        group = self._build_group(tasks)
+        if not isinstance(group, str):
+            group.resume_from = common
+        return group
 
     def _build_group(self, tasks: Sequence[TrainTask]) -> _Group | str:
         """Every member's parts in the solo trainer's order of random draws, then the shared ones; or
@@ -221,9 +222,8 @@ class GroupTrainer(Trainer):
 
     def _resume(self, group: _Group, report: GroupReport) -> None:
         """Every member from its own checkpoint; they must agree on the epoch and the generators."""
-        saved = common_resume([m.task for m in group.members])
-        if isinstance(saved, str):
-            raise ValueError(f"these trials cannot resume fused: {saved}")
+        saved = group.resume_from
+        assert saved is not None, "prepare reads the members' states of a group that resumes"
         for i, state in enumerate(saved):
             if state is not None:
                 restore(state, self._parts(group, i), group.train_batches, self.device)
@@ -245,8 +245,8 @@ class GroupTrainer(Trainer):
         if not leaving:
             return
         group.results.update(leaving)
+        assert group.resume is not None
         for trial_id in leaving:
-            assert group.resume is not None
             group.resume.leave(trial_id)
         keep = [i for i, m in enumerate(group.members) if m.task.trial_id not in leaving]
         if keep:
