@@ -49,6 +49,7 @@ from tuneyard.server.execution.messages import Placement, TrainTask
 from tuneyard.server.study.search import build_search
 from tuneyard.server.study.settings import TrialSettings, resolve
 from tuneyard.server.study.spec import SpecValidator
+from tuneyard.server.worker.allocator import keep_freed_memory
 from tuneyard.server.worker.fused.trainer import GroupTrainer, group_problem
 from tuneyard.server.worker.trainer import Trainer
 
@@ -326,6 +327,7 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str] = sys.argv[1:]) -> dict[str, Any]:
     args = parse(argv)
     torch.set_num_threads(1)  # one CPU slot
+    keep_freed_memory()  # as a worker process does
     chosen = [w for w in WORKLOADS if not args.workloads or w.name.split()[0] in args.workloads.split(",")]
     print(
         f"fused trials: {args.trials} trials x {args.epochs} epochs per workload, K in {args.ks}, "

@@ -43,6 +43,7 @@ from tuneyard.server.execution.messages import (
     WorkerStart,
     task_key,
 )
+from tuneyard.server.worker.allocator import keep_freed_memory
 from tuneyard.server.worker.protocol import (
     GroupReport,
     GroupShouldStop,
@@ -247,6 +248,7 @@ def worker_main(conn: Connection, start: WorkerStart) -> None:
     if start.log_path:
         _redirect_stderr(start.log_path)
     os.environ["CUDA_VISIBLE_DEVICES"] = start.cuda_visible
+    keep_freed_memory()
     trainer = make_trainer(start.device, start.threads, start.data_root, start.plugins_dir)
     conn.send(Ready(os.getpid()))
     pending_stop: set[Any] = set()
