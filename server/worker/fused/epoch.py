@@ -31,7 +31,7 @@ from tuneyard.server.worker.trainer import EVAL_BATCH
 
 EVAL_MEMBER_ROWS = 1024  # rows times members per fused eval forward on CPU (`eval_rows`)
 EVAL_ROWS_MIN = 32
-TRAIN_PART_BYTES = 1 << 20  # the largest activation of one part of the stack in a CPU training step
+TRAIN_PART_BYTES = 2 << 20  # the largest activation of one part of the stack in a CPU training step
 
 
 def _class_indices(targets: torch.Tensor) -> bool:
@@ -154,9 +154,11 @@ def train_parts(fused: FusedModel, x: torch.Tensor, device: torch.device) -> lis
     A member's activations are its own, so a part of the stack trains exactly as in the whole
     (batch norm's statistics are per channel, over the whole batch, in any part). On CPU, K
     members' activations of a batch are megabytes, past L2: each part is kept to about
-    `TRAIN_PART_BYTES` of its largest activation. Digits' `simple_cnn` at K=16 (4 MB whole) in parts
-    of 4 members ran its forwards and backwards 25% faster with two such processes side by side,
-    as a server's two CPU slots run them. A GPU, and a model vmap runs, take the stack whole.
+    `TRAIN_PART_BYTES` of its largest activation. Digits' `simple_cnn` at K=16 is 4 MB whole, so it
+    runs in two parts of 8. Through a server on two CPU slots (its two K=16 groups side by side), the
+    study took 1.36-1.52 s with 2 MB parts, 1.64-1.90 s with 1 MB parts and 1.29-1.63 s whole (solo:
+    3.2-3.7 s); before workers kept their freed memory (`allocator`), whose page faults grew with the
+    part, parts of 4 had run 25% faster than the whole. A GPU, and a model vmap runs, take the stack whole.
     Validation splits rows instead (`eval_rows`); training cannot, as batch norm needs the whole batch.
     """
     size = fused.size
