@@ -150,7 +150,9 @@ class Trainers:
 
 
 def make_trainer(device: str, threads: int, data_root: str, plugins_dir: str = "") -> TaskTrainer:
-    """Imports torch and the plugins (once per process) and builds the trainers for `device`."""
+    """Imports torch and the plugins (once per process) and builds the trainers for `device`; the
+    process keeps the memory a step frees for the next (`allocator`)."""
+    keep_freed_memory()
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # lets deterministic trials run on CUDA
     if data_root:
         os.environ["TUNEYARD_DATA_ROOT"] = data_root  # where model plugins may read weight files
@@ -248,7 +250,6 @@ def worker_main(conn: Connection, start: WorkerStart) -> None:
     if start.log_path:
         _redirect_stderr(start.log_path)
     os.environ["CUDA_VISIBLE_DEVICES"] = start.cuda_visible
-    keep_freed_memory()
     trainer = make_trainer(start.device, start.threads, start.data_root, start.plugins_dir)
     conn.send(Ready(os.getpid()))
     pending_stop: set[Any] = set()

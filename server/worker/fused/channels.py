@@ -22,10 +22,11 @@ Measured on `simple_cnn` (torch 2.14, CPU, fp32, one thread): on contiguous inpu
 outputs and every parameter's gradient equal its solo run's bitwise, where vmap's conv-bias and
 batch norm gradients differ by about 1e-8. That holds where the CPU's kernels agree: torch picks
 them by the CPU, and on an AMD EPYC host the head's `baddbmm` differs from the solo `addmm` by an
-ulp, which four SGD steps at lr 0.3 grow to 5e-6 in the outputs. Digits' batches are (N, 1, 8, 8) with strides that
-oneDNN reads as channels-last; so laid out, a step is about 1.8x faster at K=16 and the first
-layers' gradients differ from the solo ones by a few ulps (the convolutions' backward picks its
-reduction order by the channel count), which a long run at a large lr can amplify. `mlp` members
+ulp, which four SGD steps at lr 0.3 grow to 5e-6 in the outputs. Digits' batches are
+(N, 1, 8, 8) with strides that oneDNN reads as channels-last; so laid out, a step is about 1.8x
+faster at K=16 and the first layers' gradients differ from the solo ones by a few ulps (the
+convolutions' backward picks its reduction order by the channel count), which a long run at a
+large lr can amplify. `mlp` members
 agree to float rounding (`baddbmm` against the solo `addmm`). A model with any other layer (or a
 layer in a layout this table does not cover) returns None from `plan` and runs under vmap
 (`stack.FusedModel`).
