@@ -12,8 +12,9 @@ C channels are channels ``k*C .. k*C + C - 1`` of one (N, K*C, H, W) tensor, so
 * batch norm is one batch norm over K*C channels (the stacked running statistics viewed flat,
   updated in place), every channel normalised over (N, H, W) exactly as in its solo run;
 * activations, dropout and pooling act on each channel alone, so they run as they are (max
-  pooling on CPU in the channels-last kernel, many times faster on K times the channels, with the
-  same results: `fused.pooling`);
+  pooling on CPU in the channels-last kernel, many times faster on K times the channels, and
+  before a ReLU that precedes it, on a quarter of the elements; both with the same results:
+  `fused.pooling`, `_pool_before_relu`);
 * `Flatten` turns (N, K*C, H, W) into the members' (K, N, C*H*W), in the solo flattening order;
   a linear layer is then one batched matrix product (`baddbmm`), or on the shared input one
   linear layer with K*O outputs.
@@ -234,6 +235,21 @@ class ChannelStacked:
         return h
 
 
+def _pool_before_relu(layers: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]]:
+    """The layers with every ReLU that a max pool follows moved after that pool.
+
+    ReLU is monotone, so ``max(relu(a), relu(b)) == relu(max(a, b))`` exactly, and the gradients
+    agree too: where a window's maximum is positive both orders pass its gradient to that maximum,
+    and where it is not, neither passes any. ReLU and its backward then touch a quarter of the
+    elements (2x2 pooling): about 10% of a K=16 digits step, with bitwise the same results."""
+    ordered = list(layers)
+    for i in range(len(ordered) - 1):
+        (_, first), (_, then) = ordered[i], ordered[i + 1]
+        if type(first) is nn.ReLU and type(then) is nn.MaxPool2d:
+            ordered[i], ordered[i + 1] = ordered[i + 1], ordered[i]
+    return ordered
+
+
 def plan(base: nn.Module, dropouts: Mapping[str, tuple[float, ...]]) -> ChannelStacked | None:
     """The channel-stacked forward of this architecture, or None when it needs vmap.
 
@@ -244,7 +260,7 @@ def plan(base: nn.Module, dropouts: Mapping[str, tuple[float, ...]]) -> ChannelS
         return None
     steps: list[Step] = []
     layout = Layout.SHARED
-    for name, module in base.named_children():
+    for name, module in _pool_before_relu(list(base.named_children())):
         if any(True for _ in module.children()):
             return None  # a nested container: vmap
         found = _one(name, module, layout, tuple(dropouts.get(name, ())))
