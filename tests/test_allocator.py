@@ -41,5 +41,6 @@ def test_a_fused_groups_steps_reuse_freed_memory_without_page_faults() -> None:
     kept, with_keep = _faults("keep")
     _, without = _faults("plain")
     assert kept == "True"
-    assert without > 5000  # glibc hands the activations back and faults them in again, step after step
-    assert with_keep < without / 10
+    if without < 1000:  # e.g. transparent huge pages for every mapping: a few faults a block
+        pytest.skip(f"this machine faulted {without} pages in ten steps without the setting: nothing to save")
+    assert with_keep < without / 10  # glibc had handed the activations back and faulted them in again
