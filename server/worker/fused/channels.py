@@ -27,10 +27,9 @@ ulp, which four SGD steps at lr 0.3 grow to 5e-6 in the outputs. Digits' batches
 (N, 1, 8, 8) with strides that oneDNN reads as channels-last; so laid out, a step is about 1.8x
 faster at K=16 and the first layers' gradients differ from the solo ones by a few ulps (the
 convolutions' backward picks its reduction order by the channel count), which a long run at a
-large lr can amplify. `mlp` members
-agree to float rounding (`baddbmm` against the solo `addmm`). A model with any other layer (or a
-layer in a layout this table does not cover) returns None from `plan` and runs under vmap
-(`stack.FusedModel`).
+large lr can amplify. `mlp` members agree to float rounding (`baddbmm` against the solo `addmm`).
+A model with any other layer (or a layer in a layout this table does not cover) returns None from
+`plan` and runs under vmap (`stack.FusedModel`).
 
 Imported only in worker processes (it imports torch).
 """

@@ -54,7 +54,4 @@ def max_pool(module: nn.MaxPool2d, h: torch.Tensor) -> torch.Tensor:
         return module(h)  # a GPU, or already channels-last (a one-channel or one-pixel map is both)
     kernel = _pair(module.kernel_size)
     window = (kernel, _pair(module.stride or kernel), _pair(module.padding), _pair(module.dilation))
-    if not (torch.is_grad_enabled() and h.requires_grad):
-        x = h.contiguous(memory_format=_CHANNELS_LAST)
-        return torch.ops.aten.max_pool2d_with_indices(x, *window, module.ceil_mode)[0].contiguous()
-    return _ChannelsLastMaxPool.apply(h, window, module.ceil_mode)
+    return _ChannelsLastMaxPool.apply(h, window, module.ceil_mode)  # without gradients: no graph kept
