@@ -373,15 +373,16 @@ def test_an_eval_batch_stays_whole_where_a_sample_may_depend_on_the_others() -> 
 def test_sequential_models_run_channel_stacked_and_equal_solo_sgd_runs(name: str) -> None:
     """simple_cnn and mlp take the channel-stacked forward (no vmap) and their SGD runs follow their solo runs.
 
-    Bitwise on the host the channel stacking was measured on; which kernels torch picks depends on
-    the CPU, and on an AMD EPYC host the head's `baddbmm` differs from the solo `addmm` by an ulp,
-    which four steps at lr 0.3 grow to 5e-6 in simple_cnn's outputs."""
+    simple_cnn's first convolution and batch norm run as one product (`fused.conv_norm`), which
+    rounds otherwise than the solo kernels (closer to float64: tests/test_fused_conv_norm.py); four
+    steps at lr 0.3 grow that to about 5e-5 in its outputs, which are about 10. mlp's head is a
+    `baddbmm` against the solo `addmm` (an ulp on some CPUs)."""
     solos = members(name)
     fused = FusedModel(solos)
     assert not fused.uses_vmap
     lrs = torch.tensor([0.3, 0.1, 0.05])
     sgd_steps_both(fused, solos, lrs, steps=4)
-    tolerance = 2e-5 if name == "simple_cnn" else 1e-6  # baddbmm against the solo addmm
+    tolerance = 1e-4 if name == "simple_cnn" else 1e-6
     for k, solo in enumerate(solos):
         for key, value in solo.state_dict().items():
             close(fused.member_state_dict(k)[key], value, tolerance)

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tuneyard.server.worker.fused import pooling
+from tuneyard.server.worker.fused import conv_norm, pooling
 
 
 class Layout(Enum):
@@ -125,6 +125,40 @@ def _batch_norm(name: str, module: nn.BatchNorm2d, layout: Layout) -> Step | Non
             module.momentum or 0.0,
             module.eps,
         )
+
+    return step
+
+
+def _conv_batch_norm(conv: tuple[str, nn.Conv2d], norm: tuple[str, nn.BatchNorm2d]) -> Step | None:
+    """A convolution on the shared batch and the batch norm after it, as one product in training
+    (`fused.conv_norm`); the two layers' own steps otherwise."""
+    (conv_name, conv_module), (norm_name, norm_module) = conv, norm
+    alone, then = _conv(conv_name, conv_module, Layout.SHARED), _batch_norm(norm_name, norm_module, Layout.CHANNELS)
+    if alone is None or then is None or not conv_norm.applies(conv_module, norm_module):
+        return None
+    cache = conv_norm.PatchCache(conv_module)
+
+    def step(h: torch.Tensor, s: State) -> torch.Tensor:
+        mean, var = s.buffers.get(f"{norm_name}.running_mean"), s.buffers.get(f"{norm_name}.running_var")
+        batch_stats = norm_module.training or mean is None
+        if not conv_norm.fits(h) or (not batch_stats and torch.is_grad_enabled()):
+            return then(alone(h, s), s)
+        tracked = s.buffers.get(f"{norm_name}.num_batches_tracked")
+        if norm_module.training and norm_module.track_running_stats and tracked is not None:
+            tracked.add_(1)  # as `_BatchNorm.forward` does, for every member
+        norm = conv_norm.Norm(
+            s.params[f"{norm_name}.weight"].reshape(-1),
+            s.params[f"{norm_name}.bias"].reshape(-1),
+            None if mean is None else mean.view(-1),
+            None if var is None else var.view(-1),
+            norm_module.momentum or 0.0,
+            norm_module.eps,
+        )
+        weight, bias = s.params[f"{conv_name}.weight"], s.params.get(f"{conv_name}.bias")
+        flat, flat_bias = weight.reshape(-1, *weight.shape[2:]), None if bias is None else bias.reshape(-1)
+        if batch_stats:
+            return conv_norm.conv_norm(cache.of(h), flat, flat_bias, norm)
+        return conv_norm.conv_norm_eval(cache, h, flat, flat_bias, norm)
 
     return step
 
@@ -249,6 +283,15 @@ def _pool_before_relu(layers: list[tuple[str, nn.Module]]) -> list[tuple[str, nn
     return ordered
 
 
+def _paired(layout: Layout, layer: tuple[str, nn.Module], after: tuple[str, nn.Module] | None) -> Step | None:
+    """The one step of a shared-batch convolution and the batch norm right after it, if these are such."""
+    if layout is not Layout.SHARED or after is None:
+        return None
+    if type(layer[1]) is not nn.Conv2d or type(after[1]) is not nn.BatchNorm2d:
+        return None
+    return _conv_batch_norm(cast(tuple[str, nn.Conv2d], layer), cast(tuple[str, nn.BatchNorm2d], after))
+
+
 def plan(base: nn.Module, dropouts: Mapping[str, tuple[float, ...]]) -> ChannelStacked | None:
     """The channel-stacked forward of this architecture, or None when it needs vmap.
 
@@ -259,9 +302,19 @@ def plan(base: nn.Module, dropouts: Mapping[str, tuple[float, ...]]) -> ChannelS
         return None
     steps: list[Step] = []
     layout = Layout.SHARED
-    for name, module in _pool_before_relu(list(base.named_children())):
+    layers = _pool_before_relu(list(base.named_children()))
+    skip = False
+    for (name, module), after in zip(layers, [*layers[1:], None], strict=True):
+        if skip:
+            skip = False
+            continue
         if any(True for _ in module.children()):
             return None  # a nested container: vmap
+        paired = _paired(layout, (name, module), after)
+        if paired is not None:
+            steps.append(paired)
+            layout, skip = Layout.CHANNELS, True
+            continue
         found = _one(name, module, layout, tuple(dropouts.get(name, ())))
         if found is None:
             return None
