@@ -46,6 +46,7 @@ def test_the_fused_benchmark_compares_groups_with_solo_runs_and_prints_its_json_
         assert result["speedup_trials_per_s"][name] >= 1.0  # the best K is at least as fast as K=1
         by_k = result["max_member_metric_difference_by_k"][f"{name} K=2"]
         assert set(by_k) == {"val_accuracy", "val_loss"}
+        assert 0.0 <= result["study_best_val_accuracy_difference"][f"{name} K=2"] < 1e-3
     assert 0.0 <= result["max_member_metric_difference"] < 1e-3  # one epoch: members equal their solo runs
     assert isinstance(result["target_met"], bool) and "3.0x" in result["target"]
     assert result["server"]["slots"] == 2 and result["server"]["all_fused"] is True
