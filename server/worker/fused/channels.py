@@ -8,7 +8,8 @@ C channels are channels ``k*C .. k*C + C - 1`` of one (N, K*C, H, W) tensor, so
 
 * a convolution is one grouped convolution (groups K times the member's), its weights the stacked
   (K, O, C/g, kh, kw) viewed as (K*O, ...); on the shared input (the batch, before any layer with
-  weights) it is an ungrouped one with K*O output channels;
+  weights) it is an ungrouped one with K*O output channels, and with the batch norm after it one
+  matrix product of the batch's patches on CPU (`fused.conv_norm`: a third of a digits step);
 * batch norm is one batch norm over K*C channels (the stacked running statistics viewed flat,
   updated in place), every channel normalised over (N, H, W) exactly as in its solo run;
 * activations, dropout and pooling act on each channel alone, so they run as they are (max
@@ -19,15 +20,14 @@ C channels are channels ``k*C .. k*C + C - 1`` of one (N, K*C, H, W) tensor, so
   a linear layer is then one batched matrix product (`baddbmm`), or on the shared input one
   linear layer with K*O outputs.
 
-Measured on `simple_cnn` (torch 2.14, CPU, fp32, one thread): on contiguous inputs every member's
-outputs and every parameter's gradient equal its solo run's bitwise, where vmap's conv-bias and
-batch norm gradients differ by about 1e-8. That holds where the CPU's kernels agree: torch picks
-them by the CPU, and on an AMD EPYC host the head's `baddbmm` differs from the solo `addmm` by an
-ulp, which four SGD steps at lr 0.3 grow to 5e-6 in the outputs. Digits' batches are
-(N, 1, 8, 8) with strides that oneDNN reads as channels-last; so laid out, a step is about 1.8x
-faster at K=16 and the first layers' gradients differ from the solo ones by a few ulps (the
-convolutions' backward picks its reduction order by the channel count), which a long run at a
-large lr can amplify. `mlp` members agree to float rounding (`baddbmm` against the solo `addmm`).
+Rounding: the layers after the first convolution and its batch norm run the solo kernels on K
+times the channels, which agree with the solo runs to a few ulps (the convolutions' backward picks
+its reduction order by the channel count; on some CPUs the head's `baddbmm` differs from the solo
+`addmm` by an ulp). The first pair, as one product, rounds otherwise: about 1e-6 relative, closer
+to a float64 run than the solo kernels are (`fused.conv_norm`), which a long run at a large lr
+amplifies as it would any reordering (`bench/README.md`: digits members). Digits' batches are
+(N, 1, 8, 8) with strides that oneDNN reads as channels-last, and are kept so (a K=16 step is about
+1.8x faster than contiguous). `mlp` members agree to float rounding.
 A model with any other layer (or a layer in a layout this table does not cover) returns None from
 `plan` and runs under vmap (`stack.FusedModel`).
 
