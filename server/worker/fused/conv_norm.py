@@ -1,4 +1,4 @@
-"""A convolution on the shared batch followed by training-mode batch norm, as one matrix product.
+"""A convolution on the shared batch followed by batch norm, as one matrix product (CPU).
 
 The first convolution of a channel-stacked model reads the batch every member shares, and its
 output channels (K times a member's) go straight into batch norm. On CPU the two layers cost a
@@ -8,21 +8,24 @@ forward and five times backward. Both are linear up to the normalisation, so wit
 patches X (one row per output position, `F.unfold`), centred as Xc, and their covariance
 S = Xc^T Xc / M (D x D, D = in_channels * kh * kw: 9 for digits, shared by every member):
 
-* the convolution's per-channel mean is mean(X) W^T + b and its biased variance diag(W S W^T),
-  so batch norm's output is the one product Y = Xc (W^T diag(gamma * invstd)) + beta;
+* in training, the convolution's per-channel mean is mean(X) W^T + b and its biased variance
+  diag(W S W^T), so batch norm's output is the one product Y = Xc (W^T diag(gamma * invstd)) + beta;
+  the running statistics move as `F.batch_norm` moves them (unbiased variance);
 * backward, from one product G = gY^T Xc (P x D) and gY's column sums: d beta = sum gY,
-  d gamma = invstd * rowsum(G * W), d W = gamma * invstd * (G - gamma' * invstd * W S) with
-  gamma' = d gamma, and d b = 0 (batch norm subtracts the mean, so the conv bias has no effect on
-  the output; the solo run's bias gradient is rounding noise about zero).
+  d gamma = invstd * rowsum(G * W), d W = gamma * invstd * (G - d gamma * invstd * W S), and
+  d b = 0 (batch norm subtracts the mean, so the conv bias has no effect on the output; the solo
+  run's bias gradient is rounding noise about zero);
+* in eval mode, batch norm's running statistics fold into the weights: one product of X.
 
-The running statistics are updated as `F.batch_norm` updates them (unbiased variance). The result
-equals the two layers' up to float rounding (about 1e-6 relative here, against a few ulps between
-oneDNN's kernels), which training can amplify over long runs as any reordering can. Measured
-(torch 2.14, one thread, 64 digits rows, 128 channels): forward and backward 1.05 ms against
-5.6 ms for the two layers, isolated.
+The small matrices are float64: neighbouring pixels correlate, so W S W^T cancels (in float32 the
+variances were 2e-6 off, relative). The outputs are then about 1e-6 from the two layers' and closer
+to a float64 run than the two layers are (their float32 batch norm is 5e-6 off on exact inputs;
+tests/test_fused_conv_norm.py), a difference that training amplifies where a run is chaotic, as
+any reordering would (bench/README.md). Measured (torch 2.14, one thread, 64 rows, forward and
+backward, isolated): digits into 128 channels 5.6 -> 1.1 ms, (3, 32, 32) into 128 channels 231 -> 43 ms.
 
-Only in training mode on CPU, in fp32 without autocast, on an input that needs no gradient (the
-batch); anything else, eval mode included, runs the two layers as they are.
+Only on CPU in fp32 without autocast, on an input that needs no gradient (the batch), and in eval
+mode only without gradients; anything else runs the two layers as they are (`channels`).
 
 Imported only in worker processes (it imports torch).
 """
@@ -101,7 +104,7 @@ class PatchCache:
 
     def of(self, x: torch.Tensor) -> Patches:
         """The patches of `x`, computed once while `x` is the batch (same tensor, unchanged)."""
-        if self._key is not None and self._key[0] is x and self._key[1] == x._version and self._patches:
+        if self._key is not None and self._key[0] is x and self._key[1] == x._version and self._patches is not None:
             return self._patches
         rows = self.rows(x)
         mean = rows.mean(0)
