@@ -23,6 +23,18 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     handle.stop()
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for a module's tests, as a worker on one CPU slot: tiny models gain nothing
+    from two, their spin-waits stall on a busy 2-core machine, and CPU kernels then round alike."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def channel(server: Any) -> Iterator[grpc.Channel]:
     with grpc.insecure_channel(server.address) as ch:

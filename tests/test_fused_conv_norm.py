@@ -6,8 +6,6 @@ run of the two layers: the product must be as close to it as the solo kernels ar
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,13 +15,7 @@ from tuneyard.plugins.builtin.models import simple_cnn
 from tuneyard.server.worker.fused import conv_norm
 from tuneyard.server.worker.fused.stack import FusedModel
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def layers(in_channels: int = 1, out: int = 24, **conv: object) -> tuple[nn.Conv2d, nn.BatchNorm2d]:

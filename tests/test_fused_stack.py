@@ -9,7 +9,7 @@ cannot run. The timing test prints fused-vs-sequential forward+backward time (ru
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -38,12 +38,7 @@ MODELS: dict[str, tuple[Callable[..., nn.Module], dict[str, object]]] = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def build(name: str, seed: int, **changes: object) -> nn.Module:
