@@ -90,6 +90,15 @@ def test_training_outputs_and_gradients_are_as_close_to_float64_as_the_two_layer
     assert torch.allclose(mean, solo_mean, atol=1e-6) and torch.allclose(var, solo_var, rtol=1e-5)
 
 
+def test_one_value_per_channel_is_refused_in_training_as_batch_norm_refuses_it() -> None:
+    conv, norm = layers(padding="valid", kernel_size=8)
+    one = digits_like(n=1)  # one row, one output position
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        norm(conv(one))
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        fused(conv, norm, one, torch.zeros(conv.out_channels), torch.ones(conv.out_channels))
+
+
 def test_eval_folds_batch_norm_into_the_convolution() -> None:
     conv, norm = layers()
     with torch.no_grad():

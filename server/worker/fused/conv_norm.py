@@ -153,6 +153,8 @@ class _ConvNorm(torch.autograd.Function):
         beta: torch.Tensor,
         norm: Norm,
     ) -> torch.Tensor:
+        if patches.centred.shape[0] < 2:  # as `F.batch_norm` refuses it in training
+            raise ValueError(f"Expected more than 1 value per channel when training, got {patches.out_shape}")
         w = weight.reshape(weight.shape[0], -1)
         w64 = w.double()
         ws = w64 @ patches.covariance  # float64: neighbouring pixels correlate, so W S W^T cancels
