@@ -130,8 +130,8 @@ def _batch_norm(name: str, module: nn.BatchNorm2d, layout: Layout) -> Step | Non
 
 
 def _conv_batch_norm(conv: tuple[str, nn.Conv2d], norm: tuple[str, nn.BatchNorm2d]) -> Step | None:
-    """A convolution on the shared batch and the batch norm after it, as one product in training
-    (`fused.conv_norm`); the two layers' own steps otherwise."""
+    """A convolution on the shared batch and the batch norm after it, as one product (`fused.conv_norm`:
+    training, and eval with running statistics, without gradients); the two layers' own steps otherwise."""
     (conv_name, conv_module), (norm_name, norm_module) = conv, norm
     alone, then = _conv(conv_name, conv_module, Layout.SHARED), _batch_norm(norm_name, norm_module, Layout.CHANNELS)
     if alone is None or then is None or not conv_norm.applies(conv_module, norm_module):
@@ -303,23 +303,22 @@ def plan(base: nn.Module, dropouts: Mapping[str, tuple[float, ...]]) -> ChannelS
     steps: list[Step] = []
     layout = Layout.SHARED
     layers = _pool_before_relu(list(base.named_children()))
-    skip = False
-    for (name, module), after in zip(layers, [*layers[1:], None], strict=True):
-        if skip:
-            skip = False
-            continue
+    i = 0
+    while i < len(layers):
+        name, module = layers[i]
         if any(True for _ in module.children()):
             return None  # a nested container: vmap
-        paired = _paired(layout, (name, module), after)
-        if paired is not None:
+        paired = _paired(layout, layers[i], layers[i + 1] if i + 1 < len(layers) else None)
+        if paired is not None:  # the convolution and the batch norm after it: one step
             steps.append(paired)
-            layout, skip = Layout.CHANNELS, True
+            layout, i = Layout.CHANNELS, i + 2
             continue
         found = _one(name, module, layout, tuple(dropouts.get(name, ())))
         if found is None:
             return None
         step, layout = found
         steps.append(step)
+        i += 1
     # Batch norm without running statistics normalises over the batch in eval mode too.
     samplewise = all(m.track_running_stats for m in base.children() if isinstance(m, nn.BatchNorm2d))
     return ChannelStacked(tuple(steps), layout, samplewise)
