@@ -109,56 +109,54 @@ def _batch_norm(name: str, module: nn.BatchNorm2d, layout: Layout) -> Step | Non
         return None
 
     def step(h: torch.Tensor, s: State) -> torch.Tensor:
-        weight, bias = s.params.get(f"{name}.weight"), s.params.get(f"{name}.bias")
-        mean, var = s.buffers.get(f"{name}.running_mean"), s.buffers.get(f"{name}.running_var")
-        tracked = s.buffers.get(f"{name}.num_batches_tracked")
-        if module.training and module.track_running_stats and tracked is not None:
-            tracked.add_(1)  # as `_BatchNorm.forward` does, for every member
-        use_batch = module.training or mean is None
-        return F.batch_norm(
-            h,
-            None if mean is None else mean.view(-1),
-            None if var is None else var.view(-1),
-            None if weight is None else weight.reshape(-1),
-            None if bias is None else bias.reshape(-1),
-            use_batch,
-            module.momentum or 0.0,
-            module.eps,
-        )
+        n = _stacked_norm(name, module, s)
+        batch_stats = module.training or n.running_mean is None
+        return F.batch_norm(h, n.running_mean, n.running_var, n.weight, n.bias, batch_stats, n.momentum, n.eps)
 
     return step
 
 
-def _conv_batch_norm(conv: tuple[str, nn.Conv2d], norm: tuple[str, nn.BatchNorm2d]) -> Step | None:
-    """A convolution on the shared batch and the batch norm after it, as one product (`fused.conv_norm`:
-    training, and eval with running statistics, without gradients); the two layers' own steps otherwise."""
-    (conv_name, conv_module), (norm_name, norm_module) = conv, norm
-    alone, then = _conv(conv_name, conv_module, Layout.SHARED), _batch_norm(norm_name, norm_module, Layout.CHANNELS)
-    if alone is None or then is None or not conv_norm.applies(conv_module, norm_module):
+def _stacked_norm(name: str, module: nn.BatchNorm2d, s: State) -> conv_norm.Norm:
+    """A batch norm's stacked tensors viewed flat over the K*C channels; in training its batch count
+    steps, as `_BatchNorm.forward` steps it, for every member."""
+    tracked = s.buffers.get(f"{name}.num_batches_tracked")
+    if module.training and module.track_running_stats and tracked is not None:
+        tracked.add_(1)
+    weight, bias = _flat(s.params.get(f"{name}.weight")), _flat(s.params.get(f"{name}.bias"))
+    mean, var = _flat(s.buffers.get(f"{name}.running_mean")), _flat(s.buffers.get(f"{name}.running_var"))
+    return conv_norm.Norm(weight, bias, mean, var, module.momentum or 0.0, module.eps)
+
+
+def _flat(stacked: torch.Tensor | None) -> torch.Tensor | None:
+    """A stacked (K, C) tensor as the K*C channels' (a view: in-place updates reach the stack)."""
+    return None if stacked is None else stacked.view(-1)
+
+
+def _conv_batch_norm(layout: Layout, layer: tuple[str, nn.Module], after: tuple[str, nn.Module] | None) -> Step | None:
+    """A convolution on the shared batch and the batch norm right after it as one step: one product
+    (`fused.conv_norm`: training, and eval with running statistics, without gradients), the two
+    layers' own steps otherwise; None when these layers are not such a pair."""
+    if layout is not Layout.SHARED or after is None:
         return None
-    cache = conv_norm.PatchCache(conv_module)
+    (conv_name, conv_module), (norm_name, norm_module) = layer, after
+    if type(conv_module) is not nn.Conv2d or type(norm_module) is not nn.BatchNorm2d:
+        return None
+    conv, norm = cast(nn.Conv2d, conv_module), cast(nn.BatchNorm2d, norm_module)
+    alone, then = _conv(conv_name, conv, Layout.SHARED), _batch_norm(norm_name, norm, Layout.CHANNELS)
+    if alone is None or then is None or not conv_norm.applies(conv, norm):
+        return None
+    cache = conv_norm.PatchCache(conv)
 
     def step(h: torch.Tensor, s: State) -> torch.Tensor:
-        mean, var = s.buffers.get(f"{norm_name}.running_mean"), s.buffers.get(f"{norm_name}.running_var")
-        batch_stats = norm_module.training or mean is None
+        batch_stats = norm.training or f"{norm_name}.running_mean" not in s.buffers
         if not conv_norm.fits(h) or (not batch_stats and torch.is_grad_enabled()):
             return then(alone(h, s), s)
-        tracked = s.buffers.get(f"{norm_name}.num_batches_tracked")
-        if norm_module.training and norm_module.track_running_stats and tracked is not None:
-            tracked.add_(1)  # as `_BatchNorm.forward` does, for every member
-        norm = conv_norm.Norm(
-            s.params[f"{norm_name}.weight"].reshape(-1),
-            s.params[f"{norm_name}.bias"].reshape(-1),
-            None if mean is None else mean.view(-1),
-            None if var is None else var.view(-1),
-            norm_module.momentum or 0.0,
-            norm_module.eps,
-        )
+        stacked = _stacked_norm(norm_name, norm, s)
         weight, bias = s.params[f"{conv_name}.weight"], s.params.get(f"{conv_name}.bias")
         flat, flat_bias = weight.reshape(-1, *weight.shape[2:]), None if bias is None else bias.reshape(-1)
         if batch_stats:
-            return conv_norm.conv_norm(cache.of(h), flat, flat_bias, norm)
-        return conv_norm.conv_norm_eval(cache, h, flat, flat_bias, norm)
+            return conv_norm.conv_norm(cache.of(h), flat, flat_bias, stacked)
+        return conv_norm.conv_norm_eval(cache, h, flat, flat_bias, stacked)
 
     return step
 
@@ -283,15 +281,6 @@ def _pool_before_relu(layers: list[tuple[str, nn.Module]]) -> list[tuple[str, nn
     return ordered
 
 
-def _paired(layout: Layout, layer: tuple[str, nn.Module], after: tuple[str, nn.Module] | None) -> Step | None:
-    """The one step of a shared-batch convolution and the batch norm right after it, if these are such."""
-    if layout is not Layout.SHARED or after is None:
-        return None
-    if type(layer[1]) is not nn.Conv2d or type(after[1]) is not nn.BatchNorm2d:
-        return None
-    return _conv_batch_norm(cast(tuple[str, nn.Conv2d], layer), cast(tuple[str, nn.BatchNorm2d], after))
-
-
 def plan(base: nn.Module, dropouts: Mapping[str, tuple[float, ...]]) -> ChannelStacked | None:
     """The channel-stacked forward of this architecture, or None when it needs vmap.
 
@@ -308,7 +297,7 @@ def plan(base: nn.Module, dropouts: Mapping[str, tuple[float, ...]]) -> ChannelS
         name, module = layers[i]
         if any(True for _ in module.children()):
             return None  # a nested container: vmap
-        paired = _paired(layout, layers[i], layers[i + 1] if i + 1 < len(layers) else None)
+        paired = _conv_batch_norm(layout, layers[i], layers[i + 1] if i + 1 < len(layers) else None)
         if paired is not None:  # the convolution and the batch norm after it: one step
             steps.append(paired)
             layout, i = Layout.CHANNELS, i + 2

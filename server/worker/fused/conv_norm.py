@@ -132,10 +132,11 @@ class PatchCache:
 
 @dataclass(frozen=True)
 class Norm:
-    """Batch norm's tensors for the stacked channels (flat views of the stack's)."""
+    """Batch norm's tensors for the stacked channels (flat views of the stack's; weight and bias
+    are None without affine, the running statistics None when it keeps none)."""
 
-    weight: torch.Tensor
-    bias: torch.Tensor
+    weight: torch.Tensor | None
+    bias: torch.Tensor | None
     running_mean: torch.Tensor | None
     running_var: torch.Tensor | None
     momentum: float
@@ -165,7 +166,7 @@ class _ConvNorm(torch.autograd.Function):
         if norm.running_mean is not None and norm.running_var is not None:
             rows = patches.centred.shape[0]
             mean = torch.mv(w, patches.mean) if bias is None else torch.addmv(bias, w, patches.mean)
-            unbiased = (var * (rows / max(rows - 1, 1))).to(w.dtype)
+            unbiased = (var * (rows / (rows - 1))).to(w.dtype)
             norm.running_mean.mul_(1 - norm.momentum).add_(mean, alpha=norm.momentum)
             norm.running_var.mul_(1 - norm.momentum).add_(unbiased, alpha=norm.momentum)
         ctx.save_for_backward(patches.with_ones, w64, ws, invstd, gamma)
@@ -188,6 +189,7 @@ class _ConvNorm(torch.autograd.Function):
 
 def conv_norm(patches: Patches, weight: torch.Tensor, bias: torch.Tensor | None, norm: Norm) -> torch.Tensor:
     """Training-mode `batch_norm(conv2d(x, weight, bias))` of the batch whose patches these are, channels-last."""
+    assert norm.weight is not None and norm.bias is not None, "applies() refuses a batch norm without affine"
     return _ConvNorm.apply(patches, weight, bias, norm.weight, norm.bias, norm)
 
 
@@ -198,6 +200,7 @@ def conv_norm_eval(
     """Eval-mode `batch_norm(conv2d(x, weight, bias))` with running statistics: the convolution with
     batch norm folded into its weights, X (W^T diag(s)) + (b - mean) s + beta, s = gamma / sqrt(var + eps)."""
     assert norm.running_mean is not None and norm.running_var is not None
+    assert norm.weight is not None and norm.bias is not None, "applies() refuses a batch norm without affine"
     w = weight.reshape(weight.shape[0], -1)
     scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
     centre = -norm.running_mean if bias is None else bias - norm.running_mean
