@@ -22,9 +22,10 @@ Figures per (workload, K), medians over `--repeat` rounds: wall, trials/s, sampl
 samples x epochs x trials / wall), the speedup in trials/s over K=1, and the largest difference of
 any member's per-epoch val_accuracy / val_loss from its solo run, how many members left 1e-4 of
 it, and how far the study's best val_accuracy (the value the search returns) is from the solo
-study's. The issue's CPU target: >= 3x
-the solo trials/s at the best K. The last line printed is one JSON object (`server`: the server
-half's figures).
+study's. Below it, the same comparison for the solo runs trained again on two torch threads (no
+fusion, untimed): another order of the float32 sums alone moves the members that are sensitive to
+rounding, which is the floor for any fused run. The issue's CPU target: >= 3x the solo trials/s at
+the best K. The last line printed is one JSON object (`server`: the server half's figures).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from tuneyard.server.worker.trainer import Trainer
 TARGET = 3.0  # issue 17's CPU target: fused trials/s >= 3x the solo trials/s at the best K
 COMPARED = ("val_accuracy", "val_loss")
 ATOL = 1e-4  # tests/test_fused_trainer.py's tolerance per metric and epoch
+FLOOR_THREADS = 2  # the solo runs again on this many torch threads: how far rounding alone moves them
 SEED = 7
 Reports = dict[int, list[tuple[int, dict[str, float]]]]  # trial id -> [(epoch, metrics)]
 
@@ -114,6 +116,17 @@ class Row:
         return max(self.max_diff.values())
 
 
+@dataclass(frozen=True)
+class Floor:
+    """The solo runs again on FLOOR_THREADS torch threads against the same solo runs on one: no fusion,
+    only another order of the float32 sums. Members that move here are sensitive to rounding itself."""
+
+    workload: str
+    max_diff: dict[str, float]
+    off_members: int
+    best_difference: float
+
+
 def spec_for(workload: Workload, trials: int, epochs: int) -> dict[str, Any]:
     """The study spec a user would send: the searched lr and weight decay, everything else fixed."""
     return {
@@ -136,7 +149,9 @@ def spec_for(workload: Workload, trials: int, epochs: int) -> dict[str, Any]:
     }
 
 
-def make_tasks(registry: PluginRegistry, spec: dict[str, Any], root: Path, tag: str) -> list[TrainTask]:
+def make_tasks(
+    registry: PluginRegistry, spec: dict[str, Any], root: Path, tag: str, threads: int = 1
+) -> list[TrainTask]:
     """The study's trials as the runner would hand them to workers: the searcher's configs, resolved."""
     plan = SpecValidator(registry).validate(spec)
     searcher, _ = build_search(plan, registry)
@@ -146,7 +161,7 @@ def make_tasks(registry: PluginRegistry, spec: dict[str, Any], root: Path, tag: 
         assert config is not None, "the random searcher ran out of configurations"
         settings = resolve(plan.spec, config, registry)
         checkpoint = str(root / tag / f"t{trial_id}" / "checkpoint.pt")
-        tasks.append(TrainTask(trial_id, settings, checkpoint, plan.objective, placement=Placement(threads=1)))
+        tasks.append(TrainTask(trial_id, settings, checkpoint, plan.objective, placement=Placement(threads=threads)))
     return tasks
 
 
@@ -234,8 +249,9 @@ def check_groups(registry: PluginRegistry, spec: dict[str, Any], root: Path, ks:
 
 def measure(
     workload: Workload, trials: int, epochs: int, ks: Sequence[int], repeat: int, root: Path
-) -> tuple[list[Row], float]:
-    """Every K's rows for one workload, and the seconds `group_problem` took to accept its groups."""
+) -> tuple[list[Row], Floor, float]:
+    """Every K's rows for one workload, its rounding floor, and the seconds `group_problem` took to
+    accept its groups."""
     registry = PluginRegistry.load(entry_points=False)
     solo, fused = Trainer(registry, "cpu"), GroupTrainer(registry, "cpu")
     spec = spec_for(workload, trials, epochs)
@@ -262,7 +278,28 @@ def measure(
         rows.append(
             Row(workload.name, k, trials, wall, rate, samples / wall, statistics.median(passes[k]), diff, off, best)
         )
-    return rows, check_s
+    return rows, rounding_floor(workload, solo, registry, spec, root, reports[1]), check_s
+
+
+def rounding_floor(
+    workload: Workload, solo: Trainer, registry: PluginRegistry, spec: dict[str, Any], root: Path, alone: Reports
+) -> Floor:
+    """The solo runs once more on FLOOR_THREADS threads (untimed), compared as the fused rows are."""
+    again = run_solo(solo, make_tasks(registry, spec, root, "floor", threads=FLOOR_THREADS))
+    torch.set_num_threads(1)  # the placement set more; the next workload's clocks run on one slot
+    diff, off = max_difference(again, alone)
+    return Floor(workload.name, diff, off, abs(study_best(again) - study_best(alone)))
+
+
+def print_floor(floors: Sequence[Floor]) -> None:
+    print(f"solo runs on {FLOOR_THREADS} torch threads against the same solo runs on 1 (no fusion: rounding alone)")
+    print("| workload          | max d val_acc | max d val_loss | members > 1e-4 | d best val_acc |")
+    print("|-------------------|---------------|----------------|----------------|----------------|")
+    for f in floors:
+        print(
+            f"| {f.workload:17s} | {f.max_diff['val_accuracy']:13.2e} | {f.max_diff['val_loss']:14.2e} "
+            f"| {f.off_members:14d} | {f.best_difference:14.2e} |"
+        )
 
 
 def print_table(rows: Sequence[Row]) -> None:
@@ -286,7 +323,11 @@ def print_table(rows: Sequence[Row]) -> None:
 
 
 def summary(
-    rows: Sequence[Row], server_rows: Sequence[ServerRow], args: argparse.Namespace, check_s: dict[str, float]
+    rows: Sequence[Row],
+    floors: Sequence[Floor],
+    server_rows: Sequence[ServerRow],
+    args: argparse.Namespace,
+    check_s: dict[str, float],
 ) -> dict[str, Any]:
     """The headline figures: per workload the best K's speedup over K=1, in one process and through the
     server on two slots, and whether the target is met in each."""
@@ -312,6 +353,14 @@ def summary(
         "max_member_metric_difference_by_k": {f"{r.workload} K={r.k}": r.max_diff for r in rows if r.k > 1},
         "members_off_by_more_than_1e-4": {f"{r.workload} K={r.k}": r.off_members for r in rows if r.k > 1},
         "study_best_val_accuracy_difference": {f"{r.workload} K={r.k}": r.best_difference for r in rows if r.k > 1},
+        "solo_rounding_floor": {
+            f.workload: {
+                "threads": FLOOR_THREADS,
+                "max_difference": f.max_diff,
+                "members_off_by_more_than_1e-4": f.off_members,
+            }
+            for f in floors
+        },
         "group_problem_s": check_s,
         "target": f"fused trials/s >= {TARGET}x the solo trials/s at the best K, every workload (CPU)",
         "target_met": all(v >= TARGET for v in speedup.values()),
@@ -347,21 +396,24 @@ def main(argv: Sequence[str] = sys.argv[1:]) -> dict[str, Any]:
         f"{args.repeat} round(s), 1 torch thread, torch {torch.__version__}"
     )
     rows: list[Row] = []
+    floors: list[Floor] = []
     check_s: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="tuneyard-fused-bench-") as folder:
         for workload in chosen:
-            mine, check_s[workload.name] = measure(
+            mine, floor, check_s[workload.name] = measure(
                 workload, args.trials, args.epochs, args.ks, args.repeat, Path(folder) / workload.dataset
             )
             rows.extend(mine)
+            floors.append(floor)
     print_table(rows)
+    print_floor(floors)
     server_rows: list[ServerRow] = []
     if not args.no_server:
         for workload in chosen:
             spec = spec_for(workload, args.trials, args.epochs)
             server_rows.extend(measure_server(workload.name, spec, args.trials, args.ks, args.repeat, COMPARED, ATOL))
         print_server_table(server_rows)
-    result = summary(rows, server_rows, args, check_s)
+    result = summary(rows, floors, server_rows, args, check_s)
     verdicts = [("one process, 1 slot", result)] + ([("server, 2 slots", result["server"])] if server_rows else [])
     for where, figures in verdicts:
         for name, value in figures["speedup_trials_per_s"].items():

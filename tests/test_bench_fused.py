@@ -47,9 +47,13 @@ def test_the_fused_benchmark_compares_groups_with_solo_runs_and_prints_its_json_
         by_k = result["max_member_metric_difference_by_k"][f"{name} K=2"]
         assert set(by_k) == {"val_accuracy", "val_loss"}
         assert 0.0 <= result["study_best_val_accuracy_difference"][f"{name} K=2"] < 1e-3
+        floor = result["solo_rounding_floor"][name]  # the solo runs again on 2 threads: rounding alone
+        assert floor["threads"] == 2 and set(floor["max_difference"]) == {"val_accuracy", "val_loss"}
+        assert 0 <= floor["members_off_by_more_than_1e-4"] <= 4
     assert 0.0 <= result["max_member_metric_difference"] < 1e-3  # one epoch: members equal their solo runs
     assert isinstance(result["target_met"], bool) and "3.0x" in result["target"]
     assert result["server"]["slots"] == 2 and result["server"]["all_fused"] is True
     assert 0.0 <= result["server"]["max_member_metric_difference"] < 1e-3
     assert isinstance(result["server_target_met"], bool)
     assert run.stdout.count("| digits simple_cnn |  2 |") == 2  # a row of each table
+    assert "solo runs on 2 torch threads" in run.stdout

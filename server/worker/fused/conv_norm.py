@@ -178,8 +178,10 @@ class _ConvNorm(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
         with_ones, w64, ws, invstd, gamma = ctx.saved_tensors
         gy = grad.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(-1, w64.shape[0])
-        both = gy.t() @ with_ones  # (P, D + 1): gY^T Xc, then gY's column sums
-        g, dbeta = both[:, :-1].double(), both[:, -1]
+        # (D + 1, P): Xc^T gY, then gY's column sums. This orientation, not gY^T [Xc, 1], because MKL's
+        # kernel for the skinny result runs 6x faster on this side (AVX2, 4096 rows: 0.27 vs 1.8 ms).
+        both = with_ones.t() @ gy
+        g, dbeta = both[:-1].t().double(), both[-1]
         dgamma = invstd * (g * w64).sum(1)
         dw = (gamma.double() * invstd).unsqueeze(1) * (g - (dgamma * invstd).unsqueeze(1) * ws)
         dgamma, dw = dgamma.to(gy.dtype), dw.to(gy.dtype)
