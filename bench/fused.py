@@ -358,6 +358,7 @@ def summary(
                 "threads": FLOOR_THREADS,
                 "max_difference": f.max_diff,
                 "members_off_by_more_than_1e-4": f.off_members,
+                "study_best_val_accuracy_difference": f.best_difference,
             }
             for f in floors
         },

@@ -50,6 +50,7 @@ def test_the_fused_benchmark_compares_groups_with_solo_runs_and_prints_its_json_
         floor = result["solo_rounding_floor"][name]  # the solo runs again on 2 threads: rounding alone
         assert floor["threads"] == 2 and set(floor["max_difference"]) == {"val_accuracy", "val_loss"}
         assert 0 <= floor["members_off_by_more_than_1e-4"] <= 4
+        assert 0.0 <= floor["study_best_val_accuracy_difference"] < 1e-3
     assert 0.0 <= result["max_member_metric_difference"] < 1e-3  # one epoch: members equal their solo runs
     assert isinstance(result["target_met"], bool) and "3.0x" in result["target"]
     assert result["server"]["slots"] == 2 and result["server"]["all_fused"] is True
