@@ -21,8 +21,13 @@ chromium:
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
 		echo "chromium not installed: the dashboard browser test will be skipped"
 
+# The suite runs on TEST_WORKERS pytest-xdist processes, a test file to each (`--dist loadfile`: a
+# file's module fixtures, and the Ray cluster of test_ray_executor.py, stay in one process). Most
+# tests wait on subprocesses and loopback gRPC, so two of them share this 2-core machine well.
+TEST_WORKERS ?= 2
+
 test: $(STAMP) chromium
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-bench: $(STAMP)
 	$(PY) -m pytest -m bench tests/test_bench_overhead.py tests/test_bench_asktell.py tests/test_bench_fused.py tests/test_bench_multifidelity.py tests/test_bench_pbt.py
